@@ -1,0 +1,267 @@
+"""MODE: an ensemble of CLIP data experts weighted by how close a task's metadata is to each expert's clusters."""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPModel, CLIPTextModelWithProjection, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_mode_clip import ROUTINGS, ModeCLIPConfig
+from .routing import keep_top_k, paper_log_weights, released_log_weights
+
+# Config entries that name or date a checkpoint rather than describe its architecture.
+_NON_ARCHITECTURE_KEYS = {"_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype"}
+
+
+@dataclass
+class ModeCLIPOutput(ModelOutput):
+    r"""
+    logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+        sum_k w_k * exp(logit_scale_k) * cos_k(image, text): the routed ensemble of the experts' scaled similarities.
+    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+        The transpose of `logits_per_image`.
+    expert_weights (`torch.FloatTensor` of shape `(num_experts,)`):
+        The task's expert weights w_k (non-negative, summing to one).
+    expert_logits_per_image (`torch.FloatTensor` of shape `(num_experts, image_batch_size, text_batch_size)`, *optional*):
+        Each expert's own `logits_per_image`, returned when `output_expert_logits=True`.
+    """
+
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    expert_weights: torch.FloatTensor | None = None
+    expert_logits_per_image: torch.FloatTensor | None = None
+
+
+class ModeCLIPModel(PreTrainedModel):
+    """N `CLIPModel` data experts and a router that weights them per task (Ma et al., "MODE", CVPR 2024).
+
+    The router embeds the task's label prompts with `router_text_model` (the seed CLIP's text tower, the space the fine
+    cluster centroids live in) and turns their distances to `fine_centroids` into one weight per expert. The ensemble's
+    logits are the weighted sum of the experts' CLIP logits; experts with zero weight are not run.
+    """
+
+    config_class = ModeCLIPConfig
+    base_model_prefix = "mode_clip"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    # The experts' own `_no_split_modules` are not collected through an nn.ModuleList.
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: ModeCLIPConfig):
+        super().__init__(config)
+        self.experts = nn.ModuleList(CLIPModel._from_config(config.expert_config) for _ in range(config.num_experts))
+        self.router_text_model = CLIPTextModelWithProjection._from_config(config.router_text_config)
+        # Persistent, so that the centroids travel in model.safetensors and load exactly.
+        self.register_buffer("fine_centroids", torch.zeros(config.num_fine_clusters, config.router_embed_dim))
+        # (key, weights) of the last routed task: the zero-shot pipeline calls forward once per image with the
+        # same labels, and the weights depend on the labels only.
+        self._last_route = None
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ModeCLIPModel):
+            init.zeros_(module.fine_centroids)
+
+    @classmethod
+    def from_experts(
+        cls,
+        experts: list[CLIPModel],
+        fine_centroids: torch.Tensor,
+        fine_to_coarse: list[int],
+        router_text_model: CLIPTextModelWithProjection,
+        **router_settings,
+    ) -> "ModeCLIPModel":
+        """Assemble a MODE from trained experts and the clustering's outputs, checking every shape and id.
+
+        `router_settings` are `ModeCLIPConfig` routing options (`routing`, `router_lambda`, `router_top_k`,
+        `router_temperature`). The modules are used as given, not copied.
+        """
+        experts = list(experts)
+        if not experts:
+            raise ValueError("from_experts needs at least one expert.")
+        for i, expert in enumerate(experts):
+            if not isinstance(expert, CLIPModel):
+                raise ValueError(f"expert {i} is a {type(expert).__name__}, not a CLIPModel.")
+            if _architecture(expert.config) != _architecture(experts[0].config):
+                raise ValueError(f"expert {i} has a different config from expert 0: all experts must share one.")
+        if not isinstance(router_text_model, CLIPTextModelWithProjection):
+            raise ValueError(
+                f"router_text_model is a {type(router_text_model).__name__}, not a CLIPTextModelWithProjection."
+            )
+        centroids = torch.as_tensor(fine_centroids).detach().float()
+        router_dim = router_text_model.config.projection_dim
+        if centroids.ndim != 2 or centroids.shape[1] != router_dim:
+            raise ValueError(
+                f"fine_centroids must have shape [num_fine_clusters, {router_dim}] (the router text model's "
+                f"embedding size), got {list(centroids.shape)}."
+            )
+        if not torch.isfinite(centroids).all():
+            raise ValueError("fine_centroids contain NaN or infinite values.")
+        config = ModeCLIPConfig(
+            expert_config=copy.deepcopy(experts[0].config),
+            router_text_config=copy.deepcopy(router_text_model.config),
+            num_experts=len(experts),
+            num_fine_clusters=centroids.shape[0],
+            fine_to_coarse=list(fine_to_coarse),
+            **router_settings,
+        )
+        with torch.device("meta"):  # skip initialising weights that are replaced right away
+            model = cls(config)
+        model.experts = nn.ModuleList(experts)
+        model.router_text_model = router_text_model
+        model.fine_centroids = centroids.to(router_text_model.device)
+        return model
+
+    @torch.no_grad()
+    def route(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, routing: str | None = None
+    ) -> torch.Tensor:
+        """Expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`."""
+        if input_ids is None or input_ids.shape[0] == 0:
+            raise ValueError("route() needs the task's label prompts: got an empty label list.")
+        mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
+        key = (input_ids.cpu().numpy().tobytes(), input_ids.shape, mask, self._routing_settings(routing))
+        if self._last_route is None or self._last_route[0] != key:
+            class_embeds = self.router_text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+            self._last_route = (key, self.route_embeddings(class_embeds, routing))
+        return self._last_route[1].clone()
+
+    @torch.no_grad()
+    def route_embeddings(self, class_embeds: torch.Tensor, routing: str | None = None) -> torch.Tensor:
+        """Expert weights [num_experts] from a task's class embeddings [n_classes, router_embed_dim].
+
+        Use it to route on embeddings prepared elsewhere, e.g. each class averaged over its prompt templates as the
+        paper does. Embeddings are L2-normalised here. `routing` overrides `config.routing` for this call.
+        """
+        routing, router_lambda, top_k, temperature = self._routing_settings(routing)
+        if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
+            raise ValueError(f"route needs class embeddings [n_classes > 0, d], got {list(class_embeds.shape)}.")
+        if class_embeds.shape[1] != self.config.router_embed_dim:
+            raise ValueError(
+                f"class embeddings have size {class_embeds.shape[1]}, the fine centroids "
+                f"{self.config.router_embed_dim}."
+            )
+        num_experts = self.config.num_experts
+        if routing == "uniform":
+            return torch.full((num_experts,), 1.0 / num_experts, device=self.fine_centroids.device)
+        class_embeds = nn.functional.normalize(class_embeds.float(), dim=-1).to(self.fine_centroids.device)
+        fine_to_coarse = torch.tensor(self.config.fine_to_coarse, device=self.fine_centroids.device)
+        if routing == "paper":
+            log_weights = paper_log_weights(class_embeds, self.fine_centroids, fine_to_coarse, num_experts, router_lambda)
+        else:
+            log_weights = released_log_weights(class_embeds, self.fine_centroids, fine_to_coarse, num_experts, temperature)
+        return keep_top_k(log_weights.softmax(dim=0), top_k)
+
+    def _routing_settings(self, routing: str | None) -> tuple:
+        routing = routing or self.config.routing
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}.")
+        config = self.config
+        return routing, config.router_lambda, config.router_top_k, config.router_temperature
+
+    def _check_weights(self, expert_weights: torch.Tensor) -> torch.Tensor:
+        expert_weights = torch.as_tensor(expert_weights, dtype=torch.float32)
+        if expert_weights.shape != (self.config.num_experts,):
+            raise ValueError(
+                f"expert_weights must have shape [{self.config.num_experts}], got {list(expert_weights.shape)}."
+            )
+        if not torch.isfinite(expert_weights).all() or (expert_weights < 0).any() or expert_weights.sum() <= 0:
+            raise ValueError(
+                f"expert_weights must be finite, non-negative and not all zero, got {expert_weights.tolist()}."
+            )
+        return expert_weights
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        expert_weights: torch.Tensor | None = None,
+        output_expert_logits: bool = False,
+    ) -> ModeCLIPOutput:
+        r"""
+        expert_weights (`torch.Tensor` of shape `(num_experts,)`, *optional*):
+            Weights to use instead of routing on `input_ids` (which are then taken to be the task's label prompts).
+        output_expert_logits (`bool`, *optional*, defaults to `False`):
+            Run every expert, also those of zero weight, and return each one's `logits_per_image`.
+        """
+        if expert_weights is None:
+            expert_weights = self.route(input_ids, attention_mask)
+        expert_weights = self._check_weights(expert_weights)
+        run = range(self.config.num_experts) if output_expert_logits else expert_weights.nonzero()[:, 0].tolist()
+        expert_logits = {
+            k: self.experts[k](input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+            .logits_per_image
+            for k in run
+        }
+        logits_per_image = sum(
+            expert_weights[k].item() * logits for k, logits in expert_logits.items() if expert_weights[k] > 0
+        )
+        return ModeCLIPOutput(
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            expert_weights=expert_weights,
+            expert_logits_per_image=torch.stack(list(expert_logits.values())) if output_expert_logits else None,
+        )
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        expert_weights: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Each expert's L2-normalised text embedding times sqrt(w_k), concatenated, as `pooler_output`.
+
+        With the same weights on both sides, image . text = sum_k w_k cos_k: a routed MODE is one dual encoder.
+        `expert_weights` defaults to uniform.
+        """
+        return self._weighted_features(
+            lambda expert: expert.get_text_features(input_ids=input_ids, attention_mask=attention_mask),
+            expert_weights,
+        )
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, expert_weights: torch.Tensor | None = None
+    ) -> BaseModelOutputWithPooling:
+        """Image counterpart of `get_text_features`: sqrt(w_k)-scaled normalised embeddings, concatenated."""
+        return self._weighted_features(
+            lambda expert: expert.get_image_features(pixel_values=pixel_values), expert_weights
+        )
+
+    def _weighted_features(self, embed, expert_weights) -> BaseModelOutputWithPooling:
+        num_experts = self.config.num_experts
+        if expert_weights is None:
+            expert_weights = torch.full((num_experts,), 1.0 / num_experts)
+        expert_weights = self._check_weights(expert_weights)
+        blocks = {
+            k: nn.functional.normalize(embed(self.experts[k]).pooler_output, dim=-1) * weight**0.5
+            for k, weight in enumerate(expert_weights.tolist())
+            if weight > 0
+        }
+        # Experts of zero weight are not run: a block of zeros keeps the layout [batch, num_experts * dim] fixed.
+        first = next(iter(blocks.values()))
+        features = [blocks[k].to(first.device) if k in blocks else torch.zeros_like(first) for k in range(num_experts)]
+        return BaseModelOutputWithPooling(pooler_output=torch.cat(features, dim=-1))
+
+
+def _architecture(config) -> dict:
+    """A config as a dict without the entries that only name or date the checkpoint."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if isinstance(config, dict):
+        return {k: _architecture(v) for k, v in config.items() if k not in _NON_ARCHITECTURE_KEYS}
+    return config
+
+
+ModeCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = ["ModeCLIPModel", "ModeCLIPOutput"]

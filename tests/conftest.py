@@ -1,0 +1,55 @@
+"""Tiny random CLIP experts, a tokenizer and an image processor built here: no downloads."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from modeling_mode import ModeCLIPModel
+
+IMAGE_SIZE = 30
+EMBED_DIM = 16
+
+
+def tiny_clip_config(**overrides) -> CLIPConfig:
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(tower, vocab_size=600, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(tower, image_size=IMAGE_SIZE, patch_size=10)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED_DIM, **overrides)
+
+
+def make_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP tokenizer: the byte alphabet, each also as a word end, and no merges."""
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=64)
+
+
+def make_image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+
+
+def make_mode(num_experts=3, num_fine_clusters=12, seed=0, **router_settings) -> ModeCLIPModel:
+    torch.manual_seed(seed)
+    config = tiny_clip_config()
+    experts = [CLIPModel(config).eval() for _ in range(num_experts)]
+    router = CLIPTextModelWithProjection(config.text_config.__class__(**{**config.text_config.to_dict(), "projection_dim": EMBED_DIM})).eval()
+    centroids = torch.nn.functional.normalize(torch.randn(num_fine_clusters, EMBED_DIM), dim=-1)
+    fine_to_coarse = torch.randint(num_experts, (num_fine_clusters,)).tolist()
+    return ModeCLIPModel.from_experts(experts, centroids, fine_to_coarse, router, **router_settings).eval()
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def image_processor():
+    return make_image_processor()
