@@ -11,6 +11,14 @@ AUTO_MAP = {
 }
 
 
+def text_tower_config(clip_config: CLIPConfig) -> CLIPTextConfig:
+    """Config of a CLIP model's text tower with its projection, as a `CLIPTextModelWithProjection`.
+
+    This is the router of a MODE whose centroids live in the seed CLIP's text space.
+    """
+    return CLIPTextConfig(**{**clip_config.text_config.to_dict(), "projection_dim": clip_config.projection_dim})
+
+
 class ModeCLIPConfig(PretrainedConfig):
     r"""
     Configuration of [`ModeCLIPModel`].
@@ -59,9 +67,7 @@ class ModeCLIPConfig(PretrainedConfig):
         elif isinstance(expert_config, dict):
             expert_config = CLIPConfig(**expert_config)
         if router_text_config is None:
-            router_text_config = CLIPTextConfig(
-                **{**expert_config.text_config.to_dict(), "projection_dim": expert_config.projection_dim}
-            )
+            router_text_config = text_tower_config(expert_config)
         elif isinstance(router_text_config, dict):
             router_text_config = CLIPTextConfig(**router_text_config)
         if fine_to_coarse is None:
@@ -116,4 +122,4 @@ class ModeCLIPConfig(PretrainedConfig):
 
 ModeCLIPConfig.register_for_auto_class()
 
-__all__ = ["ModeCLIPConfig"]
+__all__ = ["ModeCLIPConfig", "text_tower_config"]

@@ -26,8 +26,8 @@ class ModeCLIPOutput(ModelOutput):
         The transpose of `logits_per_image`.
     expert_weights (`torch.FloatTensor` of shape `(num_experts,)`):
         The task's expert weights w_k (non-negative, summing to one).
-    expert_logits_per_image (`torch.FloatTensor` of shape `(num_experts, image_batch_size, text_batch_size)`, *optional*):
-        Each expert's own `logits_per_image`, returned when `output_expert_logits=True`.
+    expert_logits_per_image (`torch.FloatTensor` of shape `(num_experts, image_batch_size, text_batch_size)`):
+        Each expert's own `logits_per_image`, returned only when `output_expert_logits=True`.
     """
 
     logits_per_image: torch.FloatTensor | None = None
@@ -129,7 +129,8 @@ class ModeCLIPModel(PreTrainedModel):
         if input_ids is None or input_ids.shape[0] == 0:
             raise ValueError("route() needs the task's label prompts: got an empty label list.")
         mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
-        key = (input_ids.cpu().numpy().tobytes(), input_ids.shape, mask, self._routing_settings(routing))
+        tokens = (input_ids.cpu().numpy().tobytes(), input_ids.shape, mask)
+        key = (tokens, self._routing_settings(routing), self._router_state())
         if self._last_route is None or self._last_route[0] != key:
             class_embeds = self.router_text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
             self._last_route = (key, self.route_embeddings(class_embeds, routing))
@@ -154,12 +155,18 @@ class ModeCLIPModel(PreTrainedModel):
         if routing == "uniform":
             return torch.full((num_experts,), 1.0 / num_experts, device=self.fine_centroids.device)
         class_embeds = nn.functional.normalize(class_embeds.float(), dim=-1).to(self.fine_centroids.device)
-        fine_to_coarse = torch.tensor(self.config.fine_to_coarse, device=self.fine_centroids.device)
+        clusters = (self.fine_centroids, torch.tensor(self.config.fine_to_coarse, device=self.fine_centroids.device))
         if routing == "paper":
-            log_weights = paper_log_weights(class_embeds, self.fine_centroids, fine_to_coarse, num_experts, router_lambda)
+            log_weights = paper_log_weights(class_embeds, *clusters, num_experts, router_lambda)
         else:
-            log_weights = released_log_weights(class_embeds, self.fine_centroids, fine_to_coarse, num_experts, temperature)
+            log_weights = released_log_weights(class_embeds, *clusters, num_experts, temperature)
         return keep_top_k(log_weights.softmax(dim=0), top_k)
+
+    def _router_state(self) -> tuple:
+        # Identity and in-place version of every tensor routing reads: a change to any of them (new centroids,
+        # loaded router weights) invalidates the remembered weights.
+        tensors = (self.fine_centroids, *self.router_text_model.parameters())
+        return tuple((id(tensor), tensor._version) for tensor in tensors)
 
     def _routing_settings(self, routing: str | None) -> tuple:
         routing = routing or self.config.routing
@@ -199,8 +206,9 @@ class ModeCLIPModel(PreTrainedModel):
         expert_weights = self._check_weights(expert_weights)
         run = range(self.config.num_experts) if output_expert_logits else expert_weights.nonzero()[:, 0].tolist()
         expert_logits = {
-            k: self.experts[k](input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-            .logits_per_image
+            k: self.experts[k](
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
+            ).logits_per_image
             for k in run
         }
         logits_per_image = sum(

@@ -1,8 +1,8 @@
 """Task-level routing of MODE (Ma et al., CVPR 2024, section 3.3): how much each data expert counts for a task.
 
 The weights depend on the task's metadata (e.g. its class names), never on the image. Both functions take the task's
-class embeddings [n_classes, d] (L2-normalised, in the space of the fine centroids), the fine centroids [m, d] and
-the fine-to-expert map [m], and return unnormalised log-weights [num_experts]: a softmax turns them into p(expert | task).
+class embeddings [n_classes, d] (L2-normalised, in the space of the fine centroids), the fine centroids [m, d] and the
+fine-to-expert map [m], and return unnormalised log-weights [num_experts]: their softmax is p(expert | task).
 """
 
 import math

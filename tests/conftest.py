@@ -6,10 +6,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
-from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from modeling_mode import ModeCLIPModel
+from modeling_mode.configuration_mode_clip import text_tower_config
+from modeling_mode.processors import char_level_tokenizer, pil_image_processor
 
 IMAGE_SIZE = 30
 EMBED_DIM = 16
@@ -23,23 +30,18 @@ def tiny_clip_config(**overrides) -> CLIPConfig:
 
 
 def make_tokenizer() -> CLIPTokenizer:
-    """A character-level CLIP tokenizer: the byte alphabet, each also as a word end, and no merges."""
-    alphabet = sorted(ByteLevel.alphabet())
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=64)
+    return char_level_tokenizer(model_max_length=64)
 
 
 def make_image_processor() -> CLIPImageProcessorPil:
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
+    return pil_image_processor(IMAGE_SIZE)
 
 
 def make_mode(num_experts=3, num_fine_clusters=12, seed=0, **router_settings) -> ModeCLIPModel:
     torch.manual_seed(seed)
     config = tiny_clip_config()
     experts = [CLIPModel(config).eval() for _ in range(num_experts)]
-    router = CLIPTextModelWithProjection(config.text_config.__class__(**{**config.text_config.to_dict(), "projection_dim": EMBED_DIM})).eval()
+    router = CLIPTextModelWithProjection(text_tower_config(config)).eval()
     centroids = torch.nn.functional.normalize(torch.randn(num_fine_clusters, EMBED_DIM), dim=-1)
     fine_to_coarse = torch.randint(num_experts, (num_fine_clusters,)).tolist()
     return ModeCLIPModel.from_experts(experts, centroids, fine_to_coarse, router, **router_settings).eval()
