@@ -1,7 +1,12 @@
 """A CLIP tokenizer and image processor made without downloads, for experts trained from scratch and for tests."""
 
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPImageProcessorPil, CLIPTokenizer
+from transformers import CLIPTokenizer
+
+try:  # transformers' default CLIPImageProcessor needs torchvision since the PIL one got its own name
+    from transformers import CLIPImageProcessorPil
+except ImportError:  # earlier 5.x releases: the default one is PIL-based
+    from transformers import CLIPImageProcessor as CLIPImageProcessorPil
 
 CHAR_VOCAB_SIZE = 2 + 2 * 256  # two special tokens, then every byte-level symbol alone and as a word end
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessorPil,
     CLIPModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
@@ -33,7 +32,7 @@ def make_tokenizer() -> CLIPTokenizer:
     return char_level_tokenizer(model_max_length=64)
 
 
-def make_image_processor() -> CLIPImageProcessorPil:
+def make_image_processor():
     return pil_image_processor(IMAGE_SIZE)
 
 
