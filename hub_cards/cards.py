@@ -1,0 +1,156 @@
+"""Model and dataset cards for a MODE run, rendered from the run's own files with huggingface_hub's card classes.
+
+A MODE model directory holds `config.json` and may hold, beside the weights, the records of how it was made:
+`clusters.json` (the clustering run), `training_args.json` (the experts' training) and `eval_results.json` (a list of
+`{"task", "dataset", "split", "metric", "model", "value"}` rows from the evaluators). Whatever is present goes into the
+card; nothing is invented.
+"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from safetensors.numpy import load_file
+
+TEMPLATES = Path(__file__).resolve().parent
+ROUTING_TEXT = {
+    "paper": (
+        "Routing follows the paper (Eq. 4-6): each class name l is matched to its nearest fine centre s, "
+        "A = exp(-||e_l - e_s||^2 / lambda) with lambda = {router_lambda} (divided by log |L| above 200 classes, "
+        "A scaled by exp(0.5 - sqrt |L|) below 10), and p(expert c | task) is proportional to exp(sum of A over "
+        "the classes whose nearest centre belongs to c)."
+    ),
+    "released": (
+        "Routing follows the authors' released code: each class votes exp(b (a - d)) for the expert of its "
+        "nearest fine centre at distance d (a = exp(0.5 - sqrt |L|) below 10 classes, else 0; "
+        "b = 5 log10(max(10, |L| - 200))), and the weights are a softmax of the summed votes divided by "
+        "{router_temperature}."
+    ),
+    "uniform": "The experts are averaged with equal weights.",
+}
+# Training settings worth a row in the card, as `training_args.json` names them.
+TRAINING_KEYS = (
+    "init",
+    "config",
+    "cluster",
+    "out_of_cluster_ratio",
+    "max_steps",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "mixed_precision",
+    "seed",
+)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def expert_rows(fine_to_coarse: list[int], clustering: dict | None) -> list[dict]:
+    """One row per expert: how many fine clusters route to it and, when the clustering recorded them, its pairs."""
+    fine_per_expert = Counter(fine_to_coarse)
+    pairs = (clustering or {}).get("coarse_sizes") or []
+    return [
+        {"expert": k, "fine_clusters": fine_per_expert.get(k, 0), "pairs": pairs[k] if k < len(pairs) else "?"}
+        for k in range(max(len(pairs), max(fine_to_coarse, default=-1) + 1))
+    ]
+
+
+def training_rows(training_args) -> list[tuple[str, str]]:
+    """Settings rows from `training_args.json`: one dict, or one per expert (then values are listed per expert)."""
+    if not training_args:
+        return []
+    runs = training_args if isinstance(training_args, list) else [training_args]
+    rows = []
+    for key in TRAINING_KEYS:
+        values = [run.get(key) for run in runs if run.get(key) is not None]
+        if values:
+            rows.append((key, ", ".join(dict.fromkeys(str(value) for value in values))))
+    return rows
+
+
+def eval_results(rows: list[dict], model_name: str) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type=row["task"],
+            dataset_type=row["dataset"],
+            dataset_name=row["dataset"],
+            dataset_split=row.get("split"),
+            metric_type=row["metric"],
+            metric_name=f"{row['metric']} ({row['model']})",
+            metric_value=row["value"],
+        )
+        for row in rows
+    ]
+
+
+def model_card(
+    model_dir: str | Path, repo_id: str, license: str = "other", base_model: str | None = None
+) -> ModelCard:
+    """The model card of the MODE saved in `model_dir`, to be pushed as `repo_id`.
+
+    `base_model` is the Hub id of the checkpoint the seed was forked from (none for a seed trained from scratch).
+    """
+    model_dir = Path(model_dir)
+    config = read_json(model_dir / "config.json")
+    if not config or config.get("model_type") != "mode_clip":
+        raise ValueError(
+            f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
+        )
+    clustering = read_json(model_dir / "clusters.json")
+    training_args = read_json(model_dir / "training_args.json")
+    results = read_json(model_dir / "eval_results.json") or []
+    model_name = repo_id.split("/")[-1]
+    vision = config["expert_config"]["vision_config"]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        license=license,
+        base_model=base_model,
+        tags=["clip", "mode", "mixture-of-data-experts", "zero-shot-image-classification", "custom_code"],
+        model_name=model_name,
+        eval_results=eval_results(results, model_name) or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "model_card.md"),
+        model_name=model_name,
+        repo_id=repo_id,
+        num_experts=config["num_experts"],
+        num_fine_clusters=config["num_fine_clusters"],
+        architecture=f"ViT, {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
+        f"patch {vision['patch_size']}, {vision['image_size']} px",
+        routing_text=ROUTING_TEXT[config["routing"]].format(**config),
+        router_top_k=config.get("router_top_k"),
+        router_embed_dim=config["router_text_config"]["projection_dim"],
+        clustering=clustering,
+        expert_rows=expert_rows(config["fine_to_coarse"], clustering),
+        training=training_rows(training_args),
+        results=results,
+    )
+
+
+def dataset_card(clusters_dir: str | Path, repo_id: str, license: str = "other") -> DatasetCard:
+    """The dataset card of a clustering run's output directory (`clusters.json` and `clusters.safetensors`)."""
+    clustering = read_json(Path(clusters_dir) / "clusters.json")
+    if clustering is None:
+        raise ValueError(f"{clusters_dir} holds no clustering run: clusters.json is missing.")
+    card_data = DatasetCardData(
+        license=license,
+        pretty_name=f"{repo_id.split('/')[-1]}: MODE clusters",
+        tags=["clip", "mode", "clustering", "image-text"],
+        task_categories=["zero-shot-image-classification"],
+    )
+    fine_to_coarse = load_file(Path(clusters_dir) / "clusters.safetensors")["fine_to_coarse"].tolist()
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "dataset_card.md"),
+        dataset_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        clustering=clustering,
+        expert_rows=expert_rows(fine_to_coarse, clustering),
+    )

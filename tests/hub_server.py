@@ -1,0 +1,173 @@
+"""A small Hugging Face Hub on 127.0.0.1, for tests: the endpoints that pushes and downloads call, nothing more.
+
+Repos live in memory: each branch is a list of commits, each commit a full {path: bytes} snapshot. Every file is
+accepted as a regular (non-LFS) upload, so commits carry their files inline. Commits to a repo named in
+`failing_repos` answer 507 (a server error that huggingface_hub does not retry), to test a push that breaks off.
+"""
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+REPO = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+)"
+
+
+@dataclass
+class Repo:
+    private: bool
+    branches: dict = field(default_factory=lambda: {"main": [("0" * 40, {})]})  # name -> [(sha, files)]
+
+    def head(self, revision):
+        """(sha, files) of a branch's last commit, or of the commit whose sha is `revision`."""
+        if revision in self.branches:
+            return self.branches[revision][-1]
+        return next(commit for commits in self.branches.values() for commit in commits if commit[0] == revision)
+
+    def has(self, revision):
+        return revision in self.branches or any(sha == revision for c in self.branches.values() for sha, _ in c)
+
+
+class LocalHub:
+    def __init__(self):
+        self.repos: dict[tuple[str, str], Repo] = {}
+        self.requests: list[str] = []
+        self.failing_repos: set[str] = set()
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def files(self, repo_id, repo_type="model", revision="main") -> dict[str, bytes]:
+        return self.repos[repo_type, repo_id].head(revision)[1]
+
+    def commits(self, repo_id, repo_type="model", revision="main") -> int:
+        return len(self.repos[repo_type, repo_id].branches[revision]) - 1
+
+    # Endpoints. Each returns (status, json_or_bytes, headers).
+    def create_repo(self, body):
+        repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else f"user/{body['name']}"
+        key = (body.get("type") or "model", repo_id)
+        if key in self.repos:
+            return 409, {"error": "You already created this repo", "url": f"{self.url}/{repo_id}"}, {}
+        self.repos[key] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
+        return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}, {}
+
+    def repo_info(self, repo_type, repo_id, revision):
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+        if not repo.has(revision):
+            return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
+        sha, files = repo.head(revision)
+        siblings = [{"rfilename": path} for path in sorted(files)]
+        return 200, {"id": repo_id, "sha": sha, "private": repo.private, "siblings": siblings}, {}
+
+    def preupload(self, body):
+        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in body["files"]]
+        return 200, {"files": files}, {}
+
+    def create_branch(self, repo_type, repo_id, branch):
+        repo = self.repos[repo_type, repo_id]
+        if branch in repo.branches:
+            return 409, {"error": "Reference already exists"}, {}
+        repo.branches[branch] = [repo.head("main")]
+        return 200, {}, {}
+
+    def commit(self, repo_type, repo_id, revision, lines):
+        if repo_id in self.failing_repos:
+            return 507, {"error": "Insufficient Storage: the commit could not be stored"}, {}
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None or revision not in repo.branches:
+            return 404, {"error": "Repository or revision not found"}, {"X-Error-Code": "RepoNotFound"}
+        files = dict(repo.head(revision)[1])
+        for line in lines:
+            item = json.loads(line)
+            if item["key"] == "file":
+                files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                files.pop(item["value"]["path"], None)
+            elif item["key"] != "header":
+                return 400, {"error": f"unsupported commit entry {item['key']}"}, {}
+        sha = hashlib.sha1(json.dumps(sorted(files)).encode() + b"".join(files.values())).hexdigest()
+        repo.branches[revision].append((sha, files))
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True}, {}
+
+    def resolve(self, repo_type, repo_id, revision, path):
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+        if not repo.has(revision):
+            return 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"}
+        sha, files = repo.head(revision)
+        if path not in files:
+            return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+        content = files[path]
+        return 200, content, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(content).hexdigest()}"'}
+
+    def route(self, method, path, body):
+        path = unquote(path.split("?")[0])
+        if method == "POST" and path == "/api/repos/create":
+            return self.create_repo(json.loads(body))
+        if method == "POST" and path == "/api/validate-yaml":
+            return 200, {}, {}
+        if m := re.fullmatch(rf"/api/{REPO}/preupload/(?P<rev>[^/]+)", path):
+            return self.preupload(json.loads(body))
+        if m := re.fullmatch(rf"/api/{REPO}/commit/(?P<rev>[^/]+)", path):
+            return self.commit(m["type"], m["repo"], m["rev"], body.decode().splitlines())
+        if method == "POST" and (m := re.fullmatch(rf"/api/{REPO}/branch/(?P<rev>[^/]+)", path)):
+            return self.create_branch(m["type"], m["repo"], m["rev"])
+        if m := re.fullmatch(rf"/api/{REPO}(?:/revision/(?P<rev>[^/]+))?", path):
+            return self.repo_info(m["type"], m["repo"], m["rev"] or "main")
+        if m := re.fullmatch(
+            r"/(?:(?P<type>dataset|space)s/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<p>.+)", path
+        ):
+            return self.resolve(m["type"] or "model", m["repo"], m["rev"], m["p"])
+        return 404, {"error": f"the local hub has no endpoint {method} {path}"}, {}
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hub.lock:
+                    hub.requests.append(f"{method} {self.path}")
+                    status, payload, headers = hub.route(method, self.path, body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header(
+                    "Content-Type", "application/octet-stream" if isinstance(payload, bytes) else "application/json"
+                )
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_HEAD(self):
+                self._serve("HEAD")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+        return Handler
