@@ -1,0 +1,275 @@
+"""Image-caption pairs for expert training: loading, the cluster filter, CLIP's augmentation and reproducible batches.
+
+Random-access data (a `save_to_disk` directory or a downloaded Hub dataset) is read in an order that is a pure
+function of the seed and the optimizer step: the global batch of step s is the same whatever the number of processes
+or of accumulation micro-batches, and a resumed run reads exactly what an uninterrupted one would. Each pair's
+caption choice and crop are drawn from a generator seeded by (seed, epoch, row), so workers and restarts agree too.
+"""
+
+import math
+import os
+import random
+import zlib
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets.distributed import split_dataset_by_node
+from PIL import Image
+
+NO_CLUSTER = -1  # coarse_id of pairs the clustering left out: no expert trains on them
+CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop range: a mild random square crop, as CLIP trained with
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+class InputError(ValueError):
+    """Data, flags or files that training or assembly cannot use; the message says what to fix."""
+
+
+def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
+    """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...)."""
+    is_saved = os.path.isdir(source) and any(
+        os.path.exists(os.path.join(source, name)) for name in ("state.json", "dataset_dict.json")
+    )
+    if is_saved:
+        dataset = load_from_disk(source)
+        if isinstance(dataset, DatasetDict):
+            dataset = dataset[split]
+        # Enough shards for every process and worker to read its own part.
+        return dataset.to_iterable_dataset(num_shards=min(len(dataset), 64)) if streaming else dataset
+    return load_dataset(source, split=split, streaming=streaming)
+
+
+def check_columns(column_names, image_column: str, caption_column: str, cluster_column: str | None) -> None:
+    """Raise an InputError naming any column the training needs but the dataset lacks."""
+    needed = {"--image-column": image_column, "--caption-column": caption_column}
+    if cluster_column is not None:
+        needed["--cluster-column"] = cluster_column
+    missing = {flag: name for flag, name in needed.items() if name not in column_names}
+    if not missing:
+        return
+    hint = ""
+    if cluster_column in missing.values():
+        hint = (
+            " An expert needs the pairs' cluster ids: run the clustering step on this dataset first, "
+            "or train the seed on all pairs with --cluster all."
+        )
+    names = ", ".join(f"{name!r} ({flag})" for flag, name in missing.items())
+    raise InputError(f"The dataset has no column {names}; it has {sorted(column_names)}.{hint}")
+
+
+def cluster_ids(dataset: Dataset, cluster_column: str) -> np.ndarray:
+    return np.asarray(dataset.with_format("numpy")[cluster_column][:], dtype=np.int64)
+
+
+def epoch_rows(
+    coarse_ids: np.ndarray, cluster: int | None, out_of_cluster_ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The rows one epoch trains on: the cluster's, plus `out_of_cluster_ratio` of the other clusters' pairs.
+
+    `cluster=None` (the seed) takes every row, unclustered ones too. As in the authors' released loader, the
+    out-of-cluster pairs are a fresh random sample each epoch, never pairs without a cluster.
+    """
+    if cluster is None:
+        return np.arange(len(coarse_ids))
+    inside = np.flatnonzero(coarse_ids == cluster)
+    if len(inside) == 0:
+        present = sorted(set(np.unique(coarse_ids).tolist()) - {NO_CLUSTER})
+        raise InputError(f"Cluster {cluster} has no pairs: the dataset's clusters are {present}.")
+    others = np.flatnonzero((coarse_ids != cluster) & (coarse_ids != NO_CLUSTER))
+    extra = rng.choice(others, size=int(len(others) * out_of_cluster_ratio), replace=False)
+    return np.concatenate([inside, extra])
+
+
+class GlobalBatchSampler:
+    """Batch sampler yielding this process's micro-batches, step after step, as lists of (row, epoch) keys.
+
+    The global batch of a step holds `micro_batch_size * accumulation * num_processes` rows of the epoch's shuffled
+    rows; process p reads its `accumulation` consecutive micro-batches at offset p. Epochs reshuffle (and redraw the
+    out-of-cluster sample) with a generator seeded by (seed, epoch); the tail that fills no global batch is skipped.
+    """
+
+    def __init__(
+        self,
+        coarse_ids: np.ndarray,
+        cluster: int | None,
+        out_of_cluster_ratio: float,
+        seed: int,
+        micro_batch_size: int,
+        accumulation: int,
+        process_index: int,
+        num_processes: int,
+        start_step: int,
+        max_steps: int,
+    ):
+        self.coarse_ids = coarse_ids
+        self.cluster = cluster
+        self.out_of_cluster_ratio = out_of_cluster_ratio
+        self.seed = seed
+        self.micro_batch_size = micro_batch_size
+        self.accumulation = accumulation
+        self.process_index = process_index
+        self.global_batch_size = micro_batch_size * accumulation * num_processes
+        self.start_step = start_step
+        self.max_steps = max_steps
+        self.rows_per_epoch = len(self.shuffled_rows(0))
+        self.steps_per_epoch = self.rows_per_epoch // self.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise InputError(
+                f"The training data has {self.rows_per_epoch} pairs, fewer than one global batch of "
+                f"{self.global_batch_size} (batch size x gradient accumulation x processes)."
+            )
+
+    def shuffled_rows(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        return rng.permutation(epoch_rows(self.coarse_ids, self.cluster, self.out_of_cluster_ratio, rng))
+
+    def __len__(self) -> int:
+        return max(self.max_steps - self.start_step, 0) * self.accumulation
+
+    def __iter__(self):
+        epoch, rows = None, None
+        for step in range(self.start_step, self.max_steps):
+            step_epoch, position = divmod(step, self.steps_per_epoch)
+            if step_epoch != epoch:
+                epoch, rows = step_epoch, self.shuffled_rows(step_epoch)
+            start = position * self.global_batch_size + self.process_index * self.accumulation * self.micro_batch_size
+            for micro in range(self.accumulation):
+                lo = start + micro * self.micro_batch_size
+                yield [(int(row), epoch) for row in rows[lo : lo + self.micro_batch_size]]
+
+
+def random_resized_crop(image: Image.Image, size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A random crop of CROP_SCALE of the area and CROP_RATIO aspect, resized to `size` (height, width)."""
+    width, height = image.size
+    for _ in range(10):
+        area = width * height * rng.uniform(*CROP_SCALE)
+        aspect = math.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+        crop_w, crop_h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+            break
+    else:  # extreme aspect ratios: the largest centred crop of the allowed aspect
+        crop_w, crop_h = min(width, round(height * CROP_RATIO[1])), min(height, round(width / CROP_RATIO[0]))
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
+
+
+def pick_caption(captions, rng: random.Random) -> str:
+    if isinstance(captions, str):
+        return captions
+    if not captions:
+        raise InputError("A pair has an empty caption list.")
+    return rng.choice(list(captions))
+
+
+class PairTransform:
+    """One pair -> (pixel values [3, H, W] normalised like the image processor, one caption)."""
+
+    def __init__(self, image_processor, image_column: str, caption_column: str):
+        crop = image_processor.crop_size or {}
+        self.size = (crop["height"], crop["width"])
+        self.rescale = image_processor.rescale_factor
+        self.mean = np.asarray(image_processor.image_mean, dtype=np.float32)
+        self.std = np.asarray(image_processor.image_std, dtype=np.float32)
+        self.image_column = image_column
+        self.caption_column = caption_column
+
+    def __call__(self, example: dict, rng: random.Random) -> tuple[torch.Tensor, str]:
+        image = example[self.image_column]
+        if not isinstance(image, Image.Image):
+            raise InputError(f"Column {self.image_column!r} holds {type(image).__name__}, not images.")
+        image = random_resized_crop(image.convert("RGB"), self.size, rng)
+        pixels = (np.asarray(image, dtype=np.float32) * self.rescale - self.mean) / self.std
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), pick_caption(example[self.caption_column], rng)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Random-access pairs keyed by (row, epoch): the key seeds the pair's caption choice and crop."""
+
+    def __init__(self, dataset: Dataset, transform: PairTransform, seed: int):
+        self.dataset = dataset.select_columns([transform.image_column, transform.caption_column])
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        row, epoch = key
+        return self.transform(self.dataset[row], random.Random(f"{self.seed}/{epoch}/{row}"))
+
+
+def stream_filter(cluster: int, out_of_cluster_ratio: float, seed: int):
+    """A `datasets` filter keeping the cluster's pairs and a seeded `out_of_cluster_ratio` share of the others'."""
+
+    def keep(coarse_id: int, caption) -> bool:
+        if coarse_id == cluster:
+            return True
+        if coarse_id == NO_CLUSTER or out_of_cluster_ratio == 0:
+            return False
+        # A hash rather than a stream position: the same pairs are drawn however the stream is split.
+        return zlib.crc32(f"{seed}/{caption}".encode()) / 2**32 < out_of_cluster_ratio
+
+    return keep
+
+
+class StreamingPairs(torch.utils.data.IterableDataset):
+    """This process's share of a streamed dataset, filtered while streaming, shuffled and augmented.
+
+    Out-of-cluster pairs are drawn by a hash of the caption: a fixed sample, where random access redraws it each epoch.
+    """
+
+    def __init__(
+        self,
+        stream: IterableDataset,
+        transform: PairTransform,
+        cluster: int | None,
+        cluster_column: str,
+        out_of_cluster_ratio: float,
+        seed: int,
+        shuffle_buffer: int,
+        process_index: int,
+        num_processes: int,
+    ):
+        if cluster is not None:
+            stream = stream.filter(
+                stream_filter(cluster, out_of_cluster_ratio, seed),
+                input_columns=[cluster_column, transform.caption_column],
+            )
+        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        self.stream = split_dataset_by_node(stream, rank=process_index, world_size=num_processes)
+        self.transform = transform
+        self.seed = seed
+        self.process_index = process_index
+        self.epoch = 0
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.process_index}/{worker.id if worker else 0}")
+        self.stream.set_epoch(self.epoch)
+        for example in self.stream:
+            yield self.transform(example, rng)
+
+
+class PairCollator:
+    """Stacks the images and tokenises the captions, truncated to the text tower's length."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, pairs: list[tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
+        text = self.tokenizer(
+            [caption for _, caption in pairs],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "pixel_values": torch.stack([pixels for pixels, _ in pairs]),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+        }

@@ -1,0 +1,467 @@
+"""Expert training and assembly: real Accelerate processes, real CLIPModels, real `datasets` data, no mocks."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from conftest import tiny_clip_config
+from datasets import Dataset, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+from safetensors.torch import load_file, save_file
+from training_probe import gradients
+from transformers import AutoModel, AutoTokenizer, CLIPModel, pipeline
+
+from modeling_mode.assembly import assemble, router_from
+from modeling_mode.data import GlobalBatchSampler, InputError, PairDataset, PairTransform, StreamingPairs, load_pairs
+from modeling_mode.loss import contrastive_loss
+from modeling_mode.processors import pil_image_processor
+from modeling_mode.training import ExpertTrainingArguments, build_optimizer, learning_rate_at, train
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERT, ASSEMBLE, PROBE = REPO / "train/expert.py", REPO / "train/assemble.py", REPO / "tests/training_probe.py"
+QUIET = "--num-workers 0 --report-to none --warmup-steps 2".split()
+FINE_CLUSTERS, EXPERTS = 6, 2
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Some tests train in this process: leave no Accelerate state (a process-wide singleton) to the next test."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def make_pairs(path, n=40, clustered=True, seed=0) -> str:
+    """Random images of varied sizes; each caption names its pair's coarse cluster; fine cluster f -> expert f // 3,
+    and every eighth pair has no cluster (-1)."""
+    rng = np.random.default_rng(seed)
+    fine = rng.integers(0, FINE_CLUSTERS, n).astype(np.int32)
+    fine[::8] = -1
+    coarse = np.where(fine >= 0, fine // (FINE_CLUSTERS // EXPERTS), -1).astype(np.int32)
+    sizes = rng.integers(24, 48, (n, 2))
+    images = [PILImage.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    columns = {
+        "image": images,
+        "caption": [[f"cluster {c} pair {i}", f"pair {i} of cluster {c}"] for i, c in enumerate(coarse)],
+        "fine_id": fine,
+        "coarse_id": coarse,
+    }
+    ids = Value("int32")
+    features = {"image": Image(), "caption": Sequence(Value("string")), "fine_id": ids, "coarse_id": ids}
+    if not clustered:
+        columns = {k: columns[k] for k in ("image", "caption")}
+        features = {k: features[k] for k in ("image", "caption")}
+    Dataset.from_dict(columns, features=Features(features)).save_to_disk(str(path))
+    return str(path)
+
+
+def caption_cluster(caption: str) -> int:
+    return int(caption.split("cluster ")[1].split()[0])
+
+
+def python(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def launch_two_processes(*args) -> subprocess.CompletedProcess:
+    """`accelerate launch` of two CPU processes on gloo (hf-notes: --cpu would start only one)."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
+    flags += ["--main_process_port", port]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    return python("-m", "accelerate.commands.launch", *flags, *args, env=env)
+
+
+def run_args(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "training_args.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------- loss, optimizer
+
+
+def test_contrastive_loss_is_clips_loss_on_one_process():
+    torch.manual_seed(0)
+    model = CLIPModel(tiny_clip_config())
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+    input_ids = torch.randint(2, 500, (5, 9))
+    input_ids[:, -1] = 1  # the end token, where CLIP pools the text
+    outputs = model(input_ids=input_ids, pixel_values=torch.randn(5, 3, 30, 30), return_loss=True)
+    loss = contrastive_loss(outputs.image_embeds, outputs.text_embeds, model.logit_scale)
+    torch.testing.assert_close(loss, outputs.loss)
+
+
+def test_schedule_warms_up_then_decays_to_zero_and_decay_skips_gains_biases_temperature():
+    args = ExpertTrainingArguments(dataset="-", output="-", max_steps=100, warmup_steps=10, learning_rate=1e-3)
+    assert learning_rate_at(0, args) == pytest.approx(1e-4)
+    assert learning_rate_at(9, args) == pytest.approx(1e-3)
+    assert learning_rate_at(55, args) == pytest.approx(5e-4)  # half-way through the cosine
+    assert learning_rate_at(99, args) < 1e-6
+    model = CLIPModel(tiny_clip_config())
+    optimizer = build_optimizer(model, args)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay["logit_scale"] == decay["text_model.final_layer_norm.weight"] == 0
+    assert decay["vision_model.embeddings.class_embedding"] == decay["text_model.encoder.layers.0.mlp.fc1.bias"] == 0
+    assert decay["text_model.encoder.layers.0.mlp.fc1.weight"] == decay["visual_projection.weight"] == 0.2
+    assert optimizer.defaults["lr"] == 1e-3 and optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    assert optimizer.param_groups[0]["eps"] == 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def global_batches(coarse_ids, processes, accumulation, micro, steps, cluster=None, ratio=0.0):
+    """The rows of each step's global batch, read through every simulated process's sampler."""
+    per_process = [
+        list(GlobalBatchSampler(coarse_ids, cluster, ratio, 0, micro, accumulation, p, processes, 0, steps))
+        for p in range(processes)
+    ]
+    step_batches = [[] for _ in range(steps)]
+    for batches in per_process:
+        for i, batch in enumerate(batches):
+            step_batches[i // accumulation] += [row for row, _ in batch]
+    return step_batches
+
+
+def test_global_batch_is_the_same_for_any_number_of_processes_and_micro_batches():
+    coarse_ids = np.repeat([0, 1, -1], [14, 15, 6])
+    one = global_batches(coarse_ids, processes=1, accumulation=1, micro=8, steps=9)  # 4 steps an epoch: 2 epochs+
+    assert all(len(set(rows)) == 8 for rows in one)
+    for processes, accumulation, micro in [(2, 1, 4), (2, 2, 2), (4, 2, 1)]:
+        other = global_batches(coarse_ids, processes, accumulation, micro, steps=9)
+        assert [sorted(rows) for rows in other] == [sorted(rows) for rows in one]
+    assert one[:4] != one[4:8]  # each epoch is reshuffled
+
+
+def test_an_expert_sees_only_its_cluster_plus_the_asked_share(tmp_path):
+    dataset = load_pairs(make_pairs(tmp_path / "pairs", n=64))
+    coarse_ids = np.asarray(dataset["coarse_id"])
+    inside, others = (coarse_ids == 1).sum(), ((coarse_ids >= 0) & (coarse_ids != 1)).sum()
+    pairs = PairDataset(dataset, PairTransform(pil_image_processor(30), "image", "caption"), seed=0)
+
+    paper = GlobalBatchSampler(coarse_ids, 1, 0.0, 0, 2, 1, 0, 1, 0, 30)
+    keys = [key for batch in paper for key in batch]
+    assert {caption_cluster(pairs[key][1]) for key in keys} == {1}  # through the real read, crop and caption draw
+    assert paper.rows_per_epoch == inside
+
+    released = GlobalBatchSampler(coarse_ids, 1, 0.5, 0, 2, 1, 0, 1, 0, 0)
+    for epoch in range(3):
+        rows = released.shuffled_rows(epoch)
+        assert len(rows) == len(set(rows)) == inside + int(0.5 * others)
+        assert (coarse_ids[rows] == 1).sum() == inside and (coarse_ids[rows] >= 0).all()
+    assert set(released.shuffled_rows(0)) != set(released.shuffled_rows(1))  # redrawn every epoch
+    pixels, caption = pairs[(int(rows[0]), 2)]
+    assert pixels.shape == (3, 30, 30) and caption in dataset[int(rows[0])]["caption"]
+
+
+def test_streaming_applies_the_cluster_filter_while_streaming(tmp_path):
+    saved = make_pairs(tmp_path / "pairs", n=48)
+    stream = load_pairs(saved, streaming=True)  # shards of a save_to_disk directory, read as a stream
+    transform = PairTransform(pil_image_processor(30), "image", "caption")
+    seen = [
+        [caption for _, caption in StreamingPairs(stream, transform, 0, "coarse_id", 0.0, 0, 8, process, 2)]
+        for process in range(2)
+    ]
+    assert {caption_cluster(c) for part in seen for c in part} == {0}
+    assert len(seen[0]) + len(seen[1]) == (np.asarray(load_pairs(saved)["coarse_id"]) == 0).sum()
+    assert not set(seen[0]) & set(seen[1])  # each process streams its own shards
+
+
+def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path):
+    dataset = make_pairs(tmp_path / "pairs", n=48)
+
+    def run(output, **flags):
+        args = dict(dataset=dataset, output=str(tmp_path / output), streaming=True, shuffle_buffer=8, cluster="0")
+        args.update(config="tiny", batch_size=2, max_steps=14, warmup_steps=2, checkpoint_every=5, num_workers=0)
+        train(ExpertTrainingArguments(**args, report_to="none", **flags))
+        return load_file(tmp_path / output / "model.safetensors")
+
+    reference = run("uninterrupted")  # the cluster's pairs make about 10 batches: 14 steps start a second epoch
+    run("interrupted", stop_at_step=5)
+    resumed = run("interrupted", resume=True)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    state = json.loads((tmp_path / "interrupted/checkpoints/step_5/trainer_state.json").read_text())
+    assert state["stream_positions"] == [[0, 5]]
+    state = json.loads((tmp_path / "interrupted/checkpoints/step_14/trainer_state.json").read_text())
+    assert state["stream_positions"][0][0] == 1  # in the second epoch
+
+
+# ---------------------------------------------------------------------------------------------------- distributed
+
+
+@pytest.fixture(scope="module")
+def one_process_gradients(tmp_path_factory):
+    """Loss and gradients of one process on the global batch of 8 pairs."""
+    root = tmp_path_factory.mktemp("gradients")
+    dataset = make_pairs(root / "pairs")
+    gradients(dataset, str(root / "one.pt"), batch_size=8, accumulation=1)
+    return dataset, torch.load(root / "one.pt")
+
+
+def assert_same_step(result, reference):
+    torch.testing.assert_close(result["loss"], reference["loss"], rtol=0, atol=1e-5)
+    assert result["grads"].keys() == reference["grads"].keys()
+    for name, grad in reference["grads"].items():
+        torch.testing.assert_close(result["grads"][name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_accumulated_micro_batches_give_the_large_batch_gradient(one_process_gradients, tmp_path):
+    dataset, reference = one_process_gradients
+    gradients(dataset, str(tmp_path / "accumulated.pt"), batch_size=2, accumulation=4)
+    assert_same_step(torch.load(tmp_path / "accumulated.pt"), reference)
+
+
+@pytest.mark.parametrize("batch_size, accumulation", [(4, 1), (2, 2)])
+def test_two_processes_give_the_loss_and_gradients_of_one(one_process_gradients, tmp_path, batch_size, accumulation):
+    dataset, reference = one_process_gradients
+    out = tmp_path / "two.pt"
+    launch_two_processes(PROBE, "gradients", dataset, out, batch_size, accumulation)
+    assert_same_step(torch.load(out), reference)
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    dataset = make_pairs(tmp_path / "pairs")
+    # An expert with out-of-cluster pairs and accumulation, over an epoch boundary (6 steps an epoch).
+    flags = f"--dataset {dataset} --config tiny --cluster 1 --out-of-cluster-ratio 0.5 --batch-size 2".split()
+    flags += ["--gradient-accumulation-steps", "2", "--max-steps", "8", "--checkpoint-every", "3", *QUIET]
+    killed, uninterrupted = tmp_path / "killed", tmp_path / "uninterrupted"
+    runs = [
+        subprocess.Popen([sys.executable, PROBE, "killed", *flags, "--output", killed, "--kill-at", "3"], cwd=REPO),
+        subprocess.Popen([sys.executable, EXPERT, *flags, "--output", uninterrupted], cwd=REPO),
+    ]
+    assert [run.wait(timeout=600) for run in runs] == [-9, 0]
+    assert (killed / "checkpoints" / "step_3").is_dir() and not (killed / "model.safetensors").exists()
+
+    python(EXPERT, *flags, "--output", killed, "--resume")
+    resumed, reference = load_file(killed / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    record = run_args(killed)["run"]
+    assert record["resumed_from"] == [str(killed / "checkpoints" / "step_3")] and record["final_step"] == 8
+    assert record["start"] == "config"
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    return make_pairs(root / "clustered"), make_pairs(root / "unclustered", clustered=False)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"cluster": "5"}, r"Cluster 5 has no pairs: the dataset's clusters are \[0, 1\]"),
+        ({"cluster": "1", "dataset": "unclustered"}, r"no column 'coarse_id' \(--cluster-column\).*clustering step"),
+        ({"cluster": "one"}, r"--cluster must be a coarse cluster id"),
+        ({"config": None, "init": "/no/such/seed"}, r"Unknown --init '/no/such/seed'"),
+        ({"config": None, "init": "EMPTY_DIR"}, r"Unknown --init .*neither a checkpoint"),
+        ({"config": None, "init": "nobody/no-clip"}, r"Unknown --init 'nobody/no-clip'.*could not be loaded"),
+        ({"config": "huge"}, r"Unknown --config 'huge'"),
+        ({"batch_size": 64}, r"fewer than one global batch of 64"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(pairs, tmp_path, flags, message):
+    clustered, unclustered = pairs
+    flags = {"dataset": clustered, "config": "tiny", "max_steps": 2, "num_workers": 0, "report_to": "none", **flags}
+    flags["dataset"] = unclustered if flags["dataset"] == "unclustered" else flags["dataset"]
+    if flags.get("init") == "EMPTY_DIR":
+        flags["init"] = str(tmp_path)
+    with pytest.raises(InputError, match=message):
+        train(ExpertTrainingArguments(output=str(tmp_path / "run"), **flags))
+
+
+def test_the_command_line_reports_bad_input_without_a_traceback(pairs, tmp_path):
+    flags = f"--dataset {pairs[0]} --cluster 7 --config tiny --max-steps 1 --output {tmp_path}".split()
+    result = python(EXPERT, *flags, *QUIET, check=False)
+    assert result.returncode != 0
+    assert "error: Cluster 7 has no pairs" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+def write_clusters(root: Path, dataset_dir: str, encoder: str, centroids: torch.Tensor) -> Path:
+    """The clustering step's outputs, as that step writes them."""
+    root.mkdir(parents=True, exist_ok=True)
+    fine_to_coarse = torch.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS)
+    save_file(
+        {
+            "fine_centroids": centroids,
+            "coarse_centroids": torch.nn.functional.normalize(torch.randn(EXPERTS, centroids.shape[1]), dim=-1),
+            "fine_to_coarse": fine_to_coarse,
+        },
+        str(root / "clusters.safetensors"),
+    )
+    metadata = dict(
+        encoder=encoder,
+        pooling="mean",
+        embed_dim=centroids.shape[1],
+        num_fine_clusters=FINE_CLUSTERS,
+        num_experts=EXPERTS,
+        method="test",
+        seed=0,
+        caption_column="caption",
+    )
+    (root / "clusters.json").write_text(json.dumps(metadata))
+    if not (root / "dataset").exists():
+        os.symlink(dataset_dir, root / "dataset")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory):
+    """The issue's commands on a tiny config: a seed on two processes (stopped part-way through its schedule, as the
+    paper forks at epoch 27 of 32), two experts forked from it, and their assembly."""
+    root = tmp_path_factory.mktemp("mode")
+    dataset = make_pairs(root / "pairs", n=48)
+    # The clustering embedded captions with another encoder (8-d): assembly must re-express the centroids.
+    centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, 8), dim=-1)
+    clusters = write_clusters(root / "clusters", dataset, "sentence-transformers/all-MiniLM-L6-v2", centroids)
+    report_to = "tensorboard" if _tensorboard_installed() else "none"
+    common = f"--dataset {clusters / 'dataset'} --max-steps 6 --checkpoint-every 2 --log-every 1".split()
+    common += "--batch-size 4 --warmup-steps 2 --num-workers 0".split()
+    seed = root / "seed"
+    seed_flags = f"--cluster all --config tiny --batch-size 2 --stop-at-step 4 --report-to {report_to}".split()
+    launch_two_processes(EXPERT, *common, *seed_flags, "--output", seed)
+    experts = [root / "expert-0", root / "expert-1"]
+    extra = ["", "--mixed-precision bf16 --gradient-checkpointing --max-grad-norm 1.0 --out-of-cluster-ratio 0.02"]
+    runs = [  # independent jobs, at the same time
+        subprocess.Popen(
+            [sys.executable, EXPERT, *common, *f"--cluster {k} --init {seed} --output {expert}".split()]
+            + ["--report-to", "none", *extra[k].split()],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, expert in enumerate(experts)
+    ]
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-4000:]
+    mode = root / "mode"
+    python(
+        ASSEMBLE,
+        "--experts",
+        experts[1],
+        experts[0],
+        *f"--clusters {clusters} --router-text-model {seed}".split(),
+        "--output",
+        mode,
+    )
+    return dict(dataset=dataset, clusters=clusters, seed=seed, experts=experts, mode=mode, report_to=report_to)
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
+    seed, experts = pipeline_runs["seed"], pipeline_runs["experts"]
+    record = run_args(seed)["run"]
+    assert record["num_processes"] == 2 and record["global_batch_size"] == 4 and record["final_step"] == 4
+    assert sorted(p.name for p in (seed / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    assert isinstance(CLIPModel.from_pretrained(seed), CLIPModel)  # the seed is a standalone CLIPModel directory
+    for k, expert in enumerate(experts):
+        record = run_args(expert)["run"]
+        assert (record["cluster"], record["start"], record["start_step"], record["final_step"]) == (k, "fork", 4, 6)
+        assert record["start_checkpoint"] == str(seed / "checkpoints" / "step_4")
+        # AdamW's step counts went on from the seed's 4: its optimizer state was forked, not restarted.
+        optimizer = torch.load(expert / "checkpoints" / "step_6" / "optimizer.bin", weights_only=False)
+        assert {int(state["step"]) for state in optimizer["state"].values()} == {6}
+        assert (expert / "tokenizer.json").exists() and (expert / "preprocessor_config.json").exists()
+    assert run_args(experts[1])["run"]["mixed_precision"] == "bf16"
+    assert run_args(experts[1])["run"]["data_variant"].startswith("released code")
+    assert run_args(experts[0])["run"]["data_variant"].startswith("paper")
+    if pipeline_runs["report_to"] == "tensorboard":
+        assert list((seed / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # remote code is cached there
+    mode_dir, experts = pipeline_runs["mode"], pipeline_runs["experts"]
+    mode = AutoModel.from_pretrained(mode_dir, trust_remote_code=True)
+    assert type(mode).__name__ == "ModeCLIPModel" and mode.config.num_experts == 2
+    for k, expert in enumerate(experts):  # expert k is the one trained on cluster k, whatever the order given
+        weights = load_file(expert / "model.safetensors")
+        for name, tensor in mode.experts[k].state_dict().items():
+            torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0, msg=name)
+
+    # The clustering used another encoder: each centroid is the mean router embedding of its cluster's captions.
+    assert mode.config.centroids_reexpressed and mode.config.clustering_encoder.endswith("all-MiniLM-L6-v2")
+    seed = pipeline_runs["seed"]
+    router, dataset = router_from(str(seed)), load_pairs(pipeline_runs["dataset"])
+    tokenizer = AutoTokenizer.from_pretrained(seed)
+    expected = []
+    with torch.no_grad():
+        for fine in range(FINE_CLUSTERS):
+            captions = [c[0] for c, f in zip(dataset["caption"], dataset["fine_id"]) if f == fine]
+            embeds = router(**tokenizer(captions, padding=True, return_tensors="pt")).text_embeds
+            expected.append(torch.nn.functional.normalize(embeds, dim=-1).mean(0))
+    torch.testing.assert_close(mode.fine_centroids, torch.nn.functional.normalize(torch.stack(expected), dim=-1))
+    provenance = json.loads((mode_dir / "assembly.json").read_text())
+    assert provenance["experts"] == [str(e) for e in experts] and provenance["centroids_reexpressed"]
+
+    classify = pipeline("zero-shot-image-classification", model=str(mode_dir), trust_remote_code=True)
+    image = PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    scores = classify(image, candidate_labels=["cluster 0", "cluster 1", "a cat"])
+    assert len(scores) == 3 and sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tmp_path):
+    seed = pipeline_runs["seed"]
+    centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, router_from(str(seed)).config.projection_dim))
+    clusters = write_clusters(tmp_path / "clusters", pipeline_runs["dataset"], str(seed), centroids)
+    mode = assemble([str(e) for e in pipeline_runs["experts"]], str(clusters), str(seed), str(tmp_path / "mode"))
+    assert not mode.config.centroids_reexpressed
+    torch.testing.assert_close(mode.fine_centroids, centroids)
+
+
+def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs, tmp_path):
+    experts = [str(e) for e in pipeline_runs["experts"]]
+    clusters, seed = pipeline_runs["clusters"], pipeline_runs["seed"]
+
+    def assemble_from(expert_dirs, clusters_dir=clusters):
+        assemble(expert_dirs, str(clusters_dir), str(seed), str(tmp_path / "mode"))
+
+    with pytest.raises(InputError, match="does not exist"):
+        assemble_from([experts[0], str(tmp_path / "expert-9")])
+    with pytest.raises(InputError, match="both trained on cluster 0"):
+        assemble_from([experts[0], experts[0]])
+    with pytest.raises(InputError, match=r"missing clusters \[1\]"):
+        assemble_from([experts[0]])
+    with pytest.raises(InputError, match="trained on all pairs"):
+        assemble_from([experts[0], str(seed)])
+    with pytest.raises(InputError, match="has no clusters.json"):
+        assemble_from(experts, tmp_path)
+    other = tmp_path / "other-architecture"  # an expert of cluster 1 trained from another seed's config
+    CLIPModel(tiny_clip_config()).save_pretrained(other)
+    (other / "training_args.json").write_text((Path(experts[1]) / "training_args.json").read_text())
+    with pytest.raises(InputError, match="another architecture"):
+        assemble_from([experts[0], str(other)])
