@@ -1,9 +1,9 @@
 """Model and dataset cards for a MODE run, rendered from the run's own files with huggingface_hub's card classes.
 
-A MODE model directory holds `config.json` and may hold, beside the weights, the records of how it was made:
-`clusters.json` (the clustering run), `training_args.json` (the experts' training) and `eval_results.json` (a list of
-`{"task", "dataset", "split", "metric", "model", "value"}` rows from the evaluators). Whatever is present goes into the
-card; nothing is invented.
+A MODE model directory holds `config.json` and, beside the weights, the records of how it was made: `assembly.json`
+(written by train/assemble.py: the clustering run's metadata and each expert's training record) and
+`eval_results.json` (a list of `{"task", "dataset", "split", "metric", "model", "value"}` rows from the evaluators).
+Whatever is present goes into the card; nothing is invented.
 """
 
 import json
@@ -29,21 +29,11 @@ ROUTING_TEXT = {
     ),
     "uniform": "The experts are averaged with equal weights.",
 }
-# Training settings worth a row in the card, as `training_args.json` names them.
-TRAINING_KEYS = (
-    "init",
-    "config",
-    "cluster",
-    "out_of_cluster_ratio",
-    "max_steps",
-    "batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "weight_decay",
-    "warmup_steps",
-    "mixed_precision",
-    "seed",
-)
+# Training facts worth a row in the card: flags (`args`) and what the run did (`run`) in each training record.
+TRAINING_KEYS = {
+    "args": ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "out_of_cluster_ratio"),
+    "run": ("cluster", "data_variant", "start", "start_step", "global_batch_size", "num_processes", "mixed_precision"),
+}
 
 
 def read_json(path: Path):
@@ -60,16 +50,14 @@ def expert_rows(fine_to_coarse: list[int], clustering: dict | None) -> list[dict
     ]
 
 
-def training_rows(training_args) -> list[tuple[str, str]]:
-    """Settings rows from `training_args.json`: one dict, or one per expert (then values are listed per expert)."""
-    if not training_args:
-        return []
-    runs = training_args if isinstance(training_args, list) else [training_args]
+def training_rows(records: list[dict]) -> list[tuple[str, str]]:
+    """Settings rows from the experts' training records; a value that differs between experts is listed per expert."""
     rows = []
-    for key in TRAINING_KEYS:
-        values = [run.get(key) for run in runs if run.get(key) is not None]
-        if values:
-            rows.append((key, ", ".join(dict.fromkeys(str(value) for value in values))))
+    for part, keys in TRAINING_KEYS.items():
+        for key in keys:
+            values = [str(record[part][key]) for record in records if record.get(part, {}).get(key) is not None]
+            if values:
+                rows.append((key, ", ".join(dict.fromkeys(values))))
     return rows
 
 
@@ -93,7 +81,8 @@ def model_card(
 ) -> ModelCard:
     """The model card of the MODE saved in `model_dir`, to be pushed as `repo_id`.
 
-    `base_model` is the Hub id of the checkpoint the seed was forked from (none for a seed trained from scratch).
+    `base_model` is the Hub id of the checkpoint the seed started from; by default the one the training records name
+    (none for a seed trained from scratch).
     """
     model_dir = Path(model_dir)
     config = read_json(model_dir / "config.json")
@@ -101,9 +90,11 @@ def model_card(
         raise ValueError(
             f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
         )
-    clustering = read_json(model_dir / "clusters.json")
-    training_args = read_json(model_dir / "training_args.json")
+    assembly = read_json(model_dir / "assembly.json") or {}
+    clustering, training = assembly.get("clustering"), assembly.get("expert_training") or []
     results = read_json(model_dir / "eval_results.json") or []
+    recorded = {record["run"].get("base_model") for record in training} - {None}
+    base_model = base_model or (recorded.pop() if len(recorded) == 1 else None)
     model_name = repo_id.split("/")[-1]
     vision = config["expert_config"]["vision_config"]
     card_data = ModelCardData(
@@ -129,7 +120,7 @@ def model_card(
         router_embed_dim=config["router_text_config"]["projection_dim"],
         clustering=clustering,
         expert_rows=expert_rows(config["fine_to_coarse"], clustering),
-        training=training_rows(training_args),
+        training=training_rows(training),
         results=results,
     )
 

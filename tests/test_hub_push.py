@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from hub_cards import PushError, push_run
 
 REPO_ID = "org/mode-clip"
+SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_ROWS = [
     {"task": "zero-shot-image-classification", "dataset": "fashion_mnist", "split": "test", "metric": "accuracy",
@@ -72,8 +73,11 @@ def run_dir(tmp_path, mode):
     folder = tmp_path / "mode-clip"
     for part in (mode, make_tokenizer(), make_image_processor()):
         part.save_pretrained(folder)
-    (folder / "clusters.json").write_text(json.dumps(CLUSTERING))
-    (folder / "training_args.json").write_text(json.dumps([{"cluster": k, "init": "runs/seed"} for k in range(2)]))
+    training = [
+        {"args": {"learning_rate": 5e-4, "max_steps": 400}, "run": {"cluster": k, "start": "fork", "base_model": SEED}}
+        for k in range(2)
+    ]
+    (folder / "assembly.json").write_text(json.dumps({"clustering": CLUSTERING, "expert_training": training}))
     (folder / "eval_results.json").write_text(json.dumps(EVAL_ROWS))
     return folder
 
@@ -133,13 +137,13 @@ def test_pushed_mode_loads_with_auto_model_and_pipeline(hub, api, run_dir, mode,
 
 
 def test_model_card_metadata_parses_and_holds_the_run(hub, api, run_dir):
-    push_run(run_dir, REPO_ID, api=api, license="apache-2.0", base_model="openai/clip-vit-base-patch32")
+    push_run(run_dir, REPO_ID, api=api, license="apache-2.0")
 
     card = ModelCard(hub.files(REPO_ID)["README.md"].decode())  # huggingface_hub's own metadata parsing
     assert card.data.library_name == "transformers"
     assert card.data.pipeline_tag == "zero-shot-image-classification"
     assert card.data.license == "apache-2.0"
-    assert card.data.base_model == "openai/clip-vit-base-patch32"
+    assert card.data.base_model == SEED
     assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("fashion_mnist", 0.731)] + [
         ("fashion_mnist", 0.702)
     ]
@@ -147,6 +151,7 @@ def test_model_card_metadata_parses_and_holds_the_run(hub, api, run_dir):
     assert "| all-MiniLM-L6-v2 | mean | 6 | 2 | two-level |" in card.text  # the clustering
     assert "(Eq. 4-6)" in card.text and "lambda = 0.2" in card.text  # the routing formula used
     assert "| MODE-2 routed | 0.731 |" in card.text  # the evaluation table
+    assert "| cluster | 0, 1 |" in card.text and "| learning_rate | 0.0005 |" in card.text  # the training
 
 
 def test_experts_and_clustered_data_are_pushed_as_their_own_repos(hub, api, run_dir, clusters_dir, mode, tmp_path):
