@@ -1,0 +1,65 @@
+"""Zero-shot image classification of a CLIPModel or a ModeCLIPModel on a `datasets` image-classification set.
+
+    python eval/zeroshot.py --model runs/mode-clip --dataset PATH_OR_HUB_ID --split test \
+        [--templates FILE.json] [--classnames FILE.json] --output results.json
+
+For a MODE, reports side by side the ensemble routed with the paper's formula, with the released code's, uniform, and
+each expert alone, with the routing weights used. Writes the results as JSON and a markdown table beside it (.md).
+"""
+
+import argparse
+import json
+
+import datasets
+
+from modeling_mode.data import load_pairs
+from modeling_mode.evaluation import column_of_type, image_batches, load_model, write_results, zero_shot_classification
+
+
+def read_json_list(path: str, what: str) -> list[str]:
+    with open(path) as file:
+        values = json.load(file)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{path} must hold a JSON list of strings ({what}).")
+    return values
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="CLIPModel or ModeCLIPModel: local directory or Hub id")
+    parser.add_argument("--dataset", required=True, help="save_to_disk or imagefolder directory, or Hub id")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image-column", help="default: the dataset's image column")
+    parser.add_argument("--label-column", help="default: the dataset's class-label column")
+    parser.add_argument("--classnames", help="JSON list of class names, by label id (default: the label feature's)")
+    parser.add_argument("--templates", help="JSON list of prompt templates with {c} for the class name")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, help="evaluate on the first N examples only")
+    parser.add_argument("--device", help="e.g. cuda; default: cpu")
+    parser.add_argument("--output", required=True, help="results JSON; the markdown table goes beside it (.md)")
+    args = parser.parse_args()
+
+    dataset = load_pairs(args.dataset, args.split)
+    if args.limit:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+    image_column = args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
+    label_column = args.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
+    if args.classnames:
+        classnames = read_json_list(args.classnames, "class names")
+    elif isinstance(dataset.features[label_column], datasets.ClassLabel):
+        classnames = dataset.features[label_column].names
+    else:
+        raise ValueError(f"column {label_column!r} holds no class names: pass them with --classnames FILE.json.")
+    templates = read_json_list(args.templates, "prompt templates") if args.templates else None
+
+    model, tokenizer, image_processor = load_model(args.model, args.device)
+    images = image_batches(dataset, image_column, args.batch_size)
+    results = zero_shot_classification(
+        model, tokenizer, image_processor, images, dataset[label_column], classnames, templates
+    )
+    results.update(model=args.model, dataset=args.dataset, split=args.split)
+    print(write_results(results, args.output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Zero-shot classification and image-text retrieval for a `CLIPModel` or a `ModeCLIPModel`.
+
+Every expert encodes the images and texts once; the ensembles (routed with the paper's formula, with the released
+one, uniform) and each expert alone are then combinations of the experts' cosine similarities, as in MODE:
+`logits = sum_k w_k * exp(logit_scale_k) * cos_k`. A `CLIPModel` is a MODE of one expert with weight one.
+"""
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import multiclass_accuracy
+from tqdm.auto import tqdm
+from transformers import CLIPModel
+
+from .files import write_json, write_text
+from .modeling_mode_clip import ModeCLIPModel
+
+# A short, general set of CLIP prompt templates; pass your own (e.g. OpenAI's 80 ImageNet ones) for a benchmark.
+DEFAULT_TEMPLATES = (
+    "a photo of a {c}.",
+    "a blurry photo of a {c}.",
+    "a photo of the small {c}.",
+    "a photo of the large {c}.",
+    "a drawing of a {c}.",
+    "a close-up photo of a {c}.",
+    "itap of a {c}.",
+)
+ROUTINGS = ("paper", "released", "uniform")
+
+
+def experts_of(model) -> list[CLIPModel]:
+    if isinstance(model, ModeCLIPModel):
+        return list(model.experts)
+    if isinstance(model, CLIPModel):
+        return [model]
+    raise ValueError(f"expected a CLIPModel or a ModeCLIPModel, got {type(model).__name__}.")
+
+
+def _batches(items: list, batch_size: int) -> Iterable[list]:
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+@torch.inference_mode()
+def encode_texts(
+    model, tokenizer, texts: list[str], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """L2-normalised text features of every expert [K, T, d] and, for a MODE, router embeddings [T, d_router]."""
+    per_expert, routed = [], []
+    for batch in _batches(texts, batch_size):
+        inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
+        per_expert.append(
+            torch.stack([expert.get_text_features(**inputs).pooler_output for expert in experts_of(model)])
+        )
+        if isinstance(model, ModeCLIPModel):
+            routed.append(model.router_text_model(**inputs).text_embeds)
+    features = nn.functional.normalize(torch.cat(per_expert, dim=1).float(), dim=-1)
+    return features, nn.functional.normalize(torch.cat(routed).float(), dim=-1) if routed else None
+
+
+@torch.inference_mode()
+def encode_images(model, image_processor, images: Iterable, num_images: int, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised image features of every expert [K, N, d]; each batch is preprocessed once for all experts."""
+    per_expert = []
+    with tqdm(total=num_images, desc="images", unit="img") as progress:
+        for batch in images:
+            pixel_values = image_processor(images=batch, return_tensors="pt").pixel_values.to(
+                model.device, model.dtype
+            )
+            per_expert.append(
+                torch.stack([e.get_image_features(pixel_values).pooler_output for e in experts_of(model)])
+            )
+            progress.update(len(batch))
+    return nn.functional.normalize(torch.cat(per_expert, dim=1).float(), dim=-1)
+
+
+def logit_scales(model) -> torch.Tensor:
+    return torch.stack([expert.logit_scale.detach().exp().float() for expert in experts_of(model)]).cpu()
+
+
+def ensembles(model, router_embeds: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Named expert-weight vectors to compare: the routings of a MODE and each expert alone."""
+    num_experts = len(experts_of(model))
+    if not isinstance(model, ModeCLIPModel):
+        return {"CLIPModel": torch.ones(1)}
+    named = {f"MODE {routing}": model.route_embeddings(router_embeds, routing=routing).cpu() for routing in ROUTINGS}
+    named.update(
+        {f"expert {k}": nn.functional.one_hot(torch.tensor(k), num_experts).float() for k in range(num_experts)}
+    )
+    return named
+
+
+def zero_shot_classifier(
+    model, tokenizer, classnames: list[str], templates
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each expert's class embeddings averaged over the templates [K, C, d], and the router's [C, d_router]."""
+    prompts = [template.format(c=name) for name in classnames for template in templates]
+    features, routed = encode_texts(model, tokenizer, prompts)
+
+    def average_over_templates(x):
+        return nn.functional.normalize(x.unflatten(-2, (len(classnames), len(templates))).mean(-2), dim=-1)
+
+    return average_over_templates(features), average_over_templates(routed) if routed is not None else None
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 and top-5 accuracy, and mean per-class accuracy (CLIP's metric for e.g. Pets, Flowers, Aircraft)."""
+    num_classes = logits.shape[-1]
+
+    def accuracy(top_k, average):
+        return multiclass_accuracy(logits, labels, num_classes=num_classes, top_k=top_k, average=average)
+
+    # Mean over the classes present in `labels`: torchmetrics' "macro" also counts classes that are only predicted.
+    present = torch.bincount(labels, minlength=num_classes) > 0
+    return {
+        "top1": accuracy(1, "micro").item(),
+        "top5": accuracy(min(5, num_classes), "micro").item(),
+        "mean_per_class": accuracy(1, "none")[present].mean().item(),
+    }
+
+
+def zero_shot_classification(
+    model, tokenizer, image_processor, images: Iterable, labels: list[int], classnames: list[str], templates=None
+) -> dict:
+    """Zero-shot accuracy of every ensemble and expert on `images` (batches of PIL images) with true `labels`."""
+    if not classnames:
+        raise ValueError("zero-shot classification needs at least one class name.")
+    templates = list(templates or DEFAULT_TEMPLATES)
+    if any("{c}" not in template for template in templates):
+        raise ValueError("every prompt template must contain {c}, where the class name goes.")
+    class_features, router_embeds = zero_shot_classifier(model, tokenizer, classnames, templates)
+    image_features = encode_images(model, image_processor, images, len(labels))
+    # [K, N, C]: each expert's scaled cosine similarities
+    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,kcd->knc", image_features, class_features)
+    labels = torch.as_tensor(labels)
+    weights = ensembles(model, router_embeds)
+    return {
+        "task": "zero-shot-image-classification",
+        "num_images": len(labels),
+        "num_classes": len(classnames),
+        "num_templates": len(templates),
+        "routing_weights": {name: w.tolist() for name, w in weights.items() if name.startswith("MODE")},
+        "results": {
+            name: classification_metrics(torch.einsum("k,knc->nc", w, expert_logits), labels)
+            for name, w in weights.items()
+        },
+    }
+
+
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """Share of queries (rows of `scores`) with a relevant item (True in `relevant`) among their k best."""
+    ranked = scores.argsort(dim=1, descending=True)
+    hits = relevant.gather(1, ranked)
+    return {f"R@{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+
+
+def retrieval(model, tokenizer, image_processor, images: Iterable, captions: list[list[str]]) -> dict:
+    """Image-to-text and text-to-image recall@1/5/10; `captions[i]` are image i's captions.
+
+    As in the paper, image-to-text routes once with the whole caption set as the task, and text-to-image routes each
+    query caption on its own.
+    """
+    texts = [caption for image_captions in captions for caption in image_captions]
+    owner = torch.tensor([i for i, image_captions in enumerate(captions) for _ in image_captions])
+    text_features, router_embeds = encode_texts(model, tokenizer, texts)
+    image_features = encode_images(model, image_processor, images, len(captions))
+    # [K, images, texts]: each expert's scaled cosine similarities
+    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,ktd->knt", image_features, text_features)
+    relevant = owner[None, :] == torch.arange(len(captions))[:, None]  # [images, texts]
+
+    results = {}
+    for name, task_weights in ensembles(model, router_embeds).items():
+        if name == "MODE uniform" or not name.startswith("MODE"):
+            per_query = task_weights.expand(len(texts), -1)
+        else:  # each caption is a task of its own
+            routing = name.split()[-1]
+            per_query = torch.stack([model.route_embeddings(e[None], routing=routing).cpu() for e in router_embeds])
+        image_to_text = torch.einsum("k,knt->nt", task_weights, expert_logits)
+        text_to_image = torch.einsum("tk,knt->tn", per_query, expert_logits)
+        results[name] = {
+            **{f"image_to_text_{m}": v for m, v in recall_at_k(image_to_text, relevant).items()},
+            **{f"text_to_image_{m}": v for m, v in recall_at_k(text_to_image, relevant.t()).items()},
+        }
+    return {"task": "image-text-retrieval", "num_images": len(captions), "num_texts": len(texts), "results": results}
+
+
+def load_model(path: str, device: str | None = None):
+    """A CLIPModel or ModeCLIPModel (local directory or Hub id) with its tokenizer and image processor."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    if device:
+        model.to(device)
+    experts_of(model)  # fails early, with a clear message, on any other kind of model
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    return model, tokenizer, AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
+
+
+def column_of_type(dataset, feature_type: type, flag: str) -> str:
+    """The dataset's only column whose feature is `feature_type` (e.g. the image column)."""
+    import datasets
+
+    columns = [name for name, feature in dataset.features.items() if isinstance(feature, feature_type)]
+    if len(columns) != 1:
+        kind = {datasets.Image: "image", datasets.ClassLabel: "class-label"}.get(feature_type, feature_type.__name__)
+        raise ValueError(
+            f"the dataset has {len(columns)} {kind} columns ({columns}): name the one to use with {flag}."
+        )
+    return columns[0]
+
+
+def image_batches(dataset, image_column: str, batch_size: int) -> Iterable[list]:
+    for batch in dataset.select_columns([image_column]).iter(batch_size=batch_size):
+        yield [image.convert("RGB") for image in batch[image_column]]
+
+
+def markdown_table(results: dict) -> str:
+    """The results of one evaluation as a markdown table, one row per ensemble or expert."""
+    metrics = list(next(iter(results["results"].values())))
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for name, values in results["results"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * values[m]:.2f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, output: str) -> str:
+    """Write the results as JSON at `output` and as a markdown table beside it (.md); return the table."""
+    table = markdown_table(results)
+    write_json(output, results)
+    write_text(Path(output).with_suffix(".md"), table + "\n")
+    return table
+
+
+def card_rows(results: dict, dataset: str, split: str) -> list[dict]:
+    """The results as `eval_results.json` rows, which the model card turns into its table and model-index."""
+    return [
+        {"task": results["task"], "dataset": dataset, "split": split, "metric": metric, "model": name, "value": value}
+        for name, values in results["results"].items()
+        for metric, value in values.items()
+    ]

@@ -1,0 +1,133 @@
+"""Evaluators: metrics on constructed logits; the CLIs on a tiny MODE against answers rigged through its forward."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_processor, make_mode, make_tokenizer
+from PIL import Image
+
+from modeling_mode.evaluation import classification_metrics, recall_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["circle", "square", "sneaker"]
+TEMPLATE = "a photo of a {c}."
+
+
+def test_classification_metrics_on_constructed_logits():
+    logits = torch.tensor(
+        [
+            [9.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # label 0: right
+            [9.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # label 0: right
+            [1.0, 9.0, 0.0, 0.0, 0.0, 0.0],  # label 0: wrong, second
+            [1.0, 0.0, 2.0, 3.0, 4.0, 9.0],  # label 1: wrong, sixth
+        ]
+    )
+    metrics = classification_metrics(logits, torch.tensor([0, 0, 0, 1]))
+    assert metrics == pytest.approx({"top1": 0.5, "top5": 0.75, "mean_per_class": (2 / 3 + 0) / 2})
+
+
+def test_recall_at_k_on_constructed_scores():
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8]])  # 2 queries x 3 items
+    relevant = torch.tensor([[False, False, True], [True, False, False]])
+    assert recall_at_k(scores, relevant, ks=(1, 2, 3)) == {"R@1": 0.0, "R@2": 0.5, "R@3": 1.0}
+
+
+def run_cli(script, *args):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / script), *map(str, args)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = make_mode(num_experts=3, num_fine_clusters=9)
+    for part in (model, make_tokenizer(), make_image_processor()):
+        part.save_pretrained(tmp_path / "mode")
+    return tmp_path / "mode"
+
+
+def random_images(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def accuracy(logits, labels):
+    return (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+
+
+def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path):
+    from modeling_mode import ModeCLIPModel
+
+    model, tokenizer = ModeCLIPModel.from_pretrained(model_dir).eval(), make_tokenizer()
+    images = random_images(8)
+    prompts = tokenizer([TEMPLATE.format(c=c) for c in CLASSES], padding=True, return_tensors="pt")
+    pixels = make_image_processor()(images=images, return_tensors="pt").pixel_values
+    expected = {}  # each ensemble's and expert's logits, from the model's own forward
+    with torch.no_grad():
+        for routing in ("paper", "released", "uniform"):
+            weights = model.route(**prompts, routing=routing)
+            expected[f"MODE {routing}"] = model(
+                **prompts, pixel_values=pixels, expert_weights=weights
+            ).logits_per_image
+        for k, expert in enumerate(model.experts):
+            expected[f"expert {k}"] = expert(**prompts, pixel_values=pixels).logits_per_image
+    # Rig the labels: the routed MODE is right on 6 of the 8 images, wrong on the last two.
+    predicted = expected["MODE paper"].argmax(-1).tolist()
+    labels = predicted[:6] + [(p + 1) % len(CLASSES) for p in predicted[6:]]
+    for i, (image, label) in enumerate(zip(images, labels)):  # imagefolder numbers classes by sorted folder name
+        (tmp_path / "folder" / "test" / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "folder" / "test" / CLASSES[label] / f"{i}.png")
+    (tmp_path / "templates.json").write_text(json.dumps([TEMPLATE]))
+
+    output = tmp_path / "zeroshot.json"
+    run = run_cli(
+        "zeroshot.py", "--model", model_dir, "--dataset", tmp_path / "folder", "--split", "test",
+        "--templates", tmp_path / "templates.json", "--output", output,
+    )  # fmt: skip
+    results = json.loads(output.read_text())
+
+    assert results["num_images"] == 8 and results["num_classes"] == 3
+    assert results["results"]["MODE paper"]["top1"] == pytest.approx(0.75)
+    for name, logits in expected.items():
+        assert results["results"][name]["top1"] == pytest.approx(accuracy(logits, labels)), name
+    assert results["routing_weights"]["MODE paper"] == pytest.approx(model.route(**prompts).tolist())
+    assert "| MODE paper | 75.00 |" in output.with_suffix(".md").read_text() and "| MODE paper |" in run.stdout
+
+
+def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp_path):
+    from modeling_mode import ModeCLIPModel
+
+    model, tokenizer = ModeCLIPModel.from_pretrained(model_dir).eval(), make_tokenizer()
+    images = random_images(5, seed=1)
+    captions = [["a red circle", "a round red shape"], ["a blue square"], ["a sneaker"], ["a dog", "a puppy"], ["a 7"]]
+    datasets.Dataset.from_dict({"image": images, "caption": captions}).save_to_disk(tmp_path / "pairs")
+    texts = [c for cs in captions for c in cs]
+    owner = torch.tensor([i for i, cs in enumerate(captions) for _ in cs])
+    pixels = make_image_processor()(images=images, return_tensors="pt").pixel_values
+    with torch.no_grad():  # the paper's routing: all captions form the image-to-text task, each caption its own
+        inputs = tokenizer(texts, padding=True, return_tensors="pt")
+        image_to_text = model(**inputs, pixel_values=pixels).logits_per_image
+        text_to_image = torch.cat(
+            [model(**tokenizer([t], return_tensors="pt"), pixel_values=pixels).logits_per_text for t in texts]
+        )
+    relevant = owner[None, :] == torch.arange(5)[:, None]
+
+    output = tmp_path / "retrieval.json"
+    run_cli(
+        "retrieval.py", "--model", model_dir, "--dataset", tmp_path / "pairs", "--split", "train", "--output", output
+    )
+    results = json.loads(output.read_text())["results"]["MODE paper"]
+
+    for k, value in recall_at_k(image_to_text, relevant).items():
+        assert results[f"image_to_text_{k}"] == pytest.approx(value)
+    for k, value in recall_at_k(text_to_image, relevant.t()).items():
+        assert results[f"text_to_image_{k}"] == pytest.approx(value)
+    assert results["image_to_text_R@10"] == 1.0  # 7 captions: every image's caption is in its top 10
