@@ -232,3 +232,31 @@ def test_command_line(hub, run_dir, tmp_path):
 
     run = subprocess.run(command + ["--push-dataset"], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "--push-dataset needs --clusters DIR" in run.stderr
+
+
+def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
+    experts = []
+    for k, expert in enumerate(mode.experts):  # as train/expert.py leaves an expert: weights and training record
+        expert.save_pretrained(tmp_path / f"expert-{k}")
+        (tmp_path / f"expert-{k}" / "training_args.json").write_text(json.dumps({"args": {}, "run": {"cluster": k}}))
+        experts.append(tmp_path / f"expert-{k}")
+    for part in (mode.experts[0], make_tokenizer(), make_image_processor()):
+        part.save_pretrained(tmp_path / "seed")
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": "hf_test",
+        "HF_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "0",
+    }
+    command = [
+        sys.executable, str(ROOT / "train" / "assemble.py"), "--experts", *map(str, experts), "--clusters",
+        str(clusters_dir), "--router-text-model", str(tmp_path / "seed"), "--output", str(tmp_path / "mode"),
+        "--push-to-hub", REPO_ID, "--private",
+    ]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"pushed: {hub.url}/{REPO_ID}/commit/" in run.stdout and hub.repos["model", REPO_ID].private
+    files = hub.files(REPO_ID)
+    assert files["model.safetensors"] == (tmp_path / "mode" / "model.safetensors").read_bytes()
+    assert "| all-MiniLM-L6-v2 | mean | 6 | 2 | two-level |" in files["README.md"].decode()

@@ -1,7 +1,7 @@
 """Assemble trained experts, the clustering's outputs and the seed's text tower (the router) into a MODE model.
 
     python train/assemble.py --experts runs/expert-* --clusters runs/clusters \
-        --router-text-model runs/seed --output runs/mode-clip
+        --router-text-model runs/seed --output runs/mode-clip [--push-to-hub org/mode-clip [--private]]
 
 The output loads with `AutoModel.from_pretrained(output, trust_remote_code=True)` and the zero-shot pipeline.
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from hub_cards import PushError, push_run
 from modeling_mode.assembly import assemble
 from modeling_mode.data import InputError
 
@@ -29,6 +30,10 @@ class AssembleArguments:
     router_lambda: float = field(default=0.2, metadata={"help": "Kernel width of the paper's routing."})
     router_top_k: int | None = field(default=None, metadata={"help": "Keep only the k highest-weighted experts."})
     router_temperature: float = field(default=8.0, metadata={"help": "Softmax temperature of the released routing."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Then push the model with its card to this Hub repo (hub_cards/push.py)."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         sys.exit(f"error: {error}")
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")
+    if args.push_to_hub:
+        try:
+            commits = push_run(args.output, args.push_to_hub, private=args.private)
+        except PushError as error:
+            sys.exit(f"error: {error}")
+        print(f"pushed: {commits[0].commit_url}")
 
 
 if __name__ == "__main__":
