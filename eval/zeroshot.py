@@ -7,13 +7,19 @@ For a MODE, reports side by side the ensemble routed with the paper's formula, w
 each expert alone, with the routing weights used. Writes the results as JSON and a markdown table beside it (.md).
 """
 
-import argparse
 import json
 
 import datasets
 
-from modeling_mode.data import load_pairs
-from modeling_mode.evaluation import column_of_type, image_batches, load_model, write_results, zero_shot_classification
+from modeling_mode.evaluation import (
+    column_of_type,
+    command_line,
+    image_batches,
+    load_model,
+    load_split,
+    write_results,
+    zero_shot_classification,
+)
 
 
 def read_json_list(path: str, what: str) -> list[str]:
@@ -25,24 +31,13 @@ def read_json_list(path: str, what: str) -> list[str]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="CLIPModel or ModeCLIPModel: local directory or Hub id")
-    parser.add_argument("--dataset", required=True, help="save_to_disk or imagefolder directory, or Hub id")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--image-column", help="default: the dataset's image column")
+    parser = command_line(__doc__.splitlines()[0])
     parser.add_argument("--label-column", help="default: the dataset's class-label column")
     parser.add_argument("--classnames", help="JSON list of class names, by label id (default: the label feature's)")
     parser.add_argument("--templates", help="JSON list of prompt templates with {c} for the class name")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, help="evaluate on the first N examples only")
-    parser.add_argument("--device", help="e.g. cuda; default: cpu")
-    parser.add_argument("--output", required=True, help="results JSON; the markdown table goes beside it (.md)")
     args = parser.parse_args()
 
-    dataset = load_pairs(args.dataset, args.split)
-    if args.limit:
-        dataset = dataset.select(range(min(args.limit, len(dataset))))
-    image_column = args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
+    dataset, image_column = load_split(args)
     label_column = args.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
     if args.classnames:
         classnames = read_json_list(args.classnames, "class names")

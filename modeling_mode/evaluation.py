@@ -5,6 +5,7 @@ one, uniform) and each expert alone are then combinations of the experts' cosine
 `logits = sum_k w_k * exp(logit_scale_k) * cos_k`. A `CLIPModel` is a MODE of one expert with weight one.
 """
 
+import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -184,6 +185,32 @@ def retrieval(model, tokenizer, image_processor, images: Iterable, captions: lis
             **{f"text_to_image_{m}": v for m, v in recall_at_k(text_to_image, relevant.t()).items()},
         }
     return {"task": "image-text-retrieval", "num_images": len(captions), "num_texts": len(texts), "results": results}
+
+
+def command_line(description: str) -> argparse.ArgumentParser:
+    """The flags every evaluation script takes; each adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="CLIPModel or ModeCLIPModel: local directory or Hub id")
+    parser.add_argument("--dataset", required=True, help="save_to_disk, imagefolder or data-file directory, or Hub id")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image-column", help="default: the dataset's image column")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, help="evaluate on the first N examples only")
+    parser.add_argument("--device", help="e.g. cuda; default: cpu")
+    parser.add_argument("--output", required=True, help="results JSON; the markdown table goes beside it (.md)")
+    return parser
+
+
+def load_split(args: argparse.Namespace):
+    """The dataset split the flags name (its first `--limit` rows) and its image column."""
+    import datasets
+
+    from .data import load_pairs
+
+    dataset = load_pairs(args.dataset, args.split)
+    if args.limit:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+    return dataset, args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
 
 
 def load_model(path: str, device: str | None = None):
