@@ -1,0 +1,230 @@
+"""Caption embeddings for MODE's clustering: any Hugging Face text encoder, written as memory-mappable shards.
+
+Row r of the corpus is row `r % shard_rows` of shard `r // shard_rows`, so a shard is a pure function of the
+corpus, the encoder and the seed: any process may compute it, a crashed run resumes at the first missing shard, and
+N processes give the same file as one. A pair whose caption is empty or missing gets an all-zero row (a real
+caption's embedding is L2-normalised), which the clustering reads as "no cluster".
+
+Not imported by `modeling_mode/__init__.py`: it needs numpy and tqdm beyond what Hub remote-code users have.
+"""
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
+
+from .configuration_mode_clip import text_tower_config
+
+logger = logging.getLogger(__name__)
+
+# "projection": CLIP's projected text embedding (the space ModeCLIPModel routes in); the others pool a sentence
+# encoder's last hidden states: masked mean (sentence-transformers' MiniLM), first token, or the BERT pooler (SimCSE).
+POOLINGS = ("projection", "mean", "cls", "pooler")
+CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+
+
+class CaptionEncoder:
+    """L2-normalised caption embeddings from a CLIP text tower or any `AutoModel` sentence encoder.
+
+    Args:
+        name_or_path: a Hub id or a local directory: a `CLIPModel` / `CLIPTextModelWithProjection` checkpoint, or
+            any model `AutoModel` loads with its tokenizer.
+        pooling: one of `POOLINGS`; defaults to `"projection"` for CLIP and `"mean"` otherwise.
+        device: where to run; half precision on CUDA, float32 elsewhere.
+        max_length: token limit; defaults to what the tokenizer and the position embeddings allow.
+    """
+
+    def __init__(self, name_or_path: str, pooling: str | None = None, device=None, max_length: int | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        config = AutoConfig.from_pretrained(name_or_path)
+        is_clip = config.model_type in CLIP_MODEL_TYPES
+        self.pooling = pooling or ("projection" if is_clip else "mean")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if is_clip != (self.pooling == "projection"):
+            raise ValueError(
+                f"pooling {self.pooling!r} does not fit {name_or_path!r} (model_type {config.model_type!r}): "
+                "'projection' is for CLIP text towers, 'mean', 'cls' or 'pooler' for other encoders."
+            )
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        if is_clip:
+            self.model = _clip_text_tower(name_or_path, config, dtype)
+            self.embed_dim = self.model.config.projection_dim
+        else:
+            self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+            self.embed_dim = self.model.config.hidden_size
+        self.model.to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        positions = getattr(self.model.config, "max_position_embeddings", None) or 512
+        self.max_length = max_length or min(self.tokenizer.model_max_length, positions)
+        self.name_or_path = name_or_path
+
+    @torch.inference_mode()
+    def encode(self, captions: list[str], batch_size: int = 128) -> np.ndarray:
+        """Embeddings [len(captions), embed_dim] float32, L2-normalised, in the order of `captions`."""
+        embeddings = np.empty((len(captions), self.embed_dim), dtype=np.float32)
+        # One call tokenizes everything (in parallel, in Rust); batches of equal token counts then need no padding
+        # to speak of. The rows go back to their places below.
+        token_ids = self.tokenizer(captions, truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+        for start in range(0, len(captions), batch_size):
+            rows = order[start : start + batch_size]
+            tokens = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
+            pooled = self._pool(tokens.to(self.device))
+            embeddings[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return embeddings
+
+    def _pool(self, tokens) -> torch.Tensor:
+        if self.pooling == "projection":
+            return self.model(**tokens).text_embeds
+        outputs = self.model(**tokens)
+        if self.pooling == "pooler":
+            if outputs.pooler_output is None:
+                raise ValueError(f"{self.name_or_path!r} has no pooler: use --pooling mean or cls.")
+            return outputs.pooler_output
+        hidden = outputs.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+
+
+def _clip_text_tower(name_or_path: str, config, dtype) -> CLIPTextModelWithProjection:
+    """The text tower and its projection, from a CLIPTextModelWithProjection or a full CLIPModel checkpoint."""
+    if config.model_type != "clip":
+        return CLIPTextModelWithProjection.from_pretrained(name_or_path, dtype=dtype)
+    clip = CLIPModel.from_pretrained(name_or_path, dtype=dtype)
+    with torch.device("meta"):  # its weights are the CLIP's, set right below
+        tower = CLIPTextModelWithProjection(text_tower_config(clip.config))
+    tower.text_model, tower.text_projection = clip.text_model, clip.text_projection
+    return tower
+
+
+def choose_captions(values: list, rng: np.random.Generator) -> list[str | None]:
+    """One caption per pair: a list of captions gives one of its non-empty entries at random; an empty, blank or
+    missing caption gives None."""
+    chosen = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            value = [v for v in value if isinstance(v, str) and v.strip()]
+            value = value[rng.integers(len(value))] if value else None
+        chosen.append(value if isinstance(value, str) and value.strip() else None)
+    return chosen
+
+
+class EmbeddingShards:
+    """A folder of `shard-00000.npy` files (float32 [rows, embed_dim], memory-mappable) plus `meta.json`.
+
+    `meta` must hold `num_rows`, `shard_rows` and `embed_dim`, and says what the embeddings are of (encoder,
+    pooling, corpus, ...): a folder written with other settings is refused rather than mixed.
+    """
+
+    def __init__(self, folder: str | os.PathLike, meta: dict):
+        self.folder = Path(folder)
+        self.meta = meta
+        self.num_rows, self.shard_rows, self.embed_dim = meta["num_rows"], meta["shard_rows"], meta["embed_dim"]
+        self.num_shards = max(1, -(-self.num_rows // self.shard_rows))
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, meta: dict, write: bool = True) -> "EmbeddingShards":
+        """Open `folder` for these settings, writing meta.json if it is new and `write` (the main process) is set.
+
+        Raises ValueError, on every process, if the folder holds embeddings made with other settings."""
+        meta_path = Path(folder) / "meta.json"
+        if meta_path.exists():
+            found = json.loads(meta_path.read_text())
+            changed = {key: (found.get(key), value) for key, value in meta.items() if found.get(key) != value}
+            if changed:
+                details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+                raise ValueError(
+                    f"{folder} holds embeddings made with other settings ({details}). "
+                    "Use a new --output, or delete that folder to recompute."
+                )
+        elif write:
+            _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        return cls(folder, meta)
+
+    def path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.npy"
+
+    def rows_of(self, shard: int) -> range:
+        return range(shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.num_rows))
+
+    def is_done(self, shard: int) -> bool:
+        return self.path(shard).exists()
+
+    def write(self, shard: int, embeddings: np.ndarray) -> None:
+        expected = (len(self.rows_of(shard)), self.embed_dim)
+        if embeddings.shape != expected:
+            raise ValueError(f"shard {shard} must have shape {expected}, got {embeddings.shape}.")
+        _write_atomic(self.path(shard), lambda f: np.save(f, embeddings.astype(np.float32, copy=False)))
+
+    def read(self, shard: int) -> np.ndarray:
+        """The shard as a read-only memory map: nothing is read until its rows are used."""
+        if not self.is_done(shard):
+            raise ValueError(f"{self.path(shard)} is missing: the embedding step has not finished.")
+        return np.load(self.path(shard), mmap_mode="r")
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The embeddings of sorted row ids, one shard open at a time."""
+        out = np.empty((len(rows), self.embed_dim), dtype=np.float32)
+        shard_of = rows // self.shard_rows
+        for shard in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == shard)
+            out[at] = self.read(int(shard))[rows[at] - shard * self.shard_rows]
+        return out
+
+
+def embed_corpus(
+    dataset,
+    caption_column: str,
+    encoder: CaptionEncoder,
+    shards: EmbeddingShards,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> int:
+    """Embed this process's unfinished shards (shard s belongs to rank s % world_size); returns captions embedded."""
+    if caption_column not in dataset.column_names:
+        raise ValueError(f"The dataset has no caption column {caption_column!r}; its columns: {dataset.column_names}.")
+    todo = [s for s in range(rank, shards.num_shards, world_size) if not shards.is_done(s)]
+    captions_only = dataset.select_columns([caption_column])  # never decode the images
+    total = sum(len(shards.rows_of(s)) for s in todo)
+    start, done = time.perf_counter(), 0
+    with tqdm(total=total, unit="captions", desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
+        for shard in todo:
+            rows = shards.rows_of(shard)
+            # Seeded by shard, so a list-of-captions column picks the same caption whichever process runs it.
+            chosen = choose_captions(captions_only[rows.start : rows.stop][caption_column], _rng(seed, shard))
+            present = [i for i, caption in enumerate(chosen) if caption is not None]
+            embeddings = np.zeros((len(rows), shards.embed_dim), dtype=np.float32)
+            if present:
+                embeddings[present] = encoder.encode([chosen[i] for i in present], batch_size)
+            shards.write(shard, embeddings)
+            done += len(rows)
+            bar.update(len(rows))
+            bar.set_postfix(captions_per_s=f"{done / (time.perf_counter() - start):.0f}")
+    if done:
+        seconds = time.perf_counter() - start
+        logger.info(f"process {rank}: embedded {done} captions in {seconds:.1f} s ({done / seconds:.0f} captions/s)")
+    return done
+
+
+def _rng(seed: int, shard: int) -> np.random.Generator:
+    return np.random.default_rng([seed, shard])
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through a temporary file and rename it: a crash leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as f:
+        write(f)
+    os.replace(partial, path)
