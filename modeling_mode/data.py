@@ -34,6 +34,8 @@ def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Da
     if is_saved:
         dataset = load_from_disk(source)
         if isinstance(dataset, DatasetDict):
+            if split not in dataset:
+                raise InputError(f"{source} has no split {split!r}; it has {list(dataset)}.")
             dataset = dataset[split]
         # Enough shards for every process and worker to read its own part.
         return dataset.to_iterable_dataset(num_shards=min(len(dataset), 64)) if streaming else dataset

@@ -22,7 +22,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 from accelerate import Accelerator
-from datasets import DatasetDict, load_dataset, load_from_disk
 from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
@@ -36,6 +35,7 @@ from modeling_mode.clustering import (
     load_clusters,
     save_clusters,
 )
+from modeling_mode.data import load_pairs
 from modeling_mode.embedding import CaptionEncoder, EmbeddingShards, embed_corpus
 
 logger = logging.getLogger("cluster")
@@ -73,17 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     return args
-
-
-def load_corpus(source: str, split: str):
-    """A save_to_disk folder (Dataset or DatasetDict), or whatever `load_dataset` reads: a data folder or Hub id."""
-    saved = any(os.path.exists(os.path.join(source, name)) for name in ("state.json", "dataset_dict.json"))
-    dataset = load_from_disk(source) if saved else load_dataset(source, split=split)
-    if isinstance(dataset, DatasetDict):
-        if split not in dataset:
-            raise ValueError(f"{source} has no split {split!r}; it has {list(dataset)}.")
-        dataset = dataset[split]
-    return dataset
 
 
 def fit_settings(args, shards: EmbeddingShards) -> dict:
@@ -184,7 +173,7 @@ def main(argv=None) -> dict | None:
     output = Path(args.output)
     report_path = output / "clusters.json"
 
-    dataset = load_corpus(args.dataset, args.split)
+    dataset = load_pairs(args.dataset, args.split)
     if args.caption_column not in dataset.column_names:
         raise ValueError(
             f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
