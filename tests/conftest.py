@@ -54,3 +54,13 @@ def tokenizer():
 @pytest.fixture
 def image_processor():
     return make_image_processor()
+
+
+@pytest.fixture
+def tiny_clip(tmp_path) -> str:
+    """A saved tiny random CLIPModel with its tokenizer: a CLIP caption encoder."""
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-clip"
+    CLIPModel(tiny_clip_config()).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return str(path)

