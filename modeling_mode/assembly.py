@@ -88,7 +88,8 @@ def caption_centroids(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Each fine cluster's centroid in the router's space: the mean of its captions' L2-normalised router embeddings
-    (the first caption of a list), normalised like the spherical k-means centroids it replaces."""
+    (the first caption of a list), normalised like the spherical k-means centroids it replaces; and which fine
+    clusters have captions at all (pairs are labelled by nearest centre, which can leave a centre without any)."""
     fine_ids = cluster_ids(dataset, "fine_id")
     sums = torch.zeros(num_fine_clusters, router.config.projection_dim)
     rows = np.flatnonzero(fine_ids >= 0)
@@ -102,9 +103,9 @@ def caption_centroids(
         embeds = torch.nn.functional.normalize(router(**tokens).text_embeds.float(), dim=-1)
         sums.index_add_(0, torch.as_tensor(fine_ids[chunk]), embeds)
     counts = np.bincount(fine_ids[rows], minlength=num_fine_clusters)
-    if (empty := np.flatnonzero(counts == 0)).size:
-        raise InputError(f"Fine clusters {empty.tolist()} have no captions: their centroids cannot be re-expressed.")
-    return torch.nn.functional.normalize(sums, dim=-1)
+    if not counts.any():
+        raise InputError("No pair of the clustered dataset has a fine cluster: no centroid can be re-expressed.")
+    return torch.nn.functional.normalize(sums, dim=-1), torch.as_tensor(counts > 0)
 
 
 def assemble(
@@ -135,15 +136,20 @@ def assemble(
         or not same_encoder(encoder, router_text_model)
         or tensors["fine_centroids"].shape[1] != router.config.projection_dim
     )
-    centroids = tensors["fine_centroids"]
+    centroids, dropped = tensors["fine_centroids"], []
     if reexpress:
         dataset = load_pairs(os.path.join(clusters, "dataset"))
         caption_column = metadata.get("caption_column", "caption")
-        centroids = caption_centroids(router, tokenizer, dataset, caption_column, len(fine_to_coarse))
+        centroids, has_captions = caption_centroids(router, tokenizer, dataset, caption_column, len(fine_to_coarse))
+        # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
+        dropped = np.flatnonzero(~has_captions.numpy()).tolist()
+        centroids = centroids[has_captions]
+        fine_to_coarse = [k for k, kept in zip(fine_to_coarse, has_captions) if kept]
     provenance = {
         "clustering_encoder": encoder,
         "centroids_reexpressed": reexpress,
         "centroid_space": "router: mean caption embedding per fine cluster" if reexpress else "clustering encoder",
+        "dropped_empty_fine_clusters": dropped,
     }
     model = ModeCLIPModel.from_experts(
         expert_models, centroids, fine_to_coarse, router, **provenance, **router_settings

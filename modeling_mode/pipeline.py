@@ -189,6 +189,18 @@ def evaluation_stages(job: Job):
         )  # fmt: skip
 
 
+def record_results_in_models(output: Path) -> None:
+    """Write each trained model's evaluation into its folder as `eval_results.json`, which its model card shows."""
+    from .evaluation import card_rows
+
+    for model in (output / "models").iterdir():
+        rows = []
+        for results in sorted((output / "results" / model.name).glob("*.json")):
+            task = results.stem.split("-", 1)[-1] if results.stem.startswith("zeroshot-") else "retrieval"
+            rows += card_rows(read_json(results), task, "test")
+        write_json(model / "eval_results.json", rows)
+
+
 def build_offline_data(recipe: Recipe, folder: Path) -> None:
     """Training pairs, one zero-shot set per source and a retrieval set, each saved with `save_to_disk`."""
     from .corpus import SOURCES, caption_pairs, classification_set, retrieval_set
@@ -218,6 +230,7 @@ def run(recipe_name: str, output: Path, smoke: bool = False, encoder: str | None
         job.run(name, done, action)
     for name, done, action in tqdm(list(evaluation_stages(job)), desc="evaluation"):
         job.run(name, done, action)
+    record_results_in_models(output)
     from .report import write_report
 
     return write_report(output)

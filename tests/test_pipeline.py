@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub_cards import model_card
 from modeling_mode.corpus import SOURCES, caption_pairs, classification_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,10 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     weights = json.loads((output / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["routing_weights"]
     assert sum(weights["MODE paper"]) == pytest.approx(1.0)
     assert {"data", "seed", "cluster-minilm-2", "expert-minilm-2-1", "dense-2", "retrieval-seed"} <= timings.keys()
+    card = model_card(output / "models" / "mode-minilm-2", "org/mode-minilm-2")  # with the run's own numbers
+    rows = json.loads((output / "models" / "mode-minilm-2" / "eval_results.json").read_text())
+    routed = next(r for r in rows if r["dataset"] == "mnist" and r["model"] == "MODE paper" and r["metric"] == "top1")
+    assert f"| mnist | test | top1 | MODE paper | {routed['value']} |" in card.text
 
 
 def test_a_rerun_resumes_from_the_stages_outputs(smoke_run):

@@ -443,6 +443,19 @@ def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tm
     torch.testing.assert_close(mode.fine_centroids, centroids)
 
 
+def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_runs, tmp_path):
+    """Pairs take their nearest fine centre, which can leave a centre with no pair: it has no router-space mean."""
+    pairs = load_pairs(str(pipeline_runs["dataset"])).filter(lambda row: row["fine_id"] != 0)
+    pairs.save_to_disk(tmp_path / "pairs")
+    centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, 8), dim=-1)
+    clusters = write_clusters(tmp_path / "clusters", str(tmp_path / "pairs"), "another/encoder", centroids)
+    seed, experts = pipeline_runs["seed"], [str(e) for e in pipeline_runs["experts"]]
+    mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"))
+    expected_map = (torch.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS))[1:].tolist()
+    assert mode.config.dropped_empty_fine_clusters == [0] and mode.config.fine_to_coarse == expected_map
+    assert mode.fine_centroids.shape == (FINE_CLUSTERS - 1, mode.config.router_embed_dim)
+
+
 def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs, tmp_path):
     experts = [str(e) for e in pipeline_runs["experts"]]
     clusters, seed = pipeline_runs["clusters"], pipeline_runs["seed"]
