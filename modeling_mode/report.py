@@ -95,11 +95,11 @@ def plot_routing_weights(folder: Path, tasks: list[str], path: Path) -> None:
 def plot_accuracy(scores: dict, tasks: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    shown = {label: values for label, values in scores.items() if "released" not in label}
-    figure, axis = plt.subplots(figsize=(max(6, 0.5 * len(shown) * len(tasks)), 3.5))
-    width = 0.8 / len(shown)
+    shown = {label: values for label, values in scores.items() if not label.endswith(("(released)", "uniform"))}
+    figure, axis = plt.subplots(figsize=(12, 4))
+    width, colours = 0.8 / len(shown), plt.get_cmap("tab20").colors
     for i, (label, values) in enumerate(shown.items()):
-        axis.bar([t + i * width for t in range(len(tasks))], values, width, label=label)
+        axis.bar([t + i * width for t in range(len(tasks))], values, width, label=label, color=colours[i % 20])
     axis.set(xticks=[t + 0.4 - width / 2 for t in range(len(tasks))], xticklabels=tasks, ylabel="zero-shot top-1 (%)")
     axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
