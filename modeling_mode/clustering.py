@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -24,11 +23,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from .data import NO_CLUSTER
+from .files import atomic_path
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("two-level", "one-step", "random")
 BALANCE = "capacity-capped greedy"
-NO_CLUSTER = -1  # the id of a pair without a caption
 
 
 def imbalance(sizes) -> float:
@@ -259,11 +260,8 @@ def save_clusters(path: str | os.PathLike, clusters: Clusters, settings: dict) -
         "method": clusters.method,
         "fit_sizes": json.dumps(clusters.fit_sizes.tolist()),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
 
 
 def load_clusters(path: str | os.PathLike) -> tuple[Clusters, dict]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
 from .configuration_mode_clip import text_tower_config
+from .files import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class EmbeddingShards:
                     "Use a new --output, or delete that folder to recompute."
                 )
         elif write:
-            _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+            write_text(meta_path, json.dumps(meta, indent=2))
         return cls(folder, meta)
 
     def path(self, shard: int) -> Path:
@@ -163,7 +164,8 @@ class EmbeddingShards:
         expected = (len(self.rows_of(shard)), self.embed_dim)
         if embeddings.shape != expected:
             raise ValueError(f"shard {shard} must have shape {expected}, got {embeddings.shape}.")
-        _write_atomic(self.path(shard), lambda f: np.save(f, embeddings.astype(np.float32, copy=False)))
+        with atomic_path(self.path(shard)) as partial, open(partial, "wb") as file:
+            np.save(file, embeddings.astype(np.float32, copy=False))
 
     def read(self, shard: int) -> np.ndarray:
         """The shard as a read-only memory map: nothing is read until its rows are used."""
@@ -219,12 +221,3 @@ def embed_corpus(
 
 def _rng(seed: int, shard: int) -> np.random.Generator:
     return np.random.default_rng([seed, shard])
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file and rename it: a crash leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as f:
-        write(f)
-    os.replace(partial, path)

@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
+from .configuration_mode_clip import ROUTINGS
 from .files import write_json, write_text
 from .modeling_mode_clip import ModeCLIPModel
 
@@ -28,7 +29,6 @@ DEFAULT_TEMPLATES = (
     "a close-up photo of a {c}.",
     "itap of a {c}.",
 )
-ROUTINGS = ("paper", "released", "uniform")
 
 
 def experts_of(model) -> list[CLIPModel]:

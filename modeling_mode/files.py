@@ -2,15 +2,24 @@
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` when the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
+    yield partial
     os.replace(partial, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as partial:
+        partial.write_text(text)
 
 
 def write_json(path: str | os.PathLike, content) -> None:

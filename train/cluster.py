@@ -37,6 +37,7 @@ from modeling_mode.clustering import (
 )
 from modeling_mode.data import load_pairs
 from modeling_mode.embedding import CaptionEncoder, EmbeddingShards, embed_corpus
+from modeling_mode.files import write_json
 
 logger = logging.getLogger("cluster")
 ID_COLUMNS = ("fine_id", "coarse_id")
@@ -253,9 +254,7 @@ def main(argv=None) -> dict | None:
         },
         "settings": settings,
     }
-    partial = output / ".clusters.json.partial"
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(partial, report_path)  # written last: its presence means the run finished
+    write_json(report_path, report)  # written last: its presence means the run finished
     if args.push_to_hub:  # the run is complete on disk first: a failed push loses nothing
         commit = push_clustered_dataset(HfApi(), output, args.push_to_hub, private=args.private)
         logger.info(f"pushed to {commit.commit_url}")
