@@ -1,19 +1,22 @@
 """MODE end to end: data, clustering, seed, experts, assembly, baselines, evaluation and report, as one resumable job.
 
 Each stage runs the project's own command-line scripts, exactly as a user would, and is skipped when its output is
-already complete: re-running the job resumes it. The offline recipe builds its image-caption corpus from real images
-that install without the Hub (`modeling_mode.corpus`); `--dataset` and `--init` Hub ids run the same stages online.
+already complete: re-running the job resumes it. By default the job builds its image-caption corpus from real images
+that install without the Hub (`modeling_mode.corpus`) and trains its seed from random weights; `Sources` names a
+user's pairs, held-out sets and pretrained seed instead (Hub ids or local paths), and the same stages run on those.
 """
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .data import InputError
 from .files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,22 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Recipe:
-    """What the job trains and how long. Step counts are optimizer steps of `batch_size` pairs."""
+    """What the job trains and how long. Step counts are optimizer steps of `batch_size` pairs per process."""
 
-    train_per_source: int  # training pairs drawn from each source's train split
-    test_per_source: int  # held-out images per source for zero-shot classification
-    retrieval_per_source: int  # held-out images per source for retrieval
-    caption_noise: float  # share of pairs whose caption is another pair's (web noise)
     fine_clusters: int
     experts: tuple[int, ...]  # MODE sizes n
-    random_experts: int  # the Random-n ablation's n
-    model: dict  # CLIP architecture trained from scratch: width, layers, heads, image and patch size
     batch_size: int
     seed_steps: int  # the seed trains on all pairs this long, then the experts fork (the paper: epoch 27 of 32)
     expert_steps: int  # each expert then trains this long on its cluster
     warmup_steps: int
     learning_rate: float
+    random_experts: int = 2  # the Random-n ablation's n
+    num_workers: int = 0  # data loader workers per training process
     seed: int = 0
+    # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
+    model: dict | None = None
+    # The offline corpus, for the sets that `Sources` does not name:
+    train_per_source: int = 8000  # training pairs drawn from each source's train split
+    test_per_source: int = 1000  # held-out images per source for zero-shot classification
+    retrieval_per_source: int = 200  # held-out images per source for retrieval
+    caption_noise: float = 0.1  # share of pairs whose caption is another pair's (web noise)
 
     @property
     def total_steps(self) -> int:
@@ -45,10 +51,6 @@ class Recipe:
 
 RECIPES = {
     "offline-mix": Recipe(
-        train_per_source=8000,
-        test_per_source=1000,
-        retrieval_per_source=200,
-        caption_noise=0.1,
         fine_clusters=64,
         experts=(2, 4),
         random_experts=2,
@@ -58,6 +60,10 @@ RECIPES = {
         expert_steps=100,
         warmup_steps=50,
         learning_rate=1e-3,
+        train_per_source=8000,
+        test_per_source=1000,
+        retrieval_per_source=200,
+        caption_noise=0.1,
     ),
 }
 SMOKE = dict(  # the same stages, on a few hundred pairs and one MODE size: minutes, mostly process start-up
@@ -74,10 +80,53 @@ SMOKE = dict(  # the same stages, on a few hundred pairs and one MODE size: minu
 )
 
 
+def load_recipe(name_or_file: str) -> tuple[str, Recipe]:
+    """A named recipe, or a JSON file of `Recipe` fields (e.g. longer schedules and bigger batches for a GPU run)."""
+    if name_or_file in RECIPES:
+        return name_or_file, RECIPES[name_or_file]
+    if not Path(name_or_file).is_file():
+        raise InputError(
+            f"unknown recipe {name_or_file!r}: name one of {sorted(RECIPES)}, or a JSON file of its fields."
+        )
+    fields = read_json(name_or_file)
+    try:
+        recipe = Recipe(**fields)
+    except TypeError as error:
+        raise InputError(
+            f"{name_or_file} is not a recipe ({error}); its fields are those of {Recipe.__name__}."
+        ) from None
+    return Path(name_or_file).stem, dataclasses.replace(recipe, experts=tuple(recipe.experts))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the job's data and seed come from: Hub ids or local paths, each `None` for the offline default.
+
+    Held-out sets that are not named here are built from the offline corpus, which installs without the Hub.
+    """
+
+    dataset: str | None = None  # image-caption pairs (default: the offline corpus)
+    split: str = "train"
+    image_column: str = "image"
+    caption_column: str = "caption"
+    init: str | None = None  # the seed's start: a CLIPModel, or a train/expert.py checkpoint (default: random weights)
+    zeroshot: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (dataset, split), class-labelled
+    retrieval: tuple[str, str] | None = None  # (dataset, split) of images with their captions
+    launcher: tuple[str, ...] = (sys.executable,)  # runs clustering and training, e.g. `accelerate launch ...`
+
+
+def held_out_set(value: str, default_split: str = "test") -> tuple[str, str]:
+    """'DATASET[:SPLIT]' (a Hub id or a path) as (dataset, split)."""
+    dataset, _, split = value.partition(":")
+    return dataset, split or default_split
+
+
 def clip_config(recipe: Recipe) -> dict:
     """The CLIPConfig (as a dict) of the experts trained from scratch, sized for the character-level tokenizer."""
     from .processors import CHAR_VOCAB_SIZE
 
+    if recipe.model is None:
+        raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")
     m = recipe.model
     tower = dict(
         hidden_size=m["width"],
@@ -93,8 +142,8 @@ def clip_config(recipe: Recipe) -> dict:
 class Job:
     """Runs stages in order under `output`, skipping those whose outputs exist, and logs each stage's time."""
 
-    def __init__(self, output: Path, recipe: Recipe):
-        self.output, self.recipe = output, recipe
+    def __init__(self, output: Path, recipe: Recipe, sources: Sources = Sources()):
+        self.output, self.recipe, self.sources = output, recipe, sources
         self.output.mkdir(parents=True, exist_ok=True)
         self.timings = read_json(output / "timings.json") if (output / "timings.json").exists() else {}
 
@@ -117,7 +166,7 @@ class Job:
         log = self.output / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         with open(log, "w") as file:
-            process = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT, cwd=ROOT)
+            process = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT)
         if process.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-20:])
             raise RuntimeError(f"stage {name} failed (exit {process.returncode}); the end of {log}:\n{tail}")
@@ -127,39 +176,44 @@ def python(script: str, *args) -> list:
     return [sys.executable, str(ROOT / script), *args]
 
 
-def training_flags(recipe: Recipe, max_steps: int) -> list:
+def training_flags(job: Job, max_steps: int) -> list:
+    r, s = job.recipe, job.sources
     return [
-        "--batch-size", recipe.batch_size, "--learning-rate", recipe.learning_rate, "--max-steps", max_steps,
-        "--warmup-steps", recipe.warmup_steps, "--seed", recipe.seed, "--num-workers", 0, "--report-to", "tensorboard",
+        "--image-column", s.image_column, "--caption-column", s.caption_column,
+        "--batch-size", r.batch_size, "--learning-rate", r.learning_rate, "--max-steps", max_steps,
+        "--warmup-steps", r.warmup_steps, "--seed", r.seed, "--num-workers", r.num_workers,
+        "--report-to", "tensorboard",
     ]  # fmt: skip
 
 
 def training_stages(job: Job, encoder: str):
     """(name, done-marker, action) of every stage up to the trained models, in order."""
-    out, r = job.output, job.recipe
-    data, seed = out / "data", out / "seed"
+    out, r, s = job.output, job.recipe, job.sources
+    launch = [*s.launcher, ROOT / "train" / "expert.py"]
+    seed = out / "seed"
     seed_checkpoint = seed / "checkpoints" / f"step_{r.seed_steps}"
-    yield "data", data / "eval_sets.json", lambda: build_offline_data(r, data)
-    yield "seed", seed / "model.safetensors", python(
-        "train/expert.py", "--dataset", data / "pairs", "--cluster", "all", "--config", out / "clip_config.json",
-        "--stop-at-step", r.seed_steps, "--checkpoint-every", r.seed_steps, "--output", seed,
-        *training_flags(r, r.total_steps),
-    )  # fmt: skip
+    pairs = ["--dataset", s.dataset or out / "data" / "pairs", "--split", s.split]
+    start = ["--init", s.init] if s.init else ["--config", out / "clip_config.json"]
+    yield "data", out / "data" / "sources.json", lambda: prepare_data(job)
+    yield "seed", seed / "model.safetensors", [
+        *launch, *pairs, "--cluster", "all", *start, "--stop-at-step", r.seed_steps,
+        "--checkpoint-every", r.seed_steps, "--output", seed, *training_flags(job, r.total_steps),
+    ]  # fmt: skip
     clusterings = {f"minilm-{n}": (encoder, n, []) for n in r.experts}
     clusterings[f"random-{r.random_experts}"] = (encoder, r.random_experts, ["--random"])
     clusterings["seedtext-2"] = (seed, 2, [])  # the ablation: clusters in the seed CLIP's text space
     for name, (clustering_encoder, n, extra) in clusterings.items():
         clusters, experts = out / "clusters" / name, [out / "experts" / name / f"expert-{k}" for k in range(n)]
-        yield f"cluster-{name}", clusters / "clusters.json", python(
-            "train/cluster.py", "--dataset", data / "pairs", "--caption-column", "caption", "--encoder",
-            clustering_encoder, "--fine-clusters", r.fine_clusters, "--experts", n, "--seed", r.seed,
+        yield f"cluster-{name}", clusters / "clusters.json", [
+            *s.launcher, ROOT / "train" / "cluster.py", *pairs, "--caption-column", s.caption_column,
+            "--encoder", clustering_encoder, "--fine-clusters", r.fine_clusters, "--experts", n, "--seed", r.seed,
             "--output", clusters, *extra,
-        )  # fmt: skip
+        ]  # fmt: skip
         for k, expert in enumerate(experts):
-            yield f"expert-{name}-{k}", expert / "model.safetensors", python(
-                "train/expert.py", "--dataset", clusters / "dataset", "--cluster", k, "--init", seed_checkpoint,
-                "--checkpoint-every", r.expert_steps, "--output", expert, *training_flags(r, r.total_steps),
-            )  # fmt: skip
+            yield f"expert-{name}-{k}", expert / "model.safetensors", [
+                *launch, "--dataset", clusters / "dataset", "--cluster", k, "--init", seed_checkpoint,
+                "--checkpoint-every", r.expert_steps, "--output", expert, *training_flags(job, r.total_steps),
+            ]  # fmt: skip
         model = out / "models" / f"mode-{name}"
         yield f"assemble-{name}", model / "config.json", python(
             "train/assemble.py", "--experts", *experts, "--clusters", clusters, "--router-text-model", seed,
@@ -167,26 +221,34 @@ def training_stages(job: Job, encoder: str):
         )  # fmt: skip
     for n in r.experts:  # dense baselines: the seed continued on all pairs, as many pairs seen as seed + n experts
         dense, steps = out / "models" / f"dense-{n}", r.seed_steps + n * r.expert_steps
-        yield f"dense-{n}", dense / "model.safetensors", python(
-            "train/expert.py", "--dataset", data / "pairs", "--cluster", "all", "--init", seed_checkpoint,
-            "--checkpoint-every", steps, "--output", dense, *training_flags(r, steps),
-        )  # fmt: skip
+        yield f"dense-{n}", dense / "model.safetensors", [
+            *launch, *pairs, "--cluster", "all", "--init", seed_checkpoint, "--checkpoint-every", steps,
+            "--output", dense, *training_flags(job, steps),
+        ]  # fmt: skip
 
 
 def evaluation_stages(job: Job):
-    data = job.output / "data"
+    sources = read_json(job.output / "data" / "sources.json")
     trained = {path.name: path for path in sorted((job.output / "models").iterdir())} | {"seed": job.output / "seed"}
+    device = ["--device", "cuda"] if cuda_available() else []
     for name, model in trained.items():
         results = job.output / "results" / name
-        for source in read_json(data / "eval_sets.json"):
-            yield f"zeroshot-{name}-{source}", results / f"zeroshot-{source}.json", python(
-                "eval/zeroshot.py", "--model", model, "--dataset", data / "eval" / source, "--split", "train",
-                "--output", results / f"zeroshot-{source}.json",
+        for task, held_out in sources["zeroshot"].items():
+            yield f"zeroshot-{name}-{task}", results / f"zeroshot-{task}.json", python(
+                "eval/zeroshot.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
+                "--output", results / f"zeroshot-{task}.json", *device,
             )  # fmt: skip
+        held_out = sources["retrieval"]
         yield f"retrieval-{name}", results / "retrieval.json", python(
-            "eval/retrieval.py", "--model", model, "--dataset", data / "retrieval", "--split", "train",
-            "--output", results / "retrieval.json",
+            "eval/retrieval.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
+            "--caption-column", held_out["caption_column"], "--output", results / "retrieval.json", *device,
         )  # fmt: skip
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def record_results_in_models(output: Path) -> None:
@@ -201,39 +263,91 @@ def record_results_in_models(output: Path) -> None:
         write_json(model / "eval_results.json", rows)
 
 
-def build_offline_data(recipe: Recipe, folder: Path) -> None:
-    """Training pairs, one zero-shot set per source and a retrieval set, each saved with `save_to_disk`."""
-    from .corpus import SOURCES, caption_pairs, classification_set, retrieval_set
+def prepare_data(job: Job) -> None:
+    """Build what the sources leave to the offline corpus, and write `data/sources.json`: where every set is."""
+    folder, s = job.output / "data", job.sources
+    if s.dataset is None:
+        build_offline_pairs(job.recipe, folder / "pairs")
+    zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in s.zeroshot.items()}
+    if not zeroshot:
+        zeroshot = build_offline_classification_sets(job.recipe, folder / "eval")
+    if s.retrieval:
+        retrieval = {"dataset": s.retrieval[0], "split": s.retrieval[1], "caption_column": s.caption_column}
+    else:
+        retrieval = build_offline_retrieval_set(job.recipe, folder / "retrieval")
+    pairs = {"dataset": str(s.dataset or folder / "pairs"), "split": s.split}
+    write_json(folder / "sources.json", {"pairs": pairs, "zeroshot": zeroshot, "retrieval": retrieval})
+
+
+def build_offline_pairs(recipe: Recipe, path: Path) -> None:
+    from .corpus import SOURCES, caption_pairs
 
     train = [load(split="train", count=recipe.train_per_source, seed=recipe.seed) for load in SOURCES.values()]
-    caption_pairs(train, recipe.caption_noise, recipe.seed).save_to_disk(folder / "pairs")
-    held_out = {name: load(split="test", seed=recipe.seed) for name, load in SOURCES.items()}
-    for name, data in held_out.items():
-        classification_set(data).shuffle(seed=recipe.seed).select(
-            range(min(recipe.test_per_source, len(data.labels)))
-        ).save_to_disk(folder / "eval" / name)
-    retrieval = [
-        load(split="test", count=recipe.retrieval_per_source, seed=recipe.seed + 1) for load in SOURCES.values()
-    ]
-    retrieval_set(retrieval, recipe.seed).save_to_disk(folder / "retrieval")
-    write_json(folder / "eval_sets.json", list(held_out))
+    caption_pairs(train, recipe.caption_noise, recipe.seed).save_to_disk(path)
 
 
-def run(recipe_name: str, output: Path, smoke: bool = False, encoder: str | None = None) -> Path:
-    recipe = RECIPES[recipe_name]
+def build_offline_classification_sets(recipe: Recipe, folder: Path) -> dict:
+    """One zero-shot set per source: a sample of its test split, each saved with `save_to_disk`."""
+    from .corpus import SOURCES, classification_set
+
+    sets = {}
+    for name, load in SOURCES.items():
+        data = load(split="test", seed=recipe.seed)
+        count = min(recipe.test_per_source, len(data.labels))
+        classification_set(data).shuffle(seed=recipe.seed).select(range(count)).save_to_disk(folder / name)
+        sets[name] = {"dataset": str(folder / name), "split": "test"}
+    return sets
+
+
+def build_offline_retrieval_set(recipe: Recipe, path: Path) -> dict:
+    from .corpus import SOURCES, retrieval_set
+
+    images = [load(split="test", count=recipe.retrieval_per_source, seed=recipe.seed + 1) for load in SOURCES.values()]
+    retrieval_set(images, recipe.seed).save_to_disk(path)
+    return {"dataset": str(path), "split": "test", "caption_column": "caption"}
+
+
+def run(
+    recipe_name: str,
+    output: Path,
+    sources: Sources = Sources(),
+    smoke: bool = False,
+    encoder: str | None = None,
+) -> Path:
+    name, recipe = load_recipe(recipe_name)
     if smoke:
         recipe = dataclasses.replace(recipe, **SMOKE)
-    job = Job(output, recipe)
-    write_json(output / "recipe.json", {"name": recipe_name, "smoke": smoke, **dataclasses.asdict(recipe)})
-    write_json(output / "clip_config.json", clip_config(recipe))
-    for name, done, action in tqdm(list(training_stages(job, encoder or default_encoder())), desc="training stages"):
-        job.run(name, done, action)
-    for name, done, action in tqdm(list(evaluation_stages(job)), desc="evaluation"):
-        job.run(name, done, action)
+    output = Path(output)
+    job = Job(output, recipe, sources)
+    record_settings(output / "recipe.json", {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
+    if sources.init is None:
+        write_json(output / "clip_config.json", clip_config(recipe))
+    for stage, done, action in tqdm(list(training_stages(job, encoder or default_encoder())), desc="training stages"):
+        job.run(stage, done, action)
+    for stage, done, action in tqdm(list(evaluation_stages(job)), desc="evaluation"):
+        job.run(stage, done, action)
     record_results_in_models(output)
     from .report import write_report
 
     return write_report(output)
+
+
+def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
+    """Write the job's recipe and sources; refuse to resume a job that was started with others."""
+    settings = json.loads(json.dumps({**recipe, "sources": dataclasses.asdict(sources)}))  # tuples as JSON lists
+
+    def flat(record: dict) -> dict:  # any launcher may resume a job
+        named = {f"sources.{key}": value for key, value in record.get("sources", {}).items() if key != "launcher"}
+        return {key: value for key, value in record.items() if key != "sources"} | named
+
+    if path.exists():
+        before, now = flat(read_json(path)), flat(settings)
+        if changed := sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)):
+            raise InputError(
+                f"{path.parent} holds a job started with other settings ({', '.join(changed)}): resume it with "
+                "those, or give another --output."
+            )
+    write_json(path, settings)
 
 
 def default_encoder() -> str:

@@ -1,7 +1,8 @@
 """The main job's report: zero-shot and retrieval tables (MODE routed, uniform, best expert; dense; random), plots.
 
 Reads what the pipeline's stages wrote under the job's folder: `results/<model>/zeroshot-<task>.json`,
-`results/<model>/retrieval.json`, `clusters/<name>/clusters.json`, `recipe.json` and `timings.json`.
+`results/<model>/retrieval.json`, `clusters/<name>/clusters.json`, `data/sources.json`, `recipe.json` and
+`timings.json`.
 """
 
 from pathlib import Path
@@ -110,18 +111,21 @@ def plot_accuracy(scores: dict, tasks: list[str], path: Path) -> None:
 def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     recipe, timings = read_json(folder / "recipe.json"), read_json(folder / "timings.json")
-    tasks = read_json(folder / "data" / "eval_sets.json")
+    sources = read_json(folder / "data" / "sources.json")
+    tasks = list(sources["zeroshot"])
     zero_shot, scores = zero_shot_table(folder, tasks)
     plot_cluster_sizes(folder, folder / "cluster_sizes.png")
     plot_routing_weights(folder, tasks, folder / "routing_weights.png")
     plot_accuracy(scores, tasks, folder / "accuracy.png")
-    settings = ", ".join(f"{k}={v}" for k, v in recipe.items())
+    start = recipe["sources"]["init"] or "random weights"
+    settings = ", ".join(f"{k}={v}" for k, v in recipe.items() if k != "sources")
     phases = {"data": 0.0, "clustering": 0.0, "training": 0.0, "assembly": 0.0, "evaluation": 0.0}
     for stage, seconds in timings.items():
         phases[PHASE_OF.get(stage.split("-")[0], "evaluation")] += seconds
     report = f"""# MODE on the `{recipe["name"]}` recipe{" (smoke run)" if recipe["smoke"] else ""}
 
 Settings: {settings}.
+Training pairs: `{sources["pairs"]["dataset"]}` ({sources["pairs"]["split"]}); the seed started from {start}.
 Wall time: {", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phases.items())}; total \
 {sum(timings.values()) / 60:.1f} min (each stage's in `timings.json`, its log in `logs/`).
 

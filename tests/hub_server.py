@@ -8,11 +8,12 @@ accepted as a regular (non-LFS) upload, so commits carry their files inline. Com
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+)"
 
@@ -49,6 +50,16 @@ class LocalHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+    def client_env(self, hf_home) -> dict[str, str]:
+        """The environment of a process that uses this Hub as the Hugging Face Hub, with its own cache."""
+        return {
+            **os.environ,
+            "HF_ENDPOINT": self.url,
+            "HF_TOKEN": "hf_test",
+            "HF_HOME": str(hf_home),
+            "HF_HUB_OFFLINE": "0",
+        }
 
     def files(self, repo_id, repo_type="model", revision="main") -> dict[str, bytes]:
         return self.repos[repo_type, repo_id].head(revision)[1]
@@ -117,8 +128,29 @@ class LocalHub:
         content = files[path]
         return 200, content, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(content).hexdigest()}"'}
 
+    def tree(self, repo_type, repo_id, revision, folder, recursive):
+        """The files and folders under `folder`, as `list_repo_tree` (and so `load_dataset` of a Hub id) reads them."""
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None or not repo.has(revision):
+            return 404, {"error": "Repository or revision not found"}, {"X-Error-Code": "RepoNotFound"}
+        prefix = f"{folder}/" if folder else ""
+        entries = {}
+        for path, content in repo.head(revision)[1].items():
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/")
+            for depth in range(1, len(parts) if recursive else 1):  # the folders on the way
+                entries.setdefault(prefix + "/".join(parts[:depth]), {"type": "directory", "oid": "0" * 40})
+            if recursive or len(parts) == 1:
+                entries[path] = {"type": "file", "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+            else:
+                entries.setdefault(prefix + parts[0], {"type": "directory", "oid": "0" * 40})
+        if folder and not entries:
+            return 404, {"error": f"{folder} does not exist"}, {"X-Error-Code": "EntryNotFound"}
+        return 200, [{"path": path, **entry} for path, entry in sorted(entries.items())], {}
+
     def route(self, method, path, body):
-        path = unquote(path.split("?")[0])
+        path, query = unquote(urlsplit(path).path), parse_qs(urlsplit(path).query)
         if method == "POST" and path == "/api/repos/create":
             return self.create_repo(json.loads(body))
         if method == "POST" and path == "/api/validate-yaml":
@@ -129,6 +161,9 @@ class LocalHub:
             return self.commit(m["type"], m["repo"], m["rev"], body.decode().splitlines())
         if method == "POST" and (m := re.fullmatch(rf"/api/{REPO}/branch/(?P<rev>[^/]+)", path)):
             return self.create_branch(m["type"], m["repo"], m["rev"])
+        if m := re.fullmatch(rf"/api/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<p>.+))?", path):
+            recursive = query.get("recursive") == ["true"]
+            return self.tree(m["type"], m["repo"], m["rev"], (m["p"] or "").strip("/"), recursive)
         if m := re.fullmatch(rf"/api/{REPO}(?:/revision/(?P<rev>[^/]+))?", path):
             return self.repo_info(m["type"], m["repo"], m["rev"] or "main")
         if m := re.fullmatch(

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,13 +216,7 @@ def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
 
 
 def test_command_line(hub, run_dir, tmp_path):
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_TOKEN": "hf_test",
-        "HF_HOME": str(tmp_path),
-        "HF_HUB_OFFLINE": "0",
-    }
+    env = hub.client_env(tmp_path)
     command = [sys.executable, str(ROOT / "hub_cards" / "push.py"), str(run_dir), REPO_ID, "--revision", "dev"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -242,13 +235,7 @@ def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
         experts.append(tmp_path / f"expert-{k}")
     for part in (mode.experts[0], make_tokenizer(), make_image_processor()):
         part.save_pretrained(tmp_path / "seed")
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_TOKEN": "hf_test",
-        "HF_HOME": str(tmp_path),
-        "HF_HUB_OFFLINE": "0",
-    }
+    env = hub.client_env(tmp_path)
     command = [
         sys.executable, str(ROOT / "train" / "assemble.py"), "--experts", *map(str, experts), "--clusters",
         str(clusters_dir), "--router-text-model", str(tmp_path / "seed"), "--output", str(tmp_path / "mode"),

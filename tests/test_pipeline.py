@@ -1,4 +1,4 @@
-"""The main job: the offline corpus, and the whole pipeline in smoke mode, resumed."""
+"""The main job: the offline corpus, the whole pipeline in smoke mode, resumed, and on Hub ids."""
 
 import json
 import subprocess
@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_image_processor, make_tokenizer, tiny_clip_config
+from hub_server import LocalHub
+from huggingface_hub import HfApi
+from transformers import CLIPModel
 
 from hub_cards import model_card
-from modeling_mode.corpus import SOURCES, caption_pairs, classification_set
+from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
+from modeling_mode.data import InputError
+from modeling_mode.pipeline import Sources, clip_config, load_recipe, record_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +63,101 @@ def test_a_rerun_resumes_from_the_stages_outputs(smoke_run):
     output, timings, log = smoke_run
     assert json.loads((output / "timings.json").read_text()) == timings  # nothing ran again
     assert log.count("done before, skipped") == len(timings)
+
+
+def upload_dataset(api: HfApi, repo_id: str, splits: dict, folder: Path) -> None:
+    """A Hub dataset repo as users publish one: a parquet file per split under data/."""
+    for split, dataset in splits.items():
+        dataset.to_parquet(folder / repo_id / "data" / f"{split}-00000-of-00001.parquet")
+    api.create_repo(repo_id, repo_type="dataset")
+    api.upload_folder(folder_path=folder / repo_id, repo_id=repo_id, repo_type="dataset")
+
+
+@pytest.fixture(scope="module")
+def hub_run(tmp_path_factory):
+    """The job on Hub ids: a user's pairs (in their own column names), held-out sets and a pretrained CLIP."""
+    folder = tmp_path_factory.mktemp("online")
+    shapes = SOURCES["easy_vqa"]
+    pairs = caption_pairs([shapes(split="train", count=120, seed=0)], noise=0.1, seed=0)
+    held_out = retrieval_set([shapes(split="test", count=12, seed=1)], seed=0)
+    recipe = dict(fine_clusters=6, experts=[2], batch_size=16, seed_steps=4, expert_steps=2, warmup_steps=1)
+    (folder / "tiny.json").write_text(json.dumps(dict(recipe, learning_rate=1e-3)))
+    with pytest.MonkeyPatch.context() as patch, LocalHub() as hub:
+        patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a Hub on 127.0.0.1, and nowhere else
+        api = HfApi(endpoint=hub.url, token="hf_test")
+        upload_dataset(api, "org/pairs", {"train": pairs.rename_columns({"image": "jpg", "caption": "txt"})}, folder)
+        upload_dataset(api, "org/shapes", {"test": classification_set(shapes(split="test", count=40, seed=0))}, folder)
+        upload_dataset(api, "org/shapes-captions", {"test": held_out.rename_column("caption", "txt")}, folder)
+        for part in (CLIPModel(tiny_clip_config()), make_tokenizer(), make_image_processor()):
+            part.save_pretrained(folder / "tiny-clip")
+        api.create_repo("org/tiny-clip")
+        api.upload_folder(folder_path=folder / "tiny-clip", repo_id="org/tiny-clip")
+        output = folder / "job"
+        command = [
+            sys.executable, str(ROOT / "train" / "pipeline.py"), "--recipe", str(folder / "tiny.json"),
+            "--output", str(output), "--dataset", "org/pairs", "--image-column", "jpg", "--caption-column", "txt",
+            "--init", "org/tiny-clip", "--zeroshot-dataset", "shapes=org/shapes",
+            "--retrieval-dataset", "org/shapes-captions:test",
+        ]  # fmt: skip
+        run = subprocess.run(command, env=hub.client_env(folder / "hf_home"), capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        yield output, list(hub.requests)
+
+
+def test_hub_ids_run_the_same_stages_on_the_users_data_and_seed(hub_run):
+    output, requests = hub_run
+    downloads = [r for r in requests if r.startswith("GET") and "/resolve/" in r]
+    assert any(r.startswith("GET /datasets/org/pairs/resolve/") and r.endswith(".parquet") for r in downloads)
+    assert any(r.startswith("GET /org/tiny-clip/resolve/") and r.endswith("model.safetensors") for r in downloads)
+    assert not (output / "data" / "pairs").exists() and not (output / "data" / "eval").exists()  # nothing offline
+
+    seed = json.loads((output / "seed" / "training_args.json").read_text())["run"]
+    assert (seed["start"], seed["base_model"]) == ("weights", "org/tiny-clip")
+    expert = json.loads((output / "models" / "mode-minilm-2" / "config.json").read_text())["expert_config"]
+    assert expert["text_config"]["vocab_size"] == tiny_clip_config().text_config.vocab_size  # the Hub CLIP's
+    results = json.loads((output / "results" / "mode-minilm-2" / "zeroshot-shapes.json").read_text())
+    assert (results["num_images"], results["num_classes"], results["dataset"]) == (40, 24, "org/shapes")
+    retrieval = json.loads((output / "results" / "dense-2" / "retrieval.json").read_text())
+    assert (retrieval["num_images"], retrieval["dataset"], retrieval["split"]) == (12, "org/shapes-captions", "test")
+
+    report = (output / "report.md").read_text()
+    assert "| mode-minilm-2 routed (paper) | " in report and "| dense-2 | " in report
+    assert "Training pairs: `org/pairs` (train); the seed started from org/tiny-clip." in report
+    recorded = json.loads((output / "recipe.json").read_text())
+    assert recorded["sources"]["zeroshot"] == {"shapes": ["org/shapes", "test"]}
+
+
+def test_bad_recipes_and_sources_are_named(tmp_path):
+    with pytest.raises(InputError, match="unknown recipe 'web'"):
+        load_recipe("web")
+    (tmp_path / "short.json").write_text(json.dumps({"fine_clusters": 8}))
+    with pytest.raises(InputError, match="short.json is not a recipe .*experts"):
+        load_recipe(str(tmp_path / "short.json"))
+    (tmp_path / "hub.json").write_text(
+        json.dumps(
+            dict(
+                fine_clusters=8,
+                experts=[2],
+                batch_size=8,
+                seed_steps=2,
+                expert_steps=1,
+                warmup_steps=1,
+                learning_rate=1e-3,
+            )
+        )
+    )
+    name, recipe = load_recipe(str(tmp_path / "hub.json"))
+    assert (name, recipe.experts, recipe.caption_noise) == ("hub", (2,), 0.1)
+    with pytest.raises(InputError, match="no `model` to train from random weights"):
+        clip_config(recipe)
+    command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(tmp_path / "job")]
+    run = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
+    assert run.returncode == 1 and "expected TASK=DATASET[:SPLIT]" in run.stderr
+
+
+def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
+    recorded = tmp_path / "recipe.json"
+    record_settings(recorded, {"name": "offline-mix", "seed_steps": 600}, Sources(launcher=("python",)))
+    record_settings(recorded, {"name": "offline-mix", "seed_steps": 600}, Sources(launcher=("accelerate", "launch")))
+    with pytest.raises(InputError, match=r"other settings \(seed_steps, sources.dataset\): resume it with those"):
+        record_settings(recorded, {"name": "offline-mix", "seed_steps": 900}, Sources(dataset="org/pairs"))

@@ -2,24 +2,82 @@
 
     python train/pipeline.py --recipe offline-mix --output runs/offline-mix [--smoke]
 
+runs on the offline corpus (real images that install without the Hub) and a seed trained from random weights. Online,
+the same stages run on your pairs, from a pretrained CLIP, on GPUs:
+
+    python train/pipeline.py --recipe my-recipe.json --output runs/web \\
+        --dataset ORG/PAIRS --init openai/clip-vit-base-patch32 \\
+        --zeroshot-dataset cifar10=uoft-cs/cifar10:test --retrieval-dataset ORG/CAPTIONED:test \\
+        --launcher "accelerate launch --multi_gpu --num_processes 8"
+
 Every stage runs the project's own scripts and is skipped when its output exists, so a re-run resumes. The report
 is `OUTPUT/report.md`, with PNG plots beside it; each stage's log is under `OUTPUT/logs/`.
 """
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
-from modeling_mode.pipeline import RECIPES, run
+from modeling_mode.data import InputError
+from modeling_mode.pipeline import RECIPES, Sources, held_out_set, run
 
 
-def main():
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="offline-mix")
+    parser.add_argument("--recipe", default="offline-mix", help=f"{', '.join(RECIPES)} or a JSON file of fields")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="the same stages on a few hundred pairs, in minutes")
     parser.add_argument("--encoder", help="caption encoder for clustering (default: all-MiniLM-L6-v2)")
-    args = parser.parse_args()
-    report = run(args.recipe, args.output, smoke=args.smoke, encoder=args.encoder)
+    data = parser.add_argument_group("sources (default: the offline corpus and a seed from random weights)")
+    data.add_argument("--dataset", help="image-caption pairs: Hub id, save_to_disk or data-file folder")
+    data.add_argument("--split", default="train", help="split of --dataset to train on")
+    data.add_argument("--image-column", default="image")
+    data.add_argument("--caption-column", default="caption", help="a string or list-of-strings column")
+    data.add_argument("--init", help="the seed's start: CLIPModel (Hub id or folder) or train/expert.py checkpoint")
+    data.add_argument(
+        "--zeroshot-dataset",
+        action="append",
+        default=[],
+        metavar="TASK=DATASET[:SPLIT]",
+        help="a class-labelled held-out set (split default: test); repeat for more",
+    )
+    data.add_argument("--retrieval-dataset", metavar="DATASET[:SPLIT]", help="held-out images with their captions")
+    data.add_argument(
+        "--launcher",
+        default=shlex.join([sys.executable]),
+        help='runs clustering and training, e.g. "accelerate launch --num_processes 8" (default: this python)',
+    )
+    return parser.parse_args(argv)
+
+
+def sources_of(args: argparse.Namespace) -> Sources:
+    zeroshot = {}
+    for value in args.zeroshot_dataset:
+        task, equals, dataset = value.partition("=")
+        if not (equals and task and dataset):
+            raise InputError(
+                f"--zeroshot-dataset {value!r}: expected TASK=DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10."
+            )
+        zeroshot[task] = held_out_set(dataset)
+    return Sources(
+        dataset=args.dataset,
+        split=args.split,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        init=args.init,
+        zeroshot=zeroshot,
+        retrieval=held_out_set(args.retrieval_dataset) if args.retrieval_dataset else None,
+        launcher=tuple(shlex.split(args.launcher)),
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        report = run(args.recipe, args.output, sources_of(args), smoke=args.smoke, encoder=args.encoder)
+    except InputError as error:
+        sys.exit(f"error: {error}")
     print(f"report: {report}")
 
 
