@@ -6,8 +6,10 @@ that install without the Hub (`modeling_mode.corpus`) and trains its seed from r
 user's pairs, held-out sets and pretrained seed instead (Hub ids or local paths), and the same stages run on those.
 """
 
+import codecs
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -147,7 +149,13 @@ class Job:
         self.output.mkdir(parents=True, exist_ok=True)
         self.timings = read_json(output / "timings.json") if (output / "timings.json").exists() else {}
 
-    def run(self, name: str, done: Path, action) -> None:
+    def run_all(self, stages, description: str) -> None:
+        """Run (name, done-marker, action) stages under one progress bar, which shows the running stage's own."""
+        with tqdm(list(stages), desc=description) as progress:
+            for name, done, action in progress:
+                self.run(name, done, action, progress)
+
+    def run(self, name: str, done: Path, action, progress: tqdm | None = None) -> None:
         """Run `action` (a command line, or a function of no argument) unless `done` exists."""
         if done.exists():
             tqdm.write(f"[{name}] done before, skipped ({done.relative_to(self.output)})")
@@ -157,19 +165,34 @@ class Job:
             tqdm.write(f"[{name}]")
             action()
         else:
-            self._run_command(name, [str(part) for part in action])
+            self._run_command(name, [str(part) for part in action], progress)
         self.timings[name] = round(time.perf_counter() - start, 1)
         write_json(self.output / "timings.json", self.timings)
 
-    def _run_command(self, name: str, command: list[str]) -> None:
+    def _run_command(self, name: str, command: list[str], progress: tqdm | None) -> None:
+        """Run a stage's script with its output in `logs/<name>.log`; its latest progress bar goes on `progress`."""
         tqdm.write(f"[{name}] {' '.join(command)}")
         log = self.output / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
-        with open(log, "w") as file:
-            process = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT)
-        if process.returncode != 0:
+        decode, recent = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, ""
+        with (
+            open(log, "wb") as file,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as stage,
+        ):
+            for chunk in iter(lambda: stage.stdout.read1(1 << 16), b""):
+                file.write(chunk)
+                recent = (recent + decode(chunk))[-4096:]
+                if progress is not None and (bar := latest_progress_bar(recent)):
+                    progress.set_postfix_str(f"{name}: {bar}")
+        if stage.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-20:])
-            raise RuntimeError(f"stage {name} failed (exit {process.returncode}); the end of {log}:\n{tail}")
+            raise RuntimeError(f"stage {name} failed (exit {stage.returncode}); the end of {log}:\n{tail}")
+
+
+def latest_progress_bar(output: str) -> str | None:
+    """The last complete tqdm bar in a script's output: tqdm redraws its bar after each carriage return."""
+    lines = re.split(r"[\r\n]", output)[:-1]  # the last piece may be cut off mid-bar
+    return next((line.strip() for line in reversed(lines) if re.search(r"\d+%\|", line)), None)
 
 
 def python(script: str, *args) -> list:
@@ -322,10 +345,8 @@ def run(
     record_settings(output / "recipe.json", {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
     if sources.init is None:
         write_json(output / "clip_config.json", clip_config(recipe))
-    for stage, done, action in tqdm(list(training_stages(job, encoder or default_encoder())), desc="training stages"):
-        job.run(stage, done, action)
-    for stage, done, action in tqdm(list(evaluation_stages(job)), desc="evaluation"):
-        job.run(stage, done, action)
+    job.run_all(training_stages(job, encoder or default_encoder()), "training stages")
+    job.run_all(evaluation_stages(job), "evaluation")
     record_results_in_models(output)
     from .report import write_report
 

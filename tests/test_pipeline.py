@@ -14,9 +14,13 @@ from transformers import CLIPModel
 from hub_cards import model_card
 from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.data import InputError
-from modeling_mode.pipeline import Sources, clip_config, load_recipe, record_settings
+from modeling_mode.pipeline import Sources, clip_config, latest_progress_bar, load_recipe, record_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A recipe for a pretrained seed (no `model`): the schedule only, each stage seconds.
+TINY_RECIPE = dict(fine_clusters=6, experts=[2], batch_size=16, seed_steps=4, expert_steps=2, warmup_steps=1,
+                   learning_rate=1e-3)  # fmt: skip
 
 
 def test_corpus_captions_come_from_labels_with_the_stated_noise():
@@ -36,6 +40,7 @@ def smoke_run(tmp_path_factory):
     command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(output), "--smoke"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "seed: train: 100%|" in first.stderr  # the job's bar shows each stage's own
     timings = json.loads((output / "timings.json").read_text())
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -80,8 +85,7 @@ def hub_run(tmp_path_factory):
     shapes = SOURCES["easy_vqa"]
     pairs = caption_pairs([shapes(split="train", count=120, seed=0)], noise=0.1, seed=0)
     held_out = retrieval_set([shapes(split="test", count=12, seed=1)], seed=0)
-    recipe = dict(fine_clusters=6, experts=[2], batch_size=16, seed_steps=4, expert_steps=2, warmup_steps=1)
-    (folder / "tiny.json").write_text(json.dumps(dict(recipe, learning_rate=1e-3)))
+    (folder / "tiny.json").write_text(json.dumps(TINY_RECIPE))
     with pytest.MonkeyPatch.context() as patch, LocalHub() as hub:
         patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a Hub on 127.0.0.1, and nowhere else
         api = HfApi(endpoint=hub.url, token="hf_test")
@@ -133,21 +137,9 @@ def test_bad_recipes_and_sources_are_named(tmp_path):
     (tmp_path / "short.json").write_text(json.dumps({"fine_clusters": 8}))
     with pytest.raises(InputError, match="short.json is not a recipe .*experts"):
         load_recipe(str(tmp_path / "short.json"))
-    (tmp_path / "hub.json").write_text(
-        json.dumps(
-            dict(
-                fine_clusters=8,
-                experts=[2],
-                batch_size=8,
-                seed_steps=2,
-                expert_steps=1,
-                warmup_steps=1,
-                learning_rate=1e-3,
-            )
-        )
-    )
-    name, recipe = load_recipe(str(tmp_path / "hub.json"))
-    assert (name, recipe.experts, recipe.caption_noise) == ("hub", (2,), 0.1)
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_RECIPE))
+    name, recipe = load_recipe(str(tmp_path / "tiny.json"))
+    assert (name, recipe.experts, recipe.caption_noise) == ("tiny", (2,), 0.1)
     with pytest.raises(InputError, match="no `model` to train from random weights"):
         clip_config(recipe)
     command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(tmp_path / "job")]
@@ -161,3 +153,9 @@ def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
     record_settings(recorded, {"name": "offline-mix", "seed_steps": 600}, Sources(launcher=("accelerate", "launch")))
     with pytest.raises(InputError, match=r"other settings \(seed_steps, sources.dataset\): resume it with those"):
         record_settings(recorded, {"name": "offline-mix", "seed_steps": 900}, Sources(dataset="org/pairs"))
+
+
+def test_the_jobs_progress_shows_the_running_stages_own_bar():
+    output = "loading\ntrain:  10%|#  | 1/10 [00:01<00:09]\rtrain:  20%|## | 2/10 [00:02<00:08]\rtrain:  3"
+    assert latest_progress_bar(output) == "train:  20%|## | 2/10 [00:02<00:08]"
+    assert latest_progress_bar("no bar yet\n") is None
