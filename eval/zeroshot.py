@@ -1,13 +1,14 @@
 """Zero-shot image classification of a CLIPModel or a ModeCLIPModel on a `datasets` image-classification set.
 
     python eval/zeroshot.py --model runs/mode-clip --dataset PATH_OR_HUB_ID --split test \
-        [--templates FILE.json] [--classnames FILE.json] --output results.json
+        [--templates FILE.json|SET] [--classnames FILE.json|SET] --output results.json
+
+SET names a benchmark's class names or prompt templates as clip-benchmark publishes them (e.g. `imagenet1k`: OpenAI's
+80 ImageNet templates; `cifar10`, `food101`, ...), read from the `clip-benchmark` package's data files.
 
 For a MODE, reports side by side the ensemble routed with the paper's formula, with the released code's, uniform, and
 each expert alone, with the routing weights used. Writes the results as JSON and a markdown table beside it (.md).
 """
-
-import json
 
 import datasets
 
@@ -17,35 +18,28 @@ from modeling_mode.evaluation import (
     image_batches,
     load_model,
     load_split,
+    strings_from,
     write_results,
     zero_shot_classification,
 )
 
 
-def read_json_list(path: str, what: str) -> list[str]:
-    with open(path) as file:
-        values = json.load(file)
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ValueError(f"{path} must hold a JSON list of strings ({what}).")
-    return values
-
-
 def main():
     parser = command_line(__doc__.splitlines()[0])
     parser.add_argument("--label-column", help="default: the dataset's class-label column")
-    parser.add_argument("--classnames", help="JSON list of class names, by label id (default: the label feature's)")
-    parser.add_argument("--templates", help="JSON list of prompt templates with {c} for the class name")
+    parser.add_argument("--classnames", help="JSON list of class names by label id, or a SET (default: the labels')")
+    parser.add_argument("--templates", help="JSON list of prompt templates with {c} for the class name, or a SET")
     args = parser.parse_args()
 
     dataset, image_column = load_split(args)
     label_column = args.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
     if args.classnames:
-        classnames = read_json_list(args.classnames, "class names")
+        classnames = strings_from(args.classnames, "classnames")
     elif isinstance(dataset.features[label_column], datasets.ClassLabel):
         classnames = dataset.features[label_column].names
     else:
         raise ValueError(f"column {label_column!r} holds no class names: pass them with --classnames FILE.json.")
-    templates = read_json_list(args.templates, "prompt templates") if args.templates else None
+    templates = strings_from(args.templates, "zeroshot_classification_templates") if args.templates else None
 
     model, tokenizer, image_processor = load_model(args.model, args.device)
     images = image_batches(dataset, image_column, args.batch_size)

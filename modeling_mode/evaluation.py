@@ -6,6 +6,8 @@ one, uniform) and each expert alone are then combinations of the experts' cosine
 """
 
 import argparse
+import importlib.util
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from .configuration_mode_clip import ROUTINGS
 from .files import write_json, write_text
 from .modeling_mode_clip import ModeCLIPModel
 
-# A short, general set of CLIP prompt templates; pass your own (e.g. OpenAI's 80 ImageNet ones) for a benchmark.
+# A short, general set of CLIP prompt templates; name a benchmark's set (`strings_from`) or pass your own for one.
 DEFAULT_TEMPLATES = (
     "a photo of a {c}.",
     "a blurry photo of a {c}.",
@@ -29,6 +31,31 @@ DEFAULT_TEMPLATES = (
     "a close-up photo of a {c}.",
     "itap of a {c}.",
 )
+
+
+def strings_from(value: str, what: str) -> list[str]:
+    """A JSON file holding a list of strings, or the name of a data set whose `what` clip-benchmark publishes.
+
+    `what` is "classnames" or "zeroshot_classification_templates": e.g. `imagenet1k` names OpenAI's 80 ImageNet
+    templates and readable ImageNet class names, `cifar10` CLIP's CIFAR-10 templates. clip-benchmark is read as data
+    (`pip install --no-deps clip-benchmark`: it is only needed for its JSON files), so nothing of it is imported.
+    """
+    if value.endswith(".json") or Path(value).is_file():
+        strings = json.loads(Path(value).read_text())
+    else:
+        package = importlib.util.find_spec("clip_benchmark")
+        if package is None:
+            raise ValueError(
+                f"{value!r} is not a file, and named {what} sets come from clip-benchmark: "
+                "pip install --no-deps clip-benchmark, or pass a JSON file."
+            )
+        named = json.loads((Path(package.origin).parent / "datasets" / f"en_{what}.json").read_text())
+        if value not in named:
+            raise ValueError(f"clip-benchmark has no {what} for {value!r}; it has: {', '.join(sorted(named))}.")
+        strings = named[value]
+    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        raise ValueError(f"{value} must hold a JSON list of strings ({what}).")
+    return strings
 
 
 def experts_of(model) -> list[CLIPModel]:

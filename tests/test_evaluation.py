@@ -12,7 +12,7 @@ import torch
 from conftest import make_image_processor, make_mode, make_tokenizer
 from PIL import Image
 
-from modeling_mode.evaluation import classification_metrics, recall_at_k
+from modeling_mode.evaluation import classification_metrics, recall_at_k, strings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "sneaker"]
@@ -61,6 +61,17 @@ def random_images(count, seed=0):
 
 def accuracy(logits, labels):
     return (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+
+
+def test_benchmark_prompts_and_class_names_by_name_or_file(tmp_path):
+    templates = strings_from("imagenet1k", "zeroshot_classification_templates")  # OpenAI's ImageNet set
+    assert len(templates) == 80 and all("{c}" in t for t in templates) and "a photo of a {c}." in templates
+    assert strings_from("imagenet1k", "classnames")[:2] == ["tench", "goldfish"]
+    with pytest.raises(ValueError, match="no classnames for 'cifar10'; it has: caltech101,"):
+        strings_from("cifar10", "classnames")
+    (tmp_path / "names.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="must hold a JSON list of strings"):
+        strings_from(str(tmp_path / "names.json"), "classnames")
 
 
 def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path):
