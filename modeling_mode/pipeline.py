@@ -113,6 +113,8 @@ class Sources:
     caption_column: str = "caption"
     init: str | None = None  # the seed's start: a CLIPModel, or a train/expert.py checkpoint (default: random weights)
     zeroshot: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (dataset, split), class-labelled
+    templates: dict[str, str] = field(default_factory=dict)  # task -> prompt templates: a JSON file or a named set
+    classnames: dict[str, str] = field(default_factory=dict)  # task -> class names: a JSON file or a named set
     retrieval: tuple[str, str] | None = None  # (dataset, split) of images with their captions
     launcher: tuple[str, ...] = (sys.executable,)  # runs clustering and training, e.g. `accelerate launch ...`
 
@@ -257,9 +259,10 @@ def evaluation_stages(job: Job):
     for name, model in trained.items():
         results = job.output / "results" / name
         for task, held_out in sources["zeroshot"].items():
+            metadata = [(f"--{key}", held_out[key]) for key in ("templates", "classnames") if key in held_out]
             yield f"zeroshot-{name}-{task}", results / f"zeroshot-{task}.json", python(
                 "eval/zeroshot.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
-                "--output", results / f"zeroshot-{task}.json", *device,
+                *(part for flag in metadata for part in flag), "--output", results / f"zeroshot-{task}.json", *device,
             )  # fmt: skip
         held_out = sources["retrieval"]
         yield f"retrieval-{name}", results / "retrieval.json", python(
@@ -294,6 +297,11 @@ def prepare_data(job: Job) -> None:
     zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in s.zeroshot.items()}
     if not zeroshot:
         zeroshot = build_offline_classification_sets(job.recipe, folder / "eval")
+    for key, per_task in (("templates", s.templates), ("classnames", s.classnames)):
+        if unknown := per_task.keys() - zeroshot.keys():
+            raise InputError(f"--{key} for {sorted(unknown)}: the zero-shot tasks are {sorted(zeroshot)}.")
+        for task, value in per_task.items():
+            zeroshot[task][key] = value
     if s.retrieval:
         retrieval = {"dataset": s.retrieval[0], "split": s.retrieval[1], "caption_column": s.caption_column}
     else:

@@ -1,5 +1,6 @@
 """The main job: the offline corpus, the whole pipeline in smoke mode, resumed, and on Hub ids."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,15 @@ from transformers import CLIPModel
 from hub_cards import model_card
 from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.data import InputError
-from modeling_mode.pipeline import Sources, clip_config, latest_progress_bar, load_recipe, record_settings
+from modeling_mode.pipeline import (
+    Job,
+    Sources,
+    clip_config,
+    latest_progress_bar,
+    load_recipe,
+    prepare_data,
+    record_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +95,7 @@ def hub_run(tmp_path_factory):
     pairs = caption_pairs([shapes(split="train", count=120, seed=0)], noise=0.1, seed=0)
     held_out = retrieval_set([shapes(split="test", count=12, seed=1)], seed=0)
     (folder / "tiny.json").write_text(json.dumps(TINY_RECIPE))
+    (folder / "templates.json").write_text(json.dumps(["a {c}."]))
     with pytest.MonkeyPatch.context() as patch, LocalHub() as hub:
         patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a Hub on 127.0.0.1, and nowhere else
         api = HfApi(endpoint=hub.url, token="hf_test")
@@ -101,6 +111,7 @@ def hub_run(tmp_path_factory):
             sys.executable, str(ROOT / "train" / "pipeline.py"), "--recipe", str(folder / "tiny.json"),
             "--output", str(output), "--dataset", "org/pairs", "--image-column", "jpg", "--caption-column", "txt",
             "--init", "org/tiny-clip", "--zeroshot-dataset", "shapes=org/shapes",
+            "--templates", f"shapes={folder / 'templates.json'}",
             "--retrieval-dataset", "org/shapes-captions:test",
         ]  # fmt: skip
         run = subprocess.run(command, env=hub.client_env(folder / "hf_home"), capture_output=True, text=True)
@@ -121,6 +132,7 @@ def test_hub_ids_run_the_same_stages_on_the_users_data_and_seed(hub_run):
     assert expert["text_config"]["vocab_size"] == tiny_clip_config().text_config.vocab_size  # the Hub CLIP's
     results = json.loads((output / "results" / "mode-minilm-2" / "zeroshot-shapes.json").read_text())
     assert (results["num_images"], results["num_classes"], results["dataset"]) == (40, 24, "org/shapes")
+    assert results["num_templates"] == 1  # the task's own templates
     retrieval = json.loads((output / "results" / "dense-2" / "retrieval.json").read_text())
     assert (retrieval["num_images"], retrieval["dataset"], retrieval["split"]) == (12, "org/shapes-captions", "test")
 
@@ -145,6 +157,12 @@ def test_bad_recipes_and_sources_are_named(tmp_path):
     command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(tmp_path / "job")]
     run = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
     assert run.returncode == 1 and "expected TASK=DATASET[:SPLIT]" in run.stderr
+    run = subprocess.run(command + ["--templates", "cifar10"], capture_output=True, text=True)
+    assert run.returncode == 1 and "--templates 'cifar10': expected TASK=FILE|SET" in run.stderr
+    sources = Sources(dataset="org/pairs", zeroshot={"cifar10": ("x", "test")}, retrieval=("y", "test"))
+    job = Job(tmp_path / "job", recipe, dataclasses.replace(sources, templates={"cifar100": "cifar100"}))
+    with pytest.raises(InputError, match=r"--templates for \['cifar100'\]: the zero-shot tasks are \['cifar10'\]"):
+        prepare_data(job)
 
 
 def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):

@@ -7,7 +7,8 @@ the same stages run on your pairs, from a pretrained CLIP, on GPUs:
 
     python train/pipeline.py --recipe my-recipe.json --output runs/web \\
         --dataset ORG/PAIRS --init openai/clip-vit-base-patch32 \\
-        --zeroshot-dataset cifar10=uoft-cs/cifar10:test --retrieval-dataset ORG/CAPTIONED:test \\
+        --zeroshot-dataset cifar10=uoft-cs/cifar10:test --templates cifar10=cifar10 \\
+        --retrieval-dataset ORG/CAPTIONED:test \\
         --launcher "accelerate launch --multi_gpu --num_processes 8"
 
 Every stage runs the project's own scripts and is skipped when its output exists, so a re-run resumes. The report
@@ -42,7 +43,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="TASK=DATASET[:SPLIT]",
         help="a class-labelled held-out set (split default: test); repeat for more",
     )
-    data.add_argument("--retrieval-dataset", metavar="DATASET[:SPLIT]", help="held-out images with their captions")
+    for flag, what in (("--templates", "prompt templates"), ("--classnames", "class names")):
+        data.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="TASK=FILE|SET",
+            help=f"a zero-shot task's {what}: a JSON list, or a set named as in eval/zeroshot.py (e.g. imagenet1k)",
+        )
+    data.add_argument(
+        "--retrieval-dataset", metavar="DATASET[:SPLIT]", help="held-out images with their captions (--caption-column)"
+    )
     data.add_argument(
         "--launcher",
         default=shlex.join([sys.executable]),
@@ -51,22 +62,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def per_task(values: list[str], flag: str, example: str) -> dict[str, str]:
+    """Repeated TASK=VALUE flags as {task: value}."""
+    named = {}
+    for value in values:
+        task, equals, rest = value.partition("=")
+        if not (equals and task and rest):
+            raise InputError(f"{flag} {value!r}: expected TASK={example}.")
+        named[task] = rest
+    return named
+
+
 def sources_of(args: argparse.Namespace) -> Sources:
-    zeroshot = {}
-    for value in args.zeroshot_dataset:
-        task, equals, dataset = value.partition("=")
-        if not (equals and task and dataset):
-            raise InputError(
-                f"--zeroshot-dataset {value!r}: expected TASK=DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10."
-            )
-        zeroshot[task] = held_out_set(dataset)
+    zeroshot = per_task(args.zeroshot_dataset, "--zeroshot-dataset", "DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10")
     return Sources(
         dataset=args.dataset,
         split=args.split,
         image_column=args.image_column,
         caption_column=args.caption_column,
         init=args.init,
-        zeroshot=zeroshot,
+        zeroshot={task: held_out_set(dataset) for task, dataset in zeroshot.items()},
+        templates=per_task(args.templates, "--templates", "FILE|SET, e.g. cifar10=cifar10"),
+        classnames=per_task(args.classnames, "--classnames", "FILE|SET, e.g. imagenet=imagenet1k"),
         retrieval=held_out_set(args.retrieval_dataset) if args.retrieval_dataset else None,
         launcher=tuple(shlex.split(args.launcher)),
     )
