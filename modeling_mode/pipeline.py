@@ -127,20 +127,11 @@ def held_out_set(value: str, default_split: str = "test") -> tuple[str, str]:
 
 def clip_config(recipe: Recipe) -> dict:
     """The CLIPConfig (as a dict) of the experts trained from scratch, sized for the character-level tokenizer."""
-    from .processors import CHAR_VOCAB_SIZE
+    from .processors import char_level_clip_config
 
     if recipe.model is None:
         raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")
-    m = recipe.model
-    tower = dict(
-        hidden_size=m["width"],
-        intermediate_size=4 * m["width"],
-        num_hidden_layers=m["layers"],
-        num_attention_heads=m["heads"],
-    )
-    text = dict(tower, vocab_size=CHAR_VOCAB_SIZE, max_position_embeddings=77, bos_token_id=0, eos_token_id=1)
-    vision = dict(tower, image_size=m["image_size"], patch_size=m["patch_size"])
-    return dict(text_config=dict(text, pad_token_id=1), vision_config=vision, projection_dim=m["width"])
+    return char_level_clip_config(**recipe.model)
 
 
 class Job:
@@ -259,10 +250,12 @@ def evaluation_stages(job: Job):
     for name, model in trained.items():
         results = job.output / "results" / name
         for task, held_out in sources["zeroshot"].items():
-            metadata = [(f"--{key}", held_out[key]) for key in ("templates", "classnames") if key in held_out]
+            metadata = [
+                part for key in ("templates", "classnames") if key in held_out for part in (f"--{key}", held_out[key])
+            ]
             yield f"zeroshot-{name}-{task}", results / f"zeroshot-{task}.json", python(
                 "eval/zeroshot.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
-                *(part for flag in metadata for part in flag), "--output", results / f"zeroshot-{task}.json", *device,
+                *metadata, "--output", results / f"zeroshot-{task}.json", *device,
             )  # fmt: skip
         held_out = sources["retrieval"]
         yield f"retrieval-{name}", results / "retrieval.json", python(

@@ -24,6 +24,26 @@ def char_level_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     )
 
 
+def char_level_clip_config(
+    width: int, layers: int, heads: int, image_size: int, patch_size: int, context: int = 77, mlp_ratio: int = 4
+) -> dict:
+    """The CLIPConfig fields of a CLIP to train from scratch with `char_level_tokenizer`, both towers alike."""
+    tower = dict(
+        hidden_size=width, intermediate_size=mlp_ratio * width, num_hidden_layers=layers, num_attention_heads=heads
+    )
+    # The tokenizer's ids: 0 starts, 1 ends and pads; CLIP pools the text at the first end token.
+    text = dict(
+        tower,
+        vocab_size=CHAR_VOCAB_SIZE,
+        max_position_embeddings=context,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vision = dict(tower, image_size=image_size, patch_size=patch_size)
+    return dict(text_config=text, vision_config=vision, projection_dim=width)
+
+
 def pil_image_processor(image_size: int = 224) -> CLIPImageProcessorPil:
     """CLIP's resize, centre crop and normalisation, with PIL (transformers' default one needs torchvision)."""
     return CLIPImageProcessorPil(

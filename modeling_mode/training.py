@@ -46,7 +46,7 @@ from .data import (
 )
 from .files import read_json, write_json
 from .loss import contrastive_loss
-from .processors import CHAR_VOCAB_SIZE, char_level_tokenizer, pil_image_processor
+from .processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -143,24 +143,12 @@ class ExpertTrainingArguments:
 
 def random_clip_config(name: str) -> CLIPConfig:
     """'tiny' (tests, seconds on a CPU), 'small' (real runs on a CPU) or a CLIPConfig json file."""
-    towers = {
-        "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+    sizes = {  # width, layers, heads, image size, patch size, context, MLP ratio
+        "tiny": (32, 2, 4, 32, 8, 32, 2),
+        "small": (256, 4, 4, 64, 8, 77, 4),
     }
-    if name in towers:
-        tower = towers[name]
-        image_size, patch_size, context = (32, 8, 32) if name == "tiny" else (64, 8, 77)
-        # Token ids of `char_level_tokenizer`: 0 starts, 1 ends and pads; CLIP pools the text at the first end token.
-        text = dict(
-            tower,
-            vocab_size=CHAR_VOCAB_SIZE,
-            max_position_embeddings=context,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-        vision = dict(tower, image_size=image_size, patch_size=patch_size)
-        return CLIPConfig(text_config=text, vision_config=vision, projection_dim=tower["hidden_size"])
+    if name in sizes:
+        return CLIPConfig(**char_level_clip_config(*sizes[name]))
     if not os.path.isfile(name):
         raise InputError(f"Unknown --config {name!r}: use 'tiny', 'small' or the path of a CLIPConfig json file.")
     return CLIPConfig.from_json_file(name)

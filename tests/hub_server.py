@@ -18,6 +18,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 REPO = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+)"
 
 
+class HubError(Exception):
+    """An error answer of the Hub: HTTP status, message and the X-Error-Code huggingface_hub maps to an exception."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.response = status, {"error": message}, {"X-Error-Code": code}
+
+
 @dataclass
 class Repo:
     private: bool
@@ -76,13 +84,17 @@ class LocalHub:
         self.repos[key] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
         return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}, {}
 
-    def repo_info(self, repo_type, repo_id, revision):
+    def snapshot(self, repo_type, repo_id, revision) -> tuple[Repo, str, dict]:
+        """The repo, and the sha and files of its `revision` (a branch or a commit)."""
         repo = self.repos.get((repo_type, repo_id))
         if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+            raise HubError(404, "Repository not found", "RepoNotFound")
         if not repo.has(revision):
-            return 404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"}
-        sha, files = repo.head(revision)
+            raise HubError(404, "Revision not found", "RevisionNotFound")
+        return repo, *repo.head(revision)
+
+    def repo_info(self, repo_type, repo_id, revision):
+        repo, sha, files = self.snapshot(repo_type, repo_id, revision)
         siblings = [{"rfilename": path} for path in sorted(files)]
         return 200, {"id": repo_id, "sha": sha, "private": repo.private, "siblings": siblings}, {}
 
@@ -117,12 +129,7 @@ class LocalHub:
         return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True}, {}
 
     def resolve(self, repo_type, repo_id, revision, path):
-        repo = self.repos.get((repo_type, repo_id))
-        if repo is None:
-            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        if not repo.has(revision):
-            return 404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"}
-        sha, files = repo.head(revision)
+        _, sha, files = self.snapshot(repo_type, repo_id, revision)
         if path not in files:
             return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
         content = files[path]
@@ -130,12 +137,9 @@ class LocalHub:
 
     def tree(self, repo_type, repo_id, revision, folder, recursive):
         """The files and folders under `folder`, as `list_repo_tree` (and so `load_dataset` of a Hub id) reads them."""
-        repo = self.repos.get((repo_type, repo_id))
-        if repo is None or not repo.has(revision):
-            return 404, {"error": "Repository or revision not found"}, {"X-Error-Code": "RepoNotFound"}
         prefix = f"{folder}/" if folder else ""
         entries = {}
-        for path, content in repo.head(revision)[1].items():
+        for path, content in self.snapshot(repo_type, repo_id, revision)[2].items():
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")
@@ -180,7 +184,10 @@ class LocalHub:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hub.lock:
                     hub.requests.append(f"{method} {self.path}")
-                    status, payload, headers = hub.route(method, self.path, body)
+                    try:
+                        status, payload, headers = hub.route(method, self.path, body)
+                    except HubError as error:
+                        status, payload, headers = error.response
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in headers.items():
