@@ -12,7 +12,8 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
 from .configuration_mode_clip import text_tower_config
-from .data import InputError, cluster_ids, load_pairs
+from .data import cluster_ids, load_pairs
+from .errors import InputError
 from .files import read_json, write_json
 from .modeling_mode_clip import ModeCLIPModel, _architecture
 from .training import TRAINING_ARGS, save_into

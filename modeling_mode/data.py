@@ -17,13 +17,11 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_f
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
+from .errors import InputError
+
 NO_CLUSTER = -1  # coarse_id of pairs the clustering left out: no expert trains on them
 CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop range: a mild random square crop, as CLIP trained with
 CROP_RATIO = (3 / 4, 4 / 3)
-
-
-class InputError(ValueError):
-    """Data, flags or files that training or assembly cannot use; the message says what to fix."""
 
 
 def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,3 +29,22 @@ def write_json(path: str | os.PathLike, content) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch directory beside `path` to fill; it replaces `path` as a whole when the block ends without error.
+
+    Whoever reads `path` (or a crash at any moment) finds the old directory complete, the new one complete, or for an
+    instant between two renames none: never a half-written one. A scratch left by a crash is cleared on the next try.
+    """
+    path = Path(path)
+    partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(partial, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import InputError
+from .errors import InputError
 from .files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,6 @@ from transformers import (
 
 from .data import (
     GlobalBatchSampler,
-    InputError,
     PairCollator,
     PairDataset,
     PairTransform,
@@ -44,6 +43,7 @@ from .data import (
     cluster_ids,
     load_pairs,
 )
+from .errors import InputError
 from .files import read_json, write_json
 from .loss import contrastive_loss
 from .processors import char_level_clip_config, char_level_tokenizer, pil_image_processor

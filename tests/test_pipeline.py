@@ -14,7 +14,7 @@ from transformers import CLIPModel
 
 from hub_cards import model_card
 from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
-from modeling_mode.data import InputError
+from modeling_mode.errors import InputError
 from modeling_mode.pipeline import (
     Job,
     Sources,

@@ -19,7 +19,8 @@ from training_probe import gradients
 from transformers import AutoModel, AutoTokenizer, CLIPModel, pipeline
 
 from modeling_mode.assembly import assemble, router_from
-from modeling_mode.data import GlobalBatchSampler, InputError, PairDataset, PairTransform, StreamingPairs, load_pairs
+from modeling_mode.data import GlobalBatchSampler, PairDataset, PairTransform, StreamingPairs, load_pairs
+from modeling_mode.errors import InputError
 from modeling_mode.loss import contrastive_loss
 from modeling_mode.processors import pil_image_processor
 from modeling_mode.training import ExpertTrainingArguments, build_optimizer, learning_rate_at, train

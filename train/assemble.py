@@ -13,7 +13,7 @@ from transformers import HfArgumentParser
 
 from hub_cards import PushError, push_run
 from modeling_mode.assembly import assemble
-from modeling_mode.data import InputError
+from modeling_mode.errors import InputError
 
 
 @dataclass

@@ -13,7 +13,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling_mode.data import InputError
+from modeling_mode.errors import InputError
 from modeling_mode.training import ExpertTrainingArguments, train
 
 

@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from modeling_mode.data import InputError
+from modeling_mode.errors import InputError
 from modeling_mode.pipeline import RECIPES, Sources, held_out_set, run
 
 

@@ -1,0 +1,58 @@
+"""Bad input, named: the one error type the scripts turn into a single line and exit status 2 (`modeling_mode.cli`)."""
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# A Hugging Face Hub repo id: "name" or "org/name".
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+class InputError(ValueError):
+    """Data, flags or files that the project cannot use; the message says what to fix."""
+
+
+@contextmanager
+def naming_failures(what: str, path: str) -> Iterator[None]:
+    """Turn any failure to load `path` (a directory or a Hub id) into an InputError that names it and `what` it is.
+
+    Loaders fail in many ways (a missing file, a truncated safetensors header, a malformed id, an offline Hub) and
+    their messages often omit the path: this says which input was at fault, with the loader's own words after it.
+    """
+    local = os.path.exists(path) or not HUB_ID.fullmatch(path) or path.startswith((".", "~"))
+    if not os.path.exists(path) and local:
+        raise InputError(f"{what} {path!r} does not exist (and is not a Hub id of the form org/name).")
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:  # a loader's failure, whatever its type, is a bad input here
+        where = "the directory" if os.path.isdir(path) else "the Hub repo"
+        raise InputError(
+            f"{what} {path!r}: {where} could not be loaded ({type(error).__name__}: {error})".rstrip(".") + "."
+        ) from error
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output file that could not be written: a directory, or a path inside a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {str(path)!r} is a directory: give the path of a file to write.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} {str(path)!r} is inside {str(parent)!r}, which is a file.")
+            if not os.access(parent, os.W_OK):
+                raise InputError(f"{flag} {str(path)!r}: {str(parent)!r} is not writable.")
+            break
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
+    """Refuse, before any work, an output directory that is a file or lies inside one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {str(path)!r} is a file: give a directory.")
+    return check_output_file(path / "_", flag).parent
