@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -24,6 +25,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from .data import NO_CLUSTER
+from .errors import InputError
 from .files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -285,3 +287,31 @@ def load_clusters(path: str | os.PathLike) -> tuple[Clusters, dict]:
         fit_sizes=np.array(json.loads(fit_sizes)) if fit_sizes else np.zeros(len(fine_to_coarse), dtype=np.int64),
     )
     return clusters, json.loads(metadata.get("settings", "{}"))
+
+
+CLUSTERS_JSON = "clusters.json"  # the run's report, written last: a clustering run is finished when it is there
+CLUSTERS_FILE = "clusters.safetensors"
+
+
+def read_finished_run(folder: str | os.PathLike) -> tuple[Clusters, dict]:
+    """(clusters, report) of a finished clustering run in `folder`, which every consumer reads through this.
+
+    Raises InputError unless the run finished and its parts belong together: clusters.json (written last) must be
+    there and describe the fit that clusters.safetensors holds, so that a run killed while re-clustering into the
+    same folder is never taken for a finished one.
+    """
+    folder = Path(folder)
+    report_path, clusters_path = folder / CLUSTERS_JSON, folder / CLUSTERS_FILE
+    if not report_path.is_file() or not clusters_path.is_file():
+        raise InputError(
+            f"{folder} holds no finished clustering run ({CLUSTERS_JSON} and {CLUSTERS_FILE} of train/cluster.py): "
+            "run or resume the clustering first."
+        )
+    report = json.loads(report_path.read_text())
+    clusters, settings = load_clusters(clusters_path)
+    if report.get("settings") != settings:
+        raise InputError(
+            f"{report_path} and {clusters_path} come from different clustering runs (one was interrupted): "
+            "re-run train/cluster.py into this folder to finish it."
+        )
+    return clusters, report

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_f
 from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, naming_failures
 
 NO_CLUSTER = -1  # coarse_id of pairs the clustering left out: no expert trains on them
 CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop range: a mild random square crop, as CLIP trained with
@@ -25,19 +25,34 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
-    """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...)."""
+    """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...).
+
+    Raises InputError naming the source for one that does not exist or cannot be loaded, a split it does not have,
+    and (when not streaming) a split without rows.
+    """
+    with naming_failures("--dataset", source):
+        dataset = _load_split(source, split, streaming)
+    if not streaming and len(dataset) == 0:
+        raise InputError(f"--dataset {source!r} split {split!r} has no rows.")
+    return dataset
+
+
+def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableDataset:
     is_saved = os.path.isdir(source) and any(
         os.path.exists(os.path.join(source, name)) for name in ("state.json", "dataset_dict.json")
     )
-    if is_saved:
-        dataset = load_from_disk(source)
-        if isinstance(dataset, DatasetDict):
-            if split not in dataset:
-                raise InputError(f"{source} has no split {split!r}; it has {list(dataset)}.")
-            dataset = dataset[split]
-        # Enough shards for every process and worker to read its own part.
-        return dataset.to_iterable_dataset(num_shards=min(len(dataset), 64)) if streaming else dataset
-    return load_dataset(source, split=split, streaming=streaming)
+    if not is_saved:
+        return load_dataset(source, split=split, streaming=streaming)
+    dataset = load_from_disk(source)
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise InputError(f"--dataset {source!r} has no split {split!r}; it has {list(dataset)}.")
+        dataset = dataset[split]
+    elif dataset.split is not None and str(dataset.split) != split:
+        # A lone saved split knows its name; one saved without a name is the only split there is.
+        raise InputError(f"--dataset {source!r} holds the split {str(dataset.split)!r}, not {split!r} (--split).")
+    # Enough shards for every process and worker to read its own part.
+    return dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64))) if streaming else dataset
 
 
 def check_columns(column_names, image_column: str, caption_column: str, cluster_column: str | None) -> None:

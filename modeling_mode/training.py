@@ -172,6 +172,13 @@ def load_clip(path: str) -> tuple[CLIPModel, object, object]:
     return model, AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
 
 
+def is_finished(run_dir: str) -> bool:
+    """Whether `run_dir` holds a finished run: its final training_args.json (with `final_step`) is written last, after
+    the model, tokenizer and image processor, so a run killed at any moment is never taken for a finished one."""
+    path = os.path.join(run_dir, TRAINING_ARGS)
+    return os.path.isfile(path) and "final_step" in read_json(path).get("run", {})
+
+
 def is_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, TRAINER_STATE))
 
