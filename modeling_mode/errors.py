@@ -14,6 +14,13 @@ class InputError(ValueError):
     """Data, flags or files that the project cannot use; the message says what to fix."""
 
 
+def check_source(what: str, path: str) -> None:
+    """Refuse a local path that does not exist; a Hub id (org/name) is left for its loader to find or not."""
+    looks_local = not HUB_ID.fullmatch(path) or path.startswith((".", "~"))
+    if looks_local and not os.path.exists(path):
+        raise InputError(f"{what} {path!r} does not exist (and is not a Hub id of the form org/name).")
+
+
 @contextmanager
 def naming_failures(what: str, path: str) -> Iterator[None]:
     """Turn any failure to load `path` (a directory or a Hub id) into an InputError that names it and `what` it is.
@@ -21,9 +28,7 @@ def naming_failures(what: str, path: str) -> Iterator[None]:
     Loaders fail in many ways (a missing file, a truncated safetensors header, a malformed id, an offline Hub) and
     their messages often omit the path: this says which input was at fault, with the loader's own words after it.
     """
-    local = os.path.exists(path) or not HUB_ID.fullmatch(path) or path.startswith((".", "~"))
-    if not os.path.exists(path) and local:
-        raise InputError(f"{what} {path!r} does not exist (and is not a Hub id of the form org/name).")
+    check_source(what, path)
     try:
         yield
     except InputError:

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, check_output_dir, check_source
 from .files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ class Recipe:
     learning_rate: float
     random_experts: int = 2  # the Random-n ablation's n
     num_workers: int = 0  # data loader workers per training process
+    checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
     seed: int = 0
     # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
     model: dict | None = None
@@ -79,6 +81,7 @@ SMOKE = dict(  # the same stages, on a few hundred pairs and one MODE size: minu
     seed_steps=6,
     expert_steps=3,
     warmup_steps=2,
+    checkpoint_every=2,
 )
 
 
@@ -98,6 +101,34 @@ def load_recipe(name_or_file: str) -> tuple[str, Recipe]:
             f"{name_or_file} is not a recipe ({error}); its fields are those of {Recipe.__name__}."
         ) from None
     return Path(name_or_file).stem, dataclasses.replace(recipe, experts=tuple(recipe.experts))
+
+
+def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
+    """Refuse, before any work, a recipe that some stage would fail on (or, worse, run on) hours into the job."""
+    at_least = {"fine_clusters": 1, "batch_size": 1, "seed_steps": 1, "expert_steps": 1, "checkpoint_every": 1,
+                "warmup_steps": 0, "num_workers": 0, "random_experts": 1, "train_per_source": 1,
+                "test_per_source": 1, "retrieval_per_source": 1}  # fmt: skip
+    for name, least in at_least.items():
+        if not (isinstance(getattr(recipe, name), int) and getattr(recipe, name) >= least):
+            raise InputError(f"recipe field {name} must be an integer >= {least}, got {getattr(recipe, name)!r}.")
+    if not recipe.learning_rate > 0 or not 0 <= recipe.caption_noise <= 1:
+        raise InputError(
+            f"recipe fields learning_rate must be > 0 and caption_noise in [0, 1], got {recipe.learning_rate} and "
+            f"{recipe.caption_noise}."
+        )
+    # Every clustering splits the fine clusters into experts: MODE-n, Random-n, and the seed-text ablation's 2.
+    sizes = [*recipe.experts, recipe.random_experts, 2]
+    if not recipe.experts or not all(isinstance(n, int) and 1 <= n <= recipe.fine_clusters for n in sizes):
+        raise InputError(
+            f"recipe field experts must list MODE sizes n with 1 <= n <= fine_clusters ({recipe.fine_clusters}), as "
+            f"must random_experts and the seed-text ablation's 2; got experts={list(recipe.experts)}, "
+            f"random_experts={recipe.random_experts}."
+        )
+    if num_pairs is not None and num_pairs < max(recipe.fine_clusters, recipe.batch_size):
+        raise InputError(
+            f"the training pairs are {num_pairs}: fewer than the recipe's fine_clusters ({recipe.fine_clusters}) or "
+            f"batch_size ({recipe.batch_size})."
+        )
 
 
 @dataclass(frozen=True)
@@ -131,11 +162,26 @@ def clip_config(recipe: Recipe) -> dict:
 
     if recipe.model is None:
         raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")
-    return char_level_clip_config(**recipe.model)
+    try:
+        return char_level_clip_config(**recipe.model)
+    except TypeError as error:
+        raise InputError(f"the recipe's model {recipe.model} is not a model size: {error}.") from None
+
+
+class StageError(RuntimeError):
+    """A stage's script failed; `returncode` is its exit status (2: it refused its input)."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class Job:
-    """Runs stages in order under `output`, skipping those whose outputs exist, and logs each stage's time."""
+    """Runs stages in order under `output`, skipping those already done, and logs each stage's time.
+
+    A stage is (name, done, action): `done()` says whether its output is complete, as its consumers would check it
+    (a finished training run, a finished clustering run, a directory written whole), never merely present.
+    """
 
     def __init__(self, output: Path, recipe: Recipe, sources: Sources = Sources()):
         self.output, self.recipe, self.sources = output, recipe, sources
@@ -143,15 +189,15 @@ class Job:
         self.timings = read_json(output / "timings.json") if (output / "timings.json").exists() else {}
 
     def run_all(self, stages, description: str) -> None:
-        """Run (name, done-marker, action) stages under one progress bar, which shows the running stage's own."""
+        """Run (name, done, action) stages under one progress bar, which shows the running stage's own."""
         with tqdm(list(stages), desc=description) as progress:
             for name, done, action in progress:
                 self.run(name, done, action, progress)
 
-    def run(self, name: str, done: Path, action, progress: tqdm | None = None) -> None:
-        """Run `action` (a command line, or a function of no argument) unless `done` exists."""
-        if done.exists():
-            tqdm.write(f"[{name}] done before, skipped ({done.relative_to(self.output)})")
+    def run(self, name: str, done, action, progress: tqdm | None = None) -> None:
+        """Run `action` (a command line, or a function of no argument) unless `done()`."""
+        if done():
+            tqdm.write(f"[{name}] done before, skipped")
             return
         start = time.perf_counter()
         if callable(action):
@@ -178,8 +224,11 @@ class Job:
                 if progress is not None and (bar := latest_progress_bar(recent)):
                     progress.set_postfix_str(f"{name}: {bar}")
         if stage.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-20:])
-            raise RuntimeError(f"stage {name} failed (exit {stage.returncode}); the end of {log}:\n{tail}")
+            lines = log.read_text(errors="replace").splitlines()
+            # A script that refused its input said why in one `error: ...` line; anything else shows its tail.
+            said = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+            detail = said[len("error: ") :] if said else "the end of its log:\n" + "\n".join(lines[-20:])
+            raise StageError(f"stage {name} failed (exit {stage.returncode}; log {log}): {detail}", stage.returncode)
 
 
 def latest_progress_bar(output: str) -> str | None:
@@ -203,43 +252,54 @@ def training_flags(job: Job, max_steps: int) -> list:
 
 
 def training_stages(job: Job, encoder: str):
-    """(name, done-marker, action) of every stage up to the trained models, in order."""
+    """(name, done, action) of every stage up to the trained models, in order."""
+    from .clustering import read_finished_run
+    from .training import is_finished
+
+    def finished_clustering(folder: Path) -> bool:
+        try:
+            read_finished_run(folder)
+        except InputError:
+            return False
+        return True
+
     out, r, s = job.output, job.recipe, job.sources
-    launch = [*s.launcher, ROOT / "train" / "expert.py"]
+    # --resume: a stage killed mid-way goes on from its last checkpoint (or starts, if it has none yet).
+    launch = [*s.launcher, ROOT / "train" / "expert.py", "--resume", "--checkpoint-every", r.checkpoint_every]
     seed = out / "seed"
     seed_checkpoint = seed / "checkpoints" / f"step_{r.seed_steps}"
     pairs = ["--dataset", s.dataset or out / "data" / "pairs", "--split", s.split]
     start = ["--init", s.init] if s.init else ["--config", out / "clip_config.json"]
-    yield "data", out / "data" / "sources.json", lambda: prepare_data(job)
-    yield "seed", seed / "model.safetensors", [
-        *launch, *pairs, "--cluster", "all", *start, "--stop-at-step", r.seed_steps,
-        "--checkpoint-every", r.seed_steps, "--output", seed, *training_flags(job, r.total_steps),
+    yield "data", (out / "data" / "sources.json").exists, lambda: prepare_data(job)
+    yield "seed", lambda: is_finished(seed), [
+        *launch, *pairs, "--cluster", "all", *start, "--stop-at-step", r.seed_steps, "--output", seed,
+        *training_flags(job, r.total_steps),
     ]  # fmt: skip
     clusterings = {f"minilm-{n}": (encoder, n, []) for n in r.experts}
     clusterings[f"random-{r.random_experts}"] = (encoder, r.random_experts, ["--random"])
     clusterings["seedtext-2"] = (seed, 2, [])  # the ablation: clusters in the seed CLIP's text space
     for name, (clustering_encoder, n, extra) in clusterings.items():
         clusters, experts = out / "clusters" / name, [out / "experts" / name / f"expert-{k}" for k in range(n)]
-        yield f"cluster-{name}", clusters / "clusters.json", [
+        yield f"cluster-{name}", partial(finished_clustering, clusters), [
             *s.launcher, ROOT / "train" / "cluster.py", *pairs, "--caption-column", s.caption_column,
             "--encoder", clustering_encoder, "--fine-clusters", r.fine_clusters, "--experts", n, "--seed", r.seed,
             "--output", clusters, *extra,
         ]  # fmt: skip
         for k, expert in enumerate(experts):
-            yield f"expert-{name}-{k}", expert / "model.safetensors", [
+            yield f"expert-{name}-{k}", partial(is_finished, expert), [
                 *launch, "--dataset", clusters / "dataset", "--cluster", k, "--init", seed_checkpoint,
-                "--checkpoint-every", r.expert_steps, "--output", expert, *training_flags(job, r.total_steps),
+                "--output", expert, *training_flags(job, r.total_steps),
             ]  # fmt: skip
         model = out / "models" / f"mode-{name}"
-        yield f"assemble-{name}", model / "config.json", python(
+        yield f"assemble-{name}", (model / "config.json").exists, python(  # assemble writes the folder whole
             "train/assemble.py", "--experts", *experts, "--clusters", clusters, "--router-text-model", seed,
             "--output", model,
         )  # fmt: skip
     for n in r.experts:  # dense baselines: the seed continued on all pairs, as many pairs seen as seed + n experts
         dense, steps = out / "models" / f"dense-{n}", r.seed_steps + n * r.expert_steps
-        yield f"dense-{n}", dense / "model.safetensors", [
-            *launch, *pairs, "--cluster", "all", "--init", seed_checkpoint, "--checkpoint-every", steps,
-            "--output", dense, *training_flags(job, steps),
+        yield f"dense-{n}", partial(is_finished, dense), [
+            *launch, *pairs, "--cluster", "all", "--init", seed_checkpoint, "--output", dense,
+            *training_flags(job, steps),
         ]  # fmt: skip
 
 
@@ -253,12 +313,12 @@ def evaluation_stages(job: Job):
             metadata = [
                 part for key in ("templates", "classnames") if key in held_out for part in (f"--{key}", held_out[key])
             ]
-            yield f"zeroshot-{name}-{task}", results / f"zeroshot-{task}.json", python(
+            yield f"zeroshot-{name}-{task}", (results / f"zeroshot-{task}.json").exists, python(
                 "eval/zeroshot.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
                 *metadata, "--output", results / f"zeroshot-{task}.json", *device,
             )  # fmt: skip
         held_out = sources["retrieval"]
-        yield f"retrieval-{name}", results / "retrieval.json", python(
+        yield f"retrieval-{name}", (results / "retrieval.json").exists, python(
             "eval/retrieval.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
             "--caption-column", held_out["caption_column"], "--output", results / "retrieval.json", *device,
         )  # fmt: skip
@@ -291,8 +351,6 @@ def prepare_data(job: Job) -> None:
     if not zeroshot:
         zeroshot = build_offline_classification_sets(job.recipe, folder / "eval")
     for key, per_task in (("templates", s.templates), ("classnames", s.classnames)):
-        if unknown := per_task.keys() - zeroshot.keys():
-            raise InputError(f"--{key} for {sorted(unknown)}: the zero-shot tasks are {sorted(zeroshot)}.")
         for task, value in per_task.items():
             zeroshot[task][key] = value
     if s.retrieval:
@@ -341,17 +399,55 @@ def run(
     name, recipe = load_recipe(recipe_name)
     if smoke:
         recipe = dataclasses.replace(recipe, **SMOKE)
-    output = Path(output)
+    output = check_output_dir(output)
+    encoder = encoder or default_encoder()
+    check_sources(sources, encoder)
+    check_recipe(recipe, count_pairs(recipe, sources))
+    config = clip_config(recipe) if sources.init is None else None
     job = Job(output, recipe, sources)
     record_settings(output / "recipe.json", {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
-    if sources.init is None:
-        write_json(output / "clip_config.json", clip_config(recipe))
-    job.run_all(training_stages(job, encoder or default_encoder()), "training stages")
+    if config is not None:
+        write_json(output / "clip_config.json", config)
+    job.run_all(training_stages(job, encoder), "training stages")
     job.run_all(evaluation_stages(job), "evaluation")
     record_results_in_models(output)
     from .report import write_report
 
     return write_report(output)
+
+
+def count_pairs(recipe: Recipe, sources: Sources) -> int:
+    """How many training pairs the job will have: the user's dataset's rows, or the offline corpus's."""
+    if sources.dataset is None:
+        from .corpus import SOURCES
+
+        return len(SOURCES) * recipe.train_per_source
+    from .data import load_pairs
+
+    return len(load_pairs(sources.dataset, sources.split))
+
+
+def check_sources(sources: Sources, encoder: str) -> None:
+    """Refuse, before any work, a local source that does not exist and prompts a task could not use."""
+    named = {"--dataset": sources.dataset, "--init": sources.init, "--encoder": encoder}
+    named |= {f"--zeroshot-dataset {task}=": dataset for task, (dataset, _) in sources.zeroshot.items()}
+    named["--retrieval-dataset"] = sources.retrieval[0] if sources.retrieval else None
+    for flag, path in named.items():
+        if path is not None:
+            check_source(flag, str(path))
+    from .corpus import SOURCES
+    from .evaluation import strings_from
+
+    tasks = sorted(sources.zeroshot or SOURCES)  # without named sets, each offline source is a task
+    for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
+        if unknown := per_task.keys() - set(tasks):
+            raise InputError(f"--{key} for {sorted(unknown)}: the zero-shot tasks are {tasks}.")
+
+    for value in sources.classnames.values():
+        strings_from(value, "classnames")
+    for task, value in sources.templates.items():
+        if any("{c}" not in template for template in strings_from(value, "zeroshot_classification_templates")):
+            raise InputError(f"--templates {task}={value}: every template must contain {{c}}, where the class goes.")
 
 
 def record_settings(path: Path, recipe: dict, sources: Sources) -> None:

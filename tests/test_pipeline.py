@@ -16,14 +16,16 @@ from hub_cards import model_card
 from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.errors import InputError
 from modeling_mode.pipeline import (
-    Job,
+    SMOKE,
     Sources,
+    check_sources,
     clip_config,
     latest_progress_bar,
     load_recipe,
-    prepare_data,
     record_settings,
+    run,
 )
+from modeling_mode.training import is_finished, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +47,13 @@ def test_corpus_captions_come_from_labels_with_the_stated_noise():
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke job, killed in its seed's training right after the step-4 checkpoint, then run again to the end."""
     output = tmp_path_factory.mktemp("job") / "offline-mix"
     command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(output), "--smoke"]
+    killer = f"{sys.executable} {ROOT / 'tests' / 'killing_launcher.py'} 4"
+    killed = subprocess.run(command + ["--launcher", killer], capture_output=True, text=True, timeout=900)
+    assert killed.returncode != 0 and "stage seed failed" in killed.stderr, killed.stderr[-3000:]
+    assert not is_finished(output / "seed") and latest_checkpoint(output / "seed").endswith("step_4")
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "seed: train: 100%|" in first.stderr  # the job's bar shows each stage's own
@@ -71,6 +78,13 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     rows = json.loads((output / "models" / "mode-minilm-2" / "eval_results.json").read_text())
     routed = next(r for r in rows if r["dataset"] == "mnist" and r["model"] == "MODE paper" and r["metric"] == "top1")
     assert f"| mnist | test | top1 | MODE paper | {routed['value']} |" in card.text
+
+
+def test_a_killed_training_stage_resumes_from_its_last_checkpoint(smoke_run):
+    output, _, _ = smoke_run
+    seed = json.loads((output / "seed" / "training_args.json").read_text())["run"]
+    assert seed["resumed_from"] == [str(output / "seed" / "checkpoints" / "step_4")]
+    assert seed["final_step"] == SMOKE["seed_steps"]
 
 
 def test_a_rerun_resumes_from_the_stages_outputs(smoke_run):
@@ -155,14 +169,49 @@ def test_bad_recipes_and_sources_are_named(tmp_path):
     with pytest.raises(InputError, match="no `model` to train from random weights"):
         clip_config(recipe)
     command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(tmp_path / "job")]
-    run = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
-    assert run.returncode == 1 and "expected TASK=DATASET[:SPLIT]" in run.stderr
-    run = subprocess.run(command + ["--templates", "cifar10"], capture_output=True, text=True)
-    assert run.returncode == 1 and "--templates 'cifar10': expected TASK=FILE|SET" in run.stderr
+    bad = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
+    expected = "error: --zeroshot-dataset 'cifar10': expected TASK=DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10.\n"
+    assert (bad.returncode, bad.stderr) == (2, expected)
+    bad = subprocess.run(command + ["--templates", "cifar10"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--templates 'cifar10': expected TASK=FILE|SET" in bad.stderr
     sources = Sources(dataset="org/pairs", zeroshot={"cifar10": ("x", "test")}, retrieval=("y", "test"))
-    job = Job(tmp_path / "job", recipe, dataclasses.replace(sources, templates={"cifar100": "cifar100"}))
     with pytest.raises(InputError, match=r"--templates for \['cifar100'\]: the zero-shot tasks are \['cifar10'\]"):
-        prepare_data(job)
+        check_sources(dataclasses.replace(sources, templates={"cifar100": "cifar100"}), "an/encoder")
+    with pytest.raises(InputError, match="--init './seed' does not exist"):
+        check_sources(dataclasses.replace(sources, init="./seed"), "an/encoder")
+
+
+SMOKE_MODEL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"experts": [0]}, r"experts must list MODE sizes n with 1 <= n <= fine_clusters \(6\)"),
+        ({"experts": [2, 8]}, r"got experts=\[2, 8\]"),
+        ({"fine_clusters": 1000}, r"the training pairs are 30: fewer than the recipe's fine_clusters \(1000\)"),
+        ({"seed_steps": -5}, r"seed_steps must be an integer >= 1, got -5"),
+        ({"learning_rate": 0}, r"learning_rate must be > 0"),
+        ({"model": dict(SMOKE_MODEL, depth=2)}, r"is not a model size: .*'depth'"),
+    ],
+)
+def test_recipe_errors_are_found_before_any_work(tmp_path, fields, message):
+    recipe = tmp_path / "bad.json"
+    recipe.write_text(json.dumps({**TINY_RECIPE, "model": SMOKE_MODEL, "train_per_source": 10, **fields}))
+    with pytest.raises(InputError, match=message):
+        run(str(recipe), tmp_path / "job")
+    assert not (tmp_path / "job").exists()  # refused before the job wrote anything
+
+
+def test_prompts_and_outputs_are_checked_before_any_work(tmp_path):
+    (tmp_path / "templates.json").write_text(json.dumps(["a photo of a thing."]))
+    templates = Sources(templates={"mnist": str(tmp_path / "templates.json")})
+    with pytest.raises(InputError, match=r"--templates mnist=.*every template must contain \{c\}"):
+        run("offline-mix", tmp_path / "job", templates, smoke=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="--output .* is inside .*file'?, which is a file"):
+        run("offline-mix", tmp_path / "file" / "job", smoke=True)
+    assert not (tmp_path / "job").exists()
 
 
 def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):

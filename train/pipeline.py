@@ -20,8 +20,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from modeling_mode import cli
 from modeling_mode.errors import InputError
-from modeling_mode.pipeline import RECIPES, Sources, held_out_set, run
+from modeling_mode.pipeline import RECIPES, Sources, StageError, held_out_set, run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,10 +94,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         report = run(args.recipe, args.output, sources_of(args), smoke=args.smoke, encoder=args.encoder)
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    except StageError as error:  # the stage's own error line is in the message; its exit status is kept
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.returncode)
     print(f"report: {report}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
