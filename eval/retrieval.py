@@ -2,24 +2,36 @@
 
     python eval/retrieval.py --model runs/mode-clip --dataset PATH_OR_HUB_ID --split test --output results.json
 
-The dataset holds one image per row and its captions (a string or a list of strings). A MODE is routed as in the
-paper: the whole caption set is the task for image-to-text, each query caption its own task for text-to-image.
+The dataset holds one image per row and its captions (a string or a list of strings). A row without a caption (an
+empty string or list, or none) is refused, naming the row: an image no text describes has no right answer, so filter
+such rows out first. A MODE is routed as in the paper: the whole caption set is the task for image-to-text, each
+query caption its own task for text-to-image.
 """
 
-from modeling_mode.evaluation import command_line, image_batches, load_model, load_split, retrieval, write_results
+from modeling_mode.cli import run
+from modeling_mode.evaluation import (
+    captions_per_image,
+    check_flags,
+    command_line,
+    image_batches,
+    load_model,
+    load_split,
+    retrieval,
+    write_results,
+)
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     parser = command_line(__doc__.splitlines()[0])
     parser.add_argument("--caption-column", default="caption")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    # Every input is checked before the model loads and the images are encoded.
+    check_flags(args)
     dataset, image_column = load_split(args)
-    if args.caption_column not in dataset.column_names:
-        raise ValueError(f"the dataset has no column {args.caption_column!r}: it has {dataset.column_names}.")
-    captions = [[c] if isinstance(c, str) else list(c) for c in dataset[args.caption_column]]
+    captions = captions_per_image(dataset, args.caption_column)
+    model, tokenizer, image_processor = load_model(args.model, args.device, args.trust_remote_code)
 
-    model, tokenizer, image_processor = load_model(args.model, args.device)
     images = image_batches(dataset, image_column, args.batch_size)
     results = retrieval(model, tokenizer, image_processor, images, captions)
     results.update(model=args.model, dataset=args.dataset, split=args.split)
@@ -27,4 +39,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

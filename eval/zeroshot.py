@@ -12,43 +12,44 @@ each expert alone, with the routing weights used. Writes the results as JSON and
 
 import datasets
 
+from modeling_mode.cli import run
 from modeling_mode.evaluation import (
+    TEMPLATES,
+    check_flags,
+    class_labels,
     column_of_type,
     command_line,
     image_batches,
     load_model,
     load_split,
+    prompt_templates,
     strings_from,
     write_results,
     zero_shot_classification,
 )
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     parser = command_line(__doc__.splitlines()[0])
     parser.add_argument("--label-column", help="default: the dataset's class-label column")
     parser.add_argument("--classnames", help="JSON list of class names by label id, or a SET (default: the labels')")
     parser.add_argument("--templates", help="JSON list of prompt templates with {c} for the class name, or a SET")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    # Every input is checked before the model loads and the images are encoded.
+    check_flags(args)
+    templates = prompt_templates(strings_from(args.templates, TEMPLATES) if args.templates else None)
+    classnames = strings_from(args.classnames, "classnames") if args.classnames else None
     dataset, image_column = load_split(args)
     label_column = args.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
-    if args.classnames:
-        classnames = strings_from(args.classnames, "classnames")
-    elif isinstance(dataset.features[label_column], datasets.ClassLabel):
-        classnames = dataset.features[label_column].names
-    else:
-        raise ValueError(f"column {label_column!r} holds no class names: pass them with --classnames FILE.json.")
-    templates = strings_from(args.templates, "zeroshot_classification_templates") if args.templates else None
+    labels, classnames = class_labels(dataset, label_column, classnames)
+    model, tokenizer, image_processor = load_model(args.model, args.device, args.trust_remote_code)
 
-    model, tokenizer, image_processor = load_model(args.model, args.device)
     images = image_batches(dataset, image_column, args.batch_size)
-    results = zero_shot_classification(
-        model, tokenizer, image_processor, images, dataset[label_column], classnames, templates
-    )
+    results = zero_shot_classification(model, tokenizer, image_processor, images, labels, classnames, templates)
     results.update(model=args.model, dataset=args.dataset, split=args.split)
     print(write_results(results, args.output))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,9 +35,8 @@ def naming_failures(what: str, path: str) -> Iterator[None]:
         raise
     except Exception as error:  # a loader's failure, whatever its type, is a bad input here
         where = "the directory" if os.path.isdir(path) else "the Hub repo"
-        raise InputError(
-            f"{what} {path!r}: {where} could not be loaded ({type(error).__name__}: {error})".rstrip(".") + "."
-        ) from error
+        said = " ".join(str(error).split())  # one line: some loaders' messages span several
+        raise InputError(f"{what} {path!r}: {where} could not be loaded ({type(error).__name__}: {said}).") from error
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:

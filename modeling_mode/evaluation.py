@@ -8,6 +8,9 @@ one, uniform) and each expert alone are then combinations of the experts' cosine
 import argparse
 import importlib.util
 import json
+import numbers
+import os
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,8 +21,14 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from .configuration_mode_clip import ROUTINGS
+from .errors import InputError, check_output_file, naming_failures
 from .files import write_json, write_text
 from .modeling_mode_clip import ModeCLIPModel
+
+# The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
+# provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
+MODEL_TYPES = ("clip", "mode_clip")
+TEMPLATES = "zeroshot_classification_templates"  # clip-benchmark's name for the prompt templates
 
 # A short, general set of CLIP prompt templates; name a benchmark's set (`strings_from`) or pass your own for one.
 DEFAULT_TEMPLATES = (
@@ -40,22 +49,65 @@ def strings_from(value: str, what: str) -> list[str]:
     templates and readable ImageNet class names, `cifar10` CLIP's CIFAR-10 templates. clip-benchmark is read as data
     (`pip install --no-deps clip-benchmark`: it is only needed for its JSON files), so nothing of it is imported.
     """
-    if value.endswith(".json") or Path(value).is_file():
-        strings = json.loads(Path(value).read_text())
-    else:
-        package = importlib.util.find_spec("clip_benchmark")
-        if package is None:
-            raise ValueError(
-                f"{value!r} is not a file, and named {what} sets come from clip-benchmark: "
-                "pip install --no-deps clip-benchmark, or pass a JSON file."
-            )
-        named = json.loads((Path(package.origin).parent / "datasets" / f"en_{what}.json").read_text())
-        if value not in named:
-            raise ValueError(f"clip-benchmark has no {what} for {value!r}; it has: {', '.join(sorted(named))}.")
-        strings = named[value]
+    strings = _json_file(value, what) if value.endswith(".json") or Path(value).is_file() else _named_set(value, what)
     if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
-        raise ValueError(f"{value} must hold a JSON list of strings ({what}).")
+        raise InputError(f"{value} must hold a JSON list of strings ({what}).")
+    if not strings:
+        raise InputError(f"{value} holds an empty list: give at least one ({what}).")
     return strings
+
+
+def _json_file(path: str, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as error:
+        raise InputError(f"{path!r} ({what}) cannot be read: {error.strerror or error}.") from error
+    except ValueError as error:  # not JSON, or not text at all
+        raise InputError(f"{path} is not JSON ({error}): it must hold a JSON list of strings ({what}).") from error
+
+
+def _named_set(name: str, what: str):
+    package = importlib.util.find_spec("clip_benchmark")
+    if package is None:
+        raise InputError(
+            f"{name!r} is not a file, and named {what} sets come from clip-benchmark: "
+            "pip install --no-deps clip-benchmark, or pass a JSON file."
+        )
+    named = json.loads((Path(package.origin).parent / "datasets" / f"en_{what}.json").read_text())
+    if name not in named:
+        raise InputError(f"clip-benchmark has no {what} for {name!r}; it has: {', '.join(sorted(named))}.")
+    return named[name]
+
+
+def prompt_templates(templates: list[str] | None) -> list[str]:
+    """The templates (the defaults for None), each checked to take the class name as {c} and nothing else."""
+    if templates is None:
+        return list(DEFAULT_TEMPLATES)
+    if not templates:
+        raise InputError("no prompt templates: give at least one, with {c} where the class name goes.")
+    for template in templates:
+        try:
+            template.format(c="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise InputError(
+                f"prompt template {template!r} has a field other than {{c}} ({type(error).__name__}: {error}); "
+                "write literal braces as {{ and }}."
+            ) from error
+        if "{c}" not in template:
+            raise InputError(f"prompt template {template!r} has no {{c}}, where the class name goes.")
+    return list(templates)
+
+
+def check_labels(labels: list[int], classnames: list[str]) -> None:
+    """Every label must be the index of a class name."""
+    if not classnames:
+        raise InputError("zero-shot classification needs at least one class name.")
+    for row, label in enumerate(labels):
+        if not isinstance(label, numbers.Integral) or not 0 <= label < len(classnames):
+            raise InputError(
+                f"row {row} has label {label!r}, which is not a class id: there are {len(classnames)} class names, "
+                f"so labels go from 0 to {len(classnames) - 1} (give one class name per label id)."
+            )
 
 
 def experts_of(model) -> list[CLIPModel]:
@@ -63,7 +115,7 @@ def experts_of(model) -> list[CLIPModel]:
         return list(model.experts)
     if isinstance(model, CLIPModel):
         return [model]
-    raise ValueError(f"expected a CLIPModel or a ModeCLIPModel, got {type(model).__name__}.")
+    raise InputError(f"expected a CLIPModel or a ModeCLIPModel, got {type(model).__name__}.")
 
 
 def _batches(items: list, batch_size: int) -> Iterable[list]:
@@ -71,37 +123,42 @@ def _batches(items: list, batch_size: int) -> Iterable[list]:
         yield items[start : start + batch_size]
 
 
+def on_cpu(features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A batch's features (a list: each expert's, stacked) as float32 on the CPU, where the ensembles are combined."""
+    return (torch.stack(features) if isinstance(features, list) else features).float().cpu()
+
+
 @torch.inference_mode()
 def encode_texts(
     model, tokenizer, texts: list[str], batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """L2-normalised text features of every expert [K, T, d] and, for a MODE, router embeddings [T, d_router]."""
+    """L2-normalised text features of every expert [K, T, d] and, for a MODE, router embeddings [T, d_router].
+
+    Both are float32 on the CPU whatever the model's dtype and device.
+    """
     per_expert, routed = [], []
     for batch in _batches(texts, batch_size):
         inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
-        per_expert.append(
-            torch.stack([expert.get_text_features(**inputs).pooler_output for expert in experts_of(model)])
-        )
+        per_expert.append(on_cpu([expert.get_text_features(**inputs).pooler_output for expert in experts_of(model)]))
         if isinstance(model, ModeCLIPModel):
-            routed.append(model.router_text_model(**inputs).text_embeds)
-    features = nn.functional.normalize(torch.cat(per_expert, dim=1).float(), dim=-1)
-    return features, nn.functional.normalize(torch.cat(routed).float(), dim=-1) if routed else None
+            routed.append(on_cpu(model.router_text_model(**inputs).text_embeds))
+    features = nn.functional.normalize(torch.cat(per_expert, dim=1), dim=-1)
+    return features, nn.functional.normalize(torch.cat(routed), dim=-1) if routed else None
 
 
 @torch.inference_mode()
 def encode_images(model, image_processor, images: Iterable, num_images: int, batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised image features of every expert [K, N, d]; each batch is preprocessed once for all experts."""
+    """L2-normalised image features of every expert [K, N, d], float32 on the CPU; each batch is preprocessed once
+    for all experts."""
     per_expert = []
     with tqdm(total=num_images, desc="images", unit="img") as progress:
         for batch in images:
             pixel_values = image_processor(images=batch, return_tensors="pt").pixel_values.to(
                 model.device, model.dtype
             )
-            per_expert.append(
-                torch.stack([e.get_image_features(pixel_values).pooler_output for e in experts_of(model)])
-            )
+            per_expert.append(on_cpu([e.get_image_features(pixel_values).pooler_output for e in experts_of(model)]))
             progress.update(len(batch))
-    return nn.functional.normalize(torch.cat(per_expert, dim=1).float(), dim=-1)
+    return nn.functional.normalize(torch.cat(per_expert, dim=1), dim=-1)
 
 
 def logit_scales(model) -> torch.Tensor:
@@ -152,12 +209,12 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
 def zero_shot_classification(
     model, tokenizer, image_processor, images: Iterable, labels: list[int], classnames: list[str], templates=None
 ) -> dict:
-    """Zero-shot accuracy of every ensemble and expert on `images` (batches of PIL images) with true `labels`."""
-    if not classnames:
-        raise ValueError("zero-shot classification needs at least one class name.")
-    templates = list(templates or DEFAULT_TEMPLATES)
-    if any("{c}" not in template for template in templates):
-        raise ValueError("every prompt template must contain {c}, where the class name goes.")
+    """Zero-shot accuracy of every ensemble and expert on `images` (batches of PIL images) with true `labels`.
+
+    `templates` default to `DEFAULT_TEMPLATES`; an empty list is refused, as is a label without a class name.
+    """
+    check_labels(labels, classnames)
+    templates = prompt_templates(templates)
     class_features, router_embeds = zero_shot_classifier(model, tokenizer, classnames, templates)
     image_features = encode_images(model, image_processor, images, len(labels))
     # [K, N, C]: each expert's scaled cosine similarities
@@ -218,6 +275,12 @@ def command_line(description: str) -> argparse.ArgumentParser:
     """The flags every evaluation script takes; each adds its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", required=True, help="CLIPModel or ModeCLIPModel: local directory or Hub id")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code that --model ships (its config's auto_map); never needed for a CLIP or a MODE, "
+        "whose code this package provides",
+    )
     parser.add_argument("--dataset", required=True, help="save_to_disk, imagefolder or data-file directory, or Hub id")
     parser.add_argument("--split", default="test")
     parser.add_argument("--image-column", help="default: the dataset's image column")
@@ -226,6 +289,24 @@ def command_line(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="e.g. cuda; default: cpu")
     parser.add_argument("--output", required=True, help="results JSON; the markdown table goes beside it (.md)")
     return parser
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse, before any work, sizes below one, a device there is not, and an --output that could not be written."""
+    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}.")
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as error:
+            raise InputError(f"--device {args.device!r} is not a device ({error}).") from error
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device!r}: torch sees no CUDA device here.")
+    output = check_output_file(args.output)
+    if output.suffix == ".md":
+        raise InputError(f"--output {args.output!r}: the markdown table goes beside the JSON as .md; name a .json.")
+    check_output_file(output.with_suffix(".md"), "--output's table")
 
 
 def load_split(args: argparse.Namespace):
@@ -237,19 +318,102 @@ def load_split(args: argparse.Namespace):
     dataset = load_pairs(args.dataset, args.split)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
-    return dataset, args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
+    image_column = args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
+    check_column(dataset, image_column, "--image-column", datasets.Image)
+    return dataset, image_column
 
 
-def load_model(path: str, device: str | None = None):
-    """A CLIPModel or ModeCLIPModel (local directory or Hub id) with its tokenizer and image processor."""
+def check_column(dataset, name: str, flag: str, feature_type: type | None = None) -> None:
+    """The dataset must have the column `flag` names, holding `feature_type` features when given."""
+    if name not in dataset.features:
+        raise InputError(f"{flag} {name!r} is not a column of the dataset; it has {list(dataset.features)}.")
+    if feature_type is not None and not isinstance(dataset.features[name], feature_type):
+        raise InputError(f"{flag} {name!r} holds {dataset.features[name]}, not {feature_type.__name__} features.")
+
+
+def class_labels(dataset, label_column: str, classnames: list[str] | None) -> tuple[list[int], list[str]]:
+    """The labels in `label_column` and the class names they index: `classnames`, or else the ClassLabel's."""
+    import datasets
+
+    check_column(dataset, label_column, "--label-column")
+    feature = dataset.features[label_column]
+    if classnames is None:
+        if not isinstance(feature, datasets.ClassLabel):
+            raise InputError(f"column {label_column!r} holds no class names: pass them with --classnames FILE.json.")
+        classnames = feature.names
+    labels = dataset[label_column]
+    check_labels(labels, classnames)
+    return labels, classnames
+
+
+def captions_per_image(dataset, caption_column: str) -> list[list[str]]:
+    """Each row's captions (its column holds a string or a list of strings); a row without one is refused."""
+    check_column(dataset, caption_column, "--caption-column")
+    captions = []
+    for row, value in enumerate(dataset[caption_column]):
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(
+                f"row {row} of --caption-column {caption_column!r} holds {reprlib.repr(value)}: every image needs "
+                "a caption or a list of captions, none empty."
+            )
+        captions.append(texts)
+    return captions
+
+
+def load_model(path: str, device: str | None = None, trust_remote_code: bool = False):
+    """A CLIPModel or ModeCLIPModel (local directory or Hub id) with its tokenizer and image processor.
+
+    Without `trust_remote_code` no code from `path` runs: this package's classes serve a MODE.
+    """
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    check_model(path, trust_remote_code)
+    # trust_remote_code is False, never None, here: None makes transformers ask on stdin whether to run the code.
+    with naming_failures("--model", path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
+    experts_of(model)  # a remote-code model of another kind is refused here
     if device:
         model.to(device)
-    experts_of(model)  # fails early, with a clear message, on any other kind of model
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    return model, tokenizer, AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
+    return model, tokenizer, image_processor
+
+
+def check_model(path: str, trust_remote_code: bool) -> None:
+    """Refuse, from its config and weight files alone, a --model that the evaluators cannot score or may not run."""
+    from transformers import PretrainedConfig
+
+    with naming_failures("--model", path):
+        config, _ = PretrainedConfig.get_config_dict(path)
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        if "auto_map" not in config:
+            raise InputError(
+                f"--model {path!r} is not a CLIP or MODE model: its config's model_type is {model_type!r}, "
+                f"not one of {MODEL_TYPES}."
+            )
+        if not trust_remote_code:
+            raise InputError(
+                f"--model {path!r} (model_type {model_type!r}) loads with Python code of its own (its config's "
+                "auto_map): pass --trust-remote-code if you trust that code."
+            )
+    if os.path.isdir(path):
+        check_weight_files(path)
+
+
+def check_weight_files(folder: str) -> None:
+    """Read the header of every safetensors file in `folder`: a truncated copy fails here, named."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except Exception as error:  # safetensors' own SafetensorError, or an OSError
+            raise InputError(
+                f"--model {folder!r}: {file.name} cannot be read ({error}); it may be truncated: copy it again."
+            ) from error
 
 
 def column_of_type(dataset, feature_type: type, flag: str) -> str:
@@ -259,15 +423,35 @@ def column_of_type(dataset, feature_type: type, flag: str) -> str:
     columns = [name for name, feature in dataset.features.items() if isinstance(feature, feature_type)]
     if len(columns) != 1:
         kind = {datasets.Image: "image", datasets.ClassLabel: "class-label"}.get(feature_type, feature_type.__name__)
-        raise ValueError(
+        raise InputError(
             f"the dataset has {len(columns)} {kind} columns ({columns}): name the one to use with {flag}."
         )
     return columns[0]
 
 
 def image_batches(dataset, image_column: str, batch_size: int) -> Iterable[list]:
-    for batch in dataset.select_columns([image_column]).iter(batch_size=batch_size):
-        yield [image.convert("RGB") for image in batch[image_column]]
+    """The images as batches of RGB PIL images; one that cannot be decoded is an InputError naming its row."""
+    import datasets
+
+    # Decoded here, one row at a time, so that a failure knows its row.
+    undecoded = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    for start in range(0, len(undecoded), batch_size):
+        rows = undecoded[start : start + batch_size][image_column]
+        yield [decoded_image(value, start + i, image_column) for i, value in enumerate(rows)]
+
+
+def decoded_image(value: dict | None, row: int, column: str):
+    """An undecoded `datasets.Image` value (bytes or path) as an RGB PIL image."""
+    import datasets
+
+    try:
+        return datasets.Image().decode_example(value).convert("RGB")
+    except Exception as error:  # PIL fails in many types (UnidentifiedImageError, OSError for truncated data, ...)
+        where = f" ({value['path']})" if value and value.get("path") else ""
+        raise InputError(
+            f"row {row} of --image-column {column!r}{where} is not an image that can be decoded "
+            f"({type(error).__name__})."
+        ) from error
 
 
 def markdown_table(results: dict) -> str:

@@ -15,17 +15,23 @@ from .routing import keep_top_k, paper_log_weights, released_log_weights
 
 # Config entries that name or date a checkpoint rather than describe its architecture.
 _NON_ARCHITECTURE_KEYS = {"_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype"}
+# Given expert weights must sum to one within this: it lets through weights rounded to bfloat16 (each moves by at most
+# 2**-8 of itself, so their sum by at most 0.4%) and refuses unnormalised ones such as [2, 6] or [0.5, 0.6].
+WEIGHT_SUM_TOLERANCE = 1e-2
 
 
 @dataclass
 class ModeCLIPOutput(ModelOutput):
     r"""
+    All logits are float32 whatever the model's dtype: the experts' logits are weighted and summed in float32, as
+    the routing weights are computed.
+
     logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
         sum_k w_k * exp(logit_scale_k) * cos_k(image, text): the routed ensemble of the experts' scaled similarities.
     logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
         The transpose of `logits_per_image`.
     expert_weights (`torch.FloatTensor` of shape `(num_experts,)`):
-        The task's expert weights w_k (non-negative, summing to one).
+        The task's expert weights w_k (float32, non-negative, summing to one).
     expert_logits_per_image (`torch.FloatTensor` of shape `(num_experts, image_batch_size, text_batch_size)`):
         Each expert's own `logits_per_image`, returned only when `output_expert_logits=True`.
     """
@@ -42,6 +48,9 @@ class ModeCLIPModel(PreTrainedModel):
     The router embeds the task's label prompts with `router_text_model` (the seed CLIP's text tower, the space the fine
     cluster centroids live in) and turns their distances to `fine_centroids` into one weight per expert. The ensemble's
     logits are the weighted sum of the experts' CLIP logits; experts with zero weight are not run.
+
+    Routing runs in float32 whatever the dtype the model is loaded in (e.g. `dtype=torch.bfloat16`): the centroids
+    are kept in float32 when loading, and the router's embeddings are cast to float32 before they are compared.
     """
 
     config_class = ModeCLIPConfig
@@ -54,6 +63,8 @@ class ModeCLIPModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # The centroids are routing's reference points: a half-precision copy would move every class's distances.
+    _keep_in_fp32_modules_strict = ["fine_centroids"]
 
     def __init__(self, config: ModeCLIPConfig):
         super().__init__(config)
@@ -125,7 +136,7 @@ class ModeCLIPModel(PreTrainedModel):
     def route(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, routing: str | None = None
     ) -> torch.Tensor:
-        """Expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`."""
+        """Float32 expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`."""
         if input_ids is None or input_ids.shape[0] == 0:
             raise ValueError("route() needs the task's label prompts: got an empty label list.")
         mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
@@ -138,10 +149,11 @@ class ModeCLIPModel(PreTrainedModel):
 
     @torch.no_grad()
     def route_embeddings(self, class_embeds: torch.Tensor, routing: str | None = None) -> torch.Tensor:
-        """Expert weights [num_experts] from a task's class embeddings [n_classes, router_embed_dim].
+        """Float32 expert weights [num_experts] from a task's class embeddings [n_classes, router_embed_dim].
 
         Use it to route on embeddings prepared elsewhere, e.g. each class averaged over its prompt templates as the
-        paper does. Embeddings are L2-normalised here. `routing` overrides `config.routing` for this call.
+        paper does. Embeddings are L2-normalised here, and compared with the centroids in float32 whatever the dtype
+        of either. `routing` overrides `config.routing` for this call.
         """
         routing, router_lambda, top_k, temperature = self._routing_settings(routing)
         if class_embeds.ndim != 2 or class_embeds.shape[0] == 0:
@@ -155,7 +167,9 @@ class ModeCLIPModel(PreTrainedModel):
         if routing == "uniform":
             return torch.full((num_experts,), 1.0 / num_experts, device=self.fine_centroids.device)
         class_embeds = nn.functional.normalize(class_embeds.float(), dim=-1).to(self.fine_centroids.device)
-        clusters = (self.fine_centroids, torch.tensor(self.config.fine_to_coarse, device=self.fine_centroids.device))
+        # float(): a model cast as a whole (`model.half()`, `model.to(torch.bfloat16)`) casts the centroids too.
+        centroids = self.fine_centroids.float()
+        clusters = (centroids, torch.tensor(self.config.fine_to_coarse, device=centroids.device))
         if routing == "paper":
             log_weights = paper_log_weights(class_embeds, *clusters, num_experts, router_lambda)
         else:
@@ -176,14 +190,19 @@ class ModeCLIPModel(PreTrainedModel):
         return routing, config.router_lambda, config.router_top_k, config.router_temperature
 
     def _check_weights(self, expert_weights: torch.Tensor) -> torch.Tensor:
+        """The weights as float32, after checking they are a distribution over the experts (sum within 1e-2 of 1)."""
         expert_weights = torch.as_tensor(expert_weights, dtype=torch.float32)
         if expert_weights.shape != (self.config.num_experts,):
             raise ValueError(
                 f"expert_weights must have shape [{self.config.num_experts}], got {list(expert_weights.shape)}."
             )
-        if not torch.isfinite(expert_weights).all() or (expert_weights < 0).any() or expert_weights.sum() <= 0:
+        if not torch.isfinite(expert_weights).all() or (expert_weights < 0).any():
+            raise ValueError(f"expert_weights must be finite and non-negative, got {expert_weights.tolist()}.")
+        total = expert_weights.sum().item()
+        if abs(total - 1) > WEIGHT_SUM_TOLERANCE:
             raise ValueError(
-                f"expert_weights must be finite, non-negative and not all zero, got {expert_weights.tolist()}."
+                f"expert_weights must sum to one (within {WEIGHT_SUM_TOLERANCE}), got {expert_weights.tolist()} "
+                f"summing to {total:.4g}: divide them by their sum."
             )
         return expert_weights
 
@@ -196,11 +215,22 @@ class ModeCLIPModel(PreTrainedModel):
         output_expert_logits: bool = False,
     ) -> ModeCLIPOutput:
         r"""
+        Both `input_ids` (the label prompts or captions) and `pixel_values` are needed; for text alone use `route()`
+        (the weights) or `get_text_features()`, for images alone `get_image_features()`.
+
         expert_weights (`torch.Tensor` of shape `(num_experts,)`, *optional*):
-            Weights to use instead of routing on `input_ids` (which are then taken to be the task's label prompts).
+            Weights to use instead of routing on `input_ids` (which are then taken to be the task's label prompts):
+            non-negative and summing to one (within 1e-2).
         output_expert_logits (`bool`, *optional*, defaults to `False`):
             Run every expert, also those of zero weight, and return each one's `logits_per_image`.
         """
+        missing = [name for name, value in (("input_ids", input_ids), ("pixel_values", pixel_values)) if value is None]
+        if missing:
+            raise ValueError(
+                "forward needs input_ids (the tokenized label prompts or captions) and pixel_values (the images, from "
+                f"the image processor), got no {' and no '.join(missing)}. For text alone use route() (the expert "
+                "weights) or get_text_features(), for images alone get_image_features()."
+            )
         if expert_weights is None:
             expert_weights = self.route(input_ids, attention_mask)
         expert_weights = self._check_weights(expert_weights)
@@ -208,7 +238,7 @@ class ModeCLIPModel(PreTrainedModel):
         expert_logits = {
             k: self.experts[k](
                 input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
-            ).logits_per_image
+            ).logits_per_image.float()
             for k in run
         }
         logits_per_image = sum(
@@ -230,7 +260,7 @@ class ModeCLIPModel(PreTrainedModel):
         """Each expert's L2-normalised text embedding times sqrt(w_k), concatenated, as `pooler_output`.
 
         With the same weights on both sides, image . text = sum_k w_k cos_k: a routed MODE is one dual encoder.
-        `expert_weights` defaults to uniform.
+        `expert_weights` (non-negative, summing to one within 1e-2) defaults to uniform.
         """
         return self._weighted_features(
             lambda expert: expert.get_text_features(input_ids=input_ids, attention_mask=attention_mask),

@@ -3,6 +3,7 @@
 The weights depend on the task's metadata (e.g. its class names), never on the image. Both functions take the task's
 class embeddings [n_classes, d] (L2-normalised, in the space of the fine centroids), the fine centroids [m, d] and the
 fine-to-expert map [m], and return unnormalised log-weights [num_experts]: their softmax is p(expert | task).
+They compute in the dtype they are given: `ModeCLIPModel.route_embeddings` gives them float32 whatever the model's.
 """
 
 import math

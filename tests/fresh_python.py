@@ -56,7 +56,8 @@ def assert_loads_without_package(repo_id, model, tokenizer, image_processor, wor
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
 
     assert loaded["module"].startswith("transformers_modules.")  # the Hub's copy of the code, not this package
-    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected)
+    # Another process, maybe with another thread count: the same weights, summed in another order (float noise).
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, rtol=0, atol=1e-4)
     expected_scores = dict(zip(LABELS, expected.softmax(dim=-1)[0].tolist()))
     assert loaded["scores"].keys() == expected_scores.keys()
     for label, score in expected_scores.items():

@@ -1,8 +1,7 @@
 """Evaluators: metrics on constructed logits; the CLIs on a tiny MODE against answers rigged through its forward."""
 
+import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -12,7 +11,13 @@ import torch
 from conftest import make_image_processor, make_mode, make_tokenizer
 from PIL import Image
 
-from modeling_mode.evaluation import classification_metrics, recall_at_k, strings_from
+from modeling_mode.evaluation import (
+    classification_metrics,
+    image_batches,
+    recall_at_k,
+    strings_from,
+    zero_shot_classification,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "sneaker"]
@@ -38,20 +43,27 @@ def test_recall_at_k_on_constructed_scores():
     assert recall_at_k(scores, relevant, ks=(1, 2, 3)) == {"R@1": 0.0, "R@2": 0.5, "R@3": 1.0}
 
 
-def run_cli(script, *args):
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "eval" / script), *map(str, args)], capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr
-    return run
+def load_script(name):
+    """An `eval/` script as a module, so that a test calls its `main(argv)` in this process."""
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture
-def model_dir(tmp_path):
-    model = make_mode(num_experts=3, num_fine_clusters=9)
-    for part in (model, make_tokenizer(), make_image_processor()):
-        part.save_pretrained(tmp_path / "mode")
-    return tmp_path / "mode"
+ZEROSHOT, RETRIEVAL = load_script("zeroshot"), load_script("retrieval")
+
+
+def save_mode(path):
+    """A tiny MODE with its tokenizer and image processor, saved as assemble leaves one."""
+    for part in (make_mode(num_experts=3, num_fine_clusters=9), make_tokenizer(), make_image_processor()):
+        part.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_mode(tmp_path_factory.mktemp("model") / "mode")
 
 
 def random_images(count, seed=0):
@@ -74,7 +86,7 @@ def test_benchmark_prompts_and_class_names_by_name_or_file(tmp_path):
         strings_from(str(tmp_path / "names.json"), "classnames")
 
 
-def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path):
+def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     from modeling_mode import ModeCLIPModel
 
     model, tokenizer = ModeCLIPModel.from_pretrained(model_dir).eval(), make_tokenizer()
@@ -99,18 +111,21 @@ def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path):
     (tmp_path / "templates.json").write_text(json.dumps([TEMPLATE]))
 
     output = tmp_path / "zeroshot.json"
-    run = run_cli(
-        "zeroshot.py", "--model", model_dir, "--dataset", tmp_path / "folder", "--split", "test",
-        "--templates", tmp_path / "templates.json", "--output", output,
-    )  # fmt: skip
+    # Without --trust-remote-code: this package's own classes serve the saved MODE.
+    ZEROSHOT.main([
+        "--model", str(model_dir), "--dataset", str(tmp_path / "folder"), "--split", "test",
+        "--templates", str(tmp_path / "templates.json"), "--output", str(output),
+    ])  # fmt: skip
     results = json.loads(output.read_text())
 
     assert results["num_images"] == 8 and results["num_classes"] == 3
     assert results["results"]["MODE paper"]["top1"] == pytest.approx(0.75)
     for name, logits in expected.items():
         assert results["results"][name]["top1"] == pytest.approx(accuracy(logits, labels)), name
-    assert results["routing_weights"]["MODE paper"] == pytest.approx(model.route(**prompts).tolist())
-    assert "| MODE paper | 75.00 |" in output.with_suffix(".md").read_text() and "| MODE paper |" in run.stdout
+    # The CLI averages template embeddings and normalises them again: equal to route() up to float32 rounding.
+    assert results["routing_weights"]["MODE paper"] == pytest.approx(model.route(**prompts).tolist(), abs=1e-5)
+    assert "| MODE paper | 75.00 |" in output.with_suffix(".md").read_text()
+    assert "| MODE paper |" in capsys.readouterr().out
 
 
 def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp_path):
@@ -132,8 +147,8 @@ def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp
     relevant = owner[None, :] == torch.arange(5)[:, None]
 
     output = tmp_path / "retrieval.json"
-    run_cli(
-        "retrieval.py", "--model", model_dir, "--dataset", tmp_path / "pairs", "--split", "train", "--output", output
+    RETRIEVAL.main(
+        ["--model", str(model_dir), "--dataset", str(tmp_path / "pairs"), "--split", "train", "--output", str(output)]
     )
     results = json.loads(output.read_text())["results"]["MODE paper"]
 
@@ -142,3 +157,25 @@ def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp
     for k, value in recall_at_k(text_to_image, relevant.t()).items():
         assert results[f"text_to_image_{k}"] == pytest.approx(value)
     assert results["image_to_text_R@10"] == 1.0  # 7 captions: every image's caption is in its top 10
+
+
+def test_a_bfloat16_mode_evaluates_with_float32_routing(model_dir):
+    from modeling_mode import ModeCLIPModel
+
+    images = datasets.Dataset.from_dict({"image": random_images(4)})
+    results = {
+        dtype: zero_shot_classification(
+            ModeCLIPModel.from_pretrained(model_dir, dtype=dtype).eval(),
+            make_tokenizer(),
+            make_image_processor(),
+            image_batches(images, "image", 2),
+            [0, 1, 2, 0],
+            CLASSES,
+            [TEMPLATE],
+        )  # fmt: skip
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    for routing, weights in results[torch.float32]["routing_weights"].items():
+        # bfloat16 router embeddings against float32 centroids: the weights moved by 1e-5 here.
+        assert results[torch.bfloat16]["routing_weights"][routing] == pytest.approx(weights, abs=1e-3)
+    assert results[torch.bfloat16]["results"].keys() == results[torch.float32]["results"].keys()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import EMBED_DIM, make_mode, tiny_clip_config
+from conftest import EMBED_DIM, make_mode, make_tokenizer, tiny_clip_config
 from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel
@@ -167,6 +167,54 @@ def test_concatenated_features_give_the_weighted_sum_of_cosines(tokenizer, pixel
     torch.testing.assert_close(image.norm(dim=-1), torch.ones(4))  # weights sum to 1: unit-norm features
 
 
+@pytest.fixture(scope="module")
+def saved_mode(tmp_path_factory):
+    """A saved MODE whose centroids are the router embeddings of LABELS: each label is nearest to its own, far from
+    the others, so the routing weights are uneven and half-precision embeddings pick the same nearest centroids."""
+    model = make_mode(num_experts=3, num_fine_clusters=len(LABELS))
+    model.config.fine_to_coarse = [0, 0, 0, 1, 2]
+    model.fine_centroids = class_embeddings(model, prompts(make_tokenizer(), LABELS))
+    path = tmp_path_factory.mktemp("saved") / "mode"
+    model.save_pretrained(path)
+    return path
+
+
+# Half-precision tolerances against float32. Weights: the centroids stay float32 and each label sits on its own,
+# so only the router tower's rounding moves them (measured < 1e-4). Logits (here between -3.5 and -0.5): each expert
+# computes in the dtype's precision (fp16: 2**-11, bf16: 2**-8 relative); measured 0.007 and 0.05, allowed 3x and 2x.
+HALF_LOGITS_ATOL = {torch.float16: 0.02, torch.bfloat16: 0.1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_mode_routes_in_float32(saved_mode, tokenizer, dtype):
+    full = AutoModel.from_pretrained(saved_mode).eval()
+    half = AutoModel.from_pretrained(saved_mode, dtype=dtype).eval()
+    inputs = prompts(tokenizer, LABELS)
+    pixel_values = torch.randn(16, 3, 30, 30, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = full(**inputs, pixel_values=pixel_values)
+        out = half(**inputs, pixel_values=pixel_values)  # routed: no expert_weights given
+
+    assert half.experts[0].logit_scale.dtype == dtype and half.fine_centroids.dtype == torch.float32
+    assert torch.equal(half.fine_centroids, full.fine_centroids)  # loaded, not computed: exact
+    weights = half.route(**inputs)
+    assert weights.dtype == torch.float32 and out.expert_weights.dtype == torch.float32
+    assert expected.expert_weights.max() > 0.4  # uneven: a wrong route would show
+    torch.testing.assert_close(weights, expected.expert_weights, atol=1e-3, rtol=0)
+    atol = HALF_LOGITS_ATOL[dtype]
+    assert out.logits_per_image.dtype == torch.float32
+    torch.testing.assert_close(out.logits_per_image, expected.logits_per_image, atol=atol, rtol=0)
+    # Within atol, an argmax can only change where float32's top two are closer than 2 * atol.
+    top2 = expected.logits_per_image.topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 2 * atol
+    assert clear.sum() >= 8
+    assert torch.equal(out.logits_per_image.argmax(-1)[clear], expected.logits_per_image.argmax(-1)[clear])
+
+    half.to(dtype)  # a cast of the whole model casts the centroids as well: routing still runs in float32
+    assert half.fine_centroids.dtype == dtype
+    torch.testing.assert_close(half.route(**inputs), expected.expert_weights, atol=1e-2, rtol=0)
+
+
 def test_save_and_reload_with_auto_model(tmp_path, tokenizer, pixel_values):
     model = make_mode(routing="released", router_top_k=2)
     model.save_pretrained(tmp_path)
@@ -180,9 +228,13 @@ def test_save_and_reload_with_auto_model(tmp_path, tokenizer, pixel_values):
     with torch.no_grad():
         before = model(**inputs, pixel_values=pixel_values)
         after = reloaded(**inputs, pixel_values=pixel_values)
-    assert torch.equal(reloaded.fine_centroids, model.fine_centroids)
-    assert torch.equal(before.expert_weights, after.expert_weights)
-    assert torch.equal(before.logits_per_image, after.logits_per_image)
+    # The stored tensors come back exactly. What they compute is compared with a tolerance: the same kernels may
+    # round differently on differently aligned copies of the weights (MKL does, without its reproducibility mode).
+    state, reloaded_state = model.state_dict(), reloaded.state_dict()
+    assert state.keys() == reloaded_state.keys()
+    assert all(torch.equal(state[name], reloaded_state[name]) for name in state)
+    torch.testing.assert_close(before.expert_weights, after.expert_weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(before.logits_per_image, after.logits_per_image, rtol=0, atol=1e-5)
 
 
 # Bad input: each a ValueError that names the problem.
@@ -234,9 +286,37 @@ def test_router_top_k_must_be_between_one_and_the_number_of_experts(top_k):
         ModeCLIPConfig(expert_config=tiny_clip_config(), num_experts=3, router_top_k=top_k)
 
 
-def test_expert_weights_are_checked(tokenizer, pixel_values):
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([0.5, 0.5], r"expert_weights must have shape \[3\], got \[2\]"),
+        ([1.0, -0.5, 0.5], r"must be finite and non-negative"),
+        ([0.0, 0.0, 0.0], r"must sum to one \(within 0.01\), got \[0.0, 0.0, 0.0\] summing to 0"),
+        ([2.0, 6.0, 0.0], r"must sum to one \(within 0.01\), got \[2.0, 6.0, 0.0\] summing to 8: divide"),
+        ([0.5, 0.6, 0.0], r"summing to 1.1: divide them by their sum"),
+    ],
+)
+def test_expert_weights_are_checked(tokenizer, pixel_values, weights, message):
     model = make_mode()
     inputs = prompts(tokenizer, LABELS)
-    for weights in ([0.5, 0.5], [1.0, -0.5, 0.5], [0.0, 0.0, 0.0]):
-        with pytest.raises(ValueError, match="expert_weights"):
-            model(**inputs, pixel_values=pixel_values, expert_weights=torch.tensor(weights))
+    with pytest.raises(ValueError, match=message):
+        model(**inputs, pixel_values=pixel_values, expert_weights=torch.tensor(weights))
+    with pytest.raises(ValueError, match=message):
+        model.get_text_features(**inputs, expert_weights=torch.tensor(weights))
+
+
+def test_weights_rounded_to_bfloat16_are_accepted(tokenizer, pixel_values):
+    model = make_mode()
+    inputs = prompts(tokenizer, LABELS)
+    weights = torch.full((3,), 1 / 3).bfloat16()  # 0.333984375 each: they sum to 1.002
+    with torch.no_grad():
+        out = model(**inputs, pixel_values=pixel_values, expert_weights=weights)
+    torch.testing.assert_close(out.expert_weights, weights.float())
+
+
+@pytest.mark.parametrize("missing", ["input_ids", "pixel_values"])
+def test_forward_names_what_it_needs(tokenizer, pixel_values, missing):
+    model = make_mode()
+    inputs = {**prompts(tokenizer, LABELS), "pixel_values": pixel_values, missing: None}
+    with pytest.raises(ValueError, match=rf"forward needs input_ids .* and pixel_values .*, got no {missing}\. For "):
+        model(**inputs)
