@@ -436,7 +436,7 @@ def check_sources(sources: Sources, encoder: str) -> None:
         if path is not None:
             check_source(flag, str(path))
     from .corpus import SOURCES
-    from .evaluation import strings_from
+    from .evaluation import TEMPLATES, prompt_templates, strings_from
 
     tasks = sorted(sources.zeroshot or SOURCES)  # without named sets, each offline source is a task
     for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
@@ -445,9 +445,8 @@ def check_sources(sources: Sources, encoder: str) -> None:
 
     for value in sources.classnames.values():
         strings_from(value, "classnames")
-    for task, value in sources.templates.items():
-        if any("{c}" not in template for template in strings_from(value, "zeroshot_classification_templates")):
-            raise InputError(f"--templates {task}={value}: every template must contain {{c}}, where the class goes.")
+    for value in sources.templates.values():
+        prompt_templates(strings_from(value, TEMPLATES))
 
 
 def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
