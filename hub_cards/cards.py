@@ -3,15 +3,19 @@
 A MODE model directory holds `config.json` and, beside the weights, the records of how it was made: `assembly.json`
 (written by train/assemble.py: the clustering run's metadata and each expert's training record) and
 `eval_results.json` (a list of `{"task", "dataset", "split", "metric", "model", "value"}` rows from the evaluators).
-Whatever is present goes into the card; nothing is invented.
+Whatever is present goes into the card; nothing is invented, and no local path: a card names a run's inputs by
+their last path component (see `without_local_paths`).
 """
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
-from safetensors.numpy import load_file
+
+from modeling_mode.clustering import read_finished_run
+from modeling_mode.errors import InputError
 
 TEMPLATES = Path(__file__).resolve().parent
 ROUTING_TEXT = {
@@ -36,8 +40,37 @@ TRAINING_KEYS = {
 }
 
 
+def without_local_paths(value):
+    """`value` (JSON-like) with every string that is an absolute path cut to its last component: a record names an
+    expert by its run directory's name, not by where it lay on this machine (of no use to anyone else, and maybe
+    private). A Hub id (org/name) is not absolute and stays as it is."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
 def read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run's JSON record as it may be published (without local paths), or None if there is none."""
+    if not path.is_file():
+        return None
+    try:
+        return without_local_paths(json.loads(path.read_text()))
+    except ValueError as error:
+        raise InputError(f"{path} is not valid JSON ({error}).") from error
+
+
+def mode_config(model_dir: str | Path) -> dict:
+    """config.json of the MODE saved in `model_dir`; InputError if there is none."""
+    config = read_json(Path(model_dir) / "config.json")
+    if not config or config.get("model_type") != "mode_clip":
+        raise InputError(
+            f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
+        )
+    return config
 
 
 def expert_rows(fine_to_coarse: list[int], clustering: dict | None) -> list[dict]:
@@ -85,11 +118,7 @@ def model_card(
     (none for a seed trained from scratch).
     """
     model_dir = Path(model_dir)
-    config = read_json(model_dir / "config.json")
-    if not config or config.get("model_type") != "mode_clip":
-        raise ValueError(
-            f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
-        )
+    config = mode_config(model_dir)
     assembly = read_json(model_dir / "assembly.json") or {}
     clustering, training = assembly.get("clustering"), assembly.get("expert_training") or []
     results = read_json(model_dir / "eval_results.json") or []
@@ -126,22 +155,20 @@ def model_card(
 
 
 def dataset_card(clusters_dir: str | Path, repo_id: str, license: str = "other") -> DatasetCard:
-    """The dataset card of a clustering run's output directory (`clusters.json` and `clusters.safetensors`)."""
-    clustering = read_json(Path(clusters_dir) / "clusters.json")
-    if clustering is None:
-        raise ValueError(f"{clusters_dir} holds no clustering run: clusters.json is missing.")
+    """The dataset card of a finished clustering run's output directory; InputError if the run is not finished."""
+    clusters, report = read_finished_run(clusters_dir)
+    clustering = without_local_paths(report)
     card_data = DatasetCardData(
         license=license,
         pretty_name=f"{repo_id.split('/')[-1]}: MODE clusters",
         tags=["clip", "mode", "clustering", "image-text"],
         task_categories=["zero-shot-image-classification"],
     )
-    fine_to_coarse = load_file(Path(clusters_dir) / "clusters.safetensors")["fine_to_coarse"].tolist()
     return DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "dataset_card.md"),
         dataset_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         clustering=clustering,
-        expert_rows=expert_rows(fine_to_coarse, clustering),
+        expert_rows=expert_rows(clusters.fine_to_coarse.tolist(), clustering),
     )

@@ -3,23 +3,52 @@
     python hub_cards/push.py runs/mode-clip org/mode-clip [--private] [--revision BRANCH] [--push-experts]
         [--push-dataset --clusters runs/clusters] [--license LICENSE] [--base-model HUB_ID] [--commit-message MSG]
 
-Each repo gets one commit, and the Hub applies a commit whole or not at all: a push that fails leaves no partial
-state in that repo, says which files did not go, and never touches the local run. Experts go to `REPO-expert-K`
-(standalone `CLIPModel` repos), the clustered data to the dataset repo `REPO-clusters`.
+Everything is checked before the first commit: the model directory must be a complete MODE (its weights, the remote
+code its config names, tokenizer and image processor) and the clustering a finished run whose dataset loads, so bad
+input pushes nothing. Each repo then gets one commit, and the Hub applies a commit whole or not at all: a push that
+fails leaves no partial state in that repo, says which files did not go and which commits did land, and never
+touches the local run. Experts go to `REPO-expert-K` (standalone `CLIPModel` repos), the clustered data to the
+dataset repo `REPO-clusters`. What is pushed names no local path: JSON records and safetensors metadata go up with
+absolute paths cut to their last component.
 """
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError
+import datasets
+from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
+from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hub_cards.cards import TEMPLATES, dataset_card, model_card  # noqa: E402
+from hub_cards.cards import (  # noqa: E402
+    TEMPLATES,
+    dataset_card,
+    mode_config,
+    model_card,
+    read_json,
+    without_local_paths,
+)
+from modeling_mode import ModeCLIPModel  # noqa: E402
+from modeling_mode.cli import run  # noqa: E402
+from modeling_mode.errors import InputError, naming_failures  # noqa: E402
+
+try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
+    from httpx2 import HTTPError
+except ImportError:
+    from httpx import HTTPError
 
 logger = logging.getLogger("mode_clip.push")
 # Files that make up a processor; they go with every expert so that each one loads alone.
@@ -32,30 +61,107 @@ PROCESSOR_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
 )
+# JSON files whose strings are tokens, not records: "/s" there is a token to keep, not a path to shorten.
+VOCABULARIES = {"tokenizer.json", "vocab.json"}
+# How a push can fail once the input is checked: the Hub's answer, the connection, or the local disk.
+PUSH_FAILURES = (HfHubHTTPError, HTTPError, OSError)
 
 
 class PushError(RuntimeError):
     """A push that did not land: the message says which repo and which files."""
 
 
+def check_repo_id(repo_id: str, flag: str = "repo_id") -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise InputError(f"{flag} {repo_id!r} is not a Hub repo id (org/name): {error}") from error
+
+
+def check_token(api: HfApi) -> None:
+    if (api.token or get_token()) is None:
+        raise PushError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN.")
+
+
+def check_mode_dir(model_dir: str | Path) -> None:
+    """Refuse (InputError), before anything is pushed, a model directory that would not load from the Hub: no MODE
+    config, weights that do not open, remote code missing, no tokenizer or image processor."""
+    model_dir = Path(model_dir)
+    config = mode_config(model_dir)
+    for weights in weight_files(model_dir):
+        try:
+            with safe_open(str(weights), framework="numpy"):
+                pass  # the header must cover the whole file: a truncated one does not open
+        except (OSError, SafetensorError) as error:
+            raise InputError(f"{weights} does not load ({type(error).__name__}: {error}).") from error
+    check_remote_code(model_dir, config)
+    with naming_failures("The processor of the MODE in", str(model_dir)):
+        AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=False)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names when save_pretrained split the weights."""
+    index = model_dir / SAFE_WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        return [model_dir / SAFE_WEIGHTS_NAME]
+    try:
+        return sorted({model_dir / shard for shard in json.loads(index.read_text())["weight_map"].values()})
+    except (ValueError, KeyError) as error:
+        raise InputError(f"{index} is not a weight index ({type(error).__name__}: {error}).") from error
+
+
+def check_remote_code(model_dir: Path, config: dict) -> None:
+    """The modules config.json's auto_map names (all the code a Hub user gets) and those they import must be there.
+
+    A reference `other/repo--module.Class` is code of another repo, not of this directory.
+    """
+    modules = {ref.rsplit(".", 1)[0] for ref in config.get("auto_map", {}).values() if "--" not in ref}
+    try:
+        for module in sorted(modules):
+            get_relative_import_files(model_dir / f"{module}.py")  # reads each file, and each it imports
+    except FileNotFoundError as error:
+        raise InputError(
+            f"{model_dir} has no {Path(error.filename).name}, remote code its config.json needs to load from the "
+            "Hub: assemble the model again (train/assemble.py)."
+        ) from error
+
+
+def public_content(path: Path) -> str | bytes:
+    """What is pushed for the file `path`: the file itself, or its bytes rewritten without local paths when its JSON
+    or its safetensors metadata names any."""
+    if path.suffix == ".json" and path.name not in VOCABULARIES:
+        if (public := read_json(path)) != json.loads(path.read_text()):  # read_json drops local paths
+            return (json.dumps(public, indent=2) + "\n").encode()
+    elif path.suffix == ".safetensors":
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        if (public := {key: public_metadata(value) for key, value in metadata.items()}) != metadata:
+            return safetensors_bytes(load_file(path), metadata=public)
+    return str(path)
+
+
+def public_metadata(value: str) -> str:
+    """A safetensors metadata value without local paths; a JSON-encoded one (e.g. clusters' `settings`) stays JSON
+    encoded the way train/cluster.py wrote it, so the pushed run still reads as finished."""
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return without_local_paths(value)
+    return json.dumps(without_local_paths(decoded), sort_keys=True) if isinstance(decoded, dict | list) else value
+
+
 def commit_folder(api, folder, repo_id, *, card=None, repo_type="model", private=False, revision=None, message=None):
     """Create `repo_id` if needed and commit every file under `folder` (plus `card` as README.md) in one commit."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
-    operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files]
+    operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), public_content(p)) for p in files]
     if card is not None and not (folder / "README.md").is_file():  # a README the user wrote wins
         operations.append(CommitOperationAdd("README.md", str(card).encode()))
     paths = [op.path_in_repo for op in operations]
-    if not paths:
-        raise PushError(f"nothing to push: {folder} has no files.")
-    if (api.token or get_token()) is None:
-        raise PushError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN.")
+    files, url = f"{len(paths)} files ({', '.join(paths)})", None
     try:
-        if api.repo_exists(repo_id, repo_type=repo_type):
-            logger.info("%s repo %s exists: adding a commit to it", repo_type, repo_id)
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        if revision not in (None, "main"):
-            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        url = open_repo(api, repo_id, repo_type, private, revision)
         commit = api.create_commit(
             repo_id,
             operations,
@@ -63,24 +169,39 @@ def commit_folder(api, folder, repo_id, *, card=None, repo_type="model", private
             repo_type=repo_type,
             revision=revision,
         )
-    except HfHubHTTPError as error:
+    except PUSH_FAILURES as error:
+        if url is not None and not isinstance(error, HfHubHTTPError):  # the commit went out, no answer came back
+            outcome = f"{url} holds all of these {files} or none (a commit lands whole or not at all): see its history"
+        else:  # before the commit, or the Hub refused it
+            outcome = f"none of these {files} went"
         raise PushError(
-            f"pushing to {repo_type} repo {repo_id} failed: {error}\n"
-            f"A Hub commit lands whole or not at all, so none of these {len(paths)} files went: {', '.join(paths)}. "
-            "The local files are untouched; run the push again."
+            f"pushing to {repo_type} repo {repo_id} failed ({_describe(error)}): {outcome}. "
+            "The local files are untouched: run the push again."
         ) from error
     logger.info("pushed %d files to %s (%s)", len(paths), url, commit.commit_url)
     return commit
 
 
-def push_experts(api, model_dir, repo_id, *, license="other", **commit_options):
-    """Push each expert of the MODE in `model_dir` as a standalone CLIPModel repo `{repo_id}-expert-{k}`.
+def open_repo(api, repo_id, repo_type, private, revision) -> str:
+    """Create `repo_id` (and the branch `revision`) unless there; returns the repo's URL."""
+    if api.repo_exists(repo_id, repo_type=repo_type):
+        logger.info("%s repo %s exists: adding a commit to it", repo_type, repo_id)
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    return url
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}".rstrip(".")
+
+
+def push_experts(api, model: ModeCLIPModel, model_dir, repo_id, *, license="other", **commit_options):
+    """Push each expert of `model` (the MODE saved in `model_dir`) as a standalone CLIPModel repo
+    `{repo_id}-expert-{k}`, with the processor files of `model_dir`.
 
     Yields each commit as it lands, so that a caller knows which did when a later one fails.
     """
-    from modeling_mode import ModeCLIPModel
-
-    model = ModeCLIPModel.from_pretrained(model_dir)
     for k, expert in enumerate(model.experts):
         expert_repo = f"{repo_id}-expert-{k}"
         with tempfile.TemporaryDirectory() as folder:
@@ -104,21 +225,45 @@ def push_experts(api, model_dir, repo_id, *, license="other", **commit_options):
             yield commit_folder(api, folder, expert_repo, card=card, **commit_options)
 
 
-def push_clustered_dataset(api, clusters_dir, repo_id, *, license="other", **commit_options):
-    """Push a clustering run's labelled pairs (as parquet) and centroids to the dataset repo `repo_id`."""
-    import datasets
+@dataclass
+class ClusteredData:
+    """A finished clustering run's labelled pairs, centroids and card, checked and ready to push as a dataset repo."""
 
-    clusters_dir = Path(clusters_dir)
-    card = dataset_card(clusters_dir, repo_id, license)
-    pairs = datasets.load_from_disk(str(clusters_dir / "dataset"))
-    with tempfile.TemporaryDirectory() as folder:
-        num_shards = max(1, pairs.data.nbytes // 500_000_000 + 1)
-        for i in range(num_shards):
-            shard = pairs.shard(num_shards, i, contiguous=True)
-            shard.to_parquet(f"{folder}/data/train-{i:05d}-of-{num_shards:05d}.parquet")
-        for name in ("clusters.safetensors", "clusters.json"):
-            (Path(folder) / name).write_bytes((clusters_dir / name).read_bytes())
-        return commit_folder(api, folder, repo_id, card=card, repo_type="dataset", **commit_options)
+    folder: Path
+    repo_id: str
+    pairs: datasets.Dataset
+    card: DatasetCard
+
+    @classmethod
+    def check(cls, clusters_dir, repo_id: str, license: str = "other") -> "ClusteredData":
+        """InputError unless `clusters_dir` holds a finished clustering run whose dataset/ loads."""
+        card = dataset_card(clusters_dir, repo_id, license)  # reads the run through clustering.read_finished_run
+        with naming_failures("The clustered pairs", str(Path(clusters_dir) / "dataset")):
+            pairs = datasets.load_from_disk(str(Path(clusters_dir) / "dataset"))
+        return cls(Path(clusters_dir), repo_id, pairs, card)
+
+    def push(self, api, **commit_options):
+        """The pairs as parquet shards of at most ~500 MB, the centroids and the run's report, in one commit."""
+        with tempfile.TemporaryDirectory() as folder:
+            num_shards = max(1, self.pairs.data.nbytes // 500_000_000 + 1)
+            for i in range(num_shards):
+                shard = self.pairs.shard(num_shards, i, contiguous=True)
+                shard.to_parquet(f"{folder}/data/train-{i:05d}-of-{num_shards:05d}.parquet")
+            for name in ("clusters.safetensors", "clusters.json"):
+                (Path(folder) / name).write_bytes((self.folder / name).read_bytes())
+            return commit_folder(api, folder, self.repo_id, card=self.card, repo_type="dataset", **commit_options)
+
+
+def push_clustered_dataset(api, clusters_dir, repo_id, *, license="other", **commit_options):
+    """Push a finished clustering run's labelled pairs (as parquet) and centroids to the dataset repo `repo_id`."""
+    check_repo_id(repo_id)
+    check_token(api)
+    return ClusteredData.check(clusters_dir, repo_id, license).push(api, **commit_options)
+
+
+def load_mode(model_dir) -> ModeCLIPModel:
+    with naming_failures("The MODE in", str(model_dir)):
+        return ModeCLIPModel.from_pretrained(model_dir)
 
 
 def push_run(
@@ -134,23 +279,31 @@ def push_run(
     clusters_dir=None,
     api=None,
 ) -> list:
-    """Push the MODE in `model_dir` (and its experts, and the clustered data of `clusters_dir`) to the Hub."""
+    """Push the MODE in `model_dir` (and its experts, and the clustered data of `clusters_dir`) to the Hub.
+
+    Every input is checked before the first commit (InputError); a failure after it is a PushError that lists the
+    commits that did land.
+    """
+    check_repo_id(repo_id)
     api = api or HfApi()
+    check_token(api)
+    check_mode_dir(model_dir)
+    card = model_card(model_dir, repo_id, license, base_model)
+    mode = load_mode(model_dir) if experts else None
+    clustered = ClusteredData.check(clusters_dir, f"{repo_id}-clusters", license) if clusters_dir else None
     options = dict(private=private, revision=revision, message=commit_message)
     commits = []
     try:
-        commits.append(
-            commit_folder(api, model_dir, repo_id, card=model_card(model_dir, repo_id, license, base_model), **options)
-        )
-        if experts:
-            for commit in push_experts(api, model_dir, repo_id, license=license, **options):
+        commits.append(commit_folder(api, model_dir, repo_id, card=card, **options))
+        if mode is not None:
+            for commit in push_experts(api, mode, model_dir, repo_id, license=license, **options):
                 commits.append(commit)
-        if clusters_dir is not None:
-            dataset_repo = f"{repo_id}-clusters"
-            commits.append(push_clustered_dataset(api, clusters_dir, dataset_repo, license=license, **options))
-    except PushError as error:
+        if clustered is not None:
+            commits.append(clustered.push(api, **options))
+    except (PushError, OSError) as error:  # OSError: writing an expert or the parquet files here, between commits
+        failure = error if isinstance(error, PushError) else f"staging the next push failed ({_describe(error)})."
         landed = ", ".join(commit.commit_url for commit in commits) or "none"
-        raise PushError(f"{error}\nCommits that did land before it: {landed}.") from error
+        raise PushError(f"{failure} Commits that did land before it: {landed}.") from error
     return commits
 
 
@@ -186,11 +339,12 @@ def main(argv=None):
             experts=args.push_experts,
             clusters_dir=args.clusters if args.push_dataset else None,
         )
-    except (PushError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    except PushError as error:  # the Hub's failure, not the input's: one line, and status 1
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     for commit in commits:
         print(commit.commit_url)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

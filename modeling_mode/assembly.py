@@ -5,18 +5,19 @@ centroid is re-expressed in the router's space as the mean router embedding of i
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
-from .configuration_mode_clip import text_tower_config
+from .clustering import read_finished_run
+from .configuration_mode_clip import ModeCLIPConfig, text_tower_config
 from .data import cluster_ids, load_pairs
-from .errors import InputError
-from .files import read_json, write_json
+from .errors import InputError, check_output_dir, naming_failures
+from .files import atomic_directory, read_json, write_json
 from .modeling_mode_clip import ModeCLIPModel, _architecture
-from .training import TRAINING_ARGS, save_into
+from .training import TRAINING_ARGS, is_finished
 
 ASSEMBLY = "assembly.json"
 
@@ -33,17 +34,49 @@ def router_from(path: str) -> CLIPTextModelWithProjection:
     return router.eval()
 
 
-def load_experts(paths: list[str], num_experts: int) -> tuple[list[str], list[CLIPModel]]:
-    """Experts' paths and models, ordered by the cluster each trained on (its training_args.json says which); every
+def check_output(output: str) -> None:
+    """Refuse up front an --output that could not be written or that holds something other than a MODE: the
+    assembly replaces the whole directory, so it must never take a run directory (or a folder of runs) with it."""
+    path = check_output_dir(output)
+    if path.is_dir() and any(path.iterdir()) and not holds_mode(path):
+        raise InputError(
+            f"--output {output!r} holds other files and no assembled MODE: the assembly replaces the whole "
+            "directory, so give a new or empty one."
+        )
+
+
+def holds_mode(path: Path) -> bool:
+    try:
+        return read_json(path / "config.json").get("model_type") == ModeCLIPConfig.model_type
+    except (OSError, ValueError):
+        return False
+
+
+def check_router_settings(num_experts: int, router_settings: dict) -> None:
+    """Refuse bad routing flags before any model is loaded (the config checks them)."""
+    try:
+        ModeCLIPConfig(num_experts=num_experts, **router_settings)
+    except ValueError as error:
+        raise InputError(f"Routing flags: {error}") from error
+
+
+def expert_runs(paths: list[str], num_experts: int) -> list[str]:
+    """The finished expert runs, ordered by the cluster each trained on (its training_args.json says which); every
     cluster exactly once."""
     by_cluster = {}
     for path in paths:
         if not os.path.isdir(path):
             raise InputError(f"Expert {path!r} does not exist.")
-        args_file = os.path.join(path, TRAINING_ARGS)
-        if not os.path.isfile(os.path.join(path, "config.json")) or not os.path.isfile(args_file):
-            raise InputError(f"Expert {path!r} is not the output of train/expert.py (config.json, {TRAINING_ARGS}).")
-        cluster = read_json(args_file)["run"]["cluster"]
+        if not os.path.isfile(os.path.join(path, TRAINING_ARGS)):
+            raise InputError(f"Expert {path!r} is not the output of train/expert.py (it has no {TRAINING_ARGS}).")
+        with naming_failures("Expert", path):
+            finished, record = is_finished(path), read_json(os.path.join(path, TRAINING_ARGS))
+        if not finished:
+            raise InputError(
+                f"Expert {path!r} is not finished: resume it (train/expert.py --resume with its flags) and assemble "
+                "once it has saved its final model."
+            )
+        cluster = record["run"]["cluster"]
         if cluster is None:
             raise InputError(f"{path!r} trained on all pairs (a seed), not on one cluster.")
         if cluster in by_cluster:
@@ -56,15 +89,27 @@ def load_experts(paths: list[str], num_experts: int) -> tuple[list[str], list[CL
             f"The clustering has {num_experts} experts (clusters 0..{num_experts - 1}): "
             f"missing clusters {missing}, unknown clusters {extra}."
         )
-    ordered = [by_cluster[k] for k in range(num_experts)]
-    experts = [CLIPModel.from_pretrained(path, dtype=torch.float32).eval() for path in ordered]
-    for path, expert in zip(ordered, experts):
-        if _architecture(expert.config) != _architecture(experts[0].config):
+    return [by_cluster[k] for k in range(num_experts)]
+
+
+def load_experts(ordered: list[str]) -> list[CLIPModel]:
+    """The experts' CLIPModels; all must share one architecture."""
+    experts = []
+    for path in ordered:
+        with naming_failures("Expert", path):
+            experts.append(CLIPModel.from_pretrained(path, dtype=torch.float32).eval())
+        if _architecture(experts[-1].config) != _architecture(experts[0].config):
             raise InputError(
                 f"Expert {path!r} has another architecture than {ordered[0]!r}: all experts must share one "
                 "(fork them all from the same seed)."
             )
-    return ordered, experts
+    return experts
+
+
+def load_router(path: str):
+    """The router text tower, and the tokenizer and image processor the MODE is saved with."""
+    with naming_failures("--router-text-model", path):
+        return router_from(path), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
 
 
 def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
@@ -109,6 +154,16 @@ def caption_centroids(
     return torch.nn.functional.normalize(sums, dim=-1), torch.as_tensor(counts > 0)
 
 
+def clustered_pairs(clusters: str, report: dict):
+    """The clustering run's labelled pairs, which the centroids are re-expressed from."""
+    dataset = load_pairs(os.path.join(clusters, "dataset"), report.get("split", "train"))
+    caption_column = report.get("caption_column", "caption")
+    missing = sorted({caption_column, "fine_id"} - set(dataset.column_names))
+    if missing:
+        raise InputError(f"{os.path.join(clusters, 'dataset')!r} has no column {missing}: it is not the clustering's.")
+    return dataset, caption_column
+
+
 def assemble(
     experts: list[str],
     clusters: str,
@@ -118,29 +173,28 @@ def assemble(
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
-    router's tokenizer and image processor and an assembly.json of where each part came from."""
-    for name in ("clusters.json", "clusters.safetensors"):
-        if not os.path.isfile(os.path.join(clusters, name)):
-            raise InputError(f"--clusters {clusters!r} has no {name}: point it at the clustering step's output.")
-    metadata = read_json(os.path.join(clusters, "clusters.json"))
-    tensors = safetensors.torch.load_file(os.path.join(clusters, "clusters.safetensors"))
-    fine_to_coarse = tensors["fine_to_coarse"].tolist()
-    num_experts = int(metadata.get("num_experts", max(fine_to_coarse) + 1))
-    expert_paths, expert_models = load_experts(experts, num_experts)
-    router = router_from(router_text_model)
-    tokenizer = AutoTokenizer.from_pretrained(router_text_model)
-    image_processor = AutoImageProcessor.from_pretrained(router_text_model)
+    router's tokenizer and image processor and an assembly.json of where each part came from.
 
-    encoder = metadata.get("encoder")
+    Only finished runs are taken (train/expert.py's and train/cluster.py's completion markers), and `output` is
+    written whole or not at all: a crash leaves the previous assembly (or none), never a config.json without the
+    weights or remote code it needs.
+    """
+    check_output(output)
+    fit, report = read_finished_run(clusters)
+    check_router_settings(fit.num_experts, router_settings)
+    expert_paths = expert_runs(experts, fit.num_experts)
+    expert_models = load_experts(expert_paths)
+    router, tokenizer, image_processor = load_router(router_text_model)
+
+    encoder = report.get("encoder")
     reexpress = (
         recompute_centroids
         or not same_encoder(encoder, router_text_model)
-        or tensors["fine_centroids"].shape[1] != router.config.projection_dim
+        or fit.embed_dim != router.config.projection_dim
     )
-    centroids, dropped = tensors["fine_centroids"], []
+    centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     if reexpress:
-        dataset = load_pairs(os.path.join(clusters, "dataset"))
-        caption_column = metadata.get("caption_column", "caption")
+        dataset, caption_column = clustered_pairs(clusters, report)
         centroids, has_captions = caption_centroids(router, tokenizer, dataset, caption_column, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
         dropped = np.flatnonzero(~has_captions.numpy()).tolist()
@@ -155,17 +209,17 @@ def assemble(
     model = ModeCLIPModel.from_experts(
         expert_models, centroids, fine_to_coarse, router, **provenance, **router_settings
     )
-    save_into(output, model, tokenizer, image_processor)
-    write_json(
-        os.path.join(output, ASSEMBLY),
-        {
-            "experts": [os.path.abspath(path) for path in expert_paths],  # expert k trained on cluster k
-            "clusters": os.path.abspath(clusters),
-            "clustering": metadata,
-            "router_text_model": router_text_model,
-            "expert_training": [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths],
-            **provenance,
-            "router_settings": router_settings,
-        },
-    )
+    record = {  # local paths, for whoever resumes or audits this run here; hub_cards/push.py publishes their names
+        "experts": [os.path.abspath(path) for path in expert_paths],  # expert k trained on cluster k
+        "clusters": os.path.abspath(clusters),
+        "clustering": report,
+        "router_text_model": router_text_model,
+        "expert_training": [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths],
+        **provenance,
+        "router_settings": router_settings,
+    }
+    with atomic_directory(output) as scratch:
+        for part in (model, tokenizer, image_processor):
+            part.save_pretrained(scratch)
+        write_json(scratch / ASSEMBLY, record)
     return model

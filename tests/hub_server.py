@@ -2,7 +2,8 @@
 
 Repos live in memory: each branch is a list of commits, each commit a full {path: bytes} snapshot. Every file is
 accepted as a regular (non-LFS) upload, so commits carry their files inline. Commits to a repo named in
-`failing_repos` answer 507 (a server error that huggingface_hub does not retry), to test a push that breaks off.
+`failing_repos` answer 507 (a server error that huggingface_hub does not retry), and any request about a repo named
+in `unreachable_repos` is hung up on unanswered (the network failing), to test a push that breaks off.
 """
 
 import base64
@@ -46,6 +47,7 @@ class LocalHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[str] = []
         self.failing_repos: set[str] = set()
+        self.unreachable_repos: set[str] = set()
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -182,6 +184,9 @@ class LocalHub:
         class Handler(BaseHTTPRequestHandler):
             def _serve(self, method):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if any(repo in unquote(self.path) for repo in hub.unreachable_repos):
+                    self.close_connection = True  # no answer at all: the client sees the connection drop
+                    return
                 with hub.lock:
                     hub.requests.append(f"{method} {self.path}")
                     try:

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import logging
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,12 @@ from hub_server import LocalHub
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from test_assembly import run_script, write_clustering, write_run
 
 from hub_cards import PushError, push_run
+from modeling_mode.assembly import assemble
+from modeling_mode.clustering import Clusters, read_finished_run, save_clusters
+from modeling_mode.errors import InputError
 
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from
@@ -46,6 +51,7 @@ CLUSTERING = {
     "num_missing_captions": 0,
     "caption_column": "caption",
 }
+SETTINGS = {"method": "two-level", "fine_clusters": 6, "experts": 2, "seed": 0, "embeddings": {"embed_dim": 384}}
 
 
 @pytest.fixture
@@ -83,6 +89,7 @@ def run_dir(tmp_path, mode):
 
 @pytest.fixture
 def clusters_dir(tmp_path, mode):
+    """A finished clustering run of 8 pairs into the MODE's clusters, written as train/cluster.py writes it."""
     folder = tmp_path / "clusters"
     rng = np.random.default_rng(0)
     pairs = datasets.Dataset.from_dict(
@@ -98,15 +105,15 @@ def clusters_dir(tmp_path, mode):
         ),
     )  # fmt: skip
     pairs.save_to_disk(folder / "dataset")
-    save_file(
-        {
-            "fine_centroids": mode.fine_centroids,
-            "coarse_centroids": torch.randn(2, mode.fine_centroids.shape[1]),
-            "fine_to_coarse": torch.tensor(mode.config.fine_to_coarse),
-        },
-        folder / "clusters.safetensors",
+    fit = Clusters(
+        fine_centroids=mode.fine_centroids.numpy(),
+        coarse_centroids=np.random.default_rng(1).standard_normal((2, mode.fine_centroids.shape[1]), np.float32),
+        fine_to_coarse=np.array(mode.config.fine_to_coarse),
+        method="two-level",
+        fit_sizes=np.array(CLUSTERING["fine_sizes"]),
     )
-    (folder / "clusters.json").write_text(json.dumps(CLUSTERING))
+    save_clusters(folder / "clusters.safetensors", fit, SETTINGS)
+    (folder / "clusters.json").write_text(json.dumps(CLUSTERING | {"settings": SETTINGS}))  # the run's last file
     return folder
 
 
@@ -161,7 +168,7 @@ def test_experts_and_clustered_data_are_pushed_as_their_own_repos(hub, api, run_
         assert json.loads(files["config.json"])["model_type"] == "clip"
         assert {"tokenizer.json", "preprocessor_config.json", "README.md"} <= files.keys()
         weights = load_safetensors(files["model.safetensors"])
-        for name, tensor in expert.state_dict().items():
+        for name, tensor in expert.state_dict().items():  # saved and read back, not recomputed: exact
             assert torch.equal(weights[name], tensor), name
 
     files = hub.files(f"{REPO_ID}-clusters", repo_type="dataset")
@@ -211,7 +218,7 @@ def test_no_token_is_a_clear_error(hub, run_dir, monkeypatch, tmp_path):
 
 
 def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
-    with pytest.raises(ValueError, match="holds no MODE model"):
+    with pytest.raises(InputError, match="holds no MODE model"):
         push_run(tmp_path, REPO_ID, api=api)
 
 
@@ -231,7 +238,8 @@ def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     experts = []
     for k, expert in enumerate(mode.experts):  # as train/expert.py leaves an expert: weights and training record
         expert.save_pretrained(tmp_path / f"expert-{k}")
-        (tmp_path / f"expert-{k}" / "training_args.json").write_text(json.dumps({"args": {}, "run": {"cluster": k}}))
+        record = {"args": {}, "run": {"cluster": k, "final_step": 6}}  # a finished run
+        (tmp_path / f"expert-{k}" / "training_args.json").write_text(json.dumps(record))
         experts.append(tmp_path / f"expert-{k}")
     for part in (mode.experts[0], make_tokenizer(), make_image_processor()):
         part.save_pretrained(tmp_path / "seed")
@@ -245,5 +253,122 @@ def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"pushed: {hub.url}/{REPO_ID}/commit/" in run.stdout and hub.repos["model", REPO_ID].private
     files = hub.files(REPO_ID)
-    assert files["model.safetensors"] == (tmp_path / "mode" / "model.safetensors").read_bytes()
+    assert files["model.safetensors"] == (tmp_path / "mode" / "model.safetensors").read_bytes()  # the file itself
     assert "| all-MiniLM-L6-v2 | mean | 6 | 2 | two-level |" in files["README.md"].decode()
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def delete(*names):
+    return lambda folder: [(folder / name).unlink() for name in names]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda folder: cut_in_half(folder / "model.safetensors"), "model.safetensors does not load"),
+        (delete("modeling_mode_clip.py"), "has no modeling_mode_clip.py, remote code its config.json needs"),
+        (delete("routing.py"), "has no routing.py, remote code"),  # imported by modeling_mode_clip.py
+        (delete("tokenizer.json", "tokenizer_config.json"), "The processor of the MODE in"),
+        (delete("preprocessor_config.json"), "The processor of the MODE in"),
+    ],
+    ids=["truncated-weights", "no-modeling-file", "no-imported-module", "no-tokenizer", "no-image-processor"],
+)
+def test_an_incomplete_model_is_refused_before_any_request(hub, api, run_dir, damage, message):
+    damage(run_dir)
+    with pytest.raises(InputError, match=message):
+        push_run(run_dir, REPO_ID, api=api)
+    assert hub.requests == [] and not hub.repos
+
+
+def test_an_unfinished_clustering_is_refused_before_the_model_is_pushed(hub, api, run_dir, clusters_dir, tmp_path):
+    shutil.rmtree(clusters_dir / "dataset")
+    with pytest.raises(InputError, match=r"The clustered pairs .*/dataset' does not exist"):
+        push_run(run_dir, REPO_ID, api=api, clusters_dir=clusters_dir)
+    # A re-clustering killed after its new centroids, before its clusters.json.
+    write_clustering(tmp_path / "refit", encoder="another/encoder", seed=1)
+    shutil.copy(tmp_path / "refit" / "clusters.safetensors", clusters_dir / "clusters.safetensors")
+    with pytest.raises(InputError, match="come from different clustering runs"):
+        push_run(run_dir, REPO_ID, api=api, clusters_dir=clusters_dir)
+    assert hub.requests == [] and not hub.repos
+
+
+def test_bad_input_to_the_script_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch):
+    script = ROOT / "hub_cards" / "push.py"
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    for argv, message in [
+        ([str(tmp_path / "no-model"), REPO_ID], "holds no MODE model"),
+        ([str(tmp_path), "not a repo id"], "repo_id 'not a repo id' is not a Hub repo id"),
+    ]:
+        assert run_script(script, *argv, monkeypatch=monkeypatch) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_an_unreachable_hub_is_one_line_and_exit_status_1(run_dir, capsys, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")  # what HF_ENDPOINT sets
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    assert run_script(ROOT / "hub_cards" / "push.py", str(run_dir), REPO_ID, monkeypatch=monkeypatch) == 1
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and line.startswith(f"error: pushing to model repo {REPO_ID} failed (ConnectError: ")
+    assert "none of these" in line and line.endswith("Commits that did land before it: none.\n")
+
+
+def test_a_connection_lost_after_a_commit_lists_the_commits_that_landed(hub, api, run_dir):
+    hub.unreachable_repos.add(f"{REPO_ID}-expert-1")
+    with pytest.raises(PushError) as failure:
+        push_run(run_dir, REPO_ID, api=api, experts=True)
+    message = str(failure.value)
+    assert f"pushing to model repo {REPO_ID}-expert-1 failed (RemoteProtocolError: " in message
+    landed = message.split("Commits that did land before it: ")[1]
+    assert landed.startswith(f"{hub.url}/{REPO_ID}/commit/") and f"{hub.url}/{REPO_ID}-expert-0/commit/" in landed
+    assert "\n" not in message
+
+
+def test_nothing_pushed_names_a_local_path(hub, api, tmp_path):
+    """Records keep local paths for whoever resumes the run here; what goes to the Hub names inputs by their last
+    path component (a Hub id as it is), in JSON files, safetensors metadata and cards alike."""
+    inputs = write_run(tmp_path / "runs")
+    mode_dir = tmp_path / "runs" / "mode"
+    assemble([str(e) for e in inputs["experts"]], str(inputs["clusters"]), str(inputs["seed"]), str(mode_dir))
+    local_eval = tmp_path / "data" / "fashion_mnist"  # an evaluation set on this machine
+    (mode_dir / "eval_results.json").write_text(json.dumps([EVAL_ROWS[0] | {"dataset": str(local_eval)}]))
+
+    push_run(mode_dir, REPO_ID, api=api, experts=True, clusters_dir=inputs["clusters"])
+
+    pushed = {
+        (key, path): content for key, repo in hub.repos.items() for path, content in repo.head("main")[1].items()
+    }
+    assert len({key for key, _ in pushed}) == 4  # the MODE, two experts and the clustered data
+    for where, content in pushed.items():
+        for local in (str(tmp_path), str(ROOT), f"{Path.home()}/"):
+            assert local.encode() not in content, (where, local)
+    local_record = json.loads((mode_dir / "assembly.json").read_text())
+    assert local_record["experts"] == [str(e) for e in inputs["experts"]]
+    record = json.loads(hub.files(REPO_ID)["assembly.json"])
+    assert record["experts"] == ["expert-0", "expert-1"] and record["router_text_model"] == "seed"
+    local_config = json.loads((mode_dir / "config.json").read_text())
+    config = json.loads(hub.files(REPO_ID)["config.json"])
+    assert local_config["clustering_encoder"] == str(tmp_path / "runs" / "encoders" / "all-MiniLM-L6-v2")
+    assert (
+        config["clustering_encoder"] == "all-MiniLM-L6-v2" and config["expert_config"]["_name_or_path"] == "expert-0"
+    )
+    assert (
+        config["fine_to_coarse"] == local_config["fine_to_coarse"] and config["auto_map"] == local_config["auto_map"]
+    )
+    assert "| all-MiniLM-L6-v2 | mean | 6 | 2 | two-level |" in hub.files(REPO_ID)["README.md"].decode()
+    assert "| fashion_mnist |" in hub.files(REPO_ID)["README.md"].decode()
+
+    # The pushed clustering still reads as a finished run: its report and its centroids' settings agree.
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name in ("clusters.json", "clusters.safetensors"):
+        (downloaded / name).write_bytes(hub.files(f"{REPO_ID}-clusters", repo_type="dataset")[name])
+    _, report = read_finished_run(downloaded)
+    assert report["encoder"] == "all-MiniLM-L6-v2" and report["settings"]["embeddings"]["dataset"] == "pairs"

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hub_cards import PushError, push_run
+from hub_cards import PushError, check_repo_id, push_run
 from modeling_mode.assembly import assemble
-from modeling_mode.errors import InputError
+from modeling_mode.cli import run
 
 
 @dataclass
@@ -38,28 +38,28 @@ class AssembleArguments:
 
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(AssembleArguments).parse_args_into_dataclasses(argv)
-    try:
-        assemble(
-            args.experts,
-            args.clusters,
-            args.router_text_model,
-            args.output,
-            recompute_centroids=args.recompute_centroids,
-            routing=args.routing,
-            router_lambda=args.router_lambda,
-            router_top_k=args.router_top_k,
-            router_temperature=args.router_temperature,
-        )
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub, "--push-to-hub")  # before the assembly, not after it
+    assemble(
+        args.experts,
+        args.clusters,
+        args.router_text_model,
+        args.output,
+        recompute_centroids=args.recompute_centroids,
+        routing=args.routing,
+        router_lambda=args.router_lambda,
+        router_top_k=args.router_top_k,
+        router_temperature=args.router_temperature,
+    )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")
     if args.push_to_hub:
         try:
             commits = push_run(args.output, args.push_to_hub, private=args.private)
-        except PushError as error:
-            sys.exit(f"error: {error}")
+        except PushError as error:  # the Hub's failure, not the input's: status 1, and the model stays saved
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
         print(f"pushed: {commits[0].commit_url}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,0 +1,238 @@
+"""Assembly takes only finished inputs, names the one at fault, and writes its output whole or not at all."""
+
+import hashlib
+import json
+import re
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_processor, make_tokenizer, tiny_clip_config
+from datasets import Dataset, Features, Image, Value
+from PIL import Image as PILImage
+from transformers import AutoModel, CLIPModel
+
+from modeling_mode import ModeCLIPModel
+from modeling_mode.assembly import ASSEMBLY, assemble
+from modeling_mode.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.errors import InputError
+from modeling_mode.files import write_json
+from modeling_mode.training import TRAINING_ARGS
+
+ROOT = Path(__file__).resolve().parents[1]
+FINE_CLUSTERS, EXPERTS, ENCODER_DIM = 6, 2, 8
+REMOTE_CODE = ("configuration_mode_clip.py", "modeling_mode_clip.py", "routing.py")
+
+
+def unit_rows(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """Random L2-normalised centroids in the clustering encoder's space."""
+    x = rng.standard_normal((rows, ENCODER_DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_clustering(folder: Path, encoder: str, seed: int = 0) -> Path:
+    """A finished train/cluster.py run, written as that script writes it: clusters.safetensors (its settings in the
+    metadata), the labelled pairs, then clusters.json (the completion marker, with the same settings) last. The
+    caption encoder is not the router (8-d embeddings), so assembly re-expresses the centroids from the captions."""
+    rng = np.random.default_rng(seed)
+    fine_ids = np.arange(2 * FINE_CLUSTERS) % FINE_CLUSTERS
+    fine_to_coarse = np.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS)
+    pairs = {
+        "image": [PILImage.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in fine_ids],
+        "caption": [f"a photo of thing {i} in cluster {f}" for i, f in enumerate(fine_ids)],
+        "fine_id": fine_ids,
+        "coarse_id": fine_to_coarse[fine_ids],
+    }
+    features = Features(image=Image(), caption=Value("string"), fine_id=Value("int32"), coarse_id=Value("int32"))
+    Dataset.from_dict(pairs, features=features).save_to_disk(str(folder / "dataset"))
+    fit = Clusters(
+        fine_centroids=unit_rows(rng, FINE_CLUSTERS),
+        coarse_centroids=unit_rows(rng, EXPERTS),
+        fine_to_coarse=fine_to_coarse,
+        method="two-level",
+        fit_sizes=np.bincount(fine_ids),
+    )
+    embeddings = {"encoder": encoder, "dataset": str(folder.parent / "pairs"), "embed_dim": ENCODER_DIM}
+    settings = {"method": "two-level", "fine_clusters": FINE_CLUSTERS, "experts": EXPERTS, "seed": seed}
+    settings |= {"embeddings": embeddings, "clusters": None}
+    save_clusters(folder / CLUSTERS_FILE, fit, settings)
+    report = {
+        "encoder": encoder,
+        "pooling": "mean",
+        "embed_dim": ENCODER_DIM,
+        "num_fine_clusters": FINE_CLUSTERS,
+        "num_experts": EXPERTS,
+        "method": "two-level",
+        "balance": "capacity-capped greedy",
+        "fit_sample": len(fine_ids),
+        "seed": seed,
+        "fine_sizes": np.bincount(fine_ids).tolist(),
+        "coarse_sizes": np.bincount(fine_to_coarse[fine_ids]).tolist(),
+        "caption_column": "caption",
+        "dataset": embeddings["dataset"],
+        "split": "train",
+        "settings": settings,
+    }
+    write_json(folder / CLUSTERS_JSON, report)
+    return folder
+
+
+def write_expert(path: Path, cluster: int, seed: Path, clusters: Path) -> Path:
+    """A finished train/expert.py run forked from `seed`: its model, then training_args.json with final_step last."""
+    CLIPModel(tiny_clip_config()).save_pretrained(path)
+    checkpoint = str(seed / "checkpoints" / "step_4")
+    args = {"dataset": str(clusters / "dataset"), "output": str(path), "init": checkpoint, "learning_rate": 5e-4}
+    run = {"cluster": cluster, "start": "fork", "start_checkpoint": checkpoint, "start_step": 4, "final_step": 6}
+    write_json(path / TRAINING_ARGS, {"args": args, "run": run})
+    return path
+
+
+def write_run(root: Path) -> dict:
+    """What the pipeline leaves before assembly, with the absolute local paths its records hold: a seed CLIP (the
+    router, with its tokenizer and image processor), a finished clustering and two finished experts."""
+    torch.manual_seed(0)
+    seed = root / "seed"
+    for part in (CLIPModel(tiny_clip_config()), make_tokenizer(), make_image_processor()):
+        part.save_pretrained(seed)
+    clusters = write_clustering(root / "clusters", encoder=str(root / "encoders" / "all-MiniLM-L6-v2"))
+    experts = [write_expert(root / f"expert-{k}", k, seed, clusters) for k in range(EXPERTS)]
+    return dict(seed=seed, clusters=clusters, experts=experts)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_run(tmp_path_factory.mktemp("run"))
+
+
+def assemble_run(inputs, output, experts=None, clusters=None, router=None, **router_settings):
+    experts = [str(path) for path in experts or inputs["experts"]]
+    clusters, router = str(clusters or inputs["clusters"]), str(router or inputs["seed"])
+    return assemble(experts, clusters, router, str(output), **router_settings)
+
+
+def digest(folder: Path) -> dict:
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")}
+
+
+class Killed(Exception):
+    """The process dying at this point."""
+
+
+def test_a_crash_while_saving_leaves_the_previous_output_or_none(inputs, tmp_path, monkeypatch):
+    output, save_pretrained = tmp_path / "mode", ModeCLIPModel.save_pretrained
+
+    def save_then_die(self, *args, **kwargs):  # config.json, weights and remote code are written, then the crash
+        save_pretrained(self, *args, **kwargs)
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModeCLIPModel, "save_pretrained", save_then_die)
+        with pytest.raises(Killed):
+            assemble_run(inputs, output)
+    assert not output.exists()  # no config.json (the pipeline's done marker) without the rest
+
+    assemble_run(inputs, output)
+    assert {*REMOTE_CODE, "model.safetensors", "tokenizer.json", "preprocessor_config.json", ASSEMBLY} <= {
+        p.name for p in output.iterdir()
+    }
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the remote code is cached there
+    mode = AutoModel.from_pretrained(output, trust_remote_code=True)
+    assert mode.config.num_experts == EXPERTS and mode.config.centroids_reexpressed
+    assert not list(tmp_path.glob(".mode.*"))  # the scratch of the crashed try was cleared
+
+    before = digest(output)
+    with monkeypatch.context() as patch:
+        patch.setattr(ModeCLIPModel, "save_pretrained", save_then_die)
+        with pytest.raises(Killed):
+            assemble_run(inputs, output, routing="released")
+    assert digest(output) == before  # the previous assembly, whole
+
+
+def unfinished(expert: Path, copy: Path) -> Path:
+    """A copy of `expert` as a run killed before its final save leaves it: training_args.json without final_step."""
+    shutil.copytree(expert, copy)
+    record = json.loads((copy / TRAINING_ARGS).read_text())
+    del record["run"]["final_step"]
+    write_json(copy / TRAINING_ARGS, record)
+    return copy
+
+
+def test_an_unfinished_expert_is_refused_by_name(inputs, tmp_path):
+    expert = unfinished(inputs["experts"][1], tmp_path / "expert-1")
+    with pytest.raises(InputError, match=re.escape(f"Expert {str(expert)!r} is not finished: resume it")):
+        assemble_run(inputs, tmp_path / "mode", experts=[inputs["experts"][0], expert])
+    assert not (tmp_path / "mode").exists()
+
+
+def test_an_unfinished_clustering_is_refused(inputs, tmp_path):
+    clusters = tmp_path / "clusters"
+    shutil.copytree(inputs["clusters"], clusters)
+    # A re-clustering with other settings killed after its new centroids, before its clusters.json.
+    write_clustering(tmp_path / "refit", encoder="another/encoder", seed=1)
+    shutil.copy(tmp_path / "refit" / CLUSTERS_FILE, clusters / CLUSTERS_FILE)
+    with pytest.raises(InputError, match="come from different clustering runs"):
+        assemble_run(inputs, tmp_path / "mode", clusters=clusters)
+    (clusters / CLUSTERS_JSON).unlink()  # killed before it ever wrote one
+    with pytest.raises(InputError, match="holds no finished clustering run"):
+        assemble_run(inputs, tmp_path / "mode", clusters=clusters)
+    assert not (tmp_path / "mode").exists()
+
+
+def truncated(folder: Path, copy: Path) -> Path:
+    shutil.copytree(folder, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
+
+
+def test_an_expert_or_router_that_does_not_load_is_named(inputs, tmp_path):
+    expert = truncated(inputs["experts"][1], tmp_path / "expert-1")
+    with pytest.raises(InputError, match=re.escape(f"Expert {str(expert)!r}: the directory could not be loaded")):
+        assemble_run(inputs, tmp_path / "mode", experts=[inputs["experts"][0], expert])
+    router = truncated(inputs["seed"], tmp_path / "seed")
+    with pytest.raises(InputError, match=re.escape(f"--router-text-model {str(router)!r}: the directory could not")):
+        assemble_run(inputs, tmp_path / "mode", router=router)
+    with pytest.raises(InputError, match=re.escape(f"{str(tmp_path / 'no-seed')!r} does not exist")):
+        assemble_run(inputs, tmp_path / "mode", router=tmp_path / "no-seed")
+    assert not (tmp_path / "mode").exists()
+
+
+def test_an_output_that_could_not_be_replaced_whole_is_refused_before_any_work(inputs, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(InputError, match="is a file"):
+        assemble_run(inputs, tmp_path / "file")
+    with pytest.raises(InputError, match="which is a file"):
+        assemble_run(inputs, tmp_path / "file" / "mode")
+    runs = tmp_path / "runs"  # a folder of runs: assembling into it would replace it whole
+    shutil.copytree(inputs["experts"][0], runs / "expert-0")
+    with pytest.raises(InputError, match="holds other files and no assembled MODE"):
+        assemble_run(inputs, runs)
+    assert (runs / "expert-0" / "model.safetensors").is_file()
+
+
+def run_script(script: Path, *argv: str, monkeypatch) -> int:
+    """The exit status of `script` run as `__main__` in this process (no new interpreter to start)."""
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(str(script), run_name="__main__")
+    return exit.value.code
+
+
+def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monkeypatch):
+    flags = ["--clusters", str(inputs["clusters"]), "--router-text-model", str(inputs["seed"])]
+    flags += ["--output", str(tmp_path / "mode"), "--experts", str(inputs["experts"][0])]
+    expert = unfinished(inputs["experts"][1], tmp_path / "expert-1")
+    for extra, message in [
+        ([str(expert)], f"Expert {str(expert)!r} is not finished: resume it"),
+        ([str(inputs["experts"][1]), "--routing", "best"], "routing must be one of"),
+        ([str(inputs["experts"][1]), "--router-top-k", "3"], "router_top_k must be None or in [1, num_experts=2]"),
+        ([str(inputs["experts"][1]), "--push-to-hub", "not a repo"], "--push-to-hub 'not a repo' is not a Hub repo"),
+    ]:
+        assert run_script(ROOT / "train" / "assemble.py", *flags, *extra, monkeypatch=monkeypatch) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "mode").exists()
