@@ -20,13 +20,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from .data import NO_CLUSTER
 from .errors import InputError
-from .files import atomic_path
+from .files import atomic_path, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,11 @@ def balanced_kmeans(
     return centroids, labels
 
 
+def num_fitted_clusters(method: str, num_fine_clusters: int, num_experts: int) -> int:
+    """How many clusters a fit of `method` makes from the sample, so how many captioned pairs it needs at least."""
+    return num_experts if method == "one-step" else num_fine_clusters
+
+
 @dataclass
 class Clusters:
     """What assigning pairs and routing need: fine centres, coarse centres, and each fine cluster's expert."""
@@ -194,9 +199,9 @@ def fit_clusters(
         raise ValueError(
             f"Need 1 <= experts <= fine clusters, got {num_experts} experts and {num_fine_clusters} fine clusters."
         )
-    clusters_fitted = num_experts if method == "one-step" else num_fine_clusters
+    clusters_fitted = num_fitted_clusters(method, num_fine_clusters, num_experts)
     if len(x) < clusters_fitted:
-        raise ValueError(
+        raise InputError(
             f"The fitting sample has {len(x)} captioned pairs, fewer than the {clusters_fitted} clusters asked for: "
             "lower --fine-clusters or raise --fit-sample (pairs without a caption do not count)."
         )
@@ -229,7 +234,7 @@ def assign_shards(shards, clusters: Clusters, seed: int = 0, batch_rows: int = 6
     their nearest fine centre; with the random method, to a random fine cluster (seeded per shard).
     """
     if shards.embed_dim != clusters.embed_dim:
-        raise ValueError(
+        raise InputError(
             f"The embeddings have dimension {shards.embed_dim} but the centroids {clusters.embed_dim}: they come "
             "from different encoders. Cluster with the encoder the centroids were fitted with."
         )
@@ -267,15 +272,18 @@ def save_clusters(path: str | os.PathLike, clusters: Clusters, settings: dict) -
 
 
 def load_clusters(path: str | os.PathLike) -> tuple[Clusters, dict]:
-    """(clusters, settings they were fitted with) from a clusters.safetensors file."""
+    """(clusters, settings they were fitted with) from a clusters.safetensors file; InputError if it is not one."""
     if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: expected a clusters.safetensors from train/cluster.py.")
-    with safe_open(str(path), framework="numpy") as f:
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-        metadata = f.metadata() or {}
+        raise InputError(f"{path} does not exist: expected a clusters.safetensors from train/cluster.py.")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"{path} is not a clusters.safetensors from train/cluster.py ({error}).") from error
     missing = {"fine_centroids", "coarse_centroids", "fine_to_coarse"} - set(tensors)
     if missing:
-        raise ValueError(f"{path} lacks the tensors {sorted(missing)}: it is not a clustering output.")
+        raise InputError(f"{path} lacks the tensors {sorted(missing)}: it is not a clustering output.")
     fine_to_coarse = tensors["fine_to_coarse"].astype(np.int64)
     method = metadata.get("method", "two-level")
     fit_sizes = metadata.get("fit_sizes")
@@ -307,7 +315,10 @@ def read_finished_run(folder: str | os.PathLike) -> tuple[Clusters, dict]:
             f"{folder} holds no finished clustering run ({CLUSTERS_JSON} and {CLUSTERS_FILE} of train/cluster.py): "
             "run or resume the clustering first."
         )
-    report = json.loads(report_path.read_text())
+    try:
+        report = read_json(report_path)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{report_path} is not a clustering report ({error}).") from error
     clusters, settings = load_clusters(clusters_path)
     if report.get("settings") != settings:
         raise InputError(

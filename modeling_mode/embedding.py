@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
 from .configuration_mode_clip import text_tower_config
+from .errors import InputError
 from .files import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class CaptionEncoder:
         pooling: one of `POOLINGS`; defaults to `"projection"` for CLIP and `"mean"` otherwise.
         device: where to run; half precision on CUDA, float32 elsewhere.
         max_length: token limit; defaults to what the tokenizer and the position embeddings allow.
+
+    Raises InputError for a pooling or a max_length the encoder cannot do, before any caption is read.
     """
 
     def __init__(self, name_or_path: str, pooling: str | None = None, device=None, max_length: int | None = None):
@@ -47,9 +50,9 @@ class CaptionEncoder:
         is_clip = config.model_type in CLIP_MODEL_TYPES
         self.pooling = pooling or ("projection" if is_clip else "mean")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+            raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
         if is_clip != (self.pooling == "projection"):
-            raise ValueError(
+            raise InputError(
                 f"pooling {self.pooling!r} does not fit {name_or_path!r} (model_type {config.model_type!r}): "
                 "'projection' is for CLIP text towers, 'mean', 'cls' or 'pooler' for other encoders."
             )
@@ -63,8 +66,12 @@ class CaptionEncoder:
         self.model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         positions = getattr(self.model.config, "max_position_embeddings", None) or 512
+        if max_length is not None and max_length > positions:
+            raise InputError(f"max_length {max_length} exceeds the {positions} positions of {name_or_path!r}.")
         self.max_length = max_length or min(self.tokenizer.model_max_length, positions)
         self.name_or_path = name_or_path
+        if self.pooling == "pooler":
+            self.encode(["a caption"])  # an encoder without a pooler fails here, not after a corpus' worth of work
 
     @torch.inference_mode()
     def encode(self, captions: list[str], batch_size: int = 128) -> np.ndarray:
@@ -86,8 +93,8 @@ class CaptionEncoder:
             return self.model(**tokens).text_embeds
         outputs = self.model(**tokens)
         if self.pooling == "pooler":
-            if outputs.pooler_output is None:
-                raise ValueError(f"{self.name_or_path!r} has no pooler: use --pooling mean or cls.")
+            if getattr(outputs, "pooler_output", None) is None:  # absent, or None (BERT without its pooling layer)
+                raise InputError(f"{self.name_or_path!r} has no pooler: use --pooling mean or cls.")
             return outputs.pooler_output
         hidden = outputs.last_hidden_state
         if self.pooling == "cls":
@@ -108,8 +115,8 @@ def _clip_text_tower(name_or_path: str, config, dtype) -> CLIPTextModelWithProje
 
 
 def choose_captions(values: list, rng: np.random.Generator) -> list[str | None]:
-    """One caption per pair: a list of captions gives one of its non-empty entries at random; an empty, blank or
-    missing caption gives None."""
+    """One caption per pair: a list of captions gives one of its non-empty entries at random; a missing caption
+    (None, an empty or blank string, a list without a non-empty string, anything but a string) gives None."""
     chosen = []
     for value in values:
         if isinstance(value, (list, tuple)):
@@ -136,20 +143,29 @@ class EmbeddingShards:
     def create(cls, folder: str | os.PathLike, meta: dict, write: bool = True) -> "EmbeddingShards":
         """Open `folder` for these settings, writing meta.json if it is new and `write` (the main process) is set.
 
-        Raises ValueError, on every process, if the folder holds embeddings made with other settings."""
-        meta_path = Path(folder) / "meta.json"
-        if meta_path.exists():
-            found = json.loads(meta_path.read_text())
+        Raises InputError, on every process, if the folder holds embeddings made with other settings."""
+        shards = cls(folder, meta)
+        if shards.meta_path.exists():
+            found = json.loads(shards.meta_path.read_text())
             changed = {key: (found.get(key), value) for key, value in meta.items() if found.get(key) != value}
             if changed:
                 details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
-                raise ValueError(
+                raise InputError(
                     f"{folder} holds embeddings made with other settings ({details}). "
                     "Use a new --output, or delete that folder to recompute."
                 )
-        elif write:
-            write_text(meta_path, json.dumps(meta, indent=2))
-        return cls(folder, meta)
+        if write:
+            shards.write_meta()
+        return shards
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.json"
+
+    def write_meta(self) -> None:
+        """Write meta.json if it is not there yet (`create` has checked that one there holds these settings)."""
+        if not self.meta_path.exists():
+            write_text(self.meta_path, json.dumps(self.meta, indent=2))
 
     def path(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:05d}.npy"
@@ -195,7 +211,7 @@ def embed_corpus(
 ) -> int:
     """Embed this process's unfinished shards (shard s belongs to rank s % world_size); returns captions embedded."""
     if caption_column not in dataset.column_names:
-        raise ValueError(f"The dataset has no caption column {caption_column!r}; its columns: {dataset.column_names}.")
+        raise InputError(f"The dataset has no caption column {caption_column!r}; its columns: {dataset.column_names}.")
     todo = [s for s in range(rank, shards.num_shards, world_size) if not shards.is_done(s)]
     captions_only = dataset.select_columns([caption_column])  # never decode the images
     total = sum(len(shards.rows_of(s)) for s in todo)

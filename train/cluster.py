@@ -4,18 +4,18 @@
         --encoder PATH_OR_HUB_ID --fine-clusters 1024 --experts 4 --output runs/clusters
 
 Writes, in --output: `dataset/` (the corpus plus int32 `fine_id` and `coarse_id`, -1 for pairs without a caption),
-`clusters.safetensors` (`fine_centroids`, `coarse_centroids`, `fine_to_coarse`), `clusters.json` (the run's metadata,
-written last) and `embeddings/` (one memory-mappable shard per --shard-rows pairs). Each process embeds its own
-shards; the main process fits and assigns. Re-running the same command resumes: finished shards and a fit with the
-same settings are reused.
+`clusters.safetensors` (`fine_centroids`, `coarse_centroids`, `fine_to_coarse`), `clusters.json` (the run's metadata)
+and `embeddings/` (one memory-mappable shard per --shard-rows pairs). Each process embeds its own shards; the main
+process fits and assigns. Re-running the same command resumes: finished shards and a fit with the same settings are
+reused.
+
+A folder is a finished run or is refused (`modeling_mode.clustering.read_finished_run`): clusters.json is written
+last, and a run whose settings differ from the folder's removes it before changing anything else.
 """
 
 import argparse
-import json
 import logging
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -25,19 +25,26 @@ from accelerate import Accelerator
 from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
-from hub_cards.push import PushError, push_clustered_dataset
+from hub_cards.push import PushError, check_repo_id, push_clustered_dataset
+from modeling_mode.cli import run
 from modeling_mode.clustering import (
     BALANCE,
+    CLUSTERS_FILE,
+    CLUSTERS_JSON,
     NO_CLUSTER,
+    Clusters,
     assign_shards,
     fit_clusters,
     imbalance,
     load_clusters,
+    num_fitted_clusters,
+    read_finished_run,
     save_clusters,
 )
 from modeling_mode.data import load_pairs
 from modeling_mode.embedding import CaptionEncoder, EmbeddingShards, embed_corpus
-from modeling_mode.files import write_json
+from modeling_mode.errors import InputError, check_output_dir, naming_failures
+from modeling_mode.files import atomic_directory, write_json
 
 logger = logging.getLogger("cluster")
 ID_COLUMNS = ("fine_id", "coarse_id")
@@ -70,14 +77,77 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.method = "random" if args.random else "one-step" if args.one_step else "two-level"
     if args.experts < 1 or args.fine_clusters < args.experts:
         parser.error(f"need 1 <= --experts <= --fine-clusters, got {args.experts} and {args.fine_clusters}")
-    for flag in ("batch_size", "shard_rows", "fit_sample", "iterations", "candidates"):
-        if getattr(args, flag) < 1:
+    for flag in ("batch_size", "shard_rows", "fit_sample", "iterations", "candidates", "max_length"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:  # max_length may be None: the encoder's own limit
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     return args
 
 
+def load_given_clusters(path: str | None) -> Clusters | None:
+    if path is None:
+        return None
+    try:
+        return load_clusters(path)[0]
+    except InputError as error:
+        raise InputError(f"--clusters: {error}") from error
+
+
+def check_dataset(args, dataset, fitting: bool) -> None:
+    """Refuse, before any embedding, a caption column the dataset lacks and a fit it has too few pairs for."""
+    if args.caption_column not in dataset.column_names:
+        raise InputError(
+            f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
+            f"its columns: {dataset.column_names}."
+        )
+    needed = num_fitted_clusters(args.method, args.fine_clusters, args.experts)
+    sample = min(args.fit_sample, len(dataset))
+    if fitting and sample < needed:
+        raise InputError(
+            f"A fit into {needed} clusters needs at least {needed} captioned pairs, but it samples {sample}: "
+            f"--dataset has {len(dataset)} pairs and --fit-sample is {args.fit_sample}. "
+            "Lower --fine-clusters (--experts with --one-step) or use more pairs."
+        )
+
+
+def check_dimension(clusters: Clusters, args, encoder: CaptionEncoder) -> None:
+    if clusters.embed_dim != encoder.embed_dim:
+        raise InputError(
+            f"--clusters {args.clusters} has centroids of dimension {clusters.embed_dim}, but --encoder "
+            f"{args.encoder} embeds to {encoder.embed_dim}: use the encoder those centroids were fitted with."
+        )
+
+
+def check_some_caption(shards: EmbeddingShards, caption_column: str) -> None:
+    """Refuse a corpus without a single caption. Only the embedding pass reads every caption, so this runs after it
+    (a pass that embeds nothing is quick); a pair without a caption is an all-zero row, and the first shard holding
+    a caption ends the search."""
+    if not any(shards.read(shard).any() for shard in range(shards.num_shards)):
+        raise InputError(
+            f"None of the {shards.num_rows} pairs has a caption in --caption-column {caption_column!r} "
+            "(None, empty or blank strings and empty lists count as missing)."
+        )
+
+
+def embedding_meta(args, dataset, encoder: CaptionEncoder) -> dict:
+    """What the embeddings are of: a folder of embeddings made otherwise is refused rather than mixed."""
+    return {
+        "encoder": args.encoder,
+        "pooling": encoder.pooling,
+        "embed_dim": encoder.embed_dim,
+        "max_length": encoder.max_length,
+        "dataset": args.dataset,
+        "split": args.split,
+        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
+        "num_rows": len(dataset),
+        "caption_column": args.caption_column,
+        "caption_seed": args.seed,
+        "shard_rows": args.shard_rows,
+    }
+
+
 def fit_settings(args, shards: EmbeddingShards) -> dict:
-    """Everything a fit depends on: a stored fit with the same settings is reused."""
+    """Everything a run's clusters and labels depend on: a stored fit or a finished run with the same is reused."""
     return {
         "method": args.method,
         "fine_clusters": args.fine_clusters,
@@ -91,33 +161,42 @@ def fit_settings(args, shards: EmbeddingShards) -> dict:
     }
 
 
-def fit_or_load(args, shards: EmbeddingShards, path: Path, settings: dict):
-    """The clusters: from --clusters, from an earlier run with the same settings, or fitted now on a sample."""
-    if args.clusters:
-        clusters, _ = load_clusters(args.clusters)
-        if clusters.embed_dim != shards.embed_dim:
-            raise ValueError(
-                f"--clusters {args.clusters} has centroids of dimension {clusters.embed_dim}, but --encoder "
-                f"{args.encoder} embeds to {shards.embed_dim}: use the encoder those centroids were fitted with."
-            )
-        return clusters
-    if path.exists():
+def finished_report(output: Path, settings: dict) -> dict | None:
+    """The report of the finished run in `output` if it was made with `settings`, else None: the same test of
+    "finished" (`read_finished_run`) that every reader of a clustering output uses."""
+    try:
+        _, report = read_finished_run(output)
+    except InputError:
+        return None
+    return report if report.get("settings") == settings else None
+
+
+def fit_or_load(args, shards: EmbeddingShards, path: Path, settings: dict, given: Clusters | None) -> Clusters:
+    """The clusters: --clusters, an earlier fit in `path` with the same settings, or a fit on a sample now.
+
+    They are saved to `path` with the run's settings, so the output holds the centres its labels come from.
+    """
+    if given is None and path.is_file():
         clusters, stored = load_clusters(path)
         if stored == settings:
             logger.info(f"reusing the fit in {path}")
             return clusters
-    rng = np.random.default_rng(args.seed)
-    rows = np.sort(rng.choice(shards.num_rows, size=min(args.fit_sample, shards.num_rows), replace=False))
-    sample = shards.gather(rows)
-    sample = sample[np.any(sample != 0, axis=1)]  # pairs without a caption have zero rows
-    clusters = fit_clusters(
-        sample, args.fine_clusters, args.experts, args.method, args.iterations, args.seed, args.candidates
-    )
+    clusters = given if given is not None else fit_on_sample(args, shards)
     save_clusters(path, clusters, settings)
     return clusters
 
 
-def assign_and_save(args, dataset, shards: EmbeddingShards, clusters, output: Path) -> dict:
+def fit_on_sample(args, shards: EmbeddingShards) -> Clusters:
+    rng = np.random.default_rng(args.seed)
+    rows = np.sort(rng.choice(shards.num_rows, size=min(args.fit_sample, shards.num_rows), replace=False))
+    sample = shards.gather(rows)
+    sample = sample[np.any(sample != 0, axis=1)]  # pairs without a caption have zero rows
+    return fit_clusters(
+        sample, args.fine_clusters, args.experts, args.method, args.iterations, args.seed, args.candidates
+    )
+
+
+def assign_and_save(args, dataset, shards: EmbeddingShards, clusters: Clusters, output: Path) -> dict:
     """Label every pair (streamed from the shards) and save the labelled corpus; returns the cluster sizes."""
     fine_file = output / ".fine_ids.npy"
     fine = np.lib.format.open_memmap(fine_file, mode="w+", dtype=np.int32, shape=(shards.num_rows,))
@@ -131,7 +210,18 @@ def assign_and_save(args, dataset, shards: EmbeddingShards, clusters, output: Pa
             missing += int((ids < 0).sum())
             bar.update(len(rows))
     logger.info(f"assigned {shards.num_rows} pairs in {time.perf_counter() - start:.1f} s")
-    fine_to_coarse = clusters.fine_to_coarse.astype(np.int32)
+    save_labelled(args, dataset, fine, clusters.fine_to_coarse.astype(np.int32), output)
+    fine_file.unlink()  # Linux keeps mapped files readable until they are closed
+    coarse_sizes = np.bincount(clusters.fine_to_coarse, weights=fine_sizes, minlength=clusters.num_experts)
+    return {
+        "fine_sizes": fine_sizes.tolist(),
+        "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
+        "num_missing_captions": missing,
+    }
+
+
+def save_labelled(args, dataset, fine: np.ndarray, fine_to_coarse: np.ndarray, output: Path) -> None:
+    """`output/dataset`: the corpus plus `fine_id` and `coarse_id`, replacing the one there as a whole."""
 
     def add_ids(_captions, indices):
         ids = fine[indices[0] : indices[-1] + 1]  # map hands out contiguous batches
@@ -146,85 +236,19 @@ def assign_and_save(args, dataset, shards: EmbeddingShards, clusters, output: Pa
         input_columns=[args.caption_column],  # only the captions are read: images stay encoded
         with_indices=True,
         batched=True,
-        batch_size=shards.shard_rows,
+        batch_size=args.shard_rows,
         cache_file_name=str(cache),
+        load_from_cache_file=False,  # one left by a crashed run holds another run's labels
         new_fingerprint=f"mode-clusters-{os.urandom(8).hex()}",
         desc="writing fine_id / coarse_id",
     )
-    partial, final = output / ".dataset.partial", output / "dataset"
-    shutil.rmtree(partial, ignore_errors=True)
-    labelled.save_to_disk(str(partial))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    coarse_sizes = np.bincount(fine_to_coarse, weights=fine_sizes, minlength=clusters.num_experts)
-    sizes = {
-        "fine_sizes": fine_sizes.tolist(),
-        "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
-        "num_missing_captions": missing,
-    }
-    cache.unlink(missing_ok=True)  # Linux keeps mapped files readable until they are closed
-    fine_file.unlink()
-    return sizes
+    with atomic_directory(output / "dataset") as scratch:
+        labelled.save_to_disk(str(scratch))
+    cache.unlink()
 
 
-def main(argv=None) -> dict | None:
-    args = parse_args(argv)
-    accelerator = Accelerator()
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    output = Path(args.output)
-    report_path = output / "clusters.json"
-
-    dataset = load_pairs(args.dataset, args.split)
-    if args.caption_column not in dataset.column_names:
-        raise ValueError(
-            f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
-            f"its columns: {dataset.column_names}."
-        )
-    encoder = CaptionEncoder(args.encoder, args.pooling, accelerator.device, args.max_length)
-    meta = {
-        "encoder": args.encoder,
-        "pooling": encoder.pooling,
-        "embed_dim": encoder.embed_dim,
-        "max_length": encoder.max_length,
-        "dataset": args.dataset,
-        "split": args.split,
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-        "num_rows": len(dataset),
-        "caption_column": args.caption_column,
-        "caption_seed": args.seed,
-        "shard_rows": args.shard_rows,
-    }
-    shards = EmbeddingShards.create(output / "embeddings", meta, write=accelerator.is_main_process)
-    settings = fit_settings(args, shards)
-    if report_path.exists() and json.loads(report_path.read_text()).get("settings") == settings:
-        if accelerator.is_main_process:
-            logger.info(f"{report_path} is up to date: nothing to do")
-        return json.loads(report_path.read_text())
-
-    accelerator.wait_for_everyone()  # meta.json is written
-    start = time.perf_counter()
-    embed_corpus(
-        dataset,
-        args.caption_column,
-        encoder,
-        shards,
-        accelerator.process_index,
-        accelerator.num_processes,
-        args.batch_size,
-        args.seed,
-    )
-    embed_seconds = time.perf_counter() - start
-    accelerator.wait_for_everyone()  # every shard is on disk
-    if not accelerator.is_main_process:
-        return None  # the fit and the assignment run on the main process alone: no barrier to time out on
-    del encoder
-
-    start = time.perf_counter()
-    clusters = fit_or_load(args, shards, output / "clusters.safetensors", settings)
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    sizes = assign_and_save(args, dataset, shards, clusters, output)
-    report = {
+def make_report(args, clusters: Clusters, shards: EmbeddingShards, sizes: dict, settings: dict, **extra) -> dict:
+    return {
         "encoder": args.encoder,
         "pooling": shards.meta["pooling"],
         "embed_dim": shards.embed_dim,
@@ -246,15 +270,72 @@ def main(argv=None) -> dict | None:
         "num_pairs": shards.num_rows,
         "clusters_from": args.clusters,
         "faiss_gpus": faiss.get_num_gpus(),
-        "num_processes": accelerator.num_processes,
-        "seconds": {
-            "embedding": round(embed_seconds, 2),
-            "fit": round(fit_seconds, 2),
-            "assignment": round(time.perf_counter() - start, 2),
-        },
+        **extra,
         "settings": settings,
     }
-    write_json(report_path, report)  # written last: its presence means the run finished
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    output = check_output_dir(args.output)
+    accelerator = Accelerator()
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+
+    # Every check that does not need the captions' embeddings comes before them.
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub, "--push-to-hub")
+    given = load_given_clusters(args.clusters)
+    dataset = load_pairs(args.dataset, args.split)
+    check_dataset(args, dataset, fitting=given is None)
+    with naming_failures("--encoder", args.encoder):
+        encoder = CaptionEncoder(args.encoder, args.pooling, accelerator.device, args.max_length)
+    if given is not None:
+        check_dimension(given, args, encoder)
+    meta = embedding_meta(args, dataset, encoder)
+    shards = EmbeddingShards.create(output / "embeddings", meta, write=False)
+    settings = fit_settings(args, shards)
+    if (report := finished_report(output, settings)) is not None:
+        if accelerator.is_main_process:
+            logger.info(f"{output / CLUSTERS_JSON} is up to date: nothing to do")
+        return report
+    if accelerator.is_main_process:
+        # Before anything in the folder changes: without its report, no reader takes it for a finished run.
+        (output / CLUSTERS_JSON).unlink(missing_ok=True)
+        shards.write_meta()
+    accelerator.wait_for_everyone()
+
+    start = time.perf_counter()
+    embed_corpus(
+        dataset,
+        args.caption_column,
+        encoder,
+        shards,
+        accelerator.process_index,
+        accelerator.num_processes,
+        args.batch_size,
+        args.seed,
+    )
+    embed_seconds = time.perf_counter() - start
+    accelerator.wait_for_everyone()  # every shard is on disk
+    if not accelerator.is_main_process:
+        return None  # the fit and the assignment run on the main process alone: no barrier to time out on
+    del encoder
+    check_some_caption(shards, args.caption_column)
+
+    start = time.perf_counter()
+    clusters = fit_or_load(args, shards, output / CLUSTERS_FILE, settings, given)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    sizes = assign_and_save(args, dataset, shards, clusters, output)
+    seconds = {
+        "embedding": round(embed_seconds, 2),
+        "fit": round(fit_seconds, 2),
+        "assignment": round(time.perf_counter() - start, 2),
+    }
+    report = make_report(
+        args, clusters, shards, sizes, settings, num_processes=accelerator.num_processes, seconds=seconds
+    )
+    write_json(output / CLUSTERS_JSON, report)  # last: from now on the folder is a finished run
     if args.push_to_hub:  # the run is complete on disk first: a failed push loses nothing
         commit = push_clustered_dataset(HfApi(), output, args.push_to_hub, private=args.private)
         logger.info(f"pushed to {commit.commit_url}")
@@ -267,7 +348,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, PushError) as error:
-        sys.exit(f"error: {error}")
+    run(main, PushError)
