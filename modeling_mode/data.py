@@ -13,13 +13,18 @@ import zlib
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, LargeList, List, Value, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError, naming_failures
 
-NO_CLUSTER = -1  # coarse_id of pairs the clustering left out: no expert trains on them
+# Coarse id of the pairs without a usable caption (the clustering's -1, and any a training run finds): no run,
+# seed or expert, trains on them.
+NO_CLUSTER = -1
+TEXT_DTYPES = ("string", "large_string")
+IMAGE_DECODER = ImageFeature()  # decodes {"bytes", "path"} values: the pairs are read undecoded, see `read_image`
 CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop range: a mild random square crop, as CLIP trained with
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -73,6 +78,44 @@ def check_columns(column_names, image_column: str, caption_column: str, cluster_
     raise InputError(f"The dataset has no column {names}; it has {sorted(column_names)}.{hint}")
 
 
+def check_column_types(features, image_column: str, caption_column: str) -> None:
+    """Raise an InputError for an image column that is not of images or a caption column that is not of text.
+
+    `features` may be None (a stream that does not declare its types): its rows are then checked as they come.
+    """
+    if features is None:
+        return
+    caption = features[caption_column]
+    text = caption.feature if isinstance(caption, (List, LargeList)) else caption
+    if not (isinstance(text, Value) and text.dtype in TEXT_DTYPES):
+        raise InputError(
+            f"Column {caption_column!r} (--caption-column) holds {caption}, not captions: "
+            "a string or a list of strings per pair."
+        )
+    if not isinstance(features[image_column], ImageFeature):
+        raise InputError(f"Column {image_column!r} (--image-column) holds {features[image_column]}, not images.")
+
+
+def usable_captions(value) -> list[str]:
+    """The captions a pair can be trained on: its caption, or those of its list, that are non-blank strings."""
+    captions = value if isinstance(value, (list, tuple)) else [value]
+    return [caption for caption in captions if isinstance(caption, str) and caption.strip()]
+
+
+def has_caption(value) -> bool:
+    return bool(usable_captions(value))
+
+
+def caption_mask(dataset: Dataset, caption_column: str, batch_size: int = 10_000) -> np.ndarray:
+    """Whether each row has a usable caption, reading the caption column only (the images stay encoded)."""
+    captions = dataset.select_columns([caption_column])
+    return np.fromiter(
+        (has_caption(value) for batch in captions.iter(batch_size) for value in batch[caption_column]),
+        dtype=bool,
+        count=len(dataset),
+    )
+
+
 def cluster_ids(dataset: Dataset, cluster_column: str) -> np.ndarray:
     return np.asarray(dataset.with_format("numpy")[cluster_column][:], dtype=np.int64)
 
@@ -82,11 +125,11 @@ def epoch_rows(
 ) -> np.ndarray:
     """The rows one epoch trains on: the cluster's, plus `out_of_cluster_ratio` of the other clusters' pairs.
 
-    `cluster=None` (the seed) takes every row, unclustered ones too. As in the authors' released loader, the
-    out-of-cluster pairs are a fresh random sample each epoch, never pairs without a cluster.
+    `cluster=None` (the seed) takes every row but those without a caption (NO_CLUSTER). As in the authors' released
+    loader, the out-of-cluster pairs are a fresh random sample each epoch, never pairs without a cluster.
     """
     if cluster is None:
-        return np.arange(len(coarse_ids))
+        return np.flatnonzero(coarse_ids != NO_CLUSTER)
     inside = np.flatnonzero(coarse_ids == cluster)
     if len(inside) == 0:
         present = sorted(set(np.unique(coarse_ids).tolist()) - {NO_CLUSTER})
@@ -171,16 +214,29 @@ def random_resized_crop(image: Image.Image, size: tuple[int, int], rng: random.R
     return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
 
 
-def pick_caption(captions, rng: random.Random) -> str:
-    if isinstance(captions, str):
-        return captions
-    if not captions:
-        raise InputError("A pair has an empty caption list.")
-    return rng.choice(list(captions))
+def pick_caption(value, rng: random.Random) -> str:
+    """One of the pair's usable captions (pairs without any are dropped before they are read)."""
+    return rng.choice(usable_captions(value))
+
+
+def read_image(value, column: str, where: str) -> Image.Image:
+    """A pair's RGB image from its undecoded {"bytes", "path"} value. The pairs are read undecoded so that an image
+    PIL cannot read is caught here, alone, and named by `where` (its row or file) and column."""
+    if not isinstance(value, dict):
+        raise InputError(f"--dataset {where}: column {column!r} holds {type(value).__name__}, not an image.")
+    if value.get("path"):
+        where = f"{where} (file {value['path']!r})"
+    try:
+        image = IMAGE_DECODER.decode_example(value)  # loads the pixels: a truncated file fails here too
+    except UnidentifiedImageError:
+        raise InputError(f"--dataset {where}: column {column!r} holds bytes PIL cannot read as an image.") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"--dataset {where}: column {column!r} holds an unreadable image ({error}).") from error
+    return image.convert("RGB")
 
 
 class PairTransform:
-    """One pair -> (pixel values [3, H, W] normalised like the image processor, one caption)."""
+    """One undecoded pair -> (pixel values [3, H, W] normalised like the image processor, one caption)."""
 
     def __init__(self, image_processor, image_column: str, caption_column: str):
         crop = image_processor.crop_size or {}
@@ -191,11 +247,8 @@ class PairTransform:
         self.image_column = image_column
         self.caption_column = caption_column
 
-    def __call__(self, example: dict, rng: random.Random) -> tuple[torch.Tensor, str]:
-        image = example[self.image_column]
-        if not isinstance(image, Image.Image):
-            raise InputError(f"Column {self.image_column!r} holds {type(image).__name__}, not images.")
-        image = random_resized_crop(image.convert("RGB"), self.size, rng)
+    def __call__(self, example: dict, rng: random.Random, where: str) -> tuple[torch.Tensor, str]:
+        image = random_resized_crop(read_image(example[self.image_column], self.image_column, where), self.size, rng)
         pixels = (np.asarray(image, dtype=np.float32) * self.rescale - self.mean) / self.std
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), pick_caption(example[self.caption_column], rng)
 
@@ -204,7 +257,8 @@ class PairDataset(torch.utils.data.Dataset):
     """Random-access pairs keyed by (row, epoch): the key seeds the pair's caption choice and crop."""
 
     def __init__(self, dataset: Dataset, transform: PairTransform, seed: int):
-        self.dataset = dataset.select_columns([transform.image_column, transform.caption_column])
+        columns = dataset.select_columns([transform.image_column, transform.caption_column])
+        self.dataset = columns.cast_column(transform.image_column, ImageFeature(decode=False))  # see `read_image`
         self.transform = transform
         self.seed = seed
 
@@ -213,7 +267,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         row, epoch = key
-        return self.transform(self.dataset[row], random.Random(f"{self.seed}/{epoch}/{row}"))
+        return self.transform(self.dataset[row], random.Random(f"{self.seed}/{epoch}/{row}"), f"row {row}")
 
 
 def stream_filter(cluster: int, out_of_cluster_ratio: float, seed: int):
@@ -233,7 +287,8 @@ def stream_filter(cluster: int, out_of_cluster_ratio: float, seed: int):
 class StreamingPairs(torch.utils.data.IterableDataset):
     """This process's share of a streamed dataset, filtered while streaming, shuffled and augmented.
 
-    Out-of-cluster pairs are drawn by a hash of the caption: a fixed sample, where random access redraws it each epoch.
+    Pairs without a usable caption are dropped. Out-of-cluster pairs are drawn by a hash of the caption: a fixed
+    sample, where random access redraws it each epoch.
     """
 
     def __init__(
@@ -248,6 +303,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         process_index: int,
         num_processes: int,
     ):
+        stream = stream.decode(False).filter(has_caption, input_columns=[transform.caption_column])
         if cluster is not None:
             stream = stream.filter(
                 stream_filter(cluster, out_of_cluster_ratio, seed),
@@ -265,7 +321,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.process_index}/{worker.id if worker else 0}")
         self.stream.set_epoch(self.epoch)
         for example in self.stream:
-            yield self.transform(example, rng)
+            yield self.transform(example, rng, "a streamed pair")
 
 
 class PairCollator:

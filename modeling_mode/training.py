@@ -23,7 +23,13 @@ import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, gather_object, is_tensorboard_available, set_seed
+from accelerate.utils import (
+    PrecisionType,
+    ProjectConfiguration,
+    gather_object,
+    is_tensorboard_available,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -34,16 +40,19 @@ from transformers import (
 )
 
 from .data import (
+    NO_CLUSTER,
     GlobalBatchSampler,
     PairCollator,
     PairDataset,
     PairTransform,
     StreamingPairs,
+    caption_mask,
+    check_column_types,
     check_columns,
     cluster_ids,
     load_pairs,
 )
-from .errors import InputError
+from .errors import InputError, check_output_dir, naming_failures
 from .files import read_json, write_json
 from .loss import contrastive_loss
 from .processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
@@ -172,11 +181,16 @@ def load_clip(path: str) -> tuple[CLIPModel, object, object]:
     return model, AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
 
 
+def final_step(run_dir: str) -> int | None:
+    """The step a finished run ended at; None if `run_dir` holds no finished run (see `is_finished`)."""
+    path = os.path.join(run_dir, TRAINING_ARGS)
+    return read_json(path).get("run", {}).get("final_step") if os.path.isfile(path) else None
+
+
 def is_finished(run_dir: str) -> bool:
     """Whether `run_dir` holds a finished run: its final training_args.json (with `final_step`) is written last, after
     the model, tokenizer and image processor, so a run killed at any moment is never taken for a finished one."""
-    path = os.path.join(run_dir, TRAINING_ARGS)
-    return os.path.isfile(path) and "final_step" in read_json(path).get("run", {})
+    return final_step(run_dir) is not None
 
 
 def is_checkpoint(path: str) -> bool:
@@ -206,11 +220,40 @@ class Start:
     kind: str
     source: str
     checkpoint: str | None = None  # Accelerate state to load: optimizer, schedule position (and RNG on resume)
+    step: int = 0  # the checkpoint's step, where the schedule goes on from
+
+    @classmethod
+    def from_checkpoint(cls, kind: str, source: str, checkpoint: str) -> "Start":
+        return cls(kind, source, checkpoint, read_json(os.path.join(checkpoint, TRAINER_STATE))["step"])
 
 
-def resolve_start(args: ExpertTrainingArguments) -> Start:
-    if args.resume and (checkpoint := latest_checkpoint(args.output)):
-        return Start("resume", checkpoint, checkpoint)
+def resolve_start(args: ExpertTrainingArguments, stop: int) -> Start:
+    """Where the run starts, read from the flags and files alone: checked before anything is loaded."""
+    checkpoint = latest_checkpoint(args.output)
+    if checkpoint and not args.resume:
+        raise InputError(
+            f"--output {args.output!r} holds checkpoints of an earlier run: pass --resume to continue it, or give "
+            "another --output."
+        )
+    if checkpoint:
+        start = Start.from_checkpoint("resume", checkpoint, checkpoint)
+        if start.step > stop:
+            raise InputError(
+                f"--output {args.output!r} was checkpointed at step {start.step}, past this run's last step {stop} "
+                "(--stop-at-step, --max-steps)."
+            )
+        return start
+    start = resolve_init(args)
+    if start.kind == "fork" and start.step >= args.max_steps:
+        raise InputError(
+            f"--init {args.init!r} is at step {start.step}, not before --max-steps {args.max_steps}: fork from an "
+            f"earlier checkpoint ({CHECKPOINTS}/step_N) or extend the schedule with a larger --max-steps."
+        )
+    return start
+
+
+def resolve_init(args: ExpertTrainingArguments) -> Start:
+    """A new run's start: random weights (--config), a CLIP's weights, or a fork of a seed checkpoint (--init)."""
     if args.init and args.config:
         raise InputError("Pass either --init (pretrained or seed weights) or --config (random weights), not both.")
     if args.config:
@@ -220,29 +263,29 @@ def resolve_start(args: ExpertTrainingArguments) -> Start:
     if os.path.isdir(args.init):
         checkpoint = args.init if is_checkpoint(args.init) else latest_checkpoint(args.init)
         if checkpoint:
-            return Start("fork", args.init, checkpoint)
+            return Start.from_checkpoint("fork", args.init, checkpoint)
         if os.path.isfile(os.path.join(args.init, "config.json")):
             return Start("weights", args.init)
         raise InputError(
             f"Unknown --init {args.init!r}: the directory is neither a checkpoint of train/expert.py "
             f"({TRAINER_STATE}), a run with {CHECKPOINTS}/step_N, nor a CLIPModel directory (config.json)."
         )
-    if os.path.exists(args.init) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", args.init):
-        raise InputError(f"Unknown --init {args.init!r}: not a directory, and not a Hub model id.")
-    return Start("weights", args.init)
+    if os.path.isfile(args.init):
+        raise InputError(f"--init {args.init!r} is a file: give a CLIPModel directory or Hub id, or a checkpoint.")
+    return Start("weights", args.init)  # a Hub id; a path that does not exist is refused when it is loaded
 
 
 def load_start(start: Start):
     """The model, tokenizer and image processor a run starts from."""
     if start.kind == "config":
         return random_clip(start.source)
-    path = start.checkpoint or start.source
-    try:
-        return load_clip(path)
-    except OSError as error:  # a Hub id that cannot be found or downloaded
-        raise InputError(
-            f"Unknown --init {start.source!r}: it could not be loaded as a CLIPModel ({error})."
-        ) from error
+    with naming_failures(start_flag(start), start.checkpoint or start.source):
+        return load_clip(start.checkpoint or start.source)
+
+
+def start_flag(start: Start) -> str:
+    """How an error names the files a run starts from."""
+    return "the checkpoint to resume (--resume)" if start.kind == "resume" else "--init"
 
 
 # ---------------------------------------------------------------------------------------------------- optimization
@@ -340,25 +383,46 @@ def parse_cluster(value: str) -> int | None:
 class TrainingData:
     """The run's pairs, checked up front, and the iterator of this process's micro-batches from a given step."""
 
-    def __init__(self, args: ExpertTrainingArguments, cluster: int | None, tokenizer, image_processor, max_length):
+    def __init__(self, args: ExpertTrainingArguments, cluster: int | None, accelerator: Accelerator):
         self.args = args
         self.cluster = cluster
+        self.accelerator = accelerator
         self.pairs = load_pairs(args.dataset, args.split, args.streaming)
         columns = self.pairs.column_names or list(next(iter(self.pairs)).keys())
         check_columns(
             columns, args.image_column, args.caption_column, None if cluster is None else args.cluster_column
         )
-        self.transform = PairTransform(image_processor, args.image_column, args.caption_column)
-        self.collate = PairCollator(tokenizer, max_length)
+        check_column_types(self.pairs.features, args.image_column, args.caption_column)
         self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
-        self.coarse_ids = None
-        if not args.streaming:
-            has_ids = args.cluster_column in columns
-            # The seed may train on data that was never clustered: every row then counts as one cluster.
-            self.coarse_ids = cluster_ids(self.pairs, args.cluster_column) if has_ids else np.zeros(len(self.pairs))
+        self.coarse_ids = self.without_caption = None
+        if not args.streaming:  # a stream drops the pairs without a caption as they come (StreamingPairs)
+            self.coarse_ids, self.without_caption = self.usable_coarse_ids()
+            self.sampler(0)  # refuses now a cluster without pairs, or fewer pairs than one global batch
 
-    def sampler(self, accelerator: Accelerator, start_step: int) -> GlobalBatchSampler:
+    def usable_coarse_ids(self) -> tuple[np.ndarray, int]:
+        """Each row's coarse cluster id, NO_CLUSTER for rows without a usable caption; and how many those are.
+
+        The seed reads no cluster ids (it trains on every cluster): its rows are all cluster 0.
+        """
         args = self.args
+        if self.cluster is None:
+            coarse_ids = np.zeros(len(self.pairs), dtype=np.int64)
+        else:
+            coarse_ids = cluster_ids(self.pairs, args.cluster_column)
+        captioned = caption_mask(self.pairs, args.caption_column)
+        if not captioned.any():
+            raise InputError(
+                f"--dataset {args.dataset!r}: no pair has a usable caption (a non-blank string) in column "
+                f"{args.caption_column!r} (--caption-column)."
+            )
+        coarse_ids[~captioned] = NO_CLUSTER
+        without_caption = len(captioned) - int(captioned.sum())
+        if without_caption:
+            self.accelerator.print(f"Skipping {without_caption} of {len(captioned)} pairs without a usable caption.")
+        return coarse_ids, without_caption
+
+    def sampler(self, start_step: int) -> GlobalBatchSampler:
+        args, accelerator = self.args, self.accelerator
         return GlobalBatchSampler(
             self.coarse_ids,
             self.cluster,
@@ -372,45 +436,46 @@ class TrainingData:
             args.max_steps,
         )
 
-    def summary(self, accelerator: Accelerator) -> dict:
+    def summary(self) -> dict:
         """What the run trains on, for training_args.json."""
         if self.args.streaming:
             return {"streaming": True}
-        sampler = self.sampler(accelerator, 0)
-        in_cluster = len(self.pairs) if self.cluster is None else int((self.coarse_ids == self.cluster).sum())
+        sampler = self.sampler(0)
+        in_cluster = int((self.coarse_ids == (0 if self.cluster is None else self.cluster)).sum())
         return {
             "dataset_pairs": len(self.pairs),
+            "pairs_without_caption": self.without_caption,
             "cluster_pairs": in_cluster,
             "out_of_cluster_pairs_per_epoch": sampler.rows_per_epoch - in_cluster,
             "steps_per_epoch": sampler.steps_per_epoch,
         }
 
-    def micro_batches(self, accelerator: Accelerator, start_step: int, stream_position=(0, 0)):
+    def micro_batches(self, tokenizer, image_processor, max_length: int, start_step: int, stream_position=(0, 0)):
         """This process's micro-batches, `gradient_accumulation_steps` per optimizer step, from `start_step` on."""
         args = self.args
-        loader_kwargs = dict(num_workers=args.num_workers, collate_fn=self.collate)
+        transform = PairTransform(image_processor, args.image_column, args.caption_column)
+        loader_kwargs = dict(num_workers=args.num_workers, collate_fn=PairCollator(tokenizer, max_length))
         if not args.streaming:
-            dataset = PairDataset(self.pairs, self.transform, args.seed)
-            yield from DataLoader(dataset, batch_sampler=self.sampler(accelerator, start_step), **loader_kwargs)
+            dataset = PairDataset(self.pairs, transform, args.seed)
+            yield from batches_of(DataLoader(dataset, batch_sampler=self.sampler(start_step), **loader_kwargs))
             return
         stream = StreamingPairs(
             self.pairs,
-            self.transform,
+            transform,
             self.cluster,
             args.cluster_column,
             args.out_of_cluster_ratio,
             args.seed,
             args.shuffle_buffer,
-            accelerator.process_index,
-            accelerator.num_processes,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
         )
         epoch, skip = stream_position
         while True:  # endless epochs; a resumed run re-reads and drops the batches of its epoch it had trained on
             stream.epoch = epoch
             read = 0
-            for read, batch in enumerate(
-                DataLoader(stream, batch_size=args.batch_size, drop_last=True, **loader_kwargs), 1
-            ):
+            loader = DataLoader(stream, batch_size=args.batch_size, drop_last=True, **loader_kwargs)
+            for read, batch in enumerate(batches_of(loader), 1):
                 if read > skip:
                     self.stream_position = (epoch, read)
                     yield batch
@@ -419,19 +484,34 @@ class TrainingData:
             epoch, skip = epoch + 1, 0
 
 
+def batches_of(loader: DataLoader):
+    """The loader's batches. A DataLoader re-raises a worker's error with the worker's traceback in its message
+    ("Caught InputError in DataLoader worker process N.\nOriginal Traceback ...\n<module>.InputError: <message>"):
+    an InputError keeps only its own one-line message, as it has without workers."""
+    try:
+        yield from loader
+    except InputError as error:
+        message = str(error)
+        if "DataLoader worker process" not in message.partition("\n")[0]:
+            raise
+        raise InputError(message.rstrip().rpartition("\n")[2].partition(": ")[2]) from None
+
+
 # ---------------------------------------------------------------------------------------------------- files
 
 
-def save_into(directory: str, *savables) -> None:
-    """`save_pretrained` each object into a scratch folder, then move each file into `directory` atomically."""
-    os.makedirs(directory, exist_ok=True)
-    scratch = os.path.join(directory, ".save.partial")
-    shutil.rmtree(scratch, ignore_errors=True)
+def save_finished_run(run_dir: str, record: dict, *savables) -> None:
+    """`save_pretrained` the model, tokenizer and image processor into a scratch folder and move each file into
+    `run_dir` whole; then write the record with `final_step`, LAST. Until it is in, the record the run wrote when it
+    started (without `final_step`) says that the directory holds no finished run, whatever files are already there."""
+    scratch = os.path.join(run_dir, ".final.partial")
+    shutil.rmtree(scratch, ignore_errors=True)  # left by a run killed while saving
     for savable in savables:
         savable.save_pretrained(scratch)
     for name in os.listdir(scratch):
-        os.replace(os.path.join(scratch, name), os.path.join(directory, name))
+        os.replace(os.path.join(scratch, name), os.path.join(run_dir, name))
     os.rmdir(scratch)
+    write_json(os.path.join(run_dir, TRAINING_ARGS), record)
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: str, step: int, state: dict, savables, record: dict) -> str:
@@ -482,109 +562,135 @@ def scalars(record: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------- training
 
 
+PRECISIONS = [precision.value for precision in PrecisionType]
+# flag: (the test a value must pass, the rule in words). NaN fails every comparison: it is refused too.
+FLAG_RANGES = {
+    "max_steps": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
+    "checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "log_every": (lambda v: v >= 1, "at least 1"),
+    "shuffle_buffer": (lambda v: v >= 1, "at least 1"),
+    "keep_checkpoints": (lambda v: v is None or v >= 1, "at least 1"),
+    "warmup_steps": (lambda v: v >= 0, "at least 0"),
+    "num_workers": (lambda v: v >= 0, "at least 0"),
+    "learning_rate": (lambda v: v > 0, "positive"),
+    "adam_epsilon": (lambda v: v > 0, "positive"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "max_grad_norm": (lambda v: v >= 0, "at least 0 (0 does not clip)"),
+    "out_of_cluster_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "mixed_precision": (lambda v: v is None or v in PRECISIONS, f"one of {PRECISIONS}"),
+}
+
+
 def check_arguments(args: ExpertTrainingArguments) -> None:
-    if not 0 <= args.out_of_cluster_ratio <= 1:
-        raise InputError(f"--out-of-cluster-ratio must be in [0, 1], got {args.out_of_cluster_ratio}.")
-    for flag in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}.")
+    for flag, (allowed, requirement) in FLAG_RANGES.items():
+        if not allowed(getattr(args, flag)):
+            raise InputError(f"--{flag.replace('_', '-')} must be {requirement}, got {getattr(args, flag)!r}.")
     if args.stop_at_step is not None and not 0 < args.stop_at_step <= args.max_steps:
         raise InputError(f"--stop-at-step must be in [1, --max-steps={args.max_steps}], got {args.stop_at_step}.")
+    check_output_dir(args.output)
 
 
 def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     """Train a seed or an expert; returns the output directory, a standalone CLIPModel directory.
 
-    `on_checkpoint(step, path)` is called on every process after each checkpoint is complete.
+    Every input is checked before the first step. `--resume` of a run already finished at this run's last step
+    changes nothing. `on_checkpoint(step, path)` is called on every process after each checkpoint is complete.
     """
     check_arguments(args)
     cluster = parse_cluster(args.cluster)
-    start = resolve_start(args)
-    set_seed(args.seed)
-    model, tokenizer, image_processor = load_start(start)
-    data = TrainingData(args, cluster, tokenizer, image_processor, model.config.text_config.max_position_embeddings)
+    stop = min(args.stop_at_step or args.max_steps, args.max_steps)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=trackers(args.report_to),
         project_config=ProjectConfiguration(project_dir=args.output, logging_dir=os.path.join(args.output, "logs")),
     )
+    if args.resume and final_step(args.output) == stop:
+        accelerator.print(f"{args.output} holds this run, finished at step {stop}: nothing to do.")
+        return args.output
+    start = resolve_start(args, stop)
+    set_seed(args.seed)
+    model, tokenizer, image_processor = load_start(start)
+    data = TrainingData(args, cluster, accelerator)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
+    stream_position = restore(start, args, accelerator, optimizer)
 
-    step, stream_position = restore(start, args, accelerator, optimizer)
-    stop = min(args.stop_at_step or args.max_steps, args.max_steps)
-    record = run_record(args, start, step, accelerator, data)
+    # The first write into --output: it also clears the `final_step` of a run finished here before.
+    record = run_record(args, start, accelerator, data)
     if accelerator.is_main_process:
-        os.makedirs(args.output, exist_ok=True)
         write_json(os.path.join(args.output, TRAINING_ARGS), record)
     accelerator.init_trackers("mode-expert", config=scalars(record))
 
-    global_batch = record["run"]["global_batch_size"]
-    savables = (accelerator.unwrap_model(model).config, tokenizer, image_processor)
-    batches = data.micro_batches(accelerator, step, stream_position)
-    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, unit="step", desc="train")
-    window_start, window_steps = time.perf_counter(), 0
-    model.train()
-    while step < stop:
-        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
-        learning_rate = learning_rate_at(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
-        loss = train_step(model, micro_batches, optimizer, accelerator, args.max_grad_norm)
-        step, window_steps = step + 1, window_steps + 1
-        progress.update(1)
-        if step % args.log_every == 0 or step == stop:
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "train/loss": accelerator.reduce(loss, "mean").item(),
-                "train/learning_rate": learning_rate,
-                "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
-                "train/samples_per_second": global_batch * window_steps / elapsed,
-            }
-            accelerator.log(metrics, step=step)
-            progress.set_postfix(
-                loss=f"{metrics['train/loss']:.4f}", samples_s=f"{metrics['train/samples_per_second']:.1f}"
-            )
-            window_start, window_steps = time.perf_counter(), 0
-        if step % args.checkpoint_every == 0 or step == stop:
-            positions = gather_object([data.stream_position])
-            state = {"step": step, "max_steps": args.max_steps, "stream_positions": positions}
-            path = save_checkpoint(accelerator, args.output, step, state, savables, record)
-            if accelerator.is_main_process:
-                prune_checkpoints(args.output, args.keep_checkpoints)
-            if on_checkpoint is not None:
-                on_checkpoint(step, path)
-    progress.close()
+    step, global_batch = start.step, record["run"]["global_batch_size"]
+    config = accelerator.unwrap_model(model).config
+    savables = (config, tokenizer, image_processor)
+    batches = data.micro_batches(
+        tokenizer, image_processor, config.text_config.max_position_embeddings, step, stream_position
+    )
+    # A `with`: the bar ends its line even when a step fails, so that an error is printed on a line of its own.
+    with tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, unit="step", desc="train") as bar:
+        window_start, window_steps = time.perf_counter(), 0
+        model.train()
+        while step < stop:
+            micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+            micro_batches = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro_batches]
+            learning_rate = learning_rate_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            loss = train_step(model, micro_batches, optimizer, accelerator, args.max_grad_norm)
+            step, window_steps = step + 1, window_steps + 1
+            bar.update(1)
+            if step % args.log_every == 0 or step == stop:
+                samples_per_second = global_batch * window_steps / (time.perf_counter() - window_start)
+                log_metrics(accelerator, model, bar, step, loss, learning_rate, samples_per_second)
+                window_start, window_steps = time.perf_counter(), 0
+            if step % args.checkpoint_every == 0 or step == stop:
+                positions = gather_object([data.stream_position])
+                state = {"step": step, "max_steps": args.max_steps, "stream_positions": positions}
+                path = save_checkpoint(accelerator, args.output, step, state, savables, record)
+                if accelerator.is_main_process:
+                    prune_checkpoints(args.output, args.keep_checkpoints)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, path)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_into(args.output, accelerator.unwrap_model(model), tokenizer, image_processor)
         record["run"]["final_step"] = step
-        write_json(os.path.join(args.output, TRAINING_ARGS), record)
+        save_finished_run(args.output, record, accelerator.unwrap_model(model), tokenizer, image_processor)
     accelerator.end_training()
     return args.output
 
 
-def restore(start: Start, args, accelerator: Accelerator, optimizer) -> tuple[int, tuple[int, int]]:
-    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG. Returns the step to go on
-    from and, for a streamed run, where its stream stood."""
+def log_metrics(accelerator: Accelerator, model, bar, step: int, loss, learning_rate: float, samples_per_second):
+    metrics = {
+        "train/loss": accelerator.reduce(loss, "mean").item(),
+        "train/learning_rate": learning_rate,
+        "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+        "train/samples_per_second": samples_per_second,
+    }
+    accelerator.log(metrics, step=step)
+    bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", samples_s=f"{samples_per_second:.1f}")
+
+
+def restore(start: Start, args, accelerator: Accelerator, optimizer) -> tuple[int, int]:
+    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG. Returns, for a streamed run
+    that resumes, where its stream stood."""
     if not start.checkpoint:
-        return 0, (0, 0)
-    accelerator.load_state(start.checkpoint)
-    state = read_json(os.path.join(start.checkpoint, TRAINER_STATE))
+        return 0, 0
+    with naming_failures(start_flag(start), start.checkpoint):
+        accelerator.load_state(start.checkpoint)
     set_hyperparameters(optimizer, args)
     if start.kind == "resume":
-        return state["step"], resume_stream_position(state, accelerator) if args.streaming else (0, 0)
+        state = read_json(os.path.join(start.checkpoint, TRAINER_STATE))
+        return resume_stream_position(state, accelerator) if args.streaming else (0, 0)
     set_seed(args.seed)  # a fork: the expert's own random streams, not those the seed had reached
-    if state["step"] >= args.max_steps:
-        raise InputError(
-            f"--init {args.init!r} is at step {state['step']}, not before --max-steps {args.max_steps}: fork from an "
-            f"earlier checkpoint ({CHECKPOINTS}/step_N) or extend the schedule with a larger --max-steps."
-        )
-    return state["step"], (0, 0)
+    return 0, 0
 
 
 def resume_stream_position(state: dict, accelerator: Accelerator) -> tuple[int, int]:
@@ -606,11 +712,11 @@ def base_model(start: Start) -> str | None:
     return None
 
 
-def run_record(args, start: Start, start_step: int, accelerator: Accelerator, data: TrainingData) -> dict:
+def run_record(args, start: Start, accelerator: Accelerator, data: TrainingData) -> dict:
     """training_args.json: the flags, and the facts of the run they do not say."""
     global_batch = args.batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     origin = {"start": start.kind, "start_source": start.source, "start_checkpoint": start.checkpoint}
-    origin["start_step"] = start_step
+    origin["start_step"] = start.step
     origin["base_model"] = base_model(start)
     if start.kind == "resume":  # keep how the run first started; list the checkpoints it resumed from
         first = read_json(os.path.join(start.checkpoint, TRAINING_ARGS))["run"]
@@ -631,7 +737,7 @@ def run_record(args, start: Start, start_step: int, accelerator: Accelerator, da
             "num_processes": accelerator.num_processes,
             "global_batch_size": global_batch,
             "mixed_precision": accelerator.mixed_precision,
-            "data": data.summary(accelerator),
+            "data": data.summary(),
             "versions": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,

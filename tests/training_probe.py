@@ -1,9 +1,10 @@
 """Scripts that tests/test_training.py runs in fresh processes (some under `accelerate launch`).
 
-python tests/training_probe.py gradients DATASET OUT.pt BATCH_SIZE ACCUMULATION
-    One forward/backward of a tiny seed on step 0's global batch; saves the loss and every gradient.
-python tests/training_probe.py killed EXPERT_FLAGS... --kill-at STEP
-    train/expert.py's training, SIGKILLed right after the checkpoint of step STEP is complete.
+python tests/training_probe.py gradients DATASET OUT_DIR BATCH_SIZExACCUMULATION...
+    For each BATCH_SIZExACCUMULATION (e.g. 4x1 2x2): one forward/backward of a tiny seed on step 0's global batch;
+    saves the loss and every gradient to OUT_DIR/BATCH_SIZExACCUMULATION.pt.
+python tests/training_probe.py killed-in-final-save EXPERT_FLAGS... --kill-after MOVES
+    train/expert.py's training, SIGKILLed in its final save, right after MOVES files were moved into --output.
 """
 
 import os
@@ -25,43 +26,54 @@ from modeling_mode.training import (
 )
 
 
-def gradients(dataset: str, out: str, batch_size: int, accumulation: int) -> None:
-    accelerator = Accelerator(cpu=True)
+def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, accelerator: Accelerator) -> None:
     set_seed(0)
     model, tokenizer, image_processor = random_clip("tiny")
     args = ExpertTrainingArguments(
         dataset=dataset,
-        output=os.path.dirname(out),
+        output=out_dir,
         max_steps=1,
         batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
         num_workers=0,
     )
-    data = TrainingData(args, None, tokenizer, image_processor, model.config.text_config.max_position_embeddings)
+    data = TrainingData(args, None, accelerator)
+    max_length = model.config.text_config.max_position_embeddings
     model, _ = accelerator.prepare(model, build_optimizer(model, args))
-    batches = data.micro_batches(accelerator, start_step=0)
+    batches = data.micro_batches(tokenizer, image_processor, max_length, start_step=0)
     loss = accumulate_gradients(model, [next(batches) for _ in range(accumulation)], accelerator)
     loss = accelerator.reduce(loss, "mean")
     if accelerator.is_main_process:  # gradients are already averaged over processes, as in training
         grads = {name: p.grad for name, p in accelerator.unwrap_model(model).named_parameters()}
-        torch.save({"loss": loss, "grads": grads}, out)
+        torch.save({"loss": loss, "grads": grads}, os.path.join(out_dir, f"{batch_size}x{accumulation}.pt"))
     accelerator.wait_for_everyone()
 
 
-def killed(argv: list[str]) -> None:
-    kill_at = int(argv[argv.index("--kill-at") + 1])
-    argv = argv[: argv.index("--kill-at")] + argv[argv.index("--kill-at") + 2 :]
-    (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(argv)
+def killed_in_final_save(argv: list[str]) -> None:
+    """The fault hook: os.replace, which moves the final save's files from its scratch folder into --output, kills
+    the process once it has moved `--kill-after` of them. Checkpoints and records are renamed elsewhere or in place."""
+    at = argv.index("--kill-after")
+    (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(argv[:at] + argv[at + 2 :])
+    kill_after = int(argv[at + 1])
+    output, replace, moved = os.path.abspath(args.output), os.replace, []
 
-    def kill(step, path):
-        if step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def replace_then_kill(source, destination):
+        replace(source, destination)
+        into_output = os.path.dirname(os.path.abspath(destination)) == output
+        if into_output and os.path.dirname(os.path.abspath(source)) != output:
+            moved.append(destination)
+            if len(moved) == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    train(args, on_checkpoint=kill)
+    os.replace = replace_then_kill
+    train(args)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "gradients":
-        gradients(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
-    else:
-        killed(sys.argv[2:])
+        accelerator = Accelerator(cpu=True)
+        for shape in sys.argv[4:]:
+            batch_size, accumulation = map(int, shape.split("x"))
+            gradients(sys.argv[2], sys.argv[3], batch_size, accumulation, accelerator)
+    elif sys.argv[1] == "killed-in-final-save":
+        killed_in_final_save(sys.argv[2:])

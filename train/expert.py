@@ -5,25 +5,23 @@
     accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster 2 \
         --init runs/seed/checkpoints/step_1500 --max-steps 2000 --output runs/expert-2
 
-`--init` a seed checkpoint forks its weights, optimizer state and schedule position; `--resume` continues a killed
-run. `python train/expert.py --help` lists every flag.
+`--init` a seed checkpoint forks its weights, optimizer state and schedule position. `--resume` continues the run in
+--output from its last checkpoint: a killed run, or one stopped by --stop-at-step that should go further; with no
+checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is
+finished when its training_args.json, written last, holds `run.final_step` (`modeling_mode.training.is_finished`).
+Bad input ends with one line on stderr and exit status 2. `python train/expert.py --help` lists every flag.
 """
-
-import sys
 
 from transformers import HfArgumentParser
 
-from modeling_mode.errors import InputError
+from modeling_mode.cli import run
 from modeling_mode.training import ExpertTrainingArguments, train
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> str:
     (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(argv)
-    try:
-        train(args)
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    return train(args)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
