@@ -6,6 +6,7 @@ or of accumulation micro-batches, and a resumed run reads exactly what an uninte
 caption choice and crop are drawn from a generator seeded by (seed, epoch, row), so workers and restarts agree too.
 """
 
+import json
 import math
 import os
 import random
@@ -48,6 +49,8 @@ def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableD
     )
     if not is_saved:
         return load_dataset(source, split=split, streaming=streaming)
+    if _saved_without_rows(source):  # datasets itself fails on loading these, with an IndexError
+        raise InputError(f"--dataset {source!r} split {split!r} has no rows.")
     dataset = load_from_disk(source)
     if isinstance(dataset, DatasetDict):
         if split not in dataset:
@@ -58,6 +61,14 @@ def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableD
         raise InputError(f"--dataset {source!r} holds the split {str(dataset.split)!r}, not {split!r} (--split).")
     # Enough shards for every process and worker to read its own part.
     return dataset.to_iterable_dataset(num_shards=max(1, min(len(dataset), 64))) if streaming else dataset
+
+
+def _saved_without_rows(folder: str) -> bool:
+    state = os.path.join(folder, "state.json")
+    if not os.path.isfile(state):
+        return False
+    with open(state) as file:
+        return not json.load(file)["_data_files"]
 
 
 def check_columns(column_names, image_column: str, caption_column: str, cluster_column: str | None) -> None:

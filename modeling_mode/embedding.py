@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
 from .configuration_mode_clip import text_tower_config
+from .data import usable_captions
 from .errors import InputError
 from .files import atomic_path, write_text
 
@@ -115,14 +116,15 @@ def _clip_text_tower(name_or_path: str, config, dtype) -> CLIPTextModelWithProje
 
 
 def choose_captions(values: list, rng: np.random.Generator) -> list[str | None]:
-    """One caption per pair: a list of captions gives one of its non-empty entries at random; a missing caption
-    (None, an empty or blank string, a list without a non-empty string, anything but a string) gives None."""
+    """One caption per pair: a list of captions gives one of its usable entries at random; a pair without a usable
+    caption (`data.usable_captions`: None, a blank string, a list of none, anything but strings) gives None."""
     chosen = []
     for value in values:
-        if isinstance(value, (list, tuple)):
-            value = [v for v in value if isinstance(v, str) and v.strip()]
-            value = value[rng.integers(len(value))] if value else None
-        chosen.append(value if isinstance(value, str) and value.strip() else None)
+        usable = usable_captions(value)
+        if usable and isinstance(value, (list, tuple)):
+            chosen.append(usable[rng.integers(len(usable))])
+        else:
+            chosen.append(usable[0] if usable else None)
     return chosen
 
 

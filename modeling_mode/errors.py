@@ -44,13 +44,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a directory: give the path of a file to write.")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{flag} {str(path)!r} is inside {str(parent)!r}, which is a file.")
-            if not os.access(parent, os.W_OK):
-                raise InputError(f"{flag} {str(path)!r}: {str(parent)!r} is not writable.")
-            break
+    _check_writable_folder(path.parent, flag, path)
     return path
 
 
@@ -59,4 +53,14 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a file: give a directory.")
-    return check_output_file(path / "_", flag).parent
+    _check_writable_folder(path, flag, path)
+    return path
+
+
+def _check_writable_folder(folder: Path, flag: str, named: Path) -> None:
+    """The nearest existing path at or above `folder` must be a directory we may write in (to create the rest)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{flag} {str(named)!r} is inside {str(existing)!r}, which is a file.")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{flag} {str(named)!r}: {str(existing)!r} is not writable.")
