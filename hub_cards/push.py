@@ -24,12 +24,11 @@ import datasets
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +42,7 @@ from hub_cards.cards import (  # noqa: E402
 )
 from modeling_mode import ModeCLIPModel  # noqa: E402
 from modeling_mode.cli import run  # noqa: E402
-from modeling_mode.errors import InputError, naming_failures  # noqa: E402
+from modeling_mode.errors import InputError, check_weight_files, naming_failures  # noqa: E402
 
 try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
     from httpx2 import HTTPError
@@ -88,27 +87,12 @@ def check_mode_dir(model_dir: str | Path) -> None:
     config, weights that do not open, remote code missing, no tokenizer or image processor."""
     model_dir = Path(model_dir)
     config = mode_config(model_dir)
-    for weights in weight_files(model_dir):
-        try:
-            with safe_open(str(weights), framework="numpy"):
-                pass  # the header must cover the whole file: a truncated one does not open
-        except (OSError, SafetensorError) as error:
-            raise InputError(f"{weights} does not load ({type(error).__name__}: {error}).") from error
+    if not check_weight_files(model_dir, "The MODE in"):
+        raise InputError(f"{model_dir} holds no weights (model.safetensors): assemble the model again.")
     check_remote_code(model_dir, config)
     with naming_failures("The processor of the MODE in", str(model_dir)):
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         AutoImageProcessor.from_pretrained(model_dir, trust_remote_code=False)
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    """model.safetensors, or the shards its index names when save_pretrained split the weights."""
-    index = model_dir / SAFE_WEIGHTS_INDEX_NAME
-    if not index.is_file():
-        return [model_dir / SAFE_WEIGHTS_NAME]
-    try:
-        return sorted({model_dir / shard for shard in json.loads(index.read_text())["weight_map"].values()})
-    except (ValueError, KeyError) as error:
-        raise InputError(f"{index} is not a weight index ({type(error).__name__}: {error}).") from error
 
 
 def check_remote_code(model_dir: Path, config: dict) -> None:

@@ -1,5 +1,6 @@
 """Bad input, named: the one error type the scripts turn into a single line and exit status 2 (`modeling_mode.cli`)."""
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -64,3 +65,27 @@ def _check_writable_folder(folder: Path, flag: str, named: Path) -> None:
         raise InputError(f"{flag} {str(named)!r} is inside {str(existing)!r}, which is a file.")
     if not os.access(existing, os.W_OK):
         raise InputError(f"{flag} {str(named)!r}: {str(existing)!r} is not writable.")
+
+
+def check_weight_files(folder: str | os.PathLike, what: str) -> list[Path]:
+    """Open every safetensors file of a `save_pretrained` folder (the shards its index names, else each
+    `*.safetensors`) and return them: a missing shard or a truncated file fails here, named, not deep in a loader."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    try:
+        shards = json.loads(index.read_text())["weight_map"].values() if index.is_file() else None
+    except (ValueError, KeyError) as error:
+        raise InputError(f"{what} {str(folder)!r}: {index.name} is not a weight index ({error}).") from error
+    files = sorted({folder / name for name in shards}) if shards is not None else sorted(folder.glob("*.safetensors"))
+    for file in files:
+        try:
+            with safe_open(str(file), framework="numpy"):
+                pass  # safetensors refuses a file its header does not cover whole: a truncated copy fails here
+        except (OSError, SafetensorError) as error:
+            raise InputError(
+                f"{what} {str(folder)!r}: {file.name} cannot be read ({type(error).__name__}: {error}); it may be "
+                "truncated: copy or save it again."
+            ) from error
+    return files

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from .configuration_mode_clip import ROUTINGS
-from .errors import InputError, check_output_file, naming_failures
+from .errors import InputError, check_output_file, check_weight_files, naming_failures
 from .files import write_json, write_text
 from .modeling_mode_clip import ModeCLIPModel
 
@@ -399,21 +399,7 @@ def check_model(path: str, trust_remote_code: bool) -> None:
                 "auto_map): pass --trust-remote-code if you trust that code."
             )
     if os.path.isdir(path):
-        check_weight_files(path)
-
-
-def check_weight_files(folder: str) -> None:
-    """Read the header of every safetensors file in `folder`: a truncated copy fails here, named."""
-    from safetensors import safe_open
-
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        try:
-            with safe_open(file, "pt"):
-                pass
-        except Exception as error:  # safetensors' own SafetensorError, or an OSError
-            raise InputError(
-                f"--model {folder!r}: {file.name} cannot be read ({error}); it may be truncated: copy it again."
-            ) from error
+        check_weight_files(path, "--model")
 
 
 def column_of_type(dataset, feature_type: type, flag: str) -> str:

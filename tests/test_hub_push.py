@@ -268,7 +268,7 @@ def delete(*names):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda folder: cut_in_half(folder / "model.safetensors"), "model.safetensors does not load"),
+        (lambda folder: cut_in_half(folder / "model.safetensors"), "model.safetensors cannot be read"),
         (delete("modeling_mode_clip.py"), "has no modeling_mode_clip.py, remote code its config.json needs"),
         (delete("routing.py"), "has no routing.py, remote code"),  # imported by modeling_mode_clip.py
         (delete("tokenizer.json", "tokenizer_config.json"), "The processor of the MODE in"),
