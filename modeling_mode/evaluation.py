@@ -450,10 +450,13 @@ def markdown_table(results: dict) -> str:
 
 
 def write_results(results: dict, output: str) -> str:
-    """Write the results as JSON at `output` and as a markdown table beside it (.md); return the table."""
+    """Write the results as a markdown table (.md) and as JSON at `output`; return the table.
+
+    The JSON, which the main job and the model card read, is written last: its presence means both are complete.
+    """
     table = markdown_table(results)
-    write_json(output, results)
     write_text(Path(output).with_suffix(".md"), table + "\n")
+    write_json(output, results)
     return table
 
 

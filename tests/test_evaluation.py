@@ -16,6 +16,7 @@ from modeling_mode.evaluation import (
     image_batches,
     recall_at_k,
     strings_from,
+    write_results,
     zero_shot_classification,
 )
 
@@ -179,3 +180,19 @@ def test_a_bfloat16_mode_evaluates_with_float32_routing(model_dir):
         # bfloat16 router embeddings against float32 centroids: the weights moved by 1e-5 here.
         assert results[torch.bfloat16]["routing_weights"][routing] == pytest.approx(weights, abs=1e-3)
     assert results[torch.bfloat16]["results"].keys() == results[torch.float32]["results"].keys()
+
+
+def test_results_interrupted_while_saving_leave_no_json(tmp_path, monkeypatch):
+    results = {"task": "t", "results": {"CLIPModel": {"top1": 0.5}}}
+    output = tmp_path / "zeroshot.json"
+
+    def crash(*_):
+        raise KeyboardInterrupt  # as a kill between the table and the JSON would leave things
+
+    with monkeypatch.context() as patch:
+        patch.setattr("modeling_mode.evaluation.write_text", crash)
+        with pytest.raises(KeyboardInterrupt):
+            write_results(results, str(output))
+    assert not output.exists()  # the main job's done-marker: absent, so the stage runs again
+    write_results(results, str(output))
+    assert json.loads(output.read_text()) == results and output.with_suffix(".md").read_text().startswith("| model")
