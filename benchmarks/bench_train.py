@@ -1,11 +1,12 @@
 """Training throughput of one MODE expert step against open_clip's, and the FLOP/s it achieves.
 
 Both sides train the same OpenAI ViT-B/32 CLIP (quick-GELU, 77-token text) from random weights on the same synthetic
-batch, at the same precision, in one process on this machine's CPU or GPU. Ours is `modeling_mode.training.train_step`
-(transformers' CLIPModel under Accelerate: contrastive loss, backward, AdamW, temperature clamp); open_clip's is the
-body of its `train_one_epoch` (its model, `ClipLoss`, AdamW with its weight-decay groups, clamp). Steps alternate
-between the two so that load from other programs hits both alike; medians are reported. The FLOPs of a step are
-counted by torch's FlopCounterMode; the peak is a large matrix multiply timed in the same run.
+batch, at the same precision, in one process on this machine's CPU or GPU. Ours is
+`modeling_mode.lib.training.train_step` (transformers' CLIPModel under Accelerate: contrastive loss, backward, AdamW,
+temperature clamp); open_clip's is the body of its `train_one_epoch` (its model, `ClipLoss`, AdamW with its
+weight-decay groups, clamp). Steps alternate between the two so that load from other programs hits both alike; medians
+are reported. The FLOPs of a step are counted by torch's FlopCounterMode; the peak is a large matrix multiply timed in
+the same run.
 
 open_clip_torch needs torchvision, which does not install beside the CPU torch of the main environment, so this runs
 in its own virtual environment:
@@ -31,7 +32,7 @@ from open_clip.loss import ClipLoss
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, CLIPModel
 
-from modeling_mode.training import ExpertTrainingArguments, build_optimizer, train_step
+from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, train_step
 
 CONTEXT, VOCAB, END_TOKEN = 77, 49408, 49407
 

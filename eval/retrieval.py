@@ -8,8 +8,8 @@ such rows out first. A MODE is routed as in the paper: the whole caption set is 
 query caption its own task for text-to-image.
 """
 
-from modeling_mode.cli import run
-from modeling_mode.evaluation import (
+from modeling_mode.lib.cli import run
+from modeling_mode.lib.evaluation import (
     captions_per_image,
     check_flags,
     command_line,

@@ -12,8 +12,8 @@ each expert alone, with the routing weights used. Writes the results as JSON and
 
 import datasets
 
-from modeling_mode.cli import run
-from modeling_mode.evaluation import (
+from modeling_mode.lib.cli import run
+from modeling_mode.lib.evaluation import (
     TEMPLATES,
     check_flags,
     class_labels,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from modeling_mode.clustering import read_finished_run
-from modeling_mode.errors import InputError
+from modeling_mode.lib.clustering import read_finished_run
+from modeling_mode.lib.errors import InputError
 
 TEMPLATES = Path(__file__).resolve().parent
 ROUTING_TEXT = {

@@ -41,8 +41,8 @@ from hub_cards.cards import (  # noqa: E402
     without_local_paths,
 )
 from modeling_mode import ModeCLIPModel  # noqa: E402
-from modeling_mode.cli import run  # noqa: E402
-from modeling_mode.errors import InputError, check_weight_files, naming_failures  # noqa: E402
+from modeling_mode.lib.cli import run  # noqa: E402
+from modeling_mode.lib.errors import InputError, check_weight_files, naming_failures  # noqa: E402
 
 try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
     from httpx2 import HTTPError

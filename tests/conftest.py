@@ -15,7 +15,7 @@ from transformers import (
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
-from modeling_mode.processors import char_level_tokenizer, pil_image_processor
+from modeling_mode.lib.processors import char_level_tokenizer, pil_image_processor
 
 IMAGE_SIZE = 30
 EMBED_DIM = 16

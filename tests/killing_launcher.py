@@ -1,4 +1,4 @@
-"""A `--launcher` for train/pipeline.py whose first training stage is SIGKILLed right after its checkpoint of STEP.
+"""A `--launcher` for train/job.py whose first training stage is SIGKILLed right after its checkpoint of STEP.
 
     python tests/killing_launcher.py STEP SCRIPT FLAGS...
 
@@ -13,7 +13,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from modeling_mode.training import ExpertTrainingArguments, train
+from modeling_mode.lib.training import ExpertTrainingArguments, train
 
 if __name__ == "__main__":
     kill_at, script, flags = int(sys.argv[1]), sys.argv[2], sys.argv[3:]

@@ -17,11 +17,11 @@ from PIL import Image as PILImage
 from transformers import AutoModel, CLIPModel
 
 from modeling_mode import ModeCLIPModel
-from modeling_mode.assembly import ASSEMBLY, assemble
-from modeling_mode.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
-from modeling_mode.errors import InputError
-from modeling_mode.files import write_json
-from modeling_mode.training import TRAINING_ARGS
+from modeling_mode.lib.assembly import ASSEMBLY, assemble
+from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.files import write_json
+from modeling_mode.lib.training import TRAINING_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FINE_CLUSTERS, EXPERTS, ENCODER_DIM = 6, 2, 8

@@ -18,9 +18,9 @@ from PIL import Image
 from safetensors.numpy import load, load_file
 from test_clustering import assert_nearest_up_to_ties, normalised
 
-from modeling_mode import cli
-from modeling_mode.clustering import fit_clusters, load_clusters, read_finished_run, save_clusters
-from modeling_mode.errors import InputError
+from modeling_mode.lib import cli
+from modeling_mode.lib.clustering import fit_clusters, load_clusters, read_finished_run, save_clusters
+from modeling_mode.lib.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "cluster.py"

@@ -13,7 +13,7 @@ import pytest
 from test_evaluation import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
 from transformers import BertConfig
 
-from modeling_mode.cli import run
+from modeling_mode.lib.cli import run
 
 CLASSES = ["circle", "square", "sneaker"]
 # The cases that must fail before the model loads name a --model that does not exist: were the model loaded first,

@@ -11,7 +11,7 @@ import torch
 from conftest import make_image_processor, make_mode, make_tokenizer
 from PIL import Image
 
-from modeling_mode.evaluation import (
+from modeling_mode.lib.evaluation import (
     classification_metrics,
     image_batches,
     recall_at_k,
@@ -190,7 +190,7 @@ def test_results_interrupted_while_saving_leave_no_json(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # as a kill between the table and the JSON would leave things
 
     with monkeypatch.context() as patch:
-        patch.setattr("modeling_mode.evaluation.write_text", crash)
+        patch.setattr("modeling_mode.lib.evaluation.write_text", crash)
         with pytest.raises(KeyboardInterrupt):
             write_results(results, str(output))
     assert not output.exists()  # the main job's done-marker: absent, so the stage runs again

@@ -22,9 +22,9 @@ from safetensors.torch import load as load_safetensors
 from test_assembly import run_script, write_clustering, write_run
 
 from hub_cards import PushError, push_run
-from modeling_mode.assembly import assemble
-from modeling_mode.clustering import Clusters, read_finished_run, save_clusters
-from modeling_mode.errors import InputError
+from modeling_mode.lib.assembly import assemble
+from modeling_mode.lib.clustering import Clusters, read_finished_run, save_clusters
+from modeling_mode.lib.errors import InputError
 
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from training_probe import gradients
 from transformers import AutoModel, AutoTokenizer, CLIPModel, pipeline
 
-from modeling_mode.assembly import assemble, router_from
-from modeling_mode.data import (
+from modeling_mode.lib.assembly import assemble, router_from
+from modeling_mode.lib.data import (
     GlobalBatchSampler,
     PairDataset,
     PairTransform,
@@ -36,10 +36,10 @@ from modeling_mode.data import (
     pick_caption,
     read_image,
 )
-from modeling_mode.errors import InputError
-from modeling_mode.loss import contrastive_loss
-from modeling_mode.processors import pil_image_processor
-from modeling_mode.training import ExpertTrainingArguments, build_optimizer, is_finished, learning_rate_at, train
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.loss import contrastive_loss
+from modeling_mode.lib.processors import pil_image_processor
+from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, is_finished, learning_rate_at, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERT, ASSEMBLE, PROBE = REPO / "train/expert.py", REPO / "train/assemble.py", REPO / "tests/training_probe.py"

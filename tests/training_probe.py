@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import HfArgumentParser
 
-from modeling_mode.training import (
+from modeling_mode.lib.training import (
     ExpertTrainingArguments,
     TrainingData,
     accumulate_gradients,

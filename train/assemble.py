@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from hub_cards import PushError, check_repo_id, push_run
-from modeling_mode.assembly import assemble
-from modeling_mode.cli import run
+from modeling_mode.lib.assembly import assemble
+from modeling_mode.lib.cli import run
 
 
 @dataclass

@@ -9,7 +9,7 @@ and `embeddings/` (one memory-mappable shard per --shard-rows pairs). Each proce
 process fits and assigns. Re-running the same command resumes: finished shards and a fit with the same settings are
 reused.
 
-A folder is a finished run or is refused (`modeling_mode.clustering.read_finished_run`): clusters.json is written
+A folder is a finished run or is refused (`modeling_mode.lib.clustering.read_finished_run`): clusters.json is written
 last, and a run whose settings differ from the folder's removes it before changing anything else.
 """
 
@@ -26,8 +26,8 @@ from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
 from hub_cards.push import PushError, check_repo_id, push_clustered_dataset
-from modeling_mode.cli import run
-from modeling_mode.clustering import (
+from modeling_mode.lib.cli import run
+from modeling_mode.lib.clustering import (
     BALANCE,
     CLUSTERS_FILE,
     CLUSTERS_JSON,
@@ -41,10 +41,10 @@ from modeling_mode.clustering import (
     read_finished_run,
     save_clusters,
 )
-from modeling_mode.data import load_pairs
-from modeling_mode.embedding import CaptionEncoder, EmbeddingShards, embed_corpus
-from modeling_mode.errors import InputError, check_output_dir, naming_failures
-from modeling_mode.files import atomic_directory, write_json
+from modeling_mode.lib.data import load_pairs
+from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_corpus
+from modeling_mode.lib.errors import InputError, check_output_dir, naming_failures
+from modeling_mode.lib.files import atomic_directory, write_json
 
 logger = logging.getLogger("cluster")
 ID_COLUMNS = ("fine_id", "coarse_id")

@@ -8,14 +8,14 @@
 `--init` a seed checkpoint forks its weights, optimizer state and schedule position. `--resume` continues the run in
 --output from its last checkpoint: a killed run, or one stopped by --stop-at-step that should go further; with no
 checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is
-finished when its training_args.json, written last, holds `run.final_step` (`modeling_mode.training.is_finished`).
+finished when its training_args.json, written last, holds `run.final_step` (`modeling_mode.lib.training.is_finished`).
 Bad input ends with one line on stderr and exit status 2. `python train/expert.py --help` lists every flag.
 """
 
 from transformers import HfArgumentParser
 
-from modeling_mode.cli import run
-from modeling_mode.training import ExpertTrainingArguments, train
+from modeling_mode.lib.cli import run
+from modeling_mode.lib.training import ExpertTrainingArguments, train
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
-from .configuration_mode_clip import text_tower_config
+from ..configuration_mode_clip import text_tower_config
 from .data import usable_captions
 from .errors import InputError
 from .files import atomic_path, write_text

@@ -1,11 +1,11 @@
 """MODE end to end, resumable: data, clustering, seed, experts, assembly, baselines, evaluation and report.
 
-    python train/pipeline.py --recipe offline-mix --output runs/offline-mix [--smoke]
+    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke]
 
 runs on the offline corpus (real images that install without the Hub) and a seed trained from random weights. Online,
 the same stages run on your pairs, from a pretrained CLIP, on GPUs:
 
-    python train/pipeline.py --recipe my-recipe.json --output runs/web \\
+    python train/job.py --recipe my-recipe.json --output runs/web \\
         --dataset ORG/PAIRS --init openai/clip-vit-base-patch32 \\
         --zeroshot-dataset cifar10=uoft-cs/cifar10:test --templates cifar10=cifar10 \\
         --retrieval-dataset ORG/CAPTIONED:test \\
@@ -20,9 +20,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from modeling_mode import cli
-from modeling_mode.errors import InputError
-from modeling_mode.pipeline import RECIPES, Sources, StageError, held_out_set, run
+from modeling_mode.lib import cli
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.job import RECIPES, Sources, StageError, held_out_set, run
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ experts differ in size). Every pair is finally labelled with its nearest fine ce
 here too: one-step clustering straight into n, and a random split.
 
 faiss runs on the GPU when a GPU build of faiss is installed, on the CPU otherwise. Not imported by
-`modeling_mode/__init__.py` (faiss is not something Hub remote-code users have): `import modeling_mode.clustering`.
+`modeling_mode/__init__.py` (faiss is not something Hub remote-code users have): `import modeling_mode.lib.clustering`.
 """
 
 import json

@@ -20,10 +20,10 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
-from .configuration_mode_clip import ROUTINGS
+from ..configuration_mode_clip import ROUTINGS
+from ..modeling_mode_clip import ModeCLIPModel
 from .errors import InputError, check_output_file, check_weight_files, naming_failures
 from .files import write_json, write_text
-from .modeling_mode_clip import ModeCLIPModel
 
 # The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
 # provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.

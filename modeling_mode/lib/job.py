@@ -2,7 +2,7 @@
 
 Each stage runs the project's own command-line scripts, exactly as a user would, and is skipped when its output is
 already complete: re-running the job resumes it. By default the job builds its image-caption corpus from real images
-that install without the Hub (`modeling_mode.corpus`) and trains its seed from random weights; `Sources` names a
+that install without the Hub (`modeling_mode.lib.corpus`) and trains its seed from random weights; `Sources` names a
 user's pairs, held-out sets and pretrained seed instead (Hub ids or local paths), and the same stages run on those.
 """
 
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .errors import InputError, check_output_dir, check_source
 from .files import read_json, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

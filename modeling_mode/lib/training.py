@@ -2,9 +2,9 @@
 
 A seed CLIP trains on every pair (`--cluster all`). Each expert forks from a seed checkpoint, taking its weights,
 optimizer state and schedule position, and continues on one coarse cluster's pairs: independent jobs that may run
-anywhere, on any number of processes. `modeling_mode.assembly` then joins them into one `ModeCLIPModel`.
+anywhere, on any number of processes. `modeling_mode.lib.assembly` then joins them into one `ModeCLIPModel`.
 
-Import this module explicitly (`import modeling_mode.training`): it needs accelerate and datasets, which the
+Import this module explicitly (`import modeling_mode.lib.training`): it needs accelerate and datasets, which the
 Hub remote-code model does not.
 """
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
+from ..configuration_mode_clip import ModeCLIPConfig, text_tower_config
+from ..modeling_mode_clip import ModeCLIPModel, _architecture
 from .clustering import read_finished_run
-from .configuration_mode_clip import ModeCLIPConfig, text_tower_config
 from .data import cluster_ids, load_pairs
 from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, read_json, write_json
-from .modeling_mode_clip import ModeCLIPModel, _architecture
 from .training import TRAINING_ARGS, is_finished
 
 ASSEMBLY = "assembly.json"

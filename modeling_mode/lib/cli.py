@@ -1,6 +1,6 @@
 """How the project's scripts end on bad input: one line naming the problem on stderr, and exit status 2.
 
-Status 2 is what argparse uses for a bad flag, so a caller (a shell, `train/pipeline.py`) tells "fix your input"
+Status 2 is what argparse uses for a bad flag, so a caller (a shell, `train/job.py`) tells "fix your input"
 from a crash (a traceback, status 1) the same way for every script.
 """
 

@@ -13,9 +13,9 @@ from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from hub_cards import model_card
-from modeling_mode.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
-from modeling_mode.errors import InputError
-from modeling_mode.pipeline import (
+from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.job import (
     SMOKE,
     Sources,
     check_sources,
@@ -25,7 +25,7 @@ from modeling_mode.pipeline import (
     record_settings,
     run,
 )
-from modeling_mode.training import is_finished, latest_checkpoint
+from modeling_mode.lib.training import is_finished, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_corpus_captions_come_from_labels_with_the_stated_noise():
 def smoke_run(tmp_path_factory):
     """The smoke job, killed in its seed's training right after the step-4 checkpoint, then run again to the end."""
     output = tmp_path_factory.mktemp("job") / "offline-mix"
-    command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(output), "--smoke"]
+    command = [sys.executable, str(ROOT / "train" / "job.py"), "--output", str(output), "--smoke"]
     killer = f"{sys.executable} {ROOT / 'tests' / 'killing_launcher.py'} 4"
     killed = subprocess.run(command + ["--launcher", killer], capture_output=True, text=True, timeout=900)
     assert killed.returncode != 0 and "stage seed failed" in killed.stderr, killed.stderr[-3000:]
@@ -122,7 +122,7 @@ def hub_run(tmp_path_factory):
         api.upload_folder(folder_path=folder / "tiny-clip", repo_id="org/tiny-clip")
         output = folder / "job"
         command = [
-            sys.executable, str(ROOT / "train" / "pipeline.py"), "--recipe", str(folder / "tiny.json"),
+            sys.executable, str(ROOT / "train" / "job.py"), "--recipe", str(folder / "tiny.json"),
             "--output", str(output), "--dataset", "org/pairs", "--image-column", "jpg", "--caption-column", "txt",
             "--init", "org/tiny-clip", "--zeroshot-dataset", "shapes=org/shapes",
             "--templates", f"shapes={folder / 'templates.json'}",
@@ -168,7 +168,7 @@ def test_bad_recipes_and_sources_are_named(tmp_path):
     assert (name, recipe.experts, recipe.caption_noise) == ("tiny", (2,), 0.1)
     with pytest.raises(InputError, match="no `model` to train from random weights"):
         clip_config(recipe)
-    command = [sys.executable, str(ROOT / "train" / "pipeline.py"), "--output", str(tmp_path / "job")]
+    command = [sys.executable, str(ROOT / "train" / "job.py"), "--output", str(tmp_path / "job")]
     bad = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
     expected = "error: --zeroshot-dataset 'cifar10': expected TASK=DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10.\n"
     assert (bad.returncode, bad.stderr) == (2, expected)

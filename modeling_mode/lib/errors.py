@@ -1,4 +1,4 @@
-"""Bad input, named: the one error type the scripts turn into a single line and exit status 2 (`modeling_mode.cli`)."""
+"""Bad input, named: the one error type the scripts turn into a single line and exit status 2 (`lib.cli`)."""
 
 import json
 import os
