@@ -1,14 +1,28 @@
-"""How the project's scripts end on bad input: one line naming the problem on stderr, and exit status 2.
+"""The scripts' one command-line style: a dataclass of arguments parsed by transformers' `HfArgumentParser`, and
+bad input ending in one line naming the problem on stderr and exit status 2.
 
-Status 2 is what argparse uses for a bad flag, so a caller (a shell, `train/job.py`) tells "fix your input"
-from a crash (a traceback, status 1) the same way for every script.
+Status 2 is what argparse uses for a bad flag, so a caller (a shell, `train/job.py`) tells "fix your input" from a
+crash (a traceback, status 1) the same way for every script. `HfArgumentParser` accepts each flag with dashes and with
+underscores (`--output-dir`, `--output_dir`), as transformers' example scripts do.
 """
 
 import sys
 
+from transformers import HfArgumentParser
+
 from .errors import InputError
 
 BAD_INPUT = 2
+
+
+def parse(arguments_class, description: str, argv: list[str] | None = None):
+    """The `arguments_class` dataclass filled from `argv` (default: the command line); `--help` shows `description`.
+
+    A check in the dataclass's `__post_init__` that raises InputError ends the script as any bad input does.
+    """
+    parser = HfArgumentParser(arguments_class, description=description)
+    (arguments,) = parser.parse_args_into_dataclasses(argv)
+    return arguments
 
 
 def run(main, *also: type[Exception]):
