@@ -2,13 +2,13 @@
 
 A MODE model directory holds `config.json` and, beside the weights, the records of how it was made: `assembly.json`
 (written by train/assemble.py: the clustering run's metadata and each expert's training record) and
-`eval_results.json` (a list of `{"task", "dataset", "split", "metric", "model", "value"}` rows from the evaluators).
-Whatever is present goes into the card; nothing is invented, and no local path: a card names a run's inputs by
-their last path component (see `without_local_paths`).
+`eval_results.json` (a list of `{"task", "dataset", "split", "metric", "model", "value"}` rows, which eval/zeroshot.py
+and eval/retrieval.py add to a local model's directory). Whatever is present goes into the card; nothing is invented,
+and no local path: a card names a run's inputs by their last path component (see `without_local_paths`).
 """
 
-import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.evaluation import results_name
+from modeling_mode.lib.files import read_json
 
 TEMPLATES = Path(__file__).resolve().parent
 ROUTING_TEXT = {
@@ -33,6 +35,12 @@ ROUTING_TEXT = {
     ),
     "uniform": "The experts are averaged with equal weights.",
 }
+# The Hub's metric id and a readable name for each metric the evaluators report, by the evaluators' metric key.
+HUB_METRICS = (
+    (r"top(\d+)", "accuracy", "top-{0} accuracy"),
+    (r"mean_per_class", "accuracy", "mean per-class accuracy"),
+    (r"(\w+)_to_(\w+)_R@(\d+)", "recall", "{0}-to-{1} recall@{2}"),
+)
 # Training facts worth a row in the card: flags (`args`) and what the run did (`run`) in each training record.
 TRAINING_KEYS = {
     "args": ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "out_of_cluster_ratio"),
@@ -53,19 +61,19 @@ def without_local_paths(value):
     return value
 
 
-def read_json(path: Path):
-    """A run's JSON record as it may be published (without local paths), or None if there is none."""
+def published_record(path: Path, default=None):
+    """A run's JSON record as it may be published (without local paths), or `default` if the run has none."""
     if not path.is_file():
-        return None
+        return default
     try:
-        return without_local_paths(json.loads(path.read_text()))
+        return without_local_paths(read_json(path))
     except ValueError as error:
         raise InputError(f"{path} is not valid JSON ({error}).") from error
 
 
 def mode_config(model_dir: str | Path) -> dict:
     """config.json of the MODE saved in `model_dir`; InputError if there is none."""
-    config = read_json(Path(model_dir) / "config.json")
+    config = published_record(Path(model_dir) / "config.json")
     if not config or config.get("model_type") != "mode_clip":
         raise InputError(
             f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
@@ -94,18 +102,32 @@ def training_rows(records: list[dict]) -> list[tuple[str, str]]:
     return rows
 
 
-def eval_results(rows: list[dict], model_name: str) -> list[EvalResult]:
+def hub_metric(key: str) -> tuple[str, str]:
+    """The Hub's metric id and a readable name for an evaluator's metric key, e.g. `top1`: accuracy, "top-1
+    accuracy"; `text_to_image_R@5`: recall, "text-to-image recall@5". A key of no known form stands for itself."""
+    for pattern, metric_type, name in HUB_METRICS:
+        if match := re.fullmatch(pattern, key):
+            return metric_type, name.format(*match.groups())
+    return key, key
+
+
+def eval_results(rows: list[dict], own: str) -> list[EvalResult]:
+    """The model-index: the results the model gets as it is used, those of the rows of `own` model (`results_name`),
+    with the Hub's metric ids. The other rows (the other routings, each expert alone) are baselines, in the card's
+    table only."""
     return [
         EvalResult(
             task_type=row["task"],
             dataset_type=row["dataset"],
             dataset_name=row["dataset"],
-            dataset_split=row.get("split"),
-            metric_type=row["metric"],
-            metric_name=f"{row['metric']} ({row['model']})",
+            dataset_split=row["split"],
+            metric_type=metric_type,
+            metric_name=metric_name,
             metric_value=row["value"],
         )
         for row in rows
+        if row["model"] == own
+        for metric_type, metric_name in [hub_metric(row["metric"])]
     ]
 
 
@@ -119,12 +141,12 @@ def model_card(
     """
     model_dir = Path(model_dir)
     config = mode_config(model_dir)
-    assembly = read_json(model_dir / "assembly.json") or {}
+    assembly = published_record(model_dir / "assembly.json", default={})
     clustering, training = assembly.get("clustering"), assembly.get("expert_training") or []
-    results = read_json(model_dir / "eval_results.json") or []
+    results = published_record(model_dir / "eval_results.json", default=[])
     recorded = {record["run"].get("base_model") for record in training} - {None}
     base_model = base_model or (recorded.pop() if len(recorded) == 1 else None)
-    model_name = repo_id.split("/")[-1]
+    model_name, own_results = repo_id.split("/")[-1], results_name(config)
     vision = config["expert_config"]["vision_config"]
     card_data = ModelCardData(
         library_name="transformers",
@@ -133,7 +155,7 @@ def model_card(
         base_model=base_model,
         tags=["clip", "mode", "mixture-of-data-experts", "zero-shot-image-classification", "custom_code"],
         model_name=model_name,
-        eval_results=eval_results(results, model_name) or None,
+        eval_results=eval_results(results, own_results) or None,
     )
     return ModelCard.from_template(
         card_data,
@@ -151,6 +173,7 @@ def model_card(
         expert_rows=expert_rows(config["fine_to_coarse"], clustering),
         training=training_rows(training),
         results=results,
+        own_results=own_results,
     )
 
 

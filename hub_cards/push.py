@@ -1,7 +1,8 @@
 """Push a MODE run to the Hugging Face Hub: the model and its card; on request each expert and the clustered data.
 
-    python hub_cards/push.py runs/mode-clip org/mode-clip [--private] [--revision BRANCH] [--push-experts]
-        [--push-dataset --clusters runs/clusters] [--license LICENSE] [--base-model HUB_ID] [--commit-message MSG]
+    python hub_cards/push.py --model_dir runs/mode-clip --hub_model_id org/mode-clip [--private] [--revision BRANCH]
+        [--push-experts] [--push-dataset --clusters runs/clusters] [--license LICENSE] [--base-model HUB_ID]
+        [--commit-message MSG]
 
 Everything is checked before the first commit: the model directory must be a complete MODE (its weights, the remote
 code its config names, tokenizer and image processor) and the clustering a finished run whose dataset loads, so bad
@@ -12,18 +13,18 @@ dataset repo `REPO-clusters`. What is pushed names no local path: JSON records a
 absolute paths cut to their last component.
 """
 
-import argparse
 import json
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard, ModelCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
@@ -37,12 +38,14 @@ from hub_cards.cards import (  # noqa: E402
     dataset_card,
     mode_config,
     model_card,
-    read_json,
+    published_record,
     without_local_paths,
 )
 from modeling_mode import ModeCLIPModel  # noqa: E402
-from modeling_mode.lib.cli import run  # noqa: E402
+from modeling_mode.lib import cli  # noqa: E402
 from modeling_mode.lib.errors import InputError, check_weight_files, naming_failures  # noqa: E402
+from modeling_mode.lib.files import read_json  # noqa: E402
+from modeling_mode.lib.hub import check_repo_id  # noqa: E402
 
 try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
     from httpx2 import HTTPError
@@ -68,13 +71,6 @@ PUSH_FAILURES = (HfHubHTTPError, HTTPError, OSError)
 
 class PushError(RuntimeError):
     """A push that did not land: the message says which repo and which files."""
-
-
-def check_repo_id(repo_id: str, flag: str = "repo_id") -> None:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise InputError(f"{flag} {repo_id!r} is not a Hub repo id (org/name): {error}") from error
 
 
 def check_token(api: HfApi) -> None:
@@ -115,7 +111,7 @@ def public_content(path: Path) -> str | bytes:
     """What is pushed for the file `path`: the file itself, or its bytes rewritten without local paths when its JSON
     or its safetensors metadata names any."""
     if path.suffix == ".json" and path.name not in VOCABULARIES:
-        if (public := read_json(path)) != json.loads(path.read_text()):  # read_json drops local paths
+        if (public := published_record(path)) != read_json(path):  # the published record has no local path
             return (json.dumps(public, indent=2) + "\n").encode()
     elif path.suffix == ".safetensors":
         with safe_open(str(path), framework="numpy") as f:
@@ -295,26 +291,50 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", help="a saved ModeCLIPModel directory (train/assemble.py's output)")
-    parser.add_argument("repo_id", help="the model repo, e.g. org/mode-clip")
-    parser.add_argument("--private", action="store_true", help="create the repos private")
-    parser.add_argument("--revision", help="branch to commit to (created from main if missing)")
-    parser.add_argument("--commit-message")
-    parser.add_argument("--license", default="other", help="license id for the cards' metadata (default: other)")
-    parser.add_argument("--base-model", help="Hub id of the checkpoint the seed was forked from, for the card")
-    parser.add_argument("--push-experts", action="store_true", help="also push each expert as a CLIPModel repo")
-    parser.add_argument("--push-dataset", action="store_true", help="also push the clustered pairs and centroids")
-    parser.add_argument("--clusters", help="the clustering run's output directory (needed by --push-dataset)")
-    args = parser.parse_args(argv)
-    if args.push_dataset and not args.clusters:
-        parser.error("--push-dataset needs --clusters DIR, the clustering run's output directory")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+@contextmanager
+def exiting_on_push_failure() -> Iterator[None]:
+    """A push that did not land ends the script with `error: ...` and status 1: the Hub's failure, not the input's
+    (status 2), and whatever was saved before it stays saved."""
     try:
+        yield
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+@dataclass
+class PushArguments:
+    """Flags of `hub_cards/push.py`."""
+
+    model_dir: str = field(metadata={"help": "A saved ModeCLIPModel directory (train/assemble.py's output)."})
+    hub_model_id: str = field(metadata={"help": "The model repo, e.g. org/mode-clip.", "aliases": ["--repo_id"]})
+    private: bool = field(
+        default=False, metadata={"help": "Create the repos private.", "aliases": ["--hub_private_repo"]}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (made from main if missing)."})
+    commit_message: str | None = field(default=None, metadata={"help": "Message of each commit."})
+    license: str = field(default="other", metadata={"help": "License id for the cards' metadata."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Hub id of the checkpoint the seed was forked from, for the card."}
+    )
+    push_experts: bool = field(default=False, metadata={"help": "Also push each expert as a CLIPModel repo."})
+    push_dataset: bool = field(default=False, metadata={"help": "Also push the clustered pairs and centroids."})
+    clusters: str | None = field(
+        default=None, metadata={"help": "The clustering run's output directory (needed by --push-dataset)."}
+    )
+
+    def __post_init__(self):
+        if self.push_dataset and not self.clusters:
+            raise InputError("--push-dataset needs --clusters DIR, the clustering run's output directory.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = cli.parse(PushArguments, __doc__, argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with exiting_on_push_failure():
         commits = push_run(
             args.model_dir,
-            args.repo_id,
+            args.hub_model_id,
             private=args.private,
             revision=args.revision,
             commit_message=args.commit_message,
@@ -323,12 +343,9 @@ def main(argv=None):
             experts=args.push_experts,
             clusters_dir=args.clusters if args.push_dataset else None,
         )
-    except PushError as error:  # the Hub's failure, not the input's: one line, and status 1
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     for commit in commits:
         print(commit.commit_url)
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -11,8 +11,7 @@ import runpy
 import signal
 import sys
 
-from transformers import HfArgumentParser
-
+from modeling_mode.lib import cli
 from modeling_mode.lib.training import ExpertTrainingArguments, train
 
 if __name__ == "__main__":
@@ -21,7 +20,7 @@ if __name__ == "__main__":
         sys.argv = [script, *flags]
         runpy.run_path(script, run_name="__main__")
         sys.exit()
-    (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(flags)
+    args = cli.parse(ExpertTrainingArguments, __doc__, flags)
 
     def kill(step: int, _checkpoint: str) -> None:
         if step == kill_at:

@@ -1,4 +1,5 @@
-"""Assembly takes only finished inputs, names the one at fault, and writes its output whole or not at all."""
+"""Assembly takes only finished inputs, names the one at fault, writes its output whole or not at all, saves the
+seed's CLIPProcessor with the model, and re-expresses centroids from the captions the clustering embedded."""
 
 import hashlib
 import json
@@ -11,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import make_image_processor, make_tokenizer, tiny_clip_config
-from datasets import Dataset, Features, Image, Value
+from datasets import Dataset, Features, Image, Value, load_from_disk
 from PIL import Image as PILImage
-from transformers import AutoModel, CLIPModel
+from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import ASSEMBLY, assemble
+from modeling_mode.lib.cluster_run import ClusterArguments, cluster
 from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.lib.embedding import CaptionEncoder
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import write_json
 from modeling_mode.lib.training import TRAINING_ARGS
@@ -57,6 +61,7 @@ def write_clustering(folder: Path, encoder: str, seed: int = 0) -> Path:
         fit_sizes=np.bincount(fine_ids),
     )
     embeddings = {"encoder": encoder, "dataset": str(folder.parent / "pairs"), "embed_dim": ENCODER_DIM}
+    embeddings |= {"num_rows": len(fine_ids), "shard_rows": 5, "caption_seed": seed}  # which captions it embedded
     settings = {"method": "two-level", "fine_clusters": FINE_CLUSTERS, "experts": EXPERTS, "seed": seed}
     settings |= {"embeddings": embeddings, "clusters": None}
     save_clusters(folder / CLUSTERS_FILE, fit, settings)
@@ -136,7 +141,7 @@ def test_a_crash_while_saving_leaves_the_previous_output_or_none(inputs, tmp_pat
     assert not output.exists()  # no config.json (the pipeline's done marker) without the rest
 
     assemble_run(inputs, output)
-    assert {*REMOTE_CODE, "model.safetensors", "tokenizer.json", "preprocessor_config.json", ASSEMBLY} <= {
+    assert {*REMOTE_CODE, "model.safetensors", "tokenizer.json", "processor_config.json", ASSEMBLY} <= {
         p.name for p in output.iterdir()
     }
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the remote code is cached there
@@ -230,9 +235,71 @@ def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monke
         ([str(expert)], f"Expert {str(expert)!r} is not finished: resume it"),
         ([str(inputs["experts"][1]), "--routing", "best"], "routing must be one of"),
         ([str(inputs["experts"][1]), "--router-top-k", "3"], "router_top_k must be None or in [1, num_experts=2]"),
-        ([str(inputs["experts"][1]), "--push-to-hub", "not a repo"], "--push-to-hub 'not a repo' is not a Hub repo"),
+        ([str(inputs["experts"][1]), "--push_to_hub", "--hub_model_id", "not a repo"], "--hub_model_id 'not a repo'"),
+        ([str(inputs["experts"][1]), "--push_to_hub"], "--push_to_hub needs --hub_model_id"),
     ]:
         assert run_script(ROOT / "train" / "assemble.py", *flags, *extra, monkeypatch=monkeypatch) == 2
         stderr = capsys.readouterr().err
         assert stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "mode").exists()
+
+
+def test_the_assembled_mode_carries_a_clip_processor(inputs, tmp_path, monkeypatch):
+    """AutoProcessor gives the seed's tokenizer and image processor as one CLIPProcessor, whose output the model
+    takes as it is."""
+    assemble_run(inputs, tmp_path / "mode")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # the remote code is cached there
+    processor = AutoProcessor.from_pretrained(tmp_path / "mode", trust_remote_code=True)
+    model = AutoModel.from_pretrained(tmp_path / "mode", trust_remote_code=True).eval()
+    assert isinstance(processor, CLIPProcessor)
+
+    texts = ["a photo of a dog", "a red car", "cat"]
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 48), (36, 30)]]
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    seed_tokens = make_tokenizer()(texts, padding=True, return_tensors="pt")
+    assert torch.equal(inputs["input_ids"], seed_tokens["input_ids"])  # ids: exact
+    seed_pixels = make_image_processor()(images, return_tensors="pt").pixel_values
+    assert torch.equal(inputs["pixel_values"], seed_pixels)  # the same resize and crop of the same pixels: exact
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def list_captioned_pairs(path: Path, n: int = 30) -> Path:
+    """Pairs with two different captions each (every seventh has none): which caption is embedded matters."""
+    captions = [[f"a photo of thing {i} in group {i % 4}", f"group {i % 4}, a close-up, number {i}"] for i in range(n)]
+    for i in range(0, n, 7):
+        captions[i] = []
+    Dataset.from_dict({"caption": captions, "row": list(range(n))}).save_to_disk(str(path))
+    return path
+
+
+def cluster_means(embeddings: np.ndarray, fine_ids: np.ndarray, num_fine_clusters: int) -> torch.Tensor:
+    sums = torch.zeros(num_fine_clusters, embeddings.shape[1])
+    sums.index_add_(0, torch.from_numpy(fine_ids).long(), torch.from_numpy(embeddings))
+    return torch.nn.functional.normalize(sums, dim=-1)
+
+
+def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(inputs, tmp_path):
+    """A real clustering embeds one seeded caption of each list, shard by shard; the assembly re-expresses each fine
+    centroid from the same captions, so with the router as the clustering's encoder it gets the normalised mean of
+    the clustering's own embedding rows."""
+    seed, clusters, fine_clusters = str(inputs["seed"]), tmp_path / "clusters", 4
+    pairs = list_captioned_pairs(tmp_path / "pairs")
+    flags = dict(fine_clusters=fine_clusters, experts=EXPERTS, seed=3, shard_rows=7)  # 5 shards, 5 seeded choices
+    cluster(ClusterArguments(dataset=str(pairs), encoder=seed, output=str(clusters), **flags), Accelerator())
+    experts = [str(write_expert(tmp_path / f"expert-{k}", k, inputs["seed"], clusters)) for k in range(EXPERTS)]
+    mode = assemble(experts, str(clusters), seed, str(tmp_path / "mode"), recompute_centroids=True)
+    assert mode.config.centroids_reexpressed and mode.config.dropped_empty_fine_clusters == []
+
+    labelled = load_from_disk(clusters / "dataset")
+    fine = np.array(labelled["fine_id"])
+    captioned = np.flatnonzero(fine >= 0)
+    embedded = np.concatenate([np.load(path) for path in sorted((clusters / "embeddings").glob("shard-*.npy"))])
+    expected = cluster_means(embedded[captioned], fine[captioned], fine_clusters)
+    # The same captions through the same float32 text tower, batched (and so padded) otherwise: rounding only.
+    torch.testing.assert_close(mode.fine_centroids, expected, rtol=0, atol=1e-5)
+    # The first caption of each list gives other centroids: the caption choice is what this test checks.
+    first_captions = CaptionEncoder(seed, device="cpu").encode([labelled["caption"][i][0] for i in captioned])
+    assert (cluster_means(first_captions, fine[captioned], fine_clusters) - expected).abs().max() > 1e-2

@@ -1,5 +1,5 @@
 """train/cluster.py end to end: a saved corpus and a Hub-style image folder, resuming, ablations, bad input, crashes,
-and two processes giving the same clusters as one."""
+two processes giving the same clusters as one, and the flags train/job.py passes."""
 
 import importlib.util
 import json
@@ -18,7 +18,8 @@ from PIL import Image
 from safetensors.numpy import load, load_file
 from test_clustering import assert_nearest_up_to_ties, normalised
 
-from modeling_mode.lib import cli
+from modeling_mode.lib import cli, cluster_run
+from modeling_mode.lib.cluster_run import ClusterArguments
 from modeling_mode.lib.clustering import fit_clusters, load_clusters, read_finished_run, save_clusters
 from modeling_mode.lib.errors import InputError
 
@@ -237,7 +238,18 @@ BAD_INPUTS = {
         False,
     ),
     "output is a file": (a_file, r"--output '.*file' is a file", False),
-    "not a repo id": (lambda t, _: {"--push-to-hub": "org/pairs/extra"}, r"--push-to-hub 'org/pairs/extra'", False),
+    "not a repo id": (
+        lambda t, _: {"--push_to_hub": "true", "--hub_model_id": "org/pairs/extra"},
+        r"--hub_model_id 'org/pairs/extra' is not a Hub repo id",
+        False,
+    ),
+    "push without a repo id": (lambda t, _: {"--push_to_hub": "true"}, r"--push_to_hub needs --hub_model_id", False),
+    "two ablations at once": (
+        lambda t, _: {"--one-step": "true", "--random": "true"},
+        r"--one-step and --random are two different ablations",
+        False,
+    ),
+    "a count below one": (lambda t, _: {"--shard-rows": 0}, r"--shard-rows must be positive, got 0", False),
     "output inside a file": (
         lambda t, encoder: {"--output": Path(encoder) / "config.json" / "out"},
         r"--output '.*out.*' is inside '.*config.json', which is a file",
@@ -287,7 +299,7 @@ def test_a_crash_while_reclustering_leaves_a_refused_folder_and_a_rerun_finishes
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2, "--output", out]
     first = run(*flags)
     with monkeypatch.context() as patch:
-        patch.setattr(cluster_cli, fault, crash)
+        patch.setattr(cluster_run, fault, crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             run(*flags, "--one-step")
     with pytest.raises(InputError, match="no finished clustering run"):
@@ -309,7 +321,7 @@ def test_labels_of_a_crashed_run_never_reach_another_run(tmp_path, corpus, tiny_
     out = tmp_path / "out"
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2, "--output", out]
     with monkeypatch.context() as patch:
-        patch.setattr(cluster_cli, "atomic_directory", crash)
+        patch.setattr(cluster_run, "atomic_directory", crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             run(*flags, "--one-step")
     run(*flags)
@@ -386,7 +398,7 @@ def test_push_to_hub_sends_the_labelled_pairs_and_centroids(tmp_path, corpus, ti
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)  # where HfApi() goes by default
         report = run(
             "--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2,
-            "--output", tmp_path / "out", "--push-to-hub", "org/pairs", "--private",
+            "--output", tmp_path / "out", "--push_to_hub", "--hub_model_id", "org/pairs", "--hub_private_repo",
         )  # fmt: skip
         files = hub.files("org/pairs", repo_type="dataset")
         assert hub.repos["dataset", "org/pairs"].private
@@ -395,3 +407,32 @@ def test_push_to_hub_sends_the_labelled_pairs_and_centroids(tmp_path, corpus, ti
     assert pushed.keys() == local.keys() and all(np.array_equal(pushed[name], local[name]) for name in local)
     assert json.loads(files["clusters.json"])["fine_sizes"] == report["fine_sizes"]
     assert any(name.startswith("data/") and name.endswith(".parquet") for name in files)
+
+
+def test_the_flags_the_job_passes_and_transformers_names_parse(tmp_path):
+    """train/job.py runs this script with dash-spelled flags (`--random` last, without a value); transformers'
+    example scripts spell --output_dir and the Hub flags with underscores: both reach the same fields."""
+    job_flags = [
+        "--dataset", "pairs", "--split", "train", "--caption-column", "caption", "--encoder", "minilm",
+        "--fine-clusters", "8", "--experts", "2", "--seed", "0", "--output", "out", "--random",
+    ]  # fmt: skip
+    args = cli.parse(ClusterArguments, "", job_flags)
+    assert (args.caption_column, args.fine_clusters, args.experts, args.output) == ("caption", 8, 2, "out")
+    assert args.method == "random" and not args.push_to_hub
+    hub = ["--output_dir", "out", "--push_to_hub", "--hub_model_id", "org/pairs", "--hub_private_repo"]
+    args = cli.parse(ClusterArguments, "", ["--dataset", "pairs", "--encoder", "minilm", "--one-step", *hub])
+    assert (args.output, args.hub_model_id, args.push_to_hub, args.hub_private_repo) == (
+        "out",
+        "org/pairs",
+        True,
+        True,
+    )
+    assert args.method == "one-step"
+
+
+def test_help_describes_the_script(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run("--help")
+    assert exited.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "two-level balanced k-means" in shown and "--push_to_hub" in shown and "--fine_clusters" in shown

@@ -107,6 +107,13 @@ def test_zero_shot_bad_input_is_one_line_before_the_model_loads(inputs, capsys, 
     assert not (inputs / "out").exists()
 
 
+def test_the_output_may_not_be_the_models_eval_results(inputs, capsys):
+    argv = zeroshot_argv(inputs, model=inputs / "mode", output=inputs / "mode" / "eval_results.json")
+    error = fails(ZEROSHOT.main, argv, capsys)
+    assert error.endswith("eval_results.json' is the model's eval_results.json: name another file.")
+    assert not (inputs / "mode" / "eval_results.json").exists()
+
+
 def test_a_truncated_weight_file_is_named(inputs, tmp_path, capsys):
     truncated = tmp_path / "truncated"
     truncated.mkdir()

@@ -2,16 +2,23 @@
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 import datasets
+import evaluate
 import numpy as np
 import pytest
 import torch
 from conftest import make_image_processor, make_mode, make_tokenizer
 from PIL import Image
 
+from modeling_mode.lib import cli
 from modeling_mode.lib.evaluation import (
+    METRICS,
+    EvaluationArguments,
+    RetrievalArguments,
+    ZeroShotArguments,
     classification_metrics,
     image_batches,
     recall_at_k,
@@ -19,6 +26,7 @@ from modeling_mode.lib.evaluation import (
     write_results,
     zero_shot_classification,
 )
+from modeling_mode.lib.files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "sneaker"]
@@ -42,6 +50,21 @@ def test_recall_at_k_on_constructed_scores():
     scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8]])  # 2 queries x 3 items
     relevant = torch.tensor([[False, False, True], [True, False, False]])
     assert recall_at_k(scores, relevant, ks=(1, 2, 3)) == {"R@1": 0.0, "R@2": 0.5, "R@3": 1.0}
+
+
+def test_the_metric_modules_load_by_path_with_no_network(monkeypatch):
+    def no_network(*_):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # evaluate ignores HF_HUB_OFFLINE: prove it needs none
+    accuracy = evaluate.load(str(METRICS / "zero_shot_accuracy"))
+    assert accuracy.compute(predictions=[[2, 0], [1, 2]], references=[2, 2], top_k=(1, 2)) == {
+        "top1": 0.5,
+        "top2": 1.0,
+        "mean_per_class": 0.5,
+    }
+    recall = evaluate.load(str(METRICS / "retrieval_recall" / "retrieval_recall.py"))
+    assert recall.compute(predictions=[[3, 1], [0, 2]], references=[[1, 4], [5]], k=(1, 2)) == {"R@1": 0.0, "R@2": 0.5}
 
 
 def load_script(name):
@@ -127,6 +150,15 @@ def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     assert results["routing_weights"]["MODE paper"] == pytest.approx(model.route(**prompts).tolist(), abs=1e-5)
     assert "| MODE paper | 75.00 |" in output.with_suffix(".md").read_text()
     assert "| MODE paper |" in capsys.readouterr().out
+    # The model card's source: the evaluation's rows in the model's own eval_results.json.
+    rows = read_json(model_dir / "eval_results.json")
+    routed = next(r for r in rows if r["model"] == "MODE paper" and r["metric"] == "top1")
+    assert routed == {
+        "task": "zero-shot-image-classification", "dataset": str(tmp_path / "folder"), "split": "test",
+        "metric": "top1", "model": "MODE paper", "value": results["results"]["MODE paper"]["top1"],
+    }  # fmt: skip
+    record = read_json(output.with_suffix(".evaluate.json"))  # evaluate.save's, with its provenance
+    assert record["results"] == results["results"] and record["_evaluate_version"] == evaluate.__version__
 
 
 def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp_path):
@@ -182,17 +214,66 @@ def test_a_bfloat16_mode_evaluates_with_float32_routing(model_dir):
     assert results[torch.bfloat16]["results"].keys() == results[torch.float32]["results"].keys()
 
 
+def test_flags_take_both_spellings_and_the_device_defaults_to_what_torch_sees(tmp_path):
+    required = ["--model", "org/clip", "--dataset", "org/data", "--output", str(tmp_path / "results.json")]
+    dashed = ["--batch-size", "8", "--label-column", "y", "--trust-remote-code", "--no-eval-results"]
+    underscored = ["--batch_size", "8", "--label_column", "y", "--trust_remote_code", "--no_eval_results"]
+    arguments = cli.parse(ZeroShotArguments, __doc__, required + dashed)
+    assert arguments == cli.parse(ZeroShotArguments, __doc__, required + underscored)
+    assert (arguments.batch_size, arguments.label_column, arguments.trust_remote_code) == (8, "y", True)
+    assert arguments.eval_results is False and arguments.model_results is None
+    assert arguments.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    retrieval = cli.parse(RetrievalArguments, __doc__, required + ["--caption-column", "txt", "--device", "cpu"])
+    assert (retrieval.caption_column, retrieval.device, retrieval.trust_remote_code) == ("txt", "cpu", False)
+
+
+def constructed_results(value: float) -> dict:
+    return {
+        "task": "zero-shot-image-classification",
+        "results": {"MODE paper": {"top1": value}, "expert 0": {"top1": 0.1}},
+    }
+
+
+def test_evaluating_again_replaces_that_evaluations_rows_in_eval_results(tmp_path, monkeypatch):
+    model, data = tmp_path / "model", tmp_path / "data"
+    data.mkdir()
+    model.mkdir()
+
+    def evaluated(value, dataset=str(data), split="test", **flags):
+        output = tmp_path / "results" / f"{split}.json"
+        write_results(
+            constructed_results(value), EvaluationArguments(str(model), dataset, str(output), split, **flags)
+        )
+        return [(r["dataset"], r["split"], r["model"], r["value"]) for r in read_json(model / "eval_results.json")]
+
+    assert evaluated(0.5) == [(str(data), "test", "MODE paper", 0.5), (str(data), "test", "expert 0", 0.1)]
+    monkeypatch.chdir(tmp_path)  # the same data set, named by a relative path: the same evaluation
+    assert evaluated(0.75, dataset="data") == [
+        (str(data), "test", "MODE paper", 0.75),
+        (str(data), "test", "expert 0", 0.1),
+    ]
+    assert len(evaluated(0.25, split="validation")) == 4  # another split: rows of its own
+    assert len(evaluated(0.0, dataset="org/other", eval_results=False)) == 4  # --no-eval-results: left as it was
+    assert not list(model.glob("*.partial")) and {p.name for p in model.iterdir()} == {
+        "eval_results.json",
+        ".eval_results.json.lock",  # hidden: never pushed
+    }
+
+
 def test_results_interrupted_while_saving_leave_no_json(tmp_path, monkeypatch):
     results = {"task": "t", "results": {"CLIPModel": {"top1": 0.5}}}
-    output = tmp_path / "zeroshot.json"
+    output, model = tmp_path / "zeroshot.json", tmp_path / "clip"
+    model.mkdir()
+    arguments = EvaluationArguments(model=str(model), dataset="org/data", output=str(output))
 
     def crash(*_):
-        raise KeyboardInterrupt  # as a kill between the table and the JSON would leave things
+        raise KeyboardInterrupt  # as a kill between the model's rows and the JSON would leave things
 
     with monkeypatch.context() as patch:
-        patch.setattr("modeling_mode.lib.evaluation.write_text", crash)
+        patch.setattr("modeling_mode.lib.evaluation.add_to_eval_results", crash)
         with pytest.raises(KeyboardInterrupt):
-            write_results(results, str(output))
+            write_results(results, arguments)
     assert not output.exists()  # the main job's done-marker: absent, so the stage runs again
-    write_results(results, str(output))
-    assert json.loads(output.read_text()) == results and output.with_suffix(".md").read_text().startswith("| model")
+    write_results(results, arguments)
+    assert json.loads(output.read_text()) == results | {"model": str(model), "dataset": "org/data", "split": "test"}
+    assert output.with_suffix(".md").read_text().startswith("| model")

@@ -29,11 +29,11 @@ from modeling_mode.lib.errors import InputError
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from
 ROOT = Path(__file__).resolve().parents[1]
-EVAL_ROWS = [
-    {"task": "zero-shot-image-classification", "dataset": "fashion_mnist", "split": "test", "metric": "accuracy",
-     "model": "MODE-2 routed", "value": 0.731},
-    {"task": "zero-shot-image-classification", "dataset": "fashion_mnist", "split": "test", "metric": "accuracy",
-     "model": "dense", "value": 0.702},
+EVAL_ROWS = [  # as eval/zeroshot.py writes them: the MODE routed as its config says, and a baseline
+    {"task": "zero-shot-image-classification", "dataset": "fashion_mnist", "split": "test", "metric": "top1",
+     "model": "MODE paper", "value": 0.731},
+    {"task": "zero-shot-image-classification", "dataset": "fashion_mnist", "split": "test", "metric": "top1",
+     "model": "expert 0", "value": 0.702},
 ]  # fmt: skip
 CLUSTERING = {
     "encoder": "all-MiniLM-L6-v2",
@@ -51,7 +51,9 @@ CLUSTERING = {
     "num_missing_captions": 0,
     "caption_column": "caption",
 }
-SETTINGS = {"method": "two-level", "fine_clusters": 6, "experts": 2, "seed": 0, "embeddings": {"embed_dim": 384}}
+# The embedding pass' layout and caption seed say which caption of each pair the clustering embedded.
+EMBEDDINGS = {"embed_dim": 384, "num_rows": 8, "shard_rows": 65536, "caption_seed": 0}
+SETTINGS = {"method": "two-level", "fine_clusters": 6, "experts": 2, "seed": 0, "embeddings": EMBEDDINGS}
 
 
 @pytest.fixture
@@ -150,13 +152,13 @@ def test_model_card_metadata_parses_and_holds_the_run(hub, api, run_dir):
     assert card.data.pipeline_tag == "zero-shot-image-classification"
     assert card.data.license == "apache-2.0"
     assert card.data.base_model == SEED
-    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("fashion_mnist", 0.731)] + [
-        ("fashion_mnist", 0.702)
-    ]
+    # The model-index holds the MODE's own result, under the Hub's metric id; the expert's is a baseline.
+    results = [(r.dataset_name, r.metric_type, r.metric_name, r.metric_value) for r in card.data.eval_results]
+    assert results == [("fashion_mnist", "accuracy", "top-1 accuracy", 0.731)]
     assert "trust_remote_code=True" in card.text and f'"{REPO_ID}"' in card.text
     assert "| all-MiniLM-L6-v2 | mean | 6 | 2 | two-level |" in card.text  # the clustering
     assert "(Eq. 4-6)" in card.text and "lambda = 0.2" in card.text  # the routing formula used
-    assert "| MODE-2 routed | 0.731 |" in card.text  # the evaluation table
+    assert "| MODE paper | 0.731 |" in card.text and "| expert 0 | 0.702 |" in card.text  # the evaluation table
     assert "| cluster | 0, 1 |" in card.text and "| learning_rate | 0.0005 |" in card.text  # the training
 
 
@@ -224,14 +226,12 @@ def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
 
 def test_command_line(hub, run_dir, tmp_path):
     env = hub.client_env(tmp_path)
-    command = [sys.executable, str(ROOT / "hub_cards" / "push.py"), str(run_dir), REPO_ID, "--revision", "dev"]
+    script = str(ROOT / "hub_cards" / "push.py")  # run as a script: it makes the repository root importable
+    command = [sys.executable, script, "--model_dir", str(run_dir), "--hub_model_id", REPO_ID, "--revision", "dev"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().startswith(f"{hub.url}/{REPO_ID}/commit/")
     assert "config.json" in hub.files(REPO_ID, revision="dev")
-
-    run = subprocess.run(command + ["--push-dataset"], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2 and "--push-dataset needs --clusters DIR" in run.stderr
 
 
 def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
@@ -247,7 +247,7 @@ def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     command = [
         sys.executable, str(ROOT / "train" / "assemble.py"), "--experts", *map(str, experts), "--clusters",
         str(clusters_dir), "--router-text-model", str(tmp_path / "seed"), "--output", str(tmp_path / "mode"),
-        "--push-to-hub", REPO_ID, "--private",
+        "--push_to_hub", "--hub_model_id", REPO_ID, "--hub_private_repo",
     ]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -299,8 +299,9 @@ def test_bad_input_to_the_script_is_one_line_and_exit_status_2(tmp_path, capsys,
     script = ROOT / "hub_cards" / "push.py"
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     for argv, message in [
-        ([str(tmp_path / "no-model"), REPO_ID], "holds no MODE model"),
-        ([str(tmp_path), "not a repo id"], "repo_id 'not a repo id' is not a Hub repo id"),
+        (["--model_dir", str(tmp_path / "no-model"), "--hub_model_id", REPO_ID], "holds no MODE model"),
+        (["--model-dir", str(tmp_path), "--repo_id", "not a repo id"], "repo_id 'not a repo id' is not a Hub repo id"),
+        (["--model_dir", str(tmp_path), "--repo_id", REPO_ID, "--push-dataset"], "--push-dataset needs --clusters"),
     ]:
         assert run_script(script, *argv, monkeypatch=monkeypatch) == 2
         stderr = capsys.readouterr().err
@@ -314,7 +315,8 @@ def test_an_unreachable_hub_is_one_line_and_exit_status_1(run_dir, capsys, monke
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")  # what HF_ENDPOINT sets
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    assert run_script(ROOT / "hub_cards" / "push.py", str(run_dir), REPO_ID, monkeypatch=monkeypatch) == 1
+    argv = ["--model_dir", str(run_dir), "--hub_model_id", REPO_ID]
+    assert run_script(ROOT / "hub_cards" / "push.py", *argv, monkeypatch=monkeypatch) == 1
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and line.startswith(f"error: pushing to model repo {REPO_ID} failed (ConnectError: ")
     assert "none of these" in line and line.endswith("Commits that did land before it: none.\n")

@@ -76,7 +76,9 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     assert {"data", "seed", "cluster-minilm-2", "expert-minilm-2-1", "dense-2", "retrieval-seed"} <= timings.keys()
     card = model_card(output / "models" / "mode-minilm-2", "org/mode-minilm-2")  # with the run's own numbers
     rows = json.loads((output / "models" / "mode-minilm-2" / "eval_results.json").read_text())
-    routed = next(r for r in rows if r["dataset"] == "mnist" and r["model"] == "MODE paper" and r["metric"] == "top1")
+    routed = next(
+        r for r in rows if Path(r["dataset"]).name == "mnist" and (r["model"], r["metric"]) == ("MODE paper", "top1")
+    )
     assert f"| mnist | test | top1 | MODE paper | {routed['value']} |" in card.text
 
 

@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -11,6 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from logging.handlers import BufferingHandler
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +27,18 @@ from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
 from training_probe import gradients
-from transformers import AutoModel, AutoTokenizer, CLIPModel, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPModel,
+    CLIPProcessor,
+    pipeline,
+)
 
-from modeling_mode.lib.assembly import assemble, router_from
+from modeling_mode.lib import cli
+from modeling_mode.lib.assembly import assemble
 from modeling_mode.lib.data import (
     GlobalBatchSampler,
     PairDataset,
@@ -36,10 +49,18 @@ from modeling_mode.lib.data import (
     pick_caption,
     read_image,
 )
+from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, shard_captions
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.loss import contrastive_loss
 from modeling_mode.lib.processors import pil_image_processor
-from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, is_finished, learning_rate_at, train
+from modeling_mode.lib.training import (
+    ExpertTrainingArguments,
+    build_optimizer,
+    is_finished,
+    learning_rate_at,
+    random_clip,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERT, ASSEMBLE, PROBE = REPO / "train/expert.py", REPO / "train/assemble.py", REPO / "tests/training_probe.py"
@@ -120,6 +141,20 @@ def launch_two_processes(*args) -> subprocess.CompletedProcess:
 
 def run_args(run_dir) -> dict:
     return json.loads((Path(run_dir) / "training_args.json").read_text())
+
+
+@contextmanager
+def training_log() -> Iterator[list[logging.LogRecord]]:
+    """What the training logs in this process, for a module-scoped fixture (pytest's caplog is per test)."""
+    logger, handler = logging.getLogger("modeling_mode.lib.training"), BufferingHandler(capacity=10_000)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler.buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------------- loss, optimizer
@@ -231,12 +266,15 @@ def test_streaming_applies_the_cluster_filter_while_streaming(tmp_path):
     assert not set(seen[0]) & set(seen[1])  # each process streams its own shards
 
 
-def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path):
-    dataset = make_pairs(tmp_path / "pairs", n=48)
+def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="modeling_mode.lib.training")
+    dataset, weights = make_pairs(tmp_path / "pairs", n=48), tmp_path / "weights"
+    for part in random_clip("tiny"):  # pretrained weights, saved with their CLIPProcessor as a finished run is
+        part.save_pretrained(weights)
 
     def run(output, on_checkpoint=None, **flags):
         args = dict(dataset=dataset, output=str(tmp_path / output), streaming=True, shuffle_buffer=8, cluster="0")
-        args.update(config="tiny", batch_size=2, max_steps=14, warmup_steps=2, checkpoint_every=5, num_workers=0)
+        args.update(init=str(weights), batch_size=2, max_steps=14, warmup_steps=2, checkpoint_every=5, num_workers=0)
         train(ExpertTrainingArguments(**args, report_to="none", **flags), on_checkpoint)
         return load_file(tmp_path / output / "model.safetensors")
 
@@ -249,6 +287,16 @@ def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path):
         "interrupted", lambda *_: finished_at_checkpoints.append(is_finished(tmp_path / "interrupted")), resume=True
     )
     assert finished_at_checkpoints == [False, False] and is_finished(tmp_path / "interrupted")  # steps 10 and 14
+    assert f"[RANK 0] Starting from the pretrained weights of {weights}." in caplog.messages
+    assert run_args(tmp_path / "uninterrupted")["run"]["start"] == "weights"
+    step_5 = tmp_path / "interrupted" / "checkpoints" / "step_5"
+    assert [message.removeprefix("[RANK 0] ") for message in caplog.messages[-4:]] == [
+        f"Resuming from the checkpoint {step_5}, at step 5.",
+        f"Streaming cluster 0's pairs of --dataset {dataset}, split train, skipping those without a usable caption.",
+        "Global batch of 2 pairs: --batch-size 2 x --gradient-accumulation-steps 1 x 1 processes; steps 5 to 14 "
+        "of a 14-step schedule.",
+        f"Saved the model and its CLIPProcessor to {tmp_path / 'interrupted'}, finished at step 14.",
+    ]
     for name, tensor in reference.items():
         # The same computation in the same process and thread count, which could be exact; 1e-6 (far below one
         # step's change) keeps the test about resuming, not about the summation order of the kernels torch picks.
@@ -409,6 +457,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
         ({"--config": None, "--init": "{truncated}"}, r"--init '.*truncated-clip': the directory could not be loaded"),
         ({"--config": None, "--init": "nobody/no-clip"}, r"--init 'nobody/no-clip': the Hub repo could not be loaded"),
         ({"--config": "huge"}, r"Unknown --config 'huge'"),
+        ({"--init": "{truncated}"}, r"Pass either --init .* or --config .*, not both"),
         ({"--output": "{file}"}, r"--output '.*file' is a file"),
         ({"--output": "{file}/run"}, r"--output '.*file/run.*' is inside '.*file', which is a file"),
         ({"--output": "{checkpointed}"}, r"holds checkpoints of an earlier run: pass --resume"),
@@ -434,6 +483,21 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(
     assert status == 2 and len(stderr) == 1, stderr
     assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
     assert not output.exists()  # refused before the first write
+
+
+def test_transformers_flag_names_are_aliases_of_the_scripts_own():
+    def parse(flags: str) -> ExpertTrainingArguments:
+        return cli.parse(ExpertTrainingArguments, "", f"--dataset pairs --max-steps 9 {flags}".split())
+
+    ours = parse("--output run --batch-size 8 --num-workers 2 --checkpoint-every 3 --log-every 5 --keep-checkpoints 2")
+    theirs = parse(
+        "--output_dir run --per_device_train_batch_size 8 --dataloader_num_workers 2 --save_steps 3 "
+        "--logging_steps 5 --save_total_limit 2"
+    )
+    assert ours == theirs and (ours.batch_size, ours.keep_checkpoints) == (8, 2)
+    assert parse("--output run --resume_from_checkpoint").resume and not parse("--output run").resume
+    with pytest.raises(SystemExit):  # the Trainer's takes a path; ours continues --output's own last checkpoint
+        parse("--output run --resume_from_checkpoint runs/seed/checkpoints/step_4")
 
 
 def test_an_unreadable_image_stops_the_run_with_one_line_naming_its_row(tmp_path, monkeypatch, capsys):
@@ -467,6 +531,9 @@ def write_clusters(root: Path, dataset_dir: str, encoder: str, centroids: torch.
     """The clustering step's outputs, as that step writes them."""
     root.mkdir(parents=True, exist_ok=True)
     fine_to_coarse = torch.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS)
+    # Which caption of each list the clustering embedded: its shards' layout and caption seed.
+    embeddings = dict(num_rows=len(load_pairs(dataset_dir)), shard_rows=16, embed_dim=centroids.shape[1])
+    settings = {"embeddings": embeddings | {"caption_seed": 0}}
     save_file(
         {
             "fine_centroids": centroids,
@@ -474,6 +541,7 @@ def write_clusters(root: Path, dataset_dir: str, encoder: str, centroids: torch.
             "fine_to_coarse": fine_to_coarse,
         },
         str(root / "clusters.safetensors"),
+        metadata={"settings": json.dumps(settings, sort_keys=True)},
     )
     metadata = dict(
         encoder=encoder,
@@ -484,7 +552,7 @@ def write_clusters(root: Path, dataset_dir: str, encoder: str, centroids: torch.
         method="test",
         seed=0,
         caption_column="caption",
-        settings={},  # those in clusters.safetensors' metadata (none): the two files are of one finished run
+        settings=settings,  # those in clusters.safetensors' metadata: the two files are of one finished run
     )
     (root / "clusters.json").write_text(json.dumps(metadata))
     if not (root / "dataset").exists():
@@ -506,11 +574,12 @@ def pipeline_runs(tmp_path_factory):
     common += "--batch-size 4 --warmup-steps 2 --num-workers 0".split()
     seed = root / "seed"
     seed_flags = f"--cluster all --config tiny --batch-size 2 --stop-at-step 4 --report-to {report_to}".split()
-    seed_log = launch_two_processes(EXPERT, *common, *seed_flags, "--output", seed).stdout
+    seed_log = launch_two_processes(EXPERT, *common, *seed_flags, "--output", seed).stderr
     experts = [root / "expert-0", root / "expert-1"]
     extra = ["", "--mixed-precision bf16 --gradient-checkpointing --max-grad-norm 1.0 --out-of-cluster-ratio 0.02"]
-    for k, expert in enumerate(experts):  # independent jobs; here, one after the other in this process
-        train_here(*common, *f"--cluster {k} --init {seed} --output {expert} --report-to none {extra[k]}".split())
+    with training_log() as expert_log:
+        for k, expert in enumerate(experts):  # independent jobs; here, one after the other in this process
+            train_here(*common, *f"--cluster {k} --init {seed} --output {expert} --report-to none {extra[k]}".split())
     mode = root / "mode"
     python(
         ASSEMBLE,
@@ -527,6 +596,7 @@ def pipeline_runs(tmp_path_factory):
         seed=seed,
         seed_log=seed_log,
         experts=experts,
+        expert_log=[record.getMessage().removeprefix("[RANK 0] ") for record in expert_log],
         mode=mode,
         report_to=report_to,
     )
@@ -546,9 +616,20 @@ def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
     assert record["num_processes"] == 2 and record["global_batch_size"] == 4 and record["final_step"] == 4
     # The seed trains on the clustering's output, less its pairs without a caption (cluster -1): skipped, counted.
     assert record["data"]["pairs_without_caption"] == 6 and record["data"]["cluster_pairs"] == 42
-    assert pipeline_runs["seed_log"].count("Skipping 6 of 48 pairs without a usable caption.") == 1
+    # The log says how the run started, on the main process only, and where the model went.
+    dataset = pipeline_runs["clusters"] / "dataset"
+    for line in [
+        "Starting from random weights (--config tiny).",
+        f"Training on 42 pairs, of the 48 pairs of --dataset {dataset}, split train (6 without a usable caption are "
+        "skipped): 10 steps an epoch.",
+        "Global batch of 4 pairs: --batch-size 2 x --gradient-accumulation-steps 1 x 2 processes; steps 0 to 4 of a "
+        "6-step schedule.",
+        f"Saved the model and its CLIPProcessor to {seed}, finished at step 4.",
+    ]:
+        assert pipeline_runs["seed_log"].count(f" - INFO - modeling_mode.lib.training.loop - [RANK 0] {line}\n") == 1
     assert sorted(p.name for p in (seed / "checkpoints").iterdir()) == ["step_2", "step_4"]
     assert isinstance(CLIPModel.from_pretrained(seed), CLIPModel)  # the seed is a standalone CLIPModel directory
+    others = ["", " and --out-of-cluster-ratio 0.02 of the other clusters' (0 pairs an epoch)"]  # 2% of 18 pairs
     for k, expert in enumerate(experts):
         record = run_args(expert)["run"]
         assert (record["cluster"], record["start"], record["start_step"], record["final_step"]) == (k, "fork", 4, 6)
@@ -556,12 +637,35 @@ def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
         # AdamW's step counts went on from the seed's 4: its optimizer state was forked, not restarted.
         optimizer = torch.load(expert / "checkpoints" / "step_6" / "optimizer.bin", weights_only=False)
         assert {int(state["step"]) for state in optimizer["state"].values()} == {6}
-        assert (expert / "tokenizer.json").exists() and (expert / "preprocessor_config.json").exists()
+        data = record["data"]
+        assert pipeline_runs["expert_log"][k * 4 : k * 4 + 2] == [
+            f"Forking the seed checkpoint {record['start_checkpoint']} at step 4: its weights, optimizer state and "
+            "schedule position.",
+            f"Training on cluster {k}'s {data['cluster_pairs']} pairs{others[k]}, of the 48 pairs of --dataset "
+            f"{dataset}, split train (6 without a usable caption are skipped): {data['steps_per_epoch']} steps an "
+            "epoch.",
+        ]
     assert run_args(experts[1])["run"]["mixed_precision"] == "bf16"
     assert run_args(experts[1])["run"]["data_variant"].startswith("released code")
     assert run_args(experts[0])["run"]["data_variant"].startswith("paper")
     if pipeline_runs["report_to"] == "tensorboard":
         assert list((seed / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_every_run_and_checkpoint_carries_its_clip_processor(pipeline_runs):
+    """AutoProcessor gives the CLIPProcessor saved with a run (and with each checkpoint), whose inputs the CLIPModel
+    beside it takes; its tokenizer and image processor also load alone, as assembly and evaluation load them."""
+    image = PILImage.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    expert = pipeline_runs["experts"][0]
+    for folder in (pipeline_runs["seed"], expert, expert / "checkpoints" / "step_6"):
+        processor = AutoProcessor.from_pretrained(folder)
+        assert isinstance(processor, CLIPProcessor)
+        text = ["cluster 0 pair 1", "a cat"]
+        inputs = processor(text=text, images=[image], padding=True, truncation=True, return_tensors="pt")
+        assert inputs["pixel_values"].shape == (1, 3, 32, 32)  # the tiny config's image size
+        assert CLIPModel.from_pretrained(folder)(**inputs).logits_per_image.shape == (1, 2)
+        assert AutoTokenizer.from_pretrained(folder).get_vocab() == processor.tokenizer.get_vocab()
+        assert AutoImageProcessor.from_pretrained(folder).to_dict() == processor.image_processor.to_dict()
 
 
 def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, tmp_path, monkeypatch):
@@ -577,14 +681,15 @@ def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, 
     # The clustering used another encoder: each centroid is the mean router embedding of its cluster's captions.
     assert mode.config.centroids_reexpressed and mode.config.clustering_encoder.endswith("all-MiniLM-L6-v2")
     seed = pipeline_runs["seed"]
-    router, dataset = router_from(str(seed)), load_pairs(pipeline_runs["dataset"])
-    tokenizer = AutoTokenizer.from_pretrained(seed)
+    router, dataset = CaptionEncoder(str(seed), device="cpu"), load_pairs(pipeline_runs["dataset"])
+    layout = json.loads((pipeline_runs["clusters"] / "clusters.json").read_text())["settings"]["embeddings"]
+    shards = EmbeddingShards(pipeline_runs["clusters"] / "embeddings", layout)
+    # The caption of each pair that the clustering embedded (a seeded choice from its list), as assembly reads it.
+    chosen = [c for s in range(shards.num_shards) for c in shard_captions(dataset, "caption", shards, s, 0)]
     expected = []
-    with torch.no_grad():
-        for fine in range(FINE_CLUSTERS):
-            captions = [c[0] for c, f in zip(dataset["caption"], dataset["fine_id"]) if f == fine]
-            embeds = router(**tokenizer(captions, padding=True, return_tensors="pt")).text_embeds
-            expected.append(torch.nn.functional.normalize(embeds, dim=-1).mean(0))
+    for fine in range(FINE_CLUSTERS):
+        captions = [c for c, f in zip(chosen, dataset["fine_id"]) if f == fine]
+        expected.append(torch.from_numpy(router.encode(captions)).mean(0))
     torch.testing.assert_close(mode.fine_centroids, torch.nn.functional.normalize(torch.stack(expected), dim=-1))
     provenance = json.loads((mode_dir / "assembly.json").read_text())
     assert provenance["experts"] == [str(e) for e in experts] and provenance["centroids_reexpressed"]
@@ -597,7 +702,8 @@ def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, 
 
 def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tmp_path):
     seed = pipeline_runs["seed"]
-    centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, router_from(str(seed)).config.projection_dim))
+    router_dim = CaptionEncoder(str(seed), device="cpu").embed_dim
+    centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, router_dim))
     clusters = write_clusters(tmp_path / "clusters", pipeline_runs["dataset"], str(seed), centroids)
     mode = assemble([str(e) for e in pipeline_runs["experts"]], str(clusters), str(seed), str(tmp_path / "mode"))
     assert not mode.config.centroids_reexpressed

@@ -14,8 +14,8 @@ import sys
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import HfArgumentParser
 
+from modeling_mode.lib import cli
 from modeling_mode.lib.training import (
     ExpertTrainingArguments,
     TrainingData,
@@ -28,7 +28,7 @@ from modeling_mode.lib.training import (
 
 def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, accelerator: Accelerator) -> None:
     set_seed(0)
-    model, tokenizer, image_processor = random_clip("tiny")
+    model, processor = random_clip("tiny")
     args = ExpertTrainingArguments(
         dataset=dataset,
         output=out_dir,
@@ -37,10 +37,10 @@ def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, ac
         gradient_accumulation_steps=accumulation,
         num_workers=0,
     )
-    data = TrainingData(args, None, accelerator)
+    data = TrainingData(args, accelerator)
     max_length = model.config.text_config.max_position_embeddings
     model, _ = accelerator.prepare(model, build_optimizer(model, args))
-    batches = data.micro_batches(tokenizer, image_processor, max_length, start_step=0)
+    batches = data.micro_batches(processor, max_length, start_step=0)
     loss = accumulate_gradients(model, [next(batches) for _ in range(accumulation)], accelerator)
     loss = accelerator.reduce(loss, "mean")
     if accelerator.is_main_process:  # gradients are already averaged over processes, as in training
@@ -53,7 +53,7 @@ def killed_in_final_save(argv: list[str]) -> None:
     """The fault hook: os.replace, which moves the final save's files from its scratch folder into --output, kills
     the process once it has moved `--kill-after` of them. Checkpoints and records are renamed elsewhere or in place."""
     at = argv.index("--kill-after")
-    (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(argv[:at] + argv[at + 2 :])
+    args = cli.parse(ExpertTrainingArguments, __doc__, argv[:at] + argv[at + 2 :])
     kill_after = int(argv[at + 1])
     output, replace, moved = os.path.abspath(args.output), os.replace, []
 

@@ -7,21 +7,24 @@
 
 `--init` a seed checkpoint forks its weights, optimizer state and schedule position. `--resume` continues the run in
 --output from its last checkpoint: a killed run, or one stopped by --stop-at-step that should go further; with no
-checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is
-finished when its training_args.json, written last, holds `run.final_step` (`modeling_mode.lib.training.is_finished`).
-Bad input ends with one line on stderr and exit status 2. `python train/expert.py --help` lists every flag.
+checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is a
+CLIPModel directory with its CLIPProcessor (`AutoProcessor.from_pretrained`); it is finished when its
+training_args.json, written last, holds `run.final_step` (`modeling_mode.lib.training.is_finished`). Bad input ends
+with one line on stderr and exit status 2. Flags have dash and underscore spellings, and transformers' names where
+they mean the same (--output_dir, --per_device_train_batch_size, --save_steps, ...).
 """
 
-from transformers import HfArgumentParser
+import logging
 
-from modeling_mode.lib.cli import run
+from modeling_mode.lib import cli
 from modeling_mode.lib.training import ExpertTrainingArguments, train
 
 
 def main(argv: list[str] | None = None) -> str:
-    (args,) = HfArgumentParser(ExpertTrainingArguments).parse_args_into_dataclasses(argv)
-    return train(args)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S")
+    logging.getLogger("modeling_mode").setLevel(logging.INFO)  # how the run starts, where it is saved
+    return train(cli.parse(ExpertTrainingArguments, __doc__, argv))
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -5,33 +5,48 @@ centroid is re-expressed in the router's space as the mean router embedding of i
 """
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
+from datasets import Dataset
+from transformers import CLIPModel, CLIPProcessor
 
-from ..configuration_mode_clip import ModeCLIPConfig, text_tower_config
+from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel, _architecture
 from .clustering import read_finished_run
 from .data import cluster_ids, load_pairs
+from .embedding import CaptionEncoder, EmbeddingShards, shard_captions
 from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, read_json, write_json
+from .hub import HubArguments
 from .training import TRAINING_ARGS, is_finished
 
 ASSEMBLY = "assembly.json"
+ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
 
 
-def router_from(path: str) -> CLIPTextModelWithProjection:
-    """The text tower with its projection from a CLIPModel (the seed) or a CLIPTextModelWithProjection directory."""
-    if AutoConfig.from_pretrained(path).model_type != "clip":
-        return CLIPTextModelWithProjection.from_pretrained(path, dtype=torch.float32)
-    clip = CLIPModel.from_pretrained(path, dtype=torch.float32)
-    with torch.device("meta"):  # weights come from the CLIP right away
-        router = CLIPTextModelWithProjection(text_tower_config(clip.config))
-    router.text_model = clip.text_model
-    router.text_projection = clip.text_projection
-    return router.eval()
+@dataclass
+class AssembleArguments(HubArguments):
+    """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (hub_cards/push.py)."""
+
+    experts: list[str] = field(metadata={"help": "Expert run directories (train/expert.py outputs), any order."})
+    clusters: str = field(metadata={"help": "Clustering output: clusters.safetensors, clusters.json, dataset/."})
+    router_text_model: str = field(metadata={"help": "The seed CLIP: its text tower routes tasks; its processor."})
+    output: str = field(metadata={"help": "Directory of the assembled ModeCLIPModel.", "aliases": ["--output_dir"]})
+    recompute_centroids: bool = field(
+        default=False,
+        metadata={"help": "Re-express the fine centroids in the router's space even if the clustering used it."},
+    )
+    routing: str = field(default="paper", metadata={"help": "paper, released or uniform."})
+    router_lambda: float = field(default=0.2, metadata={"help": "Kernel width of the paper's routing."})
+    router_top_k: int | None = field(default=None, metadata={"help": "Keep only the k highest-weighted experts."})
+    router_temperature: float = field(default=8.0, metadata={"help": "Softmax temperature of the released routing."})
+
+    @property
+    def router_settings(self) -> dict:
+        return {name: getattr(self, name) for name in ROUTER_SETTINGS}
 
 
 def check_output(output: str) -> None:
@@ -106,10 +121,14 @@ def load_experts(ordered: list[str]) -> list[CLIPModel]:
     return experts
 
 
-def load_router(path: str):
-    """The router text tower, and the tokenizer and image processor the MODE is saved with."""
+def load_router(path: str) -> tuple[CaptionEncoder, CLIPProcessor]:
+    """The router's caption encoder, whose model is the MODE's router text tower (a CLIP text tower, projected: a
+    CLIPModel such as the seed, or a CLIPTextModelWithProjection), and the seed's tokenizer and image processor as
+    the CLIPProcessor the MODE is saved with. The processor is loaded apart from the encoder's tokenizer, whose
+    truncation setting (from re-expressing centroids) would otherwise be saved with it."""
     with naming_failures("--router-text-model", path):
-        return router_from(path), AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+        encoder = CaptionEncoder(path, "projection", device="cpu")  # float32, the precision the MODE is saved in
+        return encoder, CLIPProcessor.from_pretrained(path)
 
 
 def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
@@ -120,48 +139,60 @@ def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
     return clustering_encoder == router_path
 
 
-def first_caption(captions) -> str:
-    return captions if isinstance(captions, str) else captions[0]
+@dataclass
+class ClusteredPairs:
+    """A clustering run's labelled pairs, and how its embedding pass chose one caption per pair."""
+
+    dataset: Dataset
+    caption_column: str
+    shards: EmbeddingShards  # the run's shard layout (only its rows are used: no embedding is read)
+    caption_seed: int
+
+    @classmethod
+    def read(cls, clusters: str, report: dict) -> "ClusteredPairs":
+        folder = Path(clusters)
+        dataset = load_pairs(str(folder / "dataset"), report.get("split", "train"))
+        caption_column = report.get("caption_column", "caption")
+        missing = sorted({caption_column, "fine_id"} - set(dataset.column_names))
+        if missing:
+            raise InputError(f"{str(folder / 'dataset')!r} has no column {missing}: it is not the clustering's.")
+        meta = report.get("settings", {}).get("embeddings", {})
+        unsaid = sorted({"num_rows", "shard_rows", "embed_dim", "caption_seed"} - set(meta))
+        if unsaid:
+            raise InputError(
+                f"{folder / 'clusters.json'} does not say which captions the clustering embedded (its settings' "
+                f"embeddings lack {unsaid}): cluster again with train/cluster.py."
+            )
+        if meta["num_rows"] != len(dataset):
+            raise InputError(
+                f"{str(folder / 'dataset')!r} has {len(dataset)} pairs, but the clustering embedded "
+                f"{meta['num_rows']}: it is not that clustering's dataset."
+            )
+        return cls(dataset, caption_column, EmbeddingShards(folder / "embeddings", meta), meta["caption_seed"])
 
 
-@torch.no_grad()
 def caption_centroids(
-    router: CLIPTextModelWithProjection,
-    tokenizer,
-    dataset,
-    caption_column: str,
-    num_fine_clusters: int,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Each fine cluster's centroid in the router's space: the mean of its captions' L2-normalised router embeddings
-    (the first caption of a list), normalised like the spherical k-means centroids it replaces; and which fine
-    clusters have captions at all (pairs are labelled by nearest centre, which can leave a centre without any)."""
-    fine_ids = cluster_ids(dataset, "fine_id")
-    sums = torch.zeros(num_fine_clusters, router.config.projection_dim)
-    rows = np.flatnonzero(fine_ids >= 0)
-    captions = dataset.select_columns([caption_column])
-    for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo : lo + batch_size]
-        text = [first_caption(c) for c in captions.select(chunk)[caption_column]]
-        tokens = tokenizer(
-            text, padding=True, truncation=True, max_length=router.config.max_position_embeddings, return_tensors="pt"
-        )
-        embeds = torch.nn.functional.normalize(router(**tokens).text_embeds.float(), dim=-1)
-        sums.index_add_(0, torch.as_tensor(fine_ids[chunk]), embeds)
-    counts = np.bincount(fine_ids[rows], minlength=num_fine_clusters)
+    encoder: CaptionEncoder, pairs: ClusteredPairs, num_fine_clusters: int, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each fine cluster's centroid in the router's space: the mean of its pairs' L2-normalised router embeddings,
+    normalised like the spherical k-means centroids it replaces; and which fine clusters have captions at all (pairs
+    are labelled by nearest centre, which can leave a centre without any). Each pair's caption is the one the
+    clustering embedded (a list's seeded choice), so both spaces describe a cluster by the same captions."""
+    fine_ids = cluster_ids(pairs.dataset, "fine_id")
+    captions = pairs.dataset.select_columns([pairs.caption_column])
+    sums = torch.zeros(num_fine_clusters, encoder.embed_dim)
+    for shard in range(pairs.shards.num_shards):
+        rows = pairs.shards.rows_of(shard)
+        chosen = shard_captions(captions, pairs.caption_column, pairs.shards, shard, pairs.caption_seed)
+        ids = fine_ids[rows.start : rows.stop]
+        labelled = np.flatnonzero(ids >= 0)  # a labelled pair had a caption to embed
+        if labelled.size:
+            embeddings = encoder.encode([chosen[i] for i in labelled], batch_size)
+            sums.index_add_(0, torch.as_tensor(ids[labelled]), torch.from_numpy(embeddings))
+    counts = np.bincount(fine_ids[fine_ids >= 0], minlength=num_fine_clusters)
     if not counts.any():
         raise InputError("No pair of the clustered dataset has a fine cluster: no centroid can be re-expressed.")
     return torch.nn.functional.normalize(sums, dim=-1), torch.as_tensor(counts > 0)
-
-
-def clustered_pairs(clusters: str, report: dict):
-    """The clustering run's labelled pairs, which the centroids are re-expressed from."""
-    dataset = load_pairs(os.path.join(clusters, "dataset"), report.get("split", "train"))
-    caption_column = report.get("caption_column", "caption")
-    missing = sorted({caption_column, "fine_id"} - set(dataset.column_names))
-    if missing:
-        raise InputError(f"{os.path.join(clusters, 'dataset')!r} has no column {missing}: it is not the clustering's.")
-    return dataset, caption_column
 
 
 def assemble(
@@ -173,7 +204,8 @@ def assemble(
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
-    router's tokenizer and image processor and an assembly.json of where each part came from.
+    router's tokenizer and image processor as one CLIPProcessor (`AutoProcessor` loads it) and an assembly.json of
+    where each part came from.
 
     Only finished runs are taken (train/expert.py's and train/cluster.py's completion markers), and `output` is
     written whole or not at all: a crash leaves the previous assembly (or none), never a config.json without the
@@ -184,24 +216,25 @@ def assemble(
     check_router_settings(fit.num_experts, router_settings)
     expert_paths = expert_runs(experts, fit.num_experts)
     expert_models = load_experts(expert_paths)
-    router, tokenizer, image_processor = load_router(router_text_model)
+    encoder, processor = load_router(router_text_model)
+    router = encoder.model
 
-    encoder = report.get("encoder")
+    clustering_encoder = report.get("encoder")
     reexpress = (
         recompute_centroids
-        or not same_encoder(encoder, router_text_model)
+        or not same_encoder(clustering_encoder, router_text_model)
         or fit.embed_dim != router.config.projection_dim
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     if reexpress:
-        dataset, caption_column = clustered_pairs(clusters, report)
-        centroids, has_captions = caption_centroids(router, tokenizer, dataset, caption_column, len(fine_to_coarse))
+        pairs = ClusteredPairs.read(clusters, report)
+        centroids, has_captions = caption_centroids(encoder, pairs, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
         dropped = np.flatnonzero(~has_captions.numpy()).tolist()
         centroids = centroids[has_captions]
         fine_to_coarse = [k for k, kept in zip(fine_to_coarse, has_captions) if kept]
     provenance = {
-        "clustering_encoder": encoder,
+        "clustering_encoder": clustering_encoder,
         "centroids_reexpressed": reexpress,
         "centroid_space": "router: mean caption embedding per fine cluster" if reexpress else "clustering encoder",
         "dropped_empty_fine_clusters": dropped,
@@ -219,7 +252,7 @@ def assemble(
         "router_settings": router_settings,
     }
     with atomic_directory(output) as scratch:
-        for part in (model, tokenizer, image_processor):
+        for part in (model, processor):
             part.save_pretrained(scratch)
         write_json(scratch / ASSEMBLY, record)
     return model

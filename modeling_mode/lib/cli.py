@@ -7,6 +7,7 @@ underscores (`--output-dir`, `--output_dir`), as transformers' example scripts d
 """
 
 import sys
+from argparse import RawDescriptionHelpFormatter
 
 from transformers import HfArgumentParser
 
@@ -20,7 +21,8 @@ def parse(arguments_class, description: str, argv: list[str] | None = None):
 
     A check in the dataclass's `__post_init__` that raises InputError ends the script as any bad input does.
     """
-    parser = HfArgumentParser(arguments_class, description=description)
+    # Raw: the description is the script's docstring, whose usage lines must keep their breaks.
+    parser = HfArgumentParser(arguments_class, description=description, formatter_class=RawDescriptionHelpFormatter)
     (arguments,) = parser.parse_args_into_dataclasses(argv)
     return arguments
 

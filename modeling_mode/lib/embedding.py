@@ -201,6 +201,16 @@ class EmbeddingShards:
         return out
 
 
+def shard_captions(dataset, caption_column: str, shards: EmbeddingShards, shard: int, seed: int) -> list[str | None]:
+    """The caption embedded for each pair of `shard` (`choose_captions`; None: no usable caption).
+
+    Seeded by shard, so a list-of-captions column gives the same caption whichever process embeds the shard, and
+    the assembly, re-expressing centroids in the router's space, reads the very captions the clustering embedded.
+    """
+    rows = shards.rows_of(shard)
+    return choose_captions(dataset[rows.start : rows.stop][caption_column], np.random.default_rng([seed, shard]))
+
+
 def embed_corpus(
     dataset,
     caption_column: str,
@@ -221,8 +231,7 @@ def embed_corpus(
     with tqdm(total=total, unit="captions", desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
         for shard in todo:
             rows = shards.rows_of(shard)
-            # Seeded by shard, so a list-of-captions column picks the same caption whichever process runs it.
-            chosen = choose_captions(captions_only[rows.start : rows.stop][caption_column], _rng(seed, shard))
+            chosen = shard_captions(captions_only, caption_column, shards, shard, seed)
             present = [i for i, caption in enumerate(chosen) if caption is not None]
             embeddings = np.zeros((len(rows), shards.embed_dim), dtype=np.float32)
             if present:
@@ -235,7 +244,3 @@ def embed_corpus(
         seconds = time.perf_counter() - start
         logger.info(f"process {rank}: embedded {done} captions in {seconds:.1f} s ({done / seconds:.0f} captions/s)")
     return done
-
-
-def _rng(seed: int, shard: int) -> np.random.Generator:
-    return np.random.default_rng([seed, shard])

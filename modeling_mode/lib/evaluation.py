@@ -3,32 +3,37 @@
 Every expert encodes the images and texts once; the ensembles (routed with the paper's formula, with the released
 one, uniform) and each expert alone are then combinations of the experts' cosine similarities, as in MODE:
 `logits = sum_k w_k * exp(logit_scale_k) * cos_k`. A `CLIPModel` is a MODE of one expert with weight one.
+
+The metrics are `evaluate` modules kept in this package (`metrics/`), loaded by path: no Hub, so offline too.
+`eval/zeroshot.py` and `eval/retrieval.py` are thin entry points to `evaluate_zero_shot` and `evaluate_retrieval`.
 """
 
-import argparse
+import functools
 import importlib.util
-import json
 import numbers
 import os
 import reprlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from ..configuration_mode_clip import ROUTINGS
 from ..modeling_mode_clip import ModeCLIPModel
 from .errors import InputError, check_output_file, check_weight_files, naming_failures
-from .files import write_json, write_text
+from .files import atomic_path, read_json, write_json, write_text
 
 # The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
 # provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
 MODEL_TYPES = ("clip", "mode_clip")
 TEMPLATES = "zeroshot_classification_templates"  # clip-benchmark's name for the prompt templates
+METRICS = Path(__file__).resolve().parent / "metrics"
+# The names the results go by: each routing of a MODE, or a CLIPModel itself.
+MODE_NAME, CLIP_NAME = "MODE {routing}", "CLIPModel"
 
 # A short, general set of CLIP prompt templates; name a benchmark's set (`strings_from`) or pass your own for one.
 DEFAULT_TEMPLATES = (
@@ -59,7 +64,7 @@ def strings_from(value: str, what: str) -> list[str]:
 
 def _json_file(path: str, what: str):
     try:
-        return json.loads(Path(path).read_text())
+        return read_json(path)
     except OSError as error:
         raise InputError(f"{path!r} ({what}) cannot be read: {error.strerror or error}.") from error
     except ValueError as error:  # not JSON, or not text at all
@@ -73,7 +78,7 @@ def _named_set(name: str, what: str):
             f"{name!r} is not a file, and named {what} sets come from clip-benchmark: "
             "pip install --no-deps clip-benchmark, or pass a JSON file."
         )
-    named = json.loads((Path(package.origin).parent / "datasets" / f"en_{what}.json").read_text())
+    named = read_json(Path(package.origin).parent / "datasets" / f"en_{what}.json")
     if name not in named:
         raise InputError(f"clip-benchmark has no {what} for {name!r}; it has: {', '.join(sorted(named))}.")
     return named[name]
@@ -169,8 +174,11 @@ def ensembles(model, router_embeds: torch.Tensor | None) -> dict[str, torch.Tens
     """Named expert-weight vectors to compare: the routings of a MODE and each expert alone."""
     num_experts = len(experts_of(model))
     if not isinstance(model, ModeCLIPModel):
-        return {"CLIPModel": torch.ones(1)}
-    named = {f"MODE {routing}": model.route_embeddings(router_embeds, routing=routing).cpu() for routing in ROUTINGS}
+        return {CLIP_NAME: torch.ones(1)}
+    named = {
+        MODE_NAME.format(routing=routing): model.route_embeddings(router_embeds, routing=routing).cpu()
+        for routing in ROUTINGS
+    }
     named.update(
         {f"expert {k}": nn.functional.one_hot(torch.tensor(k), num_experts).float() for k in range(num_experts)}
     )
@@ -190,20 +198,21 @@ def zero_shot_classifier(
     return average_over_templates(features), average_over_templates(routed) if routed is not None else None
 
 
+@functools.cache
+def metric(name: str):
+    """The `evaluate` module `metrics/<name>/<name>.py` of this package, loaded by its path: never from the Hub."""
+    import evaluate
+
+    return evaluate.load(str(METRICS / name), keep_in_memory=True)
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 and top-5 accuracy, and mean per-class accuracy (CLIP's metric for e.g. Pets, Flowers, Aircraft)."""
-    num_classes = logits.shape[-1]
+    """Top-1 and top-5 accuracy, and mean per-class accuracy (CLIP's metric for e.g. Pets, Flowers, Aircraft).
 
-    def accuracy(top_k, average):
-        return multiclass_accuracy(logits, labels, num_classes=num_classes, top_k=top_k, average=average)
-
-    # Mean over the classes present in `labels`: torchmetrics' "macro" also counts classes that are only predicted.
-    present = torch.bincount(labels, minlength=num_classes) > 0
-    return {
-        "top1": accuracy(1, "micro").item(),
-        "top5": accuracy(min(5, num_classes), "micro").item(),
-        "mean_per_class": accuracy(1, "none")[present].mean().item(),
-    }
+    The metric takes each image's 5 best classes, not all its logits: enough for every accuracy it computes.
+    """
+    ranked = logits.topk(min(5, logits.shape[-1])).indices
+    return metric("zero_shot_accuracy").compute(predictions=ranked.numpy(), references=labels.numpy())
 
 
 def zero_shot_classification(
@@ -236,9 +245,9 @@ def zero_shot_classification(
 
 def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
     """Share of queries (rows of `scores`) with a relevant item (True in `relevant`) among their k best."""
-    ranked = scores.argsort(dim=1, descending=True)
-    hits = relevant.gather(1, ranked)
-    return {f"R@{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+    ranked = scores.topk(min(max(ks), scores.shape[1])).indices
+    relevant_items = [row.nonzero().flatten().numpy() for row in relevant]
+    return metric("retrieval_recall").compute(predictions=ranked.numpy(), references=relevant_items, k=ks)
 
 
 def retrieval(model, tokenizer, image_processor, images: Iterable, captions: list[list[str]]) -> dict:
@@ -271,54 +280,133 @@ def retrieval(model, tokenizer, image_processor, images: Iterable, captions: lis
     return {"task": "image-text-retrieval", "num_images": len(captions), "num_texts": len(texts), "results": results}
 
 
-def command_line(description: str) -> argparse.ArgumentParser:
-    """The flags every evaluation script takes; each adds its own."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", required=True, help="CLIPModel or ModeCLIPModel: local directory or Hub id")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code that --model ships (its config's auto_map); never needed for a CLIP or a MODE, "
-        "whose code this package provides",
+# ---------------------------------------------------------------------------------------------- the evaluators' flags
+
+
+@dataclass
+class EvaluationArguments:
+    """The flags both evaluators take; each script's dataclass adds its own."""
+
+    model: str = field(metadata={"help": "CLIPModel or ModeCLIPModel: local directory or Hub id"})
+    dataset: str = field(metadata={"help": "save_to_disk, imagefolder or data-file directory, or Hub id"})
+    output: str = field(
+        metadata={"help": "results JSON; the markdown table (.md) and evaluate's record (.evaluate.json) go beside it"}
     )
-    parser.add_argument("--dataset", required=True, help="save_to_disk, imagefolder or data-file directory, or Hub id")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--image-column", help="default: the dataset's image column")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--limit", type=int, help="evaluate on the first N examples only")
-    parser.add_argument("--device", help="e.g. cuda; default: cpu")
-    parser.add_argument("--output", required=True, help="results JSON; the markdown table goes beside it (.md)")
-    return parser
+    split: str = field(default="test", metadata={"help": "the dataset split to evaluate on"})
+    image_column: str | None = field(default=None, metadata={"help": "none given: the dataset's only Image column"})
+    batch_size: int = field(default=64, metadata={"help": "images per batch"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate on the first N examples only"})
+    device: str | None = field(
+        default=None, metadata={"help": "e.g. cuda:1; none given: cuda when torch sees a GPU, else cpu"}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "run the Python code that --model ships (its config's auto_map); never needed for a CLIP or a "
+            "MODE, whose code this package provides"
+        },
+    )
+    eval_results: bool = field(
+        default=True,
+        metadata={
+            "help": "add the results to a local --model's eval_results.json, which its model card shows, in place of "
+            "an earlier evaluation of the same task, dataset and split (--no-eval-results: leave the model as it is)"
+        },
+    )
+
+    def __post_init__(self):
+        """Refuse, before any work, sizes below one, a device there is not, and outputs that could not be written."""
+        for flag, value in (("--batch-size", self.batch_size), ("--limit", self.limit)):
+            if value is not None and value < 1:
+                raise InputError(f"{flag} must be at least 1, got {value}.")
+        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_device(self.device)
+        output = check_output_file(self.output)
+        if output.suffix == ".md":
+            raise InputError(
+                f"--output {self.output!r}: the markdown table goes beside the JSON as .md; name a .json."
+            )
+        check_output_file(output.with_suffix(".md"), "--output's table")
+        check_output_file(evaluate_record(output), "--output's evaluate record")
+        if self.model_results is not None:
+            if output.resolve() == self.model_results.resolve():
+                raise InputError(f"--output {self.output!r} is the model's eval_results.json: name another file.")
+            check_output_file(self.model_results, "--model's eval_results.json")
+
+    @property
+    def model_results(self) -> Path | None:
+        """The eval_results.json the results go into: a local --model's, unless --no-eval-results."""
+        return Path(self.model) / "eval_results.json" if self.eval_results and os.path.isdir(self.model) else None
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    """Refuse, before any work, sizes below one, a device there is not, and an --output that could not be written."""
-    for flag, value in (("--batch-size", args.batch_size), ("--limit", args.limit)):
-        if value is not None and value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}.")
-    if args.device:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            raise InputError(f"--device {args.device!r} is not a device ({error}).") from error
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {args.device!r}: torch sees no CUDA device here.")
-    output = check_output_file(args.output)
-    if output.suffix == ".md":
-        raise InputError(f"--output {args.output!r}: the markdown table goes beside the JSON as .md; name a .json.")
-    check_output_file(output.with_suffix(".md"), "--output's table")
+@dataclass
+class ZeroShotArguments(EvaluationArguments):
+    label_column: str | None = field(
+        default=None, metadata={"help": "none given: the dataset's only ClassLabel column"}
+    )
+    classnames: str | None = field(
+        default=None,
+        metadata={"help": "JSON list of class names by label id, or a SET; none given: the ClassLabel's names"},
+    )
+    templates: str | None = field(
+        default=None, metadata={"help": "JSON list of prompt templates with {c} for the class name, or a SET"}
+    )
 
 
-def load_split(args: argparse.Namespace):
+@dataclass
+class RetrievalArguments(EvaluationArguments):
+    caption_column: str = field(default="caption", metadata={"help": "a caption or a list of captions per image"})
+
+
+def evaluate_zero_shot(arguments: ZeroShotArguments) -> str:
+    """eval/zeroshot.py: check every input before the model loads, score the model, write the results; the table."""
+    import datasets
+
+    templates = prompt_templates(strings_from(arguments.templates, TEMPLATES) if arguments.templates else None)
+    classnames = strings_from(arguments.classnames, "classnames") if arguments.classnames else None
+    dataset, image_column = load_split(arguments)
+    label_column = arguments.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
+    labels, classnames = class_labels(dataset, label_column, classnames)
+    model, tokenizer, image_processor = load_model(arguments.model, arguments.device, arguments.trust_remote_code)
+
+    images = image_batches(dataset, image_column, arguments.batch_size)
+    results = zero_shot_classification(model, tokenizer, image_processor, images, labels, classnames, templates)
+    return write_results(results, arguments)
+
+
+def evaluate_retrieval(arguments: RetrievalArguments) -> str:
+    """eval/retrieval.py: check every input before the model loads, score the model, write the results; the table."""
+    dataset, image_column = load_split(arguments)
+    captions = captions_per_image(dataset, arguments.caption_column)
+    model, tokenizer, image_processor = load_model(arguments.model, arguments.device, arguments.trust_remote_code)
+
+    images = image_batches(dataset, image_column, arguments.batch_size)
+    results = retrieval(model, tokenizer, image_processor, images, captions)
+    return write_results(results, arguments)
+
+
+# ------------------------------------------------------------------------------------------------------------ inputs
+
+
+def check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise InputError(f"--device {device!r} is not a device ({error}).") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device!r}: torch sees no CUDA device here.")
+
+
+def load_split(arguments: EvaluationArguments):
     """The dataset split the flags name (its first `--limit` rows) and its image column."""
     import datasets
 
     from .data import load_pairs
 
-    dataset = load_pairs(args.dataset, args.split)
-    if args.limit:
-        dataset = dataset.select(range(min(args.limit, len(dataset))))
-    image_column = args.image_column or column_of_type(dataset, datasets.Image, "--image-column")
+    dataset = load_pairs(arguments.dataset, arguments.split)
+    if arguments.limit:
+        dataset = dataset.select(range(min(arguments.limit, len(dataset))))
+    image_column = arguments.image_column or column_of_type(dataset, datasets.Image, "--image-column")
     check_column(dataset, image_column, "--image-column", datasets.Image)
     return dataset, image_column
 
@@ -449,21 +537,62 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, output: str) -> str:
-    """Write the results as a markdown table (.md) and as JSON at `output`; return the table.
+def evaluate_record(output: Path) -> Path:
+    """Where `evaluate.save` writes the metric record of the results JSON `output`."""
+    return output.with_suffix(".evaluate.json")
 
-    The JSON, which the main job and the model card read, is written last: its presence means both are complete.
+
+def write_results(results: dict, arguments: EvaluationArguments) -> str:
+    """Write the results of `arguments`' evaluation; return their markdown table.
+
+    Beside the table (.md) go `evaluate`'s record of the metric values (.evaluate.json, with the time, the git commit
+    and the versions) and, for a local model, its eval_results.json rows. The results JSON, which the main job and
+    report read, is written last: its presence means everything else is complete.
     """
+    import evaluate
+
+    results = {**results, "model": arguments.model, "dataset": arguments.dataset, "split": arguments.split}
+    output = Path(arguments.output)
     table = markdown_table(results)
-    write_text(Path(output).with_suffix(".md"), table + "\n")
+    write_text(output.with_suffix(".md"), table + "\n")
+    with atomic_path(evaluate_record(output)) as partial:
+        evaluate.save(str(partial), **{key: results[key] for key in ("task", "model", "dataset", "split", "results")})
+    if arguments.model_results is not None:
+        add_to_eval_results(arguments.model_results, card_rows(results))
     write_json(output, results)
     return table
 
 
-def card_rows(results: dict, dataset: str, split: str) -> list[dict]:
-    """The results as `eval_results.json` rows, which the model card turns into its table and model-index."""
+def card_rows(results: dict) -> list[dict]:
+    """The results as `eval_results.json` rows, which the model card turns into its table and model-index.
+
+    A local data set is named by its absolute path, so that it is one data set however it was given; the card names
+    it by its last path component.
+    """
+    dataset = os.path.abspath(results["dataset"]) if os.path.exists(results["dataset"]) else results["dataset"]
+    evaluation = {"task": results["task"], "dataset": dataset, "split": results["split"]}
     return [
-        {"task": results["task"], "dataset": dataset, "split": split, "metric": metric, "model": name, "value": value}
+        evaluation | {"metric": metric, "model": name, "value": value}
         for name, values in results["results"].items()
         for metric, value in values.items()
     ]
+
+
+def add_to_eval_results(path: Path, rows: list[dict]) -> None:
+    """Add one evaluation's `rows` to the eval_results.json at `path`, in place of those of an earlier evaluation of
+    the same task on the same data set and split: evaluating again updates the model card, never duplicates it."""
+    from filelock import FileLock
+
+    def evaluation(row):
+        return row["task"], row["dataset"], row["split"]
+
+    replaced = {evaluation(row) for row in rows}
+    with FileLock(path.with_name(f".{path.name}.lock")):  # another evaluator of this model may be adding its rows
+        earlier = read_json(path) if path.is_file() else []
+        write_json(path, [row for row in earlier if evaluation(row) not in replaced] + rows)
+
+
+def results_name(config: dict) -> str:
+    """The name of a model's own results among those the evaluators report: a MODE as its config routes it, or a
+    CLIPModel itself (the other rows are baselines: the other routings and each expert alone)."""
+    return MODE_NAME.format(routing=config["routing"]) if config.get("model_type") == "mode_clip" else CLIP_NAME

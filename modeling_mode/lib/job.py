@@ -330,18 +330,6 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def record_results_in_models(output: Path) -> None:
-    """Write each trained model's evaluation into its folder as `eval_results.json`, which its model card shows."""
-    from .evaluation import card_rows
-
-    for model in (output / "models").iterdir():
-        rows = []
-        for results in sorted((output / "results" / model.name).glob("*.json")):
-            task = results.stem.split("-", 1)[-1] if results.stem.startswith("zeroshot-") else "retrieval"
-            rows += card_rows(read_json(results), task, "test")
-        write_json(model / "eval_results.json", rows)
-
-
 def prepare_data(job: Job) -> None:
     """Build what the sources leave to the offline corpus, and write `data/sources.json`: where every set is."""
     folder, s = job.output / "data", job.sources
@@ -409,8 +397,7 @@ def run(
     if config is not None:
         write_json(output / "clip_config.json", config)
     job.run_all(training_stages(job, encoder), "training stages")
-    job.run_all(evaluation_stages(job), "evaluation")
-    record_results_in_models(output)
+    job.run_all(evaluation_stages(job), "evaluation")  # each evaluator adds its rows to its eval_results.json
     from .report import write_report
 
     return write_report(output)

@@ -1,0 +1,163 @@
+"""`TrainingData`: what a run trains on (its pairs, checked up front) and this process's micro-batches.
+
+The dataset-level pieces (loading, the cluster filter, augmentation, the reproducible sampler) are in
+`modeling_mode.lib.data`; this module puts them together for one run of one process.
+"""
+
+import numpy as np
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from ..data import (
+    NO_CLUSTER,
+    GlobalBatchSampler,
+    PairCollator,
+    PairDataset,
+    PairTransform,
+    StreamingPairs,
+    caption_mask,
+    check_column_types,
+    check_columns,
+    cluster_ids,
+    load_pairs,
+)
+from ..errors import InputError
+from .arguments import ExpertTrainingArguments
+
+
+class TrainingData:
+    """The run's pairs, checked up front, and the iterator of this process's micro-batches from a given step."""
+
+    def __init__(self, args: ExpertTrainingArguments, accelerator: Accelerator):
+        self.args = args
+        self.cluster = args.cluster_id
+        self.accelerator = accelerator
+        self.pairs = load_pairs(args.dataset, args.split, args.streaming)
+        columns = self.pairs.column_names or list(next(iter(self.pairs)).keys())
+        cluster_column = None if self.cluster is None else args.cluster_column
+        check_columns(columns, args.image_column, args.caption_column, cluster_column)
+        check_column_types(self.pairs.features, args.image_column, args.caption_column)
+        self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
+        self.coarse_ids = self.without_caption = None
+        if not args.streaming:  # a stream drops the pairs without a caption as they come (StreamingPairs)
+            self.coarse_ids, self.without_caption = self.usable_coarse_ids()
+            self.sampler(0)  # refuses now a cluster without pairs, or fewer pairs than one global batch
+
+    @property
+    def global_batch_size(self) -> int:
+        """Pairs per optimizer step, over every process and micro-batch."""
+        args = self.args
+        return args.batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+
+    def usable_coarse_ids(self) -> tuple[np.ndarray, int]:
+        """Each row's coarse cluster id, NO_CLUSTER for rows without a usable caption; and how many those are.
+
+        The seed reads no cluster ids (it trains on every cluster): its rows are all cluster 0.
+        """
+        args = self.args
+        if self.cluster is None:
+            coarse_ids = np.zeros(len(self.pairs), dtype=np.int64)
+        else:
+            coarse_ids = cluster_ids(self.pairs, args.cluster_column)
+        captioned = caption_mask(self.pairs, args.caption_column)
+        if not captioned.any():
+            raise InputError(
+                f"--dataset {args.dataset!r}: no pair has a usable caption (a non-blank string) in column "
+                f"{args.caption_column!r} (--caption-column)."
+            )
+        coarse_ids[~captioned] = NO_CLUSTER
+        return coarse_ids, len(captioned) - int(captioned.sum())
+
+    def sampler(self, start_step: int) -> GlobalBatchSampler:
+        args, accelerator = self.args, self.accelerator
+        return GlobalBatchSampler(
+            self.coarse_ids,
+            self.cluster,
+            args.out_of_cluster_ratio,
+            args.seed,
+            args.batch_size,
+            args.gradient_accumulation_steps,
+            accelerator.process_index,
+            accelerator.num_processes,
+            start_step,
+            args.max_steps,
+        )
+
+    def summary(self) -> dict:
+        """What the run trains on, for training_args.json."""
+        if self.args.streaming:
+            return {"streaming": True}
+        sampler = self.sampler(0)
+        in_cluster = int((self.coarse_ids == (0 if self.cluster is None else self.cluster)).sum())
+        return {
+            "dataset_pairs": len(self.pairs),
+            "pairs_without_caption": self.without_caption,
+            "cluster_pairs": in_cluster,
+            "out_of_cluster_pairs_per_epoch": sampler.rows_per_epoch - in_cluster,
+            "steps_per_epoch": sampler.steps_per_epoch,
+        }
+
+    def describe(self) -> str:
+        """What the run trains on, in a sentence for the log."""
+        args = self.args
+        counts = None if args.streaming else self.summary()
+        count = "" if counts is None else f"{counts['cluster_pairs']} "
+        pairs = f"{count or 'all '}pairs" if self.cluster is None else f"cluster {self.cluster}'s {count}pairs"
+        if self.cluster is not None and args.out_of_cluster_ratio:
+            pairs += f" and --out-of-cluster-ratio {args.out_of_cluster_ratio:g} of the other clusters'"
+            if counts is not None:
+                pairs += f" ({counts['out_of_cluster_pairs_per_epoch']} pairs an epoch)"
+        source = f"--dataset {args.dataset}, split {args.split}"
+        if counts is None:
+            return f"Streaming {pairs} of {source}, skipping those without a usable caption."
+        return (
+            f"Training on {pairs}, of the {counts['dataset_pairs']} pairs of {source} "
+            f"({counts['pairs_without_caption']} without a usable caption are skipped): "
+            f"{counts['steps_per_epoch']} steps an epoch."
+        )
+
+    def micro_batches(self, processor, max_length: int, start_step: int, stream_position=(0, 0)):
+        """This process's micro-batches, `gradient_accumulation_steps` per optimizer step, from `start_step` on."""
+        args = self.args
+        transform = PairTransform(processor.image_processor, args.image_column, args.caption_column)
+        loader_kwargs = dict(num_workers=args.num_workers, collate_fn=PairCollator(processor.tokenizer, max_length))
+        if not args.streaming:
+            dataset = PairDataset(self.pairs, transform, args.seed)
+            yield from batches_of(DataLoader(dataset, batch_sampler=self.sampler(start_step), **loader_kwargs))
+            return
+        stream = StreamingPairs(
+            self.pairs,
+            transform,
+            self.cluster,
+            args.cluster_column,
+            args.out_of_cluster_ratio,
+            args.seed,
+            args.shuffle_buffer,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+        )
+        epoch, skip = stream_position
+        while True:  # endless epochs; a resumed run re-reads and drops the batches of its epoch it had trained on
+            stream.epoch = epoch
+            read = 0
+            loader = DataLoader(stream, batch_size=args.batch_size, drop_last=True, **loader_kwargs)
+            for read, batch in enumerate(batches_of(loader), 1):
+                if read > skip:
+                    self.stream_position = (epoch, read)
+                    yield batch
+            if read == 0:
+                raise InputError("The stream holds no full batch of this cluster's pairs for this process.")
+            epoch, skip = epoch + 1, 0
+
+
+def batches_of(loader: DataLoader):
+    """The loader's batches. A DataLoader re-raises a worker's error with the worker's traceback in its message
+    ("Caught InputError in DataLoader worker process N.\nOriginal Traceback ...\n<module>.InputError: <message>"):
+    an InputError keeps only its own one-line message, as it has without workers."""
+    try:
+        yield from loader
+    except InputError as error:
+        message = str(error)
+        if "DataLoader worker process" not in message.partition("\n")[0]:
+            raise
+        raise InputError(message.rstrip().rpartition("\n")[2].partition(": ")[2]) from None

@@ -1,0 +1,160 @@
+"""Where a run starts: random weights (--config), a CLIP's weights or a fork of a seed checkpoint (--init), or its own
+last checkpoint (--resume). It is resolved from the flags and files alone, before anything loads; then the model and
+its CLIPProcessor are loaded, and the checkpoint's Accelerate state restored."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+from ..errors import InputError, naming_failures
+from ..processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
+from .arguments import ExpertTrainingArguments
+from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint, read_record
+from .optimization import set_hyperparameters
+
+RANDOM_CLIP_SIZES = {  # width, layers, heads, image size, patch size, context, MLP ratio
+    "tiny": (32, 2, 4, 32, 8, 32, 2),  # tests: seconds on a CPU
+    "small": (256, 4, 4, 64, 8, 77, 4),  # real runs on a CPU
+}
+
+
+@dataclass
+class Start:
+    """Where a run starts: `kind` is 'config', 'weights', 'fork' (a seed checkpoint) or 'resume'."""
+
+    kind: str
+    source: str
+    checkpoint: str | None = None  # Accelerate state to load: optimizer, schedule position (and RNG on resume)
+    step: int = 0  # the checkpoint's step, where the schedule goes on from
+
+    @classmethod
+    def from_checkpoint(cls, kind: str, source: str, checkpoint: str) -> "Start":
+        return cls(kind, source, checkpoint, checkpoint_state(checkpoint)["step"])
+
+    @property
+    def flag(self) -> str:
+        """How an error names the files a run starts from."""
+        return "the checkpoint to resume (--resume)" if self.kind == "resume" else "--init"
+
+    def describe(self) -> str:
+        """How the run starts, in a sentence for the log."""
+        return {
+            "config": f"Starting from random weights (--config {self.source}).",
+            "weights": f"Starting from the pretrained weights of {self.source}.",
+            "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its weights, optimizer state "
+            "and schedule position.",
+            "resume": f"Resuming from the checkpoint {self.checkpoint}, at step {self.step}.",
+        }[self.kind]
+
+    def base_model(self) -> str | None:
+        """The Hub checkpoint the weights descend from (None when they started random): for model cards."""
+        if self.kind == "weights":
+            return None if os.path.isdir(self.source) else self.source
+        if self.kind == "fork":
+            return read_record(self.checkpoint)["run"].get("base_model")
+        return None
+
+
+def resolve_start(args: ExpertTrainingArguments) -> Start:
+    """Where the run starts, read from the flags and files alone: checked before anything is loaded."""
+    checkpoint = latest_checkpoint(args.output)
+    if checkpoint and not args.resume:
+        raise InputError(
+            f"--output {args.output!r} holds checkpoints of an earlier run: pass --resume to continue it, or give "
+            "another --output."
+        )
+    if checkpoint:
+        start = Start.from_checkpoint("resume", checkpoint, checkpoint)
+        if start.step > args.last_step:
+            raise InputError(
+                f"--output {args.output!r} was checkpointed at step {start.step}, past this run's last step "
+                f"{args.last_step} (--stop-at-step, --max-steps)."
+            )
+        return start
+    start = resolve_init(args)
+    if start.kind == "fork" and start.step >= args.max_steps:
+        raise InputError(
+            f"--init {args.init!r} is at step {start.step}, not before --max-steps {args.max_steps}: fork from an "
+            f"earlier checkpoint ({CHECKPOINTS}/step_N) or extend the schedule with a larger --max-steps."
+        )
+    return start
+
+
+def resolve_init(args: ExpertTrainingArguments) -> Start:
+    """A new run's start: random weights (--config), a CLIP's weights, or a fork of a seed checkpoint (--init)."""
+    if args.config:
+        return Start("config", args.config)
+    if not args.init:
+        raise InputError("Say where training starts: --init (a seed checkpoint, a CLIP) or --config tiny|small|FILE.")
+    if os.path.isdir(args.init):
+        checkpoint = args.init if is_checkpoint(args.init) else latest_checkpoint(args.init)
+        if checkpoint:
+            return Start.from_checkpoint("fork", args.init, checkpoint)
+        if os.path.isfile(os.path.join(args.init, "config.json")):
+            return Start("weights", args.init)
+        raise InputError(
+            f"Unknown --init {args.init!r}: the directory is neither a checkpoint of train/expert.py "
+            f"({TRAINER_STATE}), a run with {CHECKPOINTS}/step_N, nor a CLIPModel directory (config.json)."
+        )
+    if os.path.isfile(args.init):
+        raise InputError(f"--init {args.init!r} is a file: give a CLIPModel directory or Hub id, or a checkpoint.")
+    return Start("weights", args.init)  # a Hub id; a path that does not exist is refused when it is loaded
+
+
+def random_clip_config(name: str) -> CLIPConfig:
+    """'tiny', 'small' or a CLIPConfig json file."""
+    if name in RANDOM_CLIP_SIZES:
+        return CLIPConfig(**char_level_clip_config(*RANDOM_CLIP_SIZES[name]))
+    if not os.path.isfile(name):
+        raise InputError(f"Unknown --config {name!r}: use 'tiny', 'small' or the path of a CLIPConfig json file.")
+    return CLIPConfig.from_json_file(name)
+
+
+def random_clip(name: str) -> tuple[CLIPModel, CLIPProcessor]:
+    """Random weights, with a character-level tokenizer and a PIL image processor made without downloads."""
+    config = random_clip_config(name)
+    tokenizer = char_level_tokenizer(config.text_config.max_position_embeddings)
+    if config.text_config.vocab_size < len(tokenizer):
+        raise InputError(
+            f"--config {name!r} has a vocabulary of {config.text_config.vocab_size}, fewer than the {len(tokenizer)} "
+            "tokens of the character tokenizer made for random starts."
+        )
+    image_processor = pil_image_processor(config.vision_config.image_size)
+    return CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def load_start(start: Start) -> tuple[CLIPModel, CLIPProcessor]:
+    """The model (in float32, the master weights' precision) and the CLIPProcessor a run starts from."""
+    if start.kind == "config":
+        return random_clip(start.source)
+    path = start.checkpoint or start.source
+    with naming_failures(start.flag, path):
+        return CLIPModel.from_pretrained(path, dtype=torch.float32), CLIPProcessor.from_pretrained(path)
+
+
+def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
+    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG. Returns, for a streamed run
+    that resumes, where its stream stood."""
+    if not start.checkpoint:
+        return 0, 0
+    with naming_failures(start.flag, start.checkpoint):
+        accelerator.load_state(start.checkpoint)
+    set_hyperparameters(optimizer, args)
+    if start.kind == "resume":
+        return resume_stream_position(start, accelerator) if args.streaming else (0, 0)
+    set_seed(args.seed)  # a fork: the expert's own random streams, not those the seed had reached
+    return 0, 0
+
+
+def resume_stream_position(start: Start, accelerator: Accelerator) -> tuple[int, int]:
+    positions = checkpoint_state(start.checkpoint)["stream_positions"]
+    if len(positions) != accelerator.num_processes:
+        raise InputError(
+            f"This streamed run was checkpointed on {len(positions)} processes: resume it on as many, "
+            f"not {accelerator.num_processes}."
+        )
+    return tuple(positions[accelerator.process_index])
