@@ -13,10 +13,12 @@ from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from hub_cards import model_card
+from modeling_mode.lib import cli
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.job import (
     SMOKE,
+    Job,
     Sources,
     check_sources,
     clip_config,
@@ -24,6 +26,7 @@ from modeling_mode.lib.job import (
     load_recipe,
     record_settings,
     run,
+    training_stages,
 )
 from modeling_mode.lib.training import is_finished, latest_checkpoint
 
@@ -228,3 +231,24 @@ def test_the_jobs_progress_shows_the_running_stages_own_bar():
     output = "loading\ntrain:  10%|#  | 1/10 [00:01<00:09]\rtrain:  20%|## | 2/10 [00:02<00:08]\rtrain:  3"
     assert latest_progress_bar(output) == "train:  20%|## | 2/10 [00:02<00:08]"
     assert latest_progress_bar("no bar yet\n") is None
+
+
+def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
+    from modeling_mode.lib.assembly import AssembleArguments
+    from modeling_mode.lib.cli import parse
+    from modeling_mode.lib.cluster_run import ClusterArguments
+    from modeling_mode.lib.training import ExpertTrainingArguments
+
+    job = Job(tmp_path / "job", dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE), Sources())
+    stages = {name: action for name, _, action in training_stages(job, "an/encoder")}
+    scripts = {"expert.py": ExpertTrainingArguments, "cluster.py": ClusterArguments, "assemble.py": AssembleArguments}
+    for name, action in stages.items():
+        if callable(action):  # the data stage runs in the job's own process
+            continue
+        arguments = parse(scripts[Path(action[1]).name], "", [str(part) for part in action[2:]])
+        assert cli.command_line(arguments) == [str(part) for part in action[2:]], name
+    seed = parse(ExpertTrainingArguments, "", [str(part) for part in stages["seed"][2:]])
+    assert (seed.resume, seed.stop_at_step, seed.max_steps) == (True, SMOKE["seed_steps"], 9)
+    expert = parse(ExpertTrainingArguments, "", [str(part) for part in stages["expert-minilm-2-1"][2:]])
+    assert (expert.cluster, expert.init) == ("1", str(job.output / "seed" / "checkpoints" / "step_6"))
+    assert parse(ClusterArguments, "", [str(part) for part in stages["cluster-random-2"][2:]]).random

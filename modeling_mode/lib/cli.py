@@ -6,6 +6,7 @@ crash (a traceback, status 1) the same way for every script. `HfArgumentParser` 
 underscores (`--output-dir`, `--output_dir`), as transformers' example scripts do.
 """
 
+import dataclasses
 import sys
 from argparse import RawDescriptionHelpFormatter
 
@@ -34,3 +35,26 @@ def run(main, *also: type[Exception]):
     except (InputError, *also) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(BAD_INPUT)
+
+
+def command_line(arguments) -> list[str]:
+    """The flags that make `parse` rebuild `arguments` (a dataclass instance): each field that differs from its
+    default, spelled with dashes. Building a script's command from its dataclass means a misspelt or removed field
+    fails when the caller builds it, not when the script starts, maybe hours later (`train/job.py`'s stages)."""
+    flags = []
+    for spec in dataclasses.fields(arguments):
+        value = getattr(arguments, spec.name)
+        if spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:
+            default = spec.default
+        if value == default or value is None:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else [flag, "false"]
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import cli
 from .errors import InputError, check_output_dir, check_source
 from .files import read_json, write_json
 
@@ -237,22 +238,39 @@ def latest_progress_bar(output: str) -> str | None:
     return next((line.strip() for line in reversed(lines) if re.search(r"\d+%\|", line)), None)
 
 
-def python(script: str, *args) -> list:
-    return [sys.executable, str(ROOT / script), *args]
+def script(path: str, arguments, launcher: tuple[str, ...] | None = None) -> list:
+    """The command line that runs the project's script `path` with `arguments`, its argument dataclass filled in
+    here: a field this job gets wrong fails now, before any stage runs, and the script parses back the same values."""
+    return [*(launcher or (sys.executable,)), ROOT / path, *cli.command_line(arguments)]
 
 
-def training_flags(job: Job, max_steps: int) -> list:
+def training(job: Job, **fields):
+    """The arguments of a train/expert.py stage: the recipe's schedule and the sources' columns, and `fields`.
+
+    --resume: a stage killed mid-way goes on from its last checkpoint (or starts, when it has none yet).
+    """
+    from .training import ExpertTrainingArguments
+
     r, s = job.recipe, job.sources
-    return [
-        "--image-column", s.image_column, "--caption-column", s.caption_column,
-        "--batch-size", r.batch_size, "--learning-rate", r.learning_rate, "--max-steps", max_steps,
-        "--warmup-steps", r.warmup_steps, "--seed", r.seed, "--num-workers", r.num_workers,
-        "--report-to", "tensorboard",
-    ]  # fmt: skip
+    return ExpertTrainingArguments(
+        image_column=s.image_column,
+        caption_column=s.caption_column,
+        batch_size=r.batch_size,
+        learning_rate=r.learning_rate,
+        warmup_steps=r.warmup_steps,
+        seed=r.seed,
+        num_workers=r.num_workers,
+        checkpoint_every=r.checkpoint_every,
+        resume=True,
+        report_to="tensorboard",
+        **{"max_steps": r.total_steps, "split": s.split, **fields},
+    )
 
 
 def training_stages(job: Job, encoder: str):
     """(name, done, action) of every stage up to the trained models, in order."""
+    from .assembly import AssembleArguments
+    from .cluster_run import ClusterArguments
     from .clustering import read_finished_run
     from .training import is_finished
 
@@ -264,70 +282,62 @@ def training_stages(job: Job, encoder: str):
         return True
 
     out, r, s = job.output, job.recipe, job.sources
-    # --resume: a stage killed mid-way goes on from its last checkpoint (or starts, if it has none yet).
-    launch = [*s.launcher, ROOT / "train" / "expert.py", "--resume", "--checkpoint-every", r.checkpoint_every]
     seed = out / "seed"
-    seed_checkpoint = seed / "checkpoints" / f"step_{r.seed_steps}"
-    pairs = ["--dataset", s.dataset or out / "data" / "pairs", "--split", s.split]
-    start = ["--init", s.init] if s.init else ["--config", out / "clip_config.json"]
+    seed_checkpoint = str(seed / "checkpoints" / f"step_{r.seed_steps}")
+    pairs = str(s.dataset or out / "data" / "pairs")
+    start = {"init": s.init} if s.init else {"config": str(out / "clip_config.json")}
+    expert_script = partial(script, "train/expert.py", launcher=s.launcher)
     yield "data", (out / "data" / "sources.json").exists, lambda: prepare_data(job)
-    yield "seed", lambda: is_finished(seed), [
-        *launch, *pairs, "--cluster", "all", *start, "--stop-at-step", r.seed_steps, "--output", seed,
-        *training_flags(job, r.total_steps),
-    ]  # fmt: skip
-    clusterings = {f"minilm-{n}": (encoder, n, []) for n in r.experts}
-    clusterings[f"random-{r.random_experts}"] = (encoder, r.random_experts, ["--random"])
-    clusterings["seedtext-2"] = (seed, 2, [])  # the ablation: clusters in the seed CLIP's text space
-    for name, (clustering_encoder, n, extra) in clusterings.items():
+    seed_arguments = training(job, dataset=pairs, output=str(seed), stop_at_step=r.seed_steps, **start)
+    yield "seed", partial(is_finished, seed), expert_script(seed_arguments)
+    clusterings = {f"minilm-{n}": (encoder, n, False) for n in r.experts}
+    clusterings[f"random-{r.random_experts}"] = (encoder, r.random_experts, True)
+    clusterings["seedtext-2"] = (str(seed), 2, False)  # the ablation: clusters in the seed CLIP's text space
+    for name, (clustering_encoder, n, random) in clusterings.items():
         clusters, experts = out / "clusters" / name, [out / "experts" / name / f"expert-{k}" for k in range(n)]
-        yield f"cluster-{name}", partial(finished_clustering, clusters), [
-            *s.launcher, ROOT / "train" / "cluster.py", *pairs, "--caption-column", s.caption_column,
-            "--encoder", clustering_encoder, "--fine-clusters", r.fine_clusters, "--experts", n, "--seed", r.seed,
-            "--output", clusters, *extra,
-        ]  # fmt: skip
-        for k, expert in enumerate(experts):
-            yield f"expert-{name}-{k}", partial(is_finished, expert), [
-                *launch, "--dataset", clusters / "dataset", "--cluster", k, "--init", seed_checkpoint,
-                "--output", expert, *training_flags(job, r.total_steps),
-            ]  # fmt: skip
-        model = out / "models" / f"mode-{name}"
-        yield f"assemble-{name}", (model / "config.json").exists, python(  # assemble writes the folder whole
-            "train/assemble.py", "--experts", *experts, "--clusters", clusters, "--router-text-model", seed,
-            "--output", model,
+        clustering = ClusterArguments(
+            dataset=pairs, split=s.split, caption_column=s.caption_column, encoder=clustering_encoder,
+            fine_clusters=r.fine_clusters, experts=n, seed=r.seed, output=str(clusters), random=random,
         )  # fmt: skip
+        clustered = partial(finished_clustering, clusters)
+        yield f"cluster-{name}", clustered, script("train/cluster.py", clustering, s.launcher)
+        for k, expert in enumerate(experts):
+            arguments = training(
+                job, dataset=str(clusters / "dataset"), cluster=str(k), init=seed_checkpoint, output=str(expert),
+            )  # fmt: skip
+            yield f"expert-{name}-{k}", partial(is_finished, expert), expert_script(arguments)
+        model = out / "models" / f"mode-{name}"
+        assembly = AssembleArguments(
+            experts=[str(e) for e in experts], clusters=str(clusters), router_text_model=str(seed), output=str(model)
+        )
+        assembled = (model / "config.json").exists  # assemble writes the folder whole, config.json with the rest
+        yield f"assemble-{name}", assembled, script("train/assemble.py", assembly)
     for n in r.experts:  # dense baselines: the seed continued on all pairs, as many pairs seen as seed + n experts
         dense, steps = out / "models" / f"dense-{n}", r.seed_steps + n * r.expert_steps
-        yield f"dense-{n}", partial(is_finished, dense), [
-            *launch, *pairs, "--cluster", "all", "--init", seed_checkpoint, "--output", dense,
-            *training_flags(job, steps),
-        ]  # fmt: skip
+        arguments = training(job, dataset=pairs, init=seed_checkpoint, output=str(dense), max_steps=steps)
+        yield f"dense-{n}", partial(is_finished, dense), expert_script(arguments)
 
 
 def evaluation_stages(job: Job):
+    from .evaluation import RetrievalArguments, ZeroShotArguments
+
     sources = read_json(job.output / "data" / "sources.json")
     trained = {path.name: path for path in sorted((job.output / "models").iterdir())} | {"seed": job.output / "seed"}
-    device = ["--device", "cuda"] if cuda_available() else []
     for name, model in trained.items():
         results = job.output / "results" / name
         for task, held_out in sources["zeroshot"].items():
-            metadata = [
-                part for key in ("templates", "classnames") if key in held_out for part in (f"--{key}", held_out[key])
-            ]
-            yield f"zeroshot-{name}-{task}", (results / f"zeroshot-{task}.json").exists, python(
-                "eval/zeroshot.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
-                *metadata, "--output", results / f"zeroshot-{task}.json", *device,
+            output = results / f"zeroshot-{task}.json"
+            arguments = ZeroShotArguments(
+                model=str(model), dataset=held_out["dataset"], split=held_out["split"],
+                templates=held_out.get("templates"), classnames=held_out.get("classnames"), output=str(output),
             )  # fmt: skip
+            yield f"zeroshot-{name}-{task}", output.exists, script("eval/zeroshot.py", arguments)
         held_out = sources["retrieval"]
-        yield f"retrieval-{name}", (results / "retrieval.json").exists, python(
-            "eval/retrieval.py", "--model", model, "--dataset", held_out["dataset"], "--split", held_out["split"],
-            "--caption-column", held_out["caption_column"], "--output", results / "retrieval.json", *device,
+        arguments = RetrievalArguments(
+            model=str(model), dataset=held_out["dataset"], split=held_out["split"],
+            caption_column=held_out["caption_column"], output=str(results / "retrieval.json"),
         )  # fmt: skip
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+        yield f"retrieval-{name}", (results / "retrieval.json").exists, script("eval/retrieval.py", arguments)
 
 
 def prepare_data(job: Job) -> None:
