@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -24,6 +23,7 @@ from .clustering import (
     NO_CLUSTER,
     Clusters,
     assign_shards,
+    faiss_gpus,
     fit_clusters,
     imbalance,
     load_clusters,
@@ -336,7 +336,7 @@ def make_report(args, clusters: Clusters, shards: EmbeddingShards, sizes: dict, 
         "split": args.split,
         "num_pairs": shards.num_rows,
         "clusters_from": args.clusters,
-        "faiss_gpus": faiss.get_num_gpus(),
+        "faiss_gpus": faiss_gpus(),
         **extra,
         "settings": settings,
     }

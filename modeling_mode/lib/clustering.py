@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
+try:
+    import faiss
+except ImportError as error:  # an extra, so that no upgrade swaps a user's GPU build for the CPU one
+    raise ImportError(
+        "MODE's clustering needs faiss: pip install 'mode-clip[faiss-cpu]', or 'mode-clip[faiss-gpu]' with CUDA 12."
+    ) from error
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
@@ -32,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("two-level", "one-step", "random")
 BALANCE = "capacity-capped greedy"
+
+
+def faiss_gpus() -> int:
+    """How many GPUs faiss runs on here: 0 with the CPU build."""
+    return faiss.get_num_gpus()
 
 
 def imbalance(sizes) -> float:
