@@ -3,8 +3,10 @@ then load it with AutoModel, AutoProcessor and the zero-shot pipeline."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from transformers import CLIPModel, CLIPTextModelWithProjection
 from modeling_mode.configuration_mode_clip import text_tower_config
 
 FINE_CLUSTERS, EXPERTS = 6, 2
+ROOT = Path(__file__).resolve().parents[1]
 
 # What the README takes as given: trained experts, the clustering's fine centroids in the router's space, and the
 # seed's text tower. Not README lines.
@@ -29,33 +32,16 @@ fine_centroids, fine_to_coarse = clusters["fine_centroids"], clusters["fine_to_c
 router_text_model = CLIPTextModelWithProjection.from_pretrained("runs/router")
 """
 
-# README, "Assemble a MODE from trained experts": these lines verbatim.
-ASSEMBLE = """
-from transformers import CLIPProcessor
 
-from modeling_mode import ModeCLIPModel
+def readme_block(marker: str) -> str:
+    """The README's python code block that holds `marker`: the test runs what readers copy, not a copy of it."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    (block,) = [block for block in blocks if marker in block]
+    return "\n" + block
 
-mode = ModeCLIPModel.from_experts(experts, fine_centroids, fine_to_coarse, router_text_model, routing="paper")
-mode.save_pretrained("runs/mode-clip")  # safetensors + config.json with auto_map + the remote-code files
-processor = CLIPProcessor.from_pretrained("runs/seed")  # the seed's tokenizer and image processor
-processor.save_pretrained("runs/mode-clip")  # AutoProcessor and the zero-shot pipeline load it from there
-"""
 
-# README, "Use a MODE model": these lines verbatim.
-USE = """
-from PIL import Image
-from transformers import AutoModel, AutoProcessor, pipeline
-
-model = AutoModel.from_pretrained("runs/mode-clip", trust_remote_code=True)  # or a Hub id: org/mode-clip
-processor = AutoProcessor.from_pretrained("runs/mode-clip", trust_remote_code=True)  # a CLIPProcessor
-image = Image.open("image.png")
-labels = ["a sneaker", "a digit", "a red circle"]
-inputs = processor(text=[f"a photo of {label}." for label in labels], images=image, return_tensors="pt", padding=True)
-probs = model(**inputs).logits_per_image.softmax(dim=-1)  # [1, len(labels)]
-
-classifier = pipeline("zero-shot-image-classification", model="runs/mode-clip", trust_remote_code=True)
-classifier(image, candidate_labels=labels)  # [{"score": ..., "label": ...}, ...], best first
-"""
+ASSEMBLE = readme_block("ModeCLIPModel.from_experts(")  # README, "Assemble a MODE from trained experts"
+USE = readme_block('AutoProcessor.from_pretrained("runs/mode-clip"')  # README, "Use a MODE model"
 
 # Not README lines: what the test compares, printed as JSON. The pipeline's prompts are its hypothesis template's.
 REPORT = """
