@@ -1,0 +1,112 @@
+"""A web-scale corpus as its data files (parquet files or webdataset tar shards), read one file at a time.
+
+Web corpora (the paper's 400M and 2.5B pairs) are thousands of such files. Reading them file by file, and only the
+columns a step needs, is what lets clustering read captions without ever holding an image, each process take its own
+files, a crashed run resume at file granularity, and every pair be named by (file, key) in a labels table.
+"""
+
+import io
+import json
+import os
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+DATA_EXTENSIONS = (".parquet", ".tar")
+
+
+def list_data_files(source: str, split: str = "train") -> list[str]:
+    """The corpus's data files in a fixed order: a local folder's `*.parquet` or `*.tar` files (sorted, any depth),
+    or the files `datasets` resolves for a Hub dataset's split (hf:// URLs, read through fsspec)."""
+    if os.path.isdir(source):
+        files = sorted(str(path) for path in Path(source).rglob("*") if path.suffix in DATA_EXTENSIONS)
+    else:
+        from datasets import load_dataset_builder
+
+        data_files = load_dataset_builder(source).config.data_files or {}
+        if split not in data_files:
+            raise InputError(f"--dataset {source!r} has no split {split!r} in data files; it has {list(data_files)}.")
+        files = sorted(str(file) for file in data_files[split] if file.endswith(DATA_EXTENSIONS))
+    if not files:
+        raise InputError(f"--dataset {source!r} holds no data files ({' or '.join(DATA_EXTENSIONS)}).")
+    formats = {posixpath.splitext(file)[1] for file in files}
+    if len(formats) > 1:
+        raise InputError(f"--dataset {source!r} mixes data file formats {sorted(formats)}: use one.")
+    return files
+
+
+def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
+    """Each pair of one data file as {"__key__": key, column: value, ...}, in file order.
+
+    A parquet file reads only `columns` (all when None); its key is the row's index in the file. A tar shard is
+    read through once, keeping only the members of `columns` (by extension: `txt`, `json`, `jpg`, ...; all when None)
+    as bytes, so images that are not asked for are skipped, never decoded or held; its key is the webdataset key.
+    """
+    reader = _parquet_samples if file.endswith(".parquet") else _tar_samples
+    try:
+        yield from reader(file, columns)
+    except InputError:
+        raise
+    except (OSError, tarfile.TarError, ValueError) as error:
+        raise InputError(f"data file {file!r} cannot be read ({type(error).__name__}: {error}).") from error
+
+
+def caption_of(value):
+    """A caption as read from a data file: text of a `txt` member, a JSON list or string, or a parquet value."""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", errors="replace")
+        try:
+            return json.loads(text) if text.lstrip().startswith(("[", '"')) else text
+        except ValueError:
+            return text
+    return value
+
+
+def _parquet_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
+    with fsspec.open(file, "rb") as stream:
+        parquet = pq.ParquetFile(stream)
+        missing = set(columns or []) - set(parquet.schema_arrow.names)
+        if missing:
+            raise InputError(
+                f"data file {file!r} has no column {sorted(missing)}; it has {parquet.schema_arrow.names}."
+            )
+        row = 0
+        for batch in parquet.iter_batches(columns=columns):
+            for values in batch.to_pylist():
+                yield {"__key__": str(row), **values}
+                row += 1
+
+
+def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
+    with fsspec.open(file, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        sample = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, name = posixpath.split(member.name)
+            stem, _, extension = name.partition(".")  # webdataset: the key ends at the basename's first dot
+            key = posixpath.join(folder, stem)
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            if columns is None or extension in columns:
+                sample[extension] = tar.extractfile(member).read()
+        if sample:
+            yield sample
+
+
+def write_tar_sample(tar: tarfile.TarFile, sample: dict) -> None:
+    """Append one webdataset sample ({"__key__": key, extension: bytes, ...}) to an open tar file."""
+    for extension, value in sample.items():
+        if extension == "__key__":
+            continue
+        info = tarfile.TarInfo(f"{sample['__key__']}.{extension}")
+        info.size = len(value)
+        tar.addfile(info, io.BytesIO(value))

@@ -1,0 +1,56 @@
+"""Data files of a web-scale corpus (webdataset tar shards, parquet files), read a file and a few columns at a time."""
+
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modeling_mode.lib.data_files import caption_of, list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.errors import InputError
+
+
+def write_shard(path, keys):
+    with tarfile.open(path, "w") as tar:
+        for key in keys:
+            write_tar_sample(tar, {"__key__": key, "jpg": b"\xff\xd8" + key.encode(), "txt": f"a {key}".encode()})
+
+
+def test_tar_shards_give_webdataset_keys_and_only_the_asked_members(tmp_path):
+    (tmp_path / "part").mkdir()
+    write_shard(tmp_path / "part" / "00001.tar", ["c", "d"])
+    write_shard(tmp_path / "00000.tar", ["a", "b"])
+    files = list_data_files(str(tmp_path))
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["00000.tar", "00001.tar"]  # sorted, at any depth
+    captions = list(read_samples(files[0], ["txt"]))
+    assert captions == [{"__key__": "a", "txt": b"a a"}, {"__key__": "b", "txt": b"a b"}]  # no image bytes held
+    whole = list(read_samples(files[1]))
+    assert whole[1] == {"__key__": "d", "jpg": b"\xff\xd8d", "txt": b"a d"}
+
+
+def test_parquet_reads_only_the_asked_columns_keyed_by_row(tmp_path):
+    pq.write_table(pa.table({"caption": ["x", None], "image": [b"1", b"2"]}), tmp_path / "train.parquet")
+    (file,) = list_data_files(str(tmp_path))
+    assert list(read_samples(file, ["caption"])) == [
+        {"__key__": "0", "caption": "x"},
+        {"__key__": "1", "caption": None},
+    ]
+    with pytest.raises(InputError, match=r"has no column \['text'\]"):
+        list(read_samples(file, ["text"]))
+
+
+def test_captions_decode_text_and_json_lists():
+    assert caption_of(b"a dog") == "a dog"
+    assert caption_of(b'["a dog", "a pup"]') == ["a dog", "a pup"]
+    assert caption_of("as read") == "as read" and caption_of(None) is None
+
+
+def test_bad_corpora_are_named(tmp_path):
+    with pytest.raises(InputError, match="holds no data files"):
+        list_data_files(str(tmp_path))
+    (tmp_path / "broken.tar").write_bytes(b"not a tar file" * 100)
+    with pytest.raises(InputError, match="broken.tar' cannot be read"):
+        list(read_samples(str(tmp_path / "broken.tar"), ["txt"]))
+    pq.write_table(pa.table({"caption": ["x"]}), tmp_path / "a.parquet")
+    with pytest.raises(InputError, match=r"mixes data file formats \['.parquet', '.tar'\]"):
+        list_data_files(str(tmp_path))
