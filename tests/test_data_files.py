@@ -51,6 +51,14 @@ def test_bad_corpora_are_named(tmp_path):
     (tmp_path / "broken.tar").write_bytes(b"not a tar file" * 100)
     with pytest.raises(InputError, match="broken.tar' cannot be read"):
         list(read_samples(str(tmp_path / "broken.tar"), ["txt"]))
+    write_shard(tmp_path / "cut.tar", ["a", "b"])
+    whole = (tmp_path / "cut.tar").read_bytes()
+    # Cut within a member of "a", right after "a" (two members of a header and a data block each), within a header.
+    for end in (1700, 2048, 2100):
+        (tmp_path / "cut.tar").write_bytes(whole[:end])
+        with pytest.raises(InputError, match="cut.tar' cannot be read .*(end-of-archive|unexpected end of data)"):
+            list(read_samples(str(tmp_path / "cut.tar"), ["txt"]))
+    (tmp_path / "cut.tar").unlink()
     pq.write_table(pa.table({"caption": ["x"]}), tmp_path / "a.parquet")
     with pytest.raises(InputError, match=r"mixes data file formats \['.parquet', '.tar'\]"):
         list_data_files(str(tmp_path))

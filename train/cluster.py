@@ -2,13 +2,19 @@
 
     accelerate launch train/cluster.py --dataset PATH_OR_HUB_ID --caption-column caption \\
         --encoder PATH_OR_HUB_ID --fine-clusters 1024 --experts 4 --output runs/clusters \\
+        [--streaming [--embeddings-dtype float16] [--keep-embeddings]] \\
         [--push_to_hub --hub_model_id ORG/NAME [--hub_private_repo]]
 
-Writes, in --output: `dataset/` (the corpus plus int32 `fine_id` and `coarse_id`, -1 for pairs without a caption),
-`clusters.safetensors` (`fine_centroids`, `coarse_centroids`, `fine_to_coarse`), `clusters.json` (the run's report,
-written last) and `embeddings/` (one memory-mappable shard per --shard-rows pairs). Each process embeds its own
-shards; the main process fits and assigns. Re-running the same command resumes: finished shards and a fit with the
-same settings are reused. --push_to_hub then sends the labelled pairs and centroids to a Hub dataset repo.
+Writes, in --output: `labels/` (per pair: its data file and key, or row index, and int32 `fine_id`, `coarse_id`, -1
+for pairs without a caption; `modeling_mode.lib.labels`), `clusters.safetensors` (`fine_centroids`,
+`coarse_centroids`, `fine_to_coarse`), `clusters.json` (the run's report, written last) and `embeddings/` (one
+memory-mappable shard per --shard-rows pairs, or per data file). Without --streaming the corpus is loaded with
+`datasets` and `dataset/`, a copy of it plus `fine_id` and `coarse_id`, is written too. With --streaming the data
+files (parquet or webdataset .tar, of a folder or a Hub dataset) are read one at a time, their captions only: no
+image is read into memory or copied; the embeddings are deleted at the end unless --keep-embeddings.
+Each process embeds its own shards; the main process fits and assigns. Re-running the same command resumes: finished
+shards and a fit with the same settings are reused. --push_to_hub then sends the labelled pairs and centroids to a
+Hub dataset repo.
 """
 
 import logging

@@ -4,7 +4,13 @@
         --max-steps 2000 --output runs/seed                        # or --init openai/clip-vit-base-patch32
     accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster 2 \
         --init runs/seed/checkpoints/step_1500 --max-steps 2000 --output runs/expert-2
+    accelerate launch train/expert.py --dataset corpus/ --labels runs/clusters/labels --streaming \
+        --image-column jpg --caption-column txt --cluster 2 --init runs/seed --max-steps 2000 --output runs/expert-2
 
+`--labels` (a clustering's OUTPUT/labels) trains on the original pairs of --dataset, joined with their cluster ids on
+the fly: no labelled copy of the corpus. Streamed, the data files (parquet or webdataset .tar) are read directly, and a
+resumed run skips those it had trained on without reading them. Resharded shards (train/reshard.py) hold one cluster:
+train on OUTPUT/cluster-K with --streaming --cluster all.
 `--init` a seed checkpoint forks its weights, optimizer state and schedule position. `--resume` continues the run in
 --output from its last checkpoint: a killed run, or one stopped by --stop-at-step that should go further; with no
 checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is a

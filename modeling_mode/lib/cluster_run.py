@@ -4,10 +4,17 @@ The k-means algorithms live in `clustering`; this module is the run around them:
 any work, what an earlier run in the same folder lets it reuse, and the order of its writes. A folder is a finished
 run or is refused (`clustering.read_finished_run`): clusters.json is written last, and a run whose settings differ
 from the folder's removes it before changing anything else.
+
+The corpus is read one of two ways. In memory (`InMemoryCorpus`): a `datasets` Dataset, embedded in shards of
+--shard-rows pairs, labelled in the labels table (`labels`) and in a labelled copy `dataset/`. Streamed
+(`StreamedCorpus`, --streaming): the data files of a folder or Hub id (`data_files`), each read for its captions only
+and embedded into its own shard, labelled in the labels table alone: no byte of an image is read into memory or
+written, whatever the corpus' size.
 """
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +39,18 @@ from .clustering import (
     save_clusters,
 )
 from .data import load_pairs
-from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards, embed_corpus
+from .data_files import columns_of, list_data_files
+from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards, embed_corpus, embed_data_files
 from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, write_json
 from .hub import HubArguments
+from .labels import LABELS_DIR, clear_labels, describe_files, finish_labels, read_part, write_labels
 
 logger = logging.getLogger(__name__)
 ID_COLUMNS = ("fine_id", "coarse_id")
+LABELLED_COPY = "dataset"
+EMBEDDINGS_DIR = "embeddings"
+EMBEDDING_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -55,7 +67,7 @@ class ClusterArguments(HubArguments):
     )
     max_length: int | None = field(default=None, metadata={"help": "Token limit (default: the encoder's)."})
     batch_size: int = field(default=128, metadata={"help": "Captions per encoder forward pass."})
-    shard_rows: int = field(default=65536, metadata={"help": "Pairs per embedding shard."})
+    shard_rows: int = field(default=65536, metadata={"help": "Pairs per embedding shard (not with --streaming)."})
     fine_clusters: int = field(default=1024, metadata={"help": "m, the fine clusters (paper: 1024)."})
     experts: int = field(default=4, metadata={"help": "n, the coarse clusters: one expert each."})
     one_step: bool = field(default=False, metadata={"help": "Ablation: balanced k-means straight into n."})
@@ -65,9 +77,29 @@ class ClusterArguments(HubArguments):
     candidates: int = field(default=8, metadata={"help": "Nearest centres each point may be seated at."})
     seed: int = field(default=0, metadata={"help": "Seeds the caption choice, the fit sample and the k-means."})
     clusters: str | None = field(default=None, metadata={"help": "Label with this clusters.safetensors, no fit."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset's data files (parquet or webdataset .tar, a folder or Hub id) one at a time, "
+            "captions only, each process its own; write the labels table and no labelled copy."
+        },
+    )
+    embeddings_dtype: str = field(
+        default="float32",
+        metadata={"help": "How embeddings are stored: float16 halves them.", "choices": EMBEDDING_DTYPES},
+    )
+    keep_embeddings: bool = field(
+        default=False,
+        metadata={"help": "With --streaming, keep embeddings/ once the labels are written (default: delete them)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.streaming and self.push_to_hub:
+            raise InputError(
+                "--push_to_hub sends the labelled copy of the pairs, which --streaming does not write: "
+                "push without --streaming, or upload the labels/ table yourself."
+            )
         if self.one_step and self.random:
             raise InputError("--one-step and --random are two different ablations: give one of them.")
         if self.experts < 1 or self.fine_clusters < self.experts:
@@ -81,6 +113,83 @@ class ClusterArguments(HubArguments):
     def method(self) -> str:
         return "random" if self.random else "one-step" if self.one_step else "two-level"
 
+    @property
+    def keeps_embeddings(self) -> bool:
+        """A streamed run, at web scale, deletes its embeddings (many times the labels' size) once the labels are
+        written, unless told to keep them. An in-memory run, of a corpus that fits on disk twice, keeps them as it
+        always did: re-clustering the same folder with other settings (an ablation) reuses them."""
+        return self.keep_embeddings or not self.streaming
+
+
+class InMemoryCorpus:
+    """A `datasets` Dataset (`data.load_pairs`), embedded in shards of --shard-rows pairs, each labelled as a part of
+    the labels table (source "", key: the row index) and all in the labelled copy `dataset/`."""
+
+    def __init__(self, args: ClusterArguments):
+        self.args = args
+        self.dataset = load_pairs(args.dataset, args.split)
+        self.num_rows = len(self.dataset)
+        self.data_files = []
+        if args.caption_column not in self.dataset.column_names:
+            raise InputError(
+                f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
+                f"its columns: {self.dataset.column_names}."
+            )
+
+    def layout(self) -> dict:
+        """What the embeddings are of and how they are sharded (`EmbeddingShards`)."""
+        fingerprint = getattr(self.dataset, "_fingerprint", None)
+        return {"dataset_fingerprint": fingerprint, "num_rows": self.num_rows, "shard_rows": self.args.shard_rows}
+
+    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
+        args = self.args
+        return embed_corpus(
+            self.dataset, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
+        )
+
+    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
+        """(source, keys) of a shard's pairs in the labels table."""
+        return "", [str(row) for row in shards.rows_of(shard)]
+
+    def save_labelled_copy(self, labels: Path, output: Path) -> str:
+        save_labelled(self.args, self.dataset, labels, output)
+        return LABELLED_COPY
+
+
+class StreamedCorpus:
+    """A corpus' data files (`data_files.list_data_files`), each read for its caption column only and embedded into
+    its own shard (file f by process f % num_processes); each labelled as a part of the labels table (source: the
+    file, key: the pair's `__key__`). No labelled copy: that would copy the images."""
+
+    num_rows = None  # known once every file is read
+
+    def __init__(self, args: ClusterArguments):
+        self.args = args
+        with naming_failures("--dataset", args.dataset):
+            self.files = list_data_files(args.dataset, args.split)
+        columns = columns_of(self.files[0])
+        if args.caption_column not in columns:
+            raise InputError(
+                f"The data files have no caption column {args.caption_column!r} (--caption-column; in tar shards, a "
+                f"member extension): {self.files[0]!r} has {columns}."
+            )
+        self.data_files = describe_files(self.files)
+
+    def layout(self) -> dict:
+        return {"data_files": self.data_files}  # paths and sizes: a file that changed is not taken for embedded
+
+    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
+        args = self.args
+        return embed_data_files(
+            self.files, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
+        )
+
+    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
+        return self.files[shard], shards.read_keys(shard)
+
+    def save_labelled_copy(self, labels: Path, output: Path) -> None:
+        return None
+
 
 def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     """Run the clustering; returns its report on the main process (None on the others).
@@ -91,46 +200,43 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     output = check_output_dir(args.output)
     # Every check that does not need the captions' embeddings comes before them.
     given = load_given_clusters(args.clusters)
-    dataset = load_pairs(args.dataset, args.split)
-    check_dataset(args, dataset, fitting=given is None)
+    corpus = StreamedCorpus(args) if args.streaming else InMemoryCorpus(args)
+    if corpus.num_rows is not None:  # a streamed corpus is counted while it is embedded: checked then
+        check_fit_sample(args, corpus.num_rows, fitting=given is None)
     with naming_failures("--encoder", args.encoder):
         encoder = CaptionEncoder(args.encoder, args.pooling, accelerator.device, args.max_length)
     if given is not None:
         check_dimension(given, args, encoder)
-    shards = EmbeddingShards.create(output / "embeddings", embedding_meta(args, dataset, encoder), write=False)
+    shards = EmbeddingShards.create(output / EMBEDDINGS_DIR, embedding_meta(args, corpus, encoder), write=False)
     settings = fit_settings(args, shards)
     if (report := finished_report(output, settings)) is not None:
         logger.info(f"{output / CLUSTERS_JSON} is up to date: nothing to do")
-        return report if accelerator.is_main_process else None
+        if not accelerator.is_main_process:
+            return None
+        drop_embeddings(args, shards)  # left by a run stopped right after its report
+        return report
     if accelerator.is_main_process:
         # Before anything in the folder changes: without its report, no reader takes it for a finished run.
         (output / CLUSTERS_JSON).unlink(missing_ok=True)
+        clear_labels(output / LABELS_DIR)
         shards.write_meta()
     accelerator.wait_for_everyone()
 
     start = time.perf_counter()
-    embed_corpus(
-        dataset,
-        args.caption_column,
-        encoder,
-        shards,
-        accelerator.process_index,
-        accelerator.num_processes,
-        args.batch_size,
-        args.seed,
-    )
+    corpus.embed(encoder, shards, accelerator.process_index, accelerator.num_processes)
     embed_seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()  # every shard is on disk
     if not accelerator.is_main_process:
         return None  # the fit and the assignment run on the main process alone: no barrier to time out on
     del encoder
     check_some_caption(shards, args.caption_column)
+    check_fit_sample(args, shards.num_rows, fitting=given is None)
 
     start = time.perf_counter()
     clusters = fit_or_load(args, shards, output / CLUSTERS_FILE, settings, given)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    sizes = assign_and_save(args, dataset, shards, clusters, output)
+    sizes = assign_and_save(args, corpus, shards, clusters, settings, output)
     seconds = {
         "embedding": round(embed_seconds, 2),
         "fit": round(fit_seconds, 2),
@@ -140,6 +246,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
         args, clusters, shards, sizes, settings, num_processes=accelerator.num_processes, seconds=seconds
     )
     write_json(output / CLUSTERS_JSON, report)  # last: from now on the folder is a finished run
+    drop_embeddings(args, shards)
     logger.info(
         f"{report['num_pairs']} pairs, {report['num_missing_captions']} without a caption; fine imbalance "
         f"{report['imbalance']:.3f} (fit {report['fit_imbalance']}); expert sizes {report['coarse_sizes']}; "
@@ -157,19 +264,14 @@ def load_given_clusters(path: str | None) -> Clusters | None:
         raise InputError(f"--clusters: {error}") from error
 
 
-def check_dataset(args: ClusterArguments, dataset, fitting: bool) -> None:
-    """Refuse, before any embedding, a caption column the dataset lacks and a fit it has too few pairs for."""
-    if args.caption_column not in dataset.column_names:
-        raise InputError(
-            f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
-            f"its columns: {dataset.column_names}."
-        )
+def check_fit_sample(args: ClusterArguments, num_rows: int, fitting: bool) -> None:
+    """Refuse a fit the corpus has too few pairs for (before any embedding when its size is known in advance)."""
     needed = num_fitted_clusters(args.method, args.fine_clusters, args.experts)
-    sample = min(args.fit_sample, len(dataset))
+    sample = min(args.fit_sample, num_rows)
     if fitting and sample < needed:
         raise InputError(
             f"A fit into {needed} clusters needs at least {needed} captioned pairs, but it samples {sample}: "
-            f"--dataset has {len(dataset)} pairs and --fit-sample is {args.fit_sample}. "
+            f"--dataset has {num_rows} pairs and --fit-sample is {args.fit_sample}. "
             "Lower --fine-clusters (--experts with --one-step) or use more pairs."
         )
 
@@ -193,9 +295,9 @@ def check_some_caption(shards: EmbeddingShards, caption_column: str) -> None:
         )
 
 
-def embedding_meta(args: ClusterArguments, dataset, encoder: CaptionEncoder) -> dict:
+def embedding_meta(args: ClusterArguments, corpus, encoder: CaptionEncoder) -> dict:
     """What the embeddings are of: a folder of embeddings made otherwise is refused rather than mixed. The caption
-    seed and shard size also say which caption of a list was embedded (`embedding.shard_captions`)."""
+    seed and the shards also say which caption of a list was embedded (`embedding.choose_shard_captions`)."""
     return {
         "encoder": args.encoder,
         "pooling": encoder.pooling,
@@ -203,11 +305,10 @@ def embedding_meta(args: ClusterArguments, dataset, encoder: CaptionEncoder) -> 
         "max_length": encoder.max_length,
         "dataset": args.dataset,
         "split": args.split,
-        "dataset_fingerprint": getattr(dataset, "_fingerprint", None),
-        "num_rows": len(dataset),
         "caption_column": args.caption_column,
         "caption_seed": args.seed,
-        "shard_rows": args.shard_rows,
+        "dtype": args.embeddings_dtype,
+        **corpus.layout(),
     }
 
 
@@ -261,38 +362,56 @@ def fit_on_sample(args: ClusterArguments, shards: EmbeddingShards) -> Clusters:
     )
 
 
-def assign_and_save(args, dataset, shards: EmbeddingShards, clusters: Clusters, output: Path) -> dict:
-    """Label every pair (streamed from the shards) and save the labelled corpus; returns the cluster sizes.
-
-    The fine ids go to a memory-mapped file as they are found, so memory does not grow with the corpus."""
-    fine_file = output / ".fine_ids.npy"
-    fine = np.lib.format.open_memmap(fine_file, mode="w+", dtype=np.int32, shape=(shards.num_rows,))
+def assign_and_save(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict, output: Path) -> dict:
+    """Label every pair (streamed from the shards, a part of the labels table per shard), then write the labelled
+    copy if the corpus makes one; returns the cluster sizes and where the labels are."""
+    labels = output / LABELS_DIR
+    fine_to_coarse = clusters.fine_to_coarse.astype(np.int32)
     fine_sizes, missing = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0
     start = time.perf_counter()
     with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
-        for shard, ids in enumerate(assign_shards(shards, clusters, args.seed)):
-            rows = shards.rows_of(shard)
-            fine[rows.start : rows.stop] = ids
-            fine_sizes += np.bincount(ids[ids >= 0], minlength=clusters.num_fine_clusters)
-            missing += int((ids < 0).sum())
-            bar.update(len(rows))
+        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed)):
+            coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
+            source, keys = corpus.locate(shards, shard)
+            write_labels(labels, shard, source, keys, shards.rows_of(shard), fine, coarse)
+            fine_sizes += np.bincount(fine[fine >= 0], minlength=clusters.num_fine_clusters)
+            missing += int((fine < 0).sum())
+            bar.update(len(fine))
     logger.info(f"assigned {shards.num_rows} pairs in {time.perf_counter() - start:.1f} s")
-    save_labelled(args, dataset, fine, clusters.fine_to_coarse.astype(np.int32), output)
-    fine_file.unlink()  # Linux keeps mapped files readable until they are closed
+    finish_labels(labels, labels_meta(args, corpus, shards, clusters, settings))
+    labelled_copy = corpus.save_labelled_copy(labels, output)
     coarse_sizes = np.bincount(clusters.fine_to_coarse, weights=fine_sizes, minlength=clusters.num_experts)
     return {
         "fine_sizes": fine_sizes.tolist(),
         "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
         "num_missing_captions": missing,
+        "labels": LABELS_DIR,
+        "labelled_copy": labelled_copy,
     }
 
 
-def save_labelled(args, dataset, fine: np.ndarray, fine_to_coarse: np.ndarray, output: Path) -> None:
-    """`output/dataset`: the corpus plus `fine_id` and `coarse_id`, replacing the one there as a whole."""
+def labels_meta(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict) -> dict:
+    """labels.json: which corpus the table labels, so that it is never joined with another (`labels` module)."""
+    return {
+        "dataset": args.dataset,
+        "split": args.split,
+        "caption_column": args.caption_column,
+        "num_rows": shards.num_rows,
+        "data_files": corpus.data_files,
+        "num_experts": clusters.num_experts,
+        "num_fine_clusters": clusters.num_fine_clusters,
+        "clusters_settings": settings,
+    }
+
+
+def save_labelled(args, dataset, labels: Path, output: Path) -> None:
+    """`output/dataset`: the corpus plus `fine_id` and `coarse_id` from the labels table, replacing the one there as
+    a whole."""
 
     def add_ids(_captions, indices):
-        ids = fine[indices[0] : indices[-1] + 1]  # map hands out contiguous batches
-        return {"fine_id": ids, "coarse_id": np.where(ids >= 0, fine_to_coarse[np.maximum(ids, 0)], NO_CLUSTER)}
+        # map hands out batches of shard_rows rows from row 0: batch b is embedding shard b, labels part b
+        ids = read_part(labels, indices[0] // args.shard_rows, columns=list(ID_COLUMNS))
+        return {column: ids[column].to_numpy() for column in ID_COLUMNS}
 
     if present := [c for c in ID_COLUMNS if c in dataset.column_names]:
         logger.warning(f"replacing the dataset's existing {present} columns")
@@ -309,9 +428,16 @@ def save_labelled(args, dataset, fine: np.ndarray, fine_to_coarse: np.ndarray, o
         new_fingerprint=f"mode-clusters-{os.urandom(8).hex()}",
         desc="writing fine_id / coarse_id",
     )
-    with atomic_directory(output / "dataset") as scratch:
+    with atomic_directory(output / LABELLED_COPY) as scratch:
         labelled.save_to_disk(str(scratch))
     cache.unlink()
+
+
+def drop_embeddings(args: ClusterArguments, shards: EmbeddingShards) -> None:
+    """Delete the embeddings unless they are to be kept: the labels, fit and report no longer need them."""
+    if not args.keeps_embeddings and shards.folder.exists():
+        shutil.rmtree(shards.folder)
+        logger.info(f"deleted {shards.folder} (--keep-embeddings keeps it)")
 
 
 def make_report(args, clusters: Clusters, shards: EmbeddingShards, sizes: dict, settings: dict, **extra) -> dict:
@@ -335,6 +461,9 @@ def make_report(args, clusters: Clusters, shards: EmbeddingShards, sizes: dict, 
         "dataset": args.dataset,
         "split": args.split,
         "num_pairs": shards.num_rows,
+        "streaming": args.streaming,
+        "num_data_files": len(shards.meta.get("data_files", [])),
+        "embeddings": EMBEDDINGS_DIR if args.keeps_embeddings else None,
         "clusters_from": args.clusters,
         "faiss_gpus": faiss_gpus(),
         **extra,

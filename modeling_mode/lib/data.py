@@ -43,11 +43,15 @@ def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Da
     return dataset
 
 
-def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableDataset:
-    is_saved = os.path.isdir(source) and any(
+def is_saved_dataset(source: str) -> bool:
+    """Whether `source` is a `save_to_disk` directory (else a Hub id or a folder of data files)."""
+    return os.path.isdir(source) and any(
         os.path.exists(os.path.join(source, name)) for name in ("state.json", "dataset_dict.json")
     )
-    if not is_saved:
+
+
+def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableDataset:
+    if not is_saved_dataset(source):
         return load_dataset(source, split=split, streaming=streaming)
     if _saved_without_rows(source):  # datasets itself fails on loading these, with an IndexError
         raise InputError(f"--dataset {source!r} split {split!r} has no rows.")
@@ -282,15 +286,16 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def stream_filter(cluster: int, out_of_cluster_ratio: float, seed: int):
-    """A `datasets` filter keeping the cluster's pairs and a seeded `out_of_cluster_ratio` share of the others'."""
+    """A filter keeping the cluster's pairs and a seeded `out_of_cluster_ratio` share of the others': `keep(coarse_id,
+    name)`, where `name` names the pair (its caption in a `datasets` stream, its data file and key with --labels)."""
 
-    def keep(coarse_id: int, caption) -> bool:
+    def keep(coarse_id: int, name) -> bool:
         if coarse_id == cluster:
             return True
         if coarse_id == NO_CLUSTER or out_of_cluster_ratio == 0:
             return False
         # A hash rather than a stream position: the same pairs are drawn however the stream is split.
-        return zlib.crc32(f"{seed}/{caption}".encode()) / 2**32 < out_of_cluster_ratio
+        return zlib.crc32(f"{seed}/{name}".encode()) / 2**32 < out_of_cluster_ratio
 
     return keep
 

@@ -11,6 +11,7 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -49,8 +50,32 @@ def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
     as bytes, so images that are not asked for are skipped, never decoded or held; its key is the webdataset key.
     """
     reader = _parquet_samples if file.endswith(".parquet") else _tar_samples
-    try:
+    with _named_failures(file):
         yield from reader(file, columns)
+
+
+def columns_of(file: str) -> list[str]:
+    """The columns of a data file, read without any value: a parquet file's schema, or the member extensions of a
+    tar shard's first sample (webdataset shards give every sample the same members)."""
+    with _named_failures(file):
+        if file.endswith(".parquet"):
+            with fsspec.open(file, "rb") as stream:
+                return pq.ParquetFile(stream).schema_arrow.names
+        columns, first = [], None
+        for key, extension, _tar, _member in _tar_members(file):
+            if first is not None and key != first:
+                break
+            first = key
+            columns.append(extension)
+        return columns
+
+
+@contextmanager
+def _named_failures(file: str) -> Iterator[None]:
+    """A data file that cannot be read (missing, truncated, not a tar or parquet file) becomes an InputError naming
+    it."""
+    try:
+        yield
     except InputError:
         raise
     except (OSError, tarfile.TarError, ValueError) as error:
@@ -83,23 +108,32 @@ def _parquet_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
                 row += 1
 
 
-def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
+def _tar_members(file: str) -> Iterator[tuple[str, str, tarfile.TarFile, tarfile.TarInfo]]:
+    """(webdataset key, extension, tar, member) of each file in a tar shard, read as a stream: a member's bytes are
+    only read if its caller extracts them."""
     with fsspec.open(file, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        sample = {}
         for member in tar:
-            if not member.isfile():
-                continue
-            folder, name = posixpath.split(member.name)
-            stem, _, extension = name.partition(".")  # webdataset: the key ends at the basename's first dot
-            key = posixpath.join(folder, stem)
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample.setdefault("__key__", key)
-            if columns is None or extension in columns:
-                sample[extension] = tar.extractfile(member).read()
-        if sample:
+            if member.isfile():
+                folder, name = posixpath.split(member.name)
+                stem, _, extension = name.partition(".")  # webdataset: the key ends at the basename's first dot
+                yield posixpath.join(folder, stem), extension, tar, member
+        # tarfile ends quietly where the bytes end if that is between two members: a file cut there (a download
+        # stopped short) would pass for a shorter shard. An archive ends with a zero block, read by now.
+        if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"it ends after {tar.offset} bytes, without an end-of-archive block: truncated")
+
+
+def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
+    sample = {}
+    for key, extension, tar, member in _tar_members(file):
+        if sample and sample["__key__"] != key:
             yield sample
+            sample = {}
+        sample.setdefault("__key__", key)
+        if columns is None or extension in columns:
+            sample[extension] = tar.extractfile(member).read()
+    if sample:
+        yield sample
 
 
 def write_tar_sample(tar: tarfile.TarFile, sample: dict) -> None:

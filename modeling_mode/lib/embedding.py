@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTe
 
 from ..configuration_mode_clip import text_tower_config
 from .data import usable_captions
+from .data_files import caption_of, read_samples
 from .errors import InputError
 from .files import atomic_path, write_text
 
@@ -129,17 +131,24 @@ def choose_captions(values: list, rng: np.random.Generator) -> list[str | None]:
 
 
 class EmbeddingShards:
-    """A folder of `shard-00000.npy` files (float32 [rows, embed_dim], memory-mappable) plus `meta.json`.
+    """A folder of `shard-00000.npy` files ([rows, embed_dim], float32 or float16, memory-mappable) plus `meta.json`.
 
-    `meta` must hold `num_rows`, `shard_rows` and `embed_dim`, and says what the embeddings are of (encoder,
-    pooling, corpus, ...): a folder written with other settings is refused rather than mixed.
+    `meta` holds `embed_dim`, the storage `dtype` (float32 when absent) and the layout: `num_rows` and `shard_rows`
+    (shard s holds rows s * shard_rows onwards), or `data_files` (one shard per data file, holding that file's pairs,
+    whose count is known once the shard is written; `shard-00000.keys.json` beside it lists their keys). The rest
+    says what the embeddings are of (encoder, pooling, corpus, ...): a folder written otherwise is refused, not mixed.
     """
 
     def __init__(self, folder: str | os.PathLike, meta: dict):
         self.folder = Path(folder)
         self.meta = meta
-        self.num_rows, self.shard_rows, self.embed_dim = meta["num_rows"], meta["shard_rows"], meta["embed_dim"]
-        self.num_shards = max(1, -(-self.num_rows // self.shard_rows))
+        self.embed_dim = meta["embed_dim"]
+        self.dtype = np.dtype(meta.get("dtype", "float32"))
+        self.shard_rows = meta.get("shard_rows")  # None: one shard per data file
+        if self.shard_rows is None:
+            self.num_shards = len(meta["data_files"])
+        else:
+            self.num_shards = max(1, -(-meta["num_rows"] // self.shard_rows))
 
     @classmethod
     def create(cls, folder: str | os.PathLike, meta: dict, write: bool = True) -> "EmbeddingShards":
@@ -151,7 +160,9 @@ class EmbeddingShards:
             found = json.loads(shards.meta_path.read_text())
             changed = {key: (found.get(key), value) for key, value in meta.items() if found.get(key) != value}
             if changed:
-                details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+                details = "; ".join(
+                    f"{key}: {_brief(old)} there, {_brief(new)} now" for key, (old, new) in changed.items()
+                )
                 raise InputError(
                     f"{folder} holds embeddings made with other settings ({details}). "
                     "Use a new --output, or delete that folder to recompute."
@@ -172,18 +183,36 @@ class EmbeddingShards:
     def path(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:05d}.npy"
 
+    def keys_path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.keys.json"
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Where each shard's rows start in the corpus, then the corpus' size. With one shard per data file, the
+        shards' sizes are read from their headers: every shard must be written by then."""
+        if self.shard_rows is not None:
+            return np.minimum(np.arange(self.num_shards + 1) * self.shard_rows, self.meta["num_rows"])
+        return np.cumsum([0] + [len(self.read(shard)) for shard in range(self.num_shards)])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.offsets[-1])
+
     def rows_of(self, shard: int) -> range:
-        return range(shard * self.shard_rows, min((shard + 1) * self.shard_rows, self.num_rows))
+        return range(int(self.offsets[shard]), int(self.offsets[shard + 1]))
 
     def is_done(self, shard: int) -> bool:
         return self.path(shard).exists()
 
-    def write(self, shard: int, embeddings: np.ndarray) -> None:
-        expected = (len(self.rows_of(shard)), self.embed_dim)
-        if embeddings.shape != expected:
-            raise ValueError(f"shard {shard} must have shape {expected}, got {embeddings.shape}.")
+    def write(self, shard: int, embeddings: np.ndarray, keys: list[str] | None = None) -> None:
+        """Write a shard (its `keys` first, with one shard per data file): it is done once its .npy is there."""
+        rows = len(self.rows_of(shard)) if self.shard_rows is not None else len(embeddings)
+        if embeddings.shape != (rows, self.embed_dim):
+            raise ValueError(f"shard {shard} must have shape {(rows, self.embed_dim)}, got {embeddings.shape}.")
+        if keys is not None:
+            write_text(self.keys_path(shard), json.dumps(keys))
         with atomic_path(self.path(shard)) as partial, open(partial, "wb") as file:
-            np.save(file, embeddings.astype(np.float32, copy=False))
+            np.save(file, embeddings.astype(self.dtype, copy=False))
 
     def read(self, shard: int) -> np.ndarray:
         """The shard as a read-only memory map: nothing is read until its rows are used."""
@@ -191,24 +220,35 @@ class EmbeddingShards:
             raise ValueError(f"{self.path(shard)} is missing: the embedding step has not finished.")
         return np.load(self.path(shard), mmap_mode="r")
 
+    def read_keys(self, shard: int) -> list[str]:
+        return json.loads(self.keys_path(shard).read_text())
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """The embeddings of sorted row ids, one shard open at a time."""
+        """The embeddings (float32) of sorted row ids, one shard open at a time."""
         out = np.empty((len(rows), self.embed_dim), dtype=np.float32)
-        shard_of = rows // self.shard_rows
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for shard in np.unique(shard_of):
             at = np.flatnonzero(shard_of == shard)
-            out[at] = self.read(int(shard))[rows[at] - shard * self.shard_rows]
+            out[at] = self.read(int(shard))[rows[at] - self.offsets[shard]]
         return out
 
 
-def shard_captions(dataset, caption_column: str, shards: EmbeddingShards, shard: int, seed: int) -> list[str | None]:
-    """The caption embedded for each pair of `shard` (`choose_captions`; None: no usable caption).
+def _brief(value) -> str:
+    """A setting as an error message shows it: a list of data files by its length, not its thousands of entries."""
+    return f"{len(value)} data files" if isinstance(value, list) else repr(value)
 
-    Seeded by shard, so a list-of-captions column gives the same caption whichever process embeds the shard, and
-    the assembly, re-expressing centroids in the router's space, reads the very captions the clustering embedded.
-    """
+
+def shard_captions(dataset, caption_column: str, shards: EmbeddingShards, shard: int, seed: int) -> list[str | None]:
+    """The caption embedded for each pair of `shard` (`choose_shard_captions`; None: no usable caption)."""
     rows = shards.rows_of(shard)
-    return choose_captions(dataset[rows.start : rows.stop][caption_column], np.random.default_rng([seed, shard]))
+    return choose_shard_captions(dataset[rows.start : rows.stop][caption_column], shard, seed)
+
+
+def choose_shard_captions(values: list, shard: int, seed: int) -> list[str | None]:
+    """`choose_captions` seeded by shard: a list-of-captions column gives the same caption whichever process embeds
+    the shard, and the assembly, re-expressing centroids in the router's space, reads the very captions the
+    clustering embedded."""
+    return choose_captions(values, np.random.default_rng([seed, shard]))
 
 
 def embed_corpus(
@@ -224,21 +264,56 @@ def embed_corpus(
     """Embed this process's unfinished shards (shard s belongs to rank s % world_size); returns captions embedded."""
     if caption_column not in dataset.column_names:
         raise InputError(f"The dataset has no caption column {caption_column!r}; its columns: {dataset.column_names}.")
-    todo = [s for s in range(rank, shards.num_shards, world_size) if not shards.is_done(s)]
     captions_only = dataset.select_columns([caption_column])  # never decode the images
-    total = sum(len(shards.rows_of(s)) for s in todo)
+
+    def embed(shard: int) -> int:
+        chosen = shard_captions(captions_only, caption_column, shards, shard, seed)
+        shards.write(shard, embed_captions(encoder, chosen, batch_size))
+        return len(chosen)
+
+    return _embed_shards(embed, shards, rank, world_size, unit="shards")
+
+
+def embed_data_files(
+    files: list[str],
+    caption_column: str,
+    encoder: CaptionEncoder,
+    shards: EmbeddingShards,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> int:
+    """Embed this process's unfinished data files, one shard each (file f belongs to rank f % world_size), reading
+    only their caption column (`data_files.read_samples`: images are skipped); returns captions embedded."""
+
+    def embed(shard: int) -> int:
+        samples = list(read_samples(files[shard], [caption_column]))
+        values = [caption_of(sample.get(caption_column)) for sample in samples]  # a tar sample may lack it
+        chosen = choose_shard_captions(values, shard, seed)
+        shards.write(shard, embed_captions(encoder, chosen, batch_size), [sample["__key__"] for sample in samples])
+        return len(chosen)
+
+    return _embed_shards(embed, shards, rank, world_size, unit="data files")
+
+
+def embed_captions(encoder: CaptionEncoder, chosen: list[str | None], batch_size: int) -> np.ndarray:
+    """Embeddings of chosen captions; a pair without one (None) gets an all-zero row."""
+    embeddings = np.zeros((len(chosen), encoder.embed_dim), dtype=np.float32)
+    present = [i for i, caption in enumerate(chosen) if caption is not None]
+    if present:
+        embeddings[present] = encoder.encode([chosen[i] for i in present], batch_size)
+    return embeddings
+
+
+def _embed_shards(embed, shards: EmbeddingShards, rank: int, world_size: int, unit: str) -> int:
+    """Call `embed(shard)` (which returns the pairs it embedded) for this process's shards not yet on disk."""
+    todo = [s for s in range(rank, shards.num_shards, world_size) if not shards.is_done(s)]
     start, done = time.perf_counter(), 0
-    with tqdm(total=total, unit="captions", desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), unit=unit, desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
         for shard in todo:
-            rows = shards.rows_of(shard)
-            chosen = shard_captions(captions_only, caption_column, shards, shard, seed)
-            present = [i for i, caption in enumerate(chosen) if caption is not None]
-            embeddings = np.zeros((len(rows), shards.embed_dim), dtype=np.float32)
-            if present:
-                embeddings[present] = encoder.encode([chosen[i] for i in present], batch_size)
-            shards.write(shard, embeddings)
-            done += len(rows)
-            bar.update(len(rows))
+            done += embed(shard)
+            bar.update()
             bar.set_postfix(captions_per_s=f"{done / (time.perf_counter() - start):.0f}")
     if done:
         seconds = time.perf_counter() - start

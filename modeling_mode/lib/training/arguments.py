@@ -89,6 +89,15 @@ class ExpertTrainingArguments:
         default="caption", metadata={"help": "Column of the captions: a string, or a list of which one is drawn."}
     )
     cluster_column: str = field(default="coarse_id", metadata={"help": "Column of the pairs' coarse cluster ids."})
+    labels: str | None = field(
+        default=None,
+        metadata={
+            "help": "The clustering's labels table (its OUTPUT/labels), made from --dataset: the pairs' coarse ids "
+            "are joined from it on the fly (by row; streamed, by data file and key) instead of read from "
+            "--cluster-column. --streaming then reads the data files (parquet or .tar) itself, and a resumed run "
+            "skips the files it had trained on without reading them."
+        },
+    )
     batch_size: int = field(
         default=32,
         metadata={"help": "Pairs per process and micro-batch.", "aliases": ["--per_device_train_batch_size"]},

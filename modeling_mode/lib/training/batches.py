@@ -19,10 +19,12 @@ from ..data import (
     check_column_types,
     check_columns,
     cluster_ids,
+    is_saved_dataset,
     load_pairs,
 )
 from ..errors import InputError
 from .arguments import ExpertTrainingArguments
+from .labelled import LabelledStream, table_coarse_ids
 
 
 class TrainingData:
@@ -32,16 +34,35 @@ class TrainingData:
         self.args = args
         self.cluster = args.cluster_id
         self.accelerator = accelerator
+        self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
+        self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = None
+        if args.labels and args.streaming:
+            self.labelled_stream = self.open_labelled_stream()
+            return
         self.pairs = load_pairs(args.dataset, args.split, args.streaming)
         columns = self.pairs.column_names or list(next(iter(self.pairs)).keys())
-        cluster_column = None if self.cluster is None else args.cluster_column
+        cluster_column = None if self.cluster is None or args.labels else args.cluster_column
         check_columns(columns, args.image_column, args.caption_column, cluster_column)
         check_column_types(self.pairs.features, args.image_column, args.caption_column)
-        self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
-        self.coarse_ids = self.without_caption = None
         if not args.streaming:  # a stream drops the pairs without a caption as they come (StreamingPairs)
             self.coarse_ids, self.without_caption = self.usable_coarse_ids()
             self.sampler(0)  # refuses now a cluster without pairs, or fewer pairs than one global batch
+
+    def open_labelled_stream(self) -> LabelledStream:
+        """This process's stream of data files joined with --labels, refused now if it gives no full batch."""
+        args, accelerator = self.args, self.accelerator
+        if is_saved_dataset(args.dataset):
+            raise InputError(
+                f"--labels with --streaming reads data files (parquet or .tar); --dataset {args.dataset!r} is a "
+                "saved dataset: train on it without --streaming (its rows are joined with the table by index)."
+            )
+        stream = LabelledStream(args, accelerator.process_index, accelerator.num_processes)
+        if sum(stream.batch_counts()) == 0:
+            raise InputError(
+                f"Process {accelerator.process_index}'s data files hold no full batch of {args.batch_size} of this "
+                f"run's pairs (the labels table counts {sum(stream.run_pairs.values())})."
+            )
+        return stream
 
     @property
     def global_batch_size(self) -> int:
@@ -52,12 +73,15 @@ class TrainingData:
     def usable_coarse_ids(self) -> tuple[np.ndarray, int]:
         """Each row's coarse cluster id, NO_CLUSTER for rows without a usable caption; and how many those are.
 
-        The seed reads no cluster ids (it trains on every cluster): its rows are all cluster 0.
+        The seed trains on every cluster: its rows are all cluster 0 (a --labels table is still read, to check that
+        it is of these pairs).
         """
         args = self.args
+        if args.labels:
+            coarse_ids = table_coarse_ids(args.labels, args.dataset, args.split, self.pairs)
         if self.cluster is None:
             coarse_ids = np.zeros(len(self.pairs), dtype=np.int64)
-        else:
+        elif not args.labels:
             coarse_ids = cluster_ids(self.pairs, args.cluster_column)
         captioned = caption_mask(self.pairs, args.caption_column)
         if not captioned.any():
@@ -85,6 +109,12 @@ class TrainingData:
 
     def summary(self) -> dict:
         """What the run trains on, for training_args.json."""
+        if self.labelled_stream is not None:
+            return {
+                "streaming": True,
+                "labels": self.args.labels,
+                "main_process_pairs_per_epoch": sum(self.labelled_stream.run_pairs.values()),
+            }
         if self.args.streaming:
             return {"streaming": True}
         sampler = self.sampler(0)
@@ -108,6 +138,12 @@ class TrainingData:
             if counts is not None:
                 pairs += f" ({counts['out_of_cluster_pairs_per_epoch']} pairs an epoch)"
         source = f"--dataset {args.dataset}, split {args.split}"
+        if self.labelled_stream is not None:
+            stream = self.labelled_stream
+            return (
+                f"Streaming {pairs} of {source}, joined with the labels table {args.labels}: "
+                f"{sum(stream.run_pairs.values())} pairs in this process's {len(stream.files)} data files."
+            )
         if counts is None:
             return f"Streaming {pairs} of {source}, skipping those without a usable caption."
         return (
@@ -124,6 +160,10 @@ class TrainingData:
         if not args.streaming:
             dataset = PairDataset(self.pairs, transform, args.seed)
             yield from batches_of(DataLoader(dataset, batch_sampler=self.sampler(start_step), **loader_kwargs))
+            return
+        if self.labelled_stream is not None:
+            self.labelled_stream.transform = transform
+            yield from self.labelled_batches(stream_position, loader_kwargs)
             return
         stream = StreamingPairs(
             self.pairs,
@@ -148,6 +188,19 @@ class TrainingData:
             if read == 0:
                 raise InputError("The stream holds no full batch of this cluster's pairs for this process.")
             epoch, skip = epoch + 1, 0
+
+    def labelled_batches(self, stream_position: tuple[int, int], loader_kwargs: dict):
+        """The micro-batches of a --labels stream, from `stream_position`: a resumed run starts where it stood,
+        skipping the data files it had trained on without reading them (`LabelledStream.start`)."""
+        epoch, read = stream_position
+        while True:
+            self.labelled_stream.start(epoch, read)
+            loader = DataLoader(self.labelled_stream, batch_size=self.args.batch_size, drop_last=True, **loader_kwargs)
+            for batch in batches_of(loader):
+                read += 1
+                self.stream_position = (epoch, read)
+                yield batch
+            epoch, read = epoch + 1, 0
 
 
 def batches_of(loader: DataLoader):

@@ -1,0 +1,177 @@
+"""The labels table: MODE's cluster ids of every pair of a corpus, kept beside the corpus rather than in a copy of it.
+
+A clustering run (train/cluster.py) writes `OUTPUT/labels/`:
+- `part-NNNNN.parquet`, one per data file of the corpus in `data_files.list_data_files` order (NNNNN is the file's
+  index there), or one per embedding shard for a saved `datasets` Dataset. Columns: `source` (the data file's path
+  as listed; "" for a saved dataset), `key` (the pair's `__key__` as `data_files.read_samples` gives it; the row
+  index for a saved dataset), `row` (int64, the pair's position in the whole corpus), `fine_id` and `coarse_id`
+  (int32; -1 for a pair without a usable caption).
+- `labels.json`, written last: the table is complete when it is there. It says which corpus the table is of
+  (`dataset`, `split`, `caption_column`, `num_rows`, `data_files` [{"path", "size"}]), `num_experts`,
+  `num_fine_clusters`, the clustering's `settings` (`clusters_settings`) and `num_parts`.
+
+A few bytes per pair: the `source` column is dictionary-encoded by parquet, so it costs next to nothing per row.
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .files import atomic_path, read_json, write_json
+
+LABELS_DIR = "labels"  # inside a clustering run's output folder
+LABELS_JSON = "labels.json"
+SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("key", pa.string()),
+        ("row", pa.int64()),
+        ("fine_id", pa.int32()),
+        ("coarse_id", pa.int32()),
+    ]
+)
+
+
+def part_path(folder: str | os.PathLike, part: int) -> Path:
+    return Path(folder) / f"part-{part:05d}.parquet"
+
+
+def describe_files(files: list[str]) -> list[dict]:
+    """[{"path", "size"}] of data files (local paths or fsspec URLs such as hf://): what `labels.json` records so
+    that a table is never used with another corpus."""
+    described = []
+    for file in files:
+        filesystem, path = fsspec.core.url_to_fs(file)
+        described.append({"path": file, "size": int(filesystem.size(path))})
+    return described
+
+
+def write_labels(folder, part: int, source: str, keys, rows, fine_ids, coarse_ids) -> Path:
+    """Write one part of the table (atomically: a crash leaves the old part or the new one) and return its path."""
+    table = pa.table(
+        {
+            "source": pa.array([source] * len(keys), pa.string()),
+            "key": pa.array([str(key) for key in keys], pa.string()),
+            "row": np.asarray(rows, dtype=np.int64),
+            "fine_id": np.asarray(fine_ids, dtype=np.int32),
+            "coarse_id": np.asarray(coarse_ids, dtype=np.int32),
+        },
+        schema=SCHEMA,
+    )
+    path = part_path(folder, part)
+    with atomic_path(path) as partial:
+        pq.write_table(table, partial)
+    return path
+
+
+def finish_labels(folder, meta: dict) -> dict:
+    """Check that the parts cover the corpus, then write `labels.json` (last: from then on the table is complete).
+
+    `meta` holds at least `num_rows` and `data_files` (empty for a saved dataset); `num_parts` is added here.
+    Raises ValueError (a bug of the writer, not bad input) for missing parts or rows."""
+    folder = Path(folder)
+    parts = sorted(folder.glob("part-*.parquet"))
+    expected = [part_path(folder, part) for part in range(len(parts))]
+    if parts != expected or (meta["data_files"] and len(parts) != len(meta["data_files"])):
+        raise ValueError(f"{folder} holds parts {[p.name for p in parts]}: not one per data file or shard.")
+    num_rows = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+    if num_rows != meta["num_rows"]:
+        raise ValueError(f"{folder} holds {num_rows} labelled pairs, the corpus {meta['num_rows']}.")
+    meta = {**meta, "num_parts": len(parts)}
+    write_json(folder / LABELS_JSON, meta)
+    return meta
+
+
+def clear_labels(folder) -> None:
+    """Make `folder` an unfinished, empty table (a run starting over: no part of another run is left to mix in)."""
+    folder = Path(folder)
+    (folder / LABELS_JSON).unlink(missing_ok=True)  # first: without it no reader takes the parts for a table
+    for part in folder.glob("part-*.parquet"):
+        part.unlink()
+
+
+def read_meta(folder) -> dict:
+    """`labels.json` of a complete table; InputError when `folder` holds none (not a table, or an unfinished one)."""
+    path = Path(folder) / LABELS_JSON
+    if not path.is_file():
+        raise InputError(
+            f"{folder} holds no complete labels table ({LABELS_JSON} of train/cluster.py is missing): "
+            "run or resume the clustering first."
+        )
+    return read_json(path)
+
+
+def read_labels(folder) -> tuple[dict, Iterator[pa.Table]]:
+    """(meta, the parts as pyarrow Tables in order): one part in memory at a time, whatever the corpus' size."""
+    meta = read_meta(folder)
+
+    def parts() -> Iterator[pa.Table]:
+        for part in range(meta["num_parts"]):
+            yield read_part(folder, part)
+
+    return meta, parts()
+
+
+def labels_for(folder, source: str, meta: dict | None = None) -> dict[str, int]:
+    """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
+    (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover.
+    `meta` (`read_meta(folder)`) spares a reader of many files reading labels.json for each."""
+    meta = meta if meta is not None else read_meta(folder)
+    if source == "" and not meta["data_files"]:
+        parts = range(meta["num_parts"])
+    else:
+        paths = [file["path"] for file in meta["data_files"]]
+        if source not in paths:
+            raise InputError(
+                f"data file {source!r} is not in the labels table {folder} (it labels {len(paths)} files of "
+                f"--dataset {meta['dataset']!r}): cluster this corpus, or give the table made from it."
+            )
+        parts = [paths.index(source)]
+    labels = {}
+    for part in parts:
+        table = read_part(folder, part, columns=["key", "coarse_id"])
+        labels.update(zip(table["key"].to_pylist(), table["coarse_id"].to_pylist(), strict=True))
+    return labels
+
+
+def check_labels_match(meta: dict, dataset: str, split: str, files: list[str], num_rows: int | None = None) -> None:
+    """Refuse a labels table made from another corpus than `dataset`'s `split` read as `files` (its data files as
+    `list_data_files` gives them; empty for a saved dataset, whose `num_rows` is then compared).
+
+    A data file the table lacks is named, as is one whose size changed; a table of other files or rows is refused.
+    """
+    where = f"the labels table of --dataset {meta['dataset']!r} (split {meta['split']!r})"
+    if split != meta["split"]:
+        raise InputError(f"{where} does not label split {split!r} of --dataset {dataset!r}.")
+    if num_rows is not None and num_rows != meta["num_rows"]:
+        raise InputError(f"{where} labels {meta['num_rows']} pairs, --dataset {dataset!r} has {num_rows}.")
+    sizes = {file["path"]: file["size"] for file in meta["data_files"]}
+    if bool(files) != bool(sizes):
+        made_of = "data files" if sizes else "a saved dataset"
+        raise InputError(f"{where} was made from {made_of}, not from --dataset {dataset!r} as read now.")
+    for file in files:
+        if file not in sizes:
+            raise InputError(f"data file {file!r} of --dataset {dataset!r} is missing from {where}.")
+    for described in describe_files(files):
+        if described["size"] != sizes[described["path"]]:
+            raise InputError(
+                f"data file {described['path']!r} has {described['size']} bytes but had {sizes[described['path']]} "
+                f"when {where} was made: it changed since; cluster again."
+            )
+    if len(files) != len(sizes):
+        extra = sorted(set(sizes) - set(files))
+        raise InputError(f"{where} labels other data files too ({extra[:3]}...): it is of another corpus.")
+
+
+def read_part(folder, part: int, columns: list[str] | None = None) -> pa.Table:
+    """One part of the table (`columns` of it, all when None)."""
+    path = part_path(folder, part)
+    if not path.is_file():
+        raise InputError(f"{path} is missing: the labels table {folder} is incomplete; run the clustering again.")
+    return pq.read_table(path, columns=columns)

@@ -1,0 +1,269 @@
+"""Resharding: each coarse cluster's pairs written to its own webdataset shards, in one pass over the corpus, so that
+an expert reads its own share of the corpus only, instead of streaming all of it and dropping the other clusters'.
+
+`OUTPUT/cluster-K/shard-NNNNN.tar` holds the pairs of cluster K in corpus order (data file after data file, in
+`list_data_files` order, each file's pairs in its order), `--shard-size` to a shard: shard s holds the cluster's pairs
+s * shard_size to (s + 1) * shard_size - 1, so which pairs each shard holds follows from the labels table alone.
+A pair's sample keeps its members (a tar source) or becomes `jpg`/`png`/... (its image, in its own format) and `txt`
+(its caption; a list of captions: `json`) for a parquet source; `coarse_id.cls` and `fine_id.cls` carry its ids
+(webdataset's class-label members: `datasets` reads them as ints). Its `__key__` is the labels table's key prefixed
+by the data file's index in the table (`00003/KEY`): keys are only unique within a data file (a parquet file's are
+row indexes), and a webdataset reader merges consecutive samples with the same key.
+
+Resumable per output shard: each shard is written under a scratch name and renamed once it holds its planned pairs,
+so a shard that is there is complete; a re-run reads only the data files that hold pairs of missing shards and writes
+only those shards. `manifest.json` says with which settings the output is written (before the first shard) and,
+rewritten last with `finished`, what it holds: the output is complete only then.
+"""
+
+import io
+import json
+import logging
+import posixpath
+import tarfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .data import NO_CLUSTER
+from .data_files import list_data_files, read_samples, write_tar_sample
+from .errors import InputError, check_output_dir, naming_failures
+from .files import atomic_path, read_json, write_json
+from .labels import check_labels_match, read_labels
+
+logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif"}  # PIL format -> member extension, where it is not the lowercase
+
+
+@dataclass
+class ReshardArguments:
+    """Flags of `train/reshard.py`."""
+
+    dataset: str = field(
+        metadata={
+            "help": "The corpus the labels table was made from: a folder of data files (parquet or webdataset .tar "
+            "shards) or a Hub dataset id.",
+            "aliases": ["--dataset_name"],
+        }
+    )
+    labels: str = field(metadata={"help": "The clustering run's labels table (its OUTPUT/labels)."})
+    output: str = field(
+        metadata={"help": "Folder of the cluster-K/shard-NNNNN.tar shards.", "aliases": ["--output_dir"]}
+    )
+    split: str = field(default="train", metadata={"help": "Split of a Hub dataset."})
+    shard_size: int = field(default=10_000, metadata={"help": "Pairs per output shard (a cluster's last: fewer)."})
+    image_column: str = field(default="image", metadata={"help": "Parquet sources: the column of the images."})
+    caption_column: str = field(default="caption", metadata={"help": "Parquet sources: the column of the captions."})
+
+    def __post_init__(self):
+        if not self.shard_size >= 1:
+            raise InputError(f"--shard-size must be at least 1, got {self.shard_size!r}.")
+
+
+class ShardPlan:
+    """Which output shards each data file feeds, from the labels table's coarse ids alone."""
+
+    def __init__(self, counts: np.ndarray, shard_size: int):
+        self.counts = counts  # [data file, cluster]: the cluster's pairs in the file
+        self.before = np.cumsum(counts, axis=0) - counts  # [data file, cluster]: the cluster's pairs in earlier files
+        self.totals = counts.sum(axis=0)
+        self.shard_size = shard_size
+
+    @classmethod
+    def from_labels(cls, labels: str, shard_size: int) -> "ShardPlan":
+        meta, parts = read_labels(labels)
+        counts = [np.bincount(clustered(part["coarse_id"]), minlength=meta["num_experts"]) for part in parts]
+        return cls(np.asarray(counts, dtype=np.int64).reshape(-1, meta["num_experts"]), shard_size)
+
+    def shards_of_file(self, file: int) -> set[tuple[int, int]]:
+        """(cluster, shard) of every output shard holding pairs of data file `file`."""
+        shards = set()
+        for cluster in np.flatnonzero(self.counts[file]):
+            first, last = self.before[file, cluster], self.before[file, cluster] + self.counts[file, cluster] - 1
+            shards.update(
+                (int(cluster), shard) for shard in range(first // self.shard_size, last // self.shard_size + 1)
+            )
+        return shards
+
+    def shard_pairs(self, cluster: int, shard: int) -> int:
+        return int(min(self.shard_size, self.totals[cluster] - shard * self.shard_size))
+
+    def num_shards(self, cluster: int) -> int:
+        return -(-int(self.totals[cluster]) // self.shard_size)
+
+
+def clustered(coarse_ids) -> np.ndarray:
+    coarse_ids = np.asarray(coarse_ids)
+    return coarse_ids[coarse_ids != NO_CLUSTER]
+
+
+def shard_path(output: str, cluster: int, shard: int) -> Path:
+    return Path(output, f"cluster-{cluster}", f"shard-{shard:05d}.tar")
+
+
+class ShardWriter:
+    """One output shard being filled: written under a scratch name, renamed into place once it holds `size` pairs."""
+
+    def __init__(self, path: Path, size: int):
+        self.size, self.written, self.path = size, 0, path
+        self.files = ExitStack()
+        self.tar = self.files.enter_context(tarfile.open(self.files.enter_context(atomic_path(path)), "w"))
+
+    def add(self, sample: dict) -> bool:
+        """Write one sample; returns whether the shard is complete (then it is closed and in place)."""
+        write_tar_sample(self.tar, sample)
+        self.written += 1
+        if self.written == self.size:
+            self.files.close()  # closes the tar, then renames it into place
+        return self.written == self.size
+
+
+def reshard(args: ReshardArguments, on_shard=None) -> dict:
+    """Write each cluster's pairs to its own shards (see the module's docstring); returns the manifest.
+
+    `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
+    check_output_dir(args.output, "--output")
+    with naming_failures("--dataset", args.dataset):
+        files = list_data_files(args.dataset, args.split)
+    meta, parts = read_labels(args.labels)
+    check_labels_match(meta, args.dataset, args.split, files)
+    settings = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "data_files": meta["data_files"],
+        "clusters_settings": meta["clusters_settings"],
+        "shard_size": args.shard_size,
+        "image_column": args.image_column,
+        "caption_column": args.caption_column,
+    }
+    manifest_path = Path(args.output, MANIFEST)
+    earlier = read_json(manifest_path) if manifest_path.is_file() else None
+    if earlier is not None and earlier["settings"] != settings:
+        raise InputError(
+            f"--output {args.output!r} holds a reshard made with other settings ({earlier['settings']}): give "
+            "another --output."
+        )
+    if earlier is not None and earlier.get("finished"):
+        logger.info(f"{args.output} holds this reshard, finished: nothing to do.")
+        return earlier
+    plan = ShardPlan.from_labels(args.labels, args.shard_size)
+
+    def open_shard(cluster: int, shard: int) -> ShardWriter:
+        if not manifest_path.is_file():  # before the first shard: a re-run must use the same settings
+            write_json(manifest_path, {"settings": settings})
+        return ShardWriter(shard_path(args.output, cluster, shard), plan.shard_pairs(cluster, shard))
+
+    write_shards(args, files, parts, plan, open_shard, on_shard)
+    manifest = {
+        "settings": settings,
+        "finished": True,
+        "clusters": {
+            str(cluster): {"pairs": int(plan.totals[cluster]), "shards": plan.num_shards(cluster)}
+            for cluster in np.flatnonzero(plan.totals)
+        },
+        "pairs_without_cluster": int(meta["num_rows"] - plan.totals.sum()),
+    }
+    write_json(manifest_path, manifest)  # last: the output is complete
+    logger.info(
+        f"Wrote the {int(plan.totals.sum())} pairs of {len(manifest['clusters'])} clusters to {args.output}; "
+        f"{manifest['pairs_without_cluster']} pairs without a cluster are left out."
+    )
+    return manifest
+
+
+def write_shards(args: ReshardArguments, files: list[str], parts, plan: ShardPlan, open_shard, on_shard) -> None:
+    """The one pass: every data file that holds pairs of a shard not yet written is read, and those shards written.
+    A cluster's pairs come in the order of its shards, so each cluster has one shard open at a time."""
+    done = {
+        (cluster, shard)
+        for cluster in range(len(plan.totals))
+        for shard in range(plan.num_shards(cluster))
+        if shard_path(args.output, cluster, shard).is_file()
+    }
+    if done:
+        logger.info(f"Resuming: {len(done)} output shards are already written.")
+    columns = [args.image_column, args.caption_column] if files[0].endswith(".parquet") else None
+    open_shards = {}  # cluster -> (shard, its writer)
+    for index, (file, part) in enumerate(zip(files, parts, strict=True)):
+        pending = plan.shards_of_file(index) - done
+        if not pending:
+            continue
+        logger.info(f"Data file {index + 1}/{len(files)}: {file}")
+        for cluster, shard, sample in labelled_samples(file, index, part, columns, plan, args):
+            if (cluster, shard) not in pending:
+                continue
+            if open_shards.get(cluster, (None,))[0] != shard:
+                open_shards[cluster] = (shard, open_shard(cluster, shard))
+            writer = open_shards[cluster][1]
+            if writer.add(sample):
+                done.add((cluster, shard))
+                if on_shard is not None:
+                    on_shard(writer.path)
+
+
+def labelled_samples(file: str, index: int, part, columns, plan: ShardPlan, args: ReshardArguments):
+    """(cluster, output shard, sample to write) of each clustered pair of data file `index`, joined with its part of
+    the labels table by key. A pair the table lacks, or one it has but the file not, is refused: the table would be
+    of another version of the file."""
+    sources = set(part["source"].to_pylist())
+    if sources != {file}:
+        raise InputError(f"part {index} of the labels table {args.labels} labels {sorted(sources)}, not {file!r}.")
+    ids = dict(zip(part["key"].to_pylist(), zip(part["coarse_id"].to_pylist(), part["fine_id"].to_pylist())))
+    position = plan.before[index].copy()  # each cluster's pairs written before this one
+    for sample in read_samples(file, columns):
+        key = sample["__key__"]
+        if key not in ids:
+            raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {args.labels}.")
+        coarse_id, fine_id = ids.pop(key)
+        if coarse_id == NO_CLUSTER:
+            continue
+        shard = int(position[coarse_id] // plan.shard_size)
+        position[coarse_id] += 1
+        members = dict(sample) if columns is None else parquet_members(sample, file, args)
+        members.update(
+            {"__key__": f"{index:05d}/{key}", "coarse_id.cls": b"%d" % coarse_id, "fine_id.cls": b"%d" % fine_id}
+        )
+        yield coarse_id, shard, members
+    if ids:
+        missing = sorted(ids)[:3]
+        raise InputError(f"data file {file!r} lacks pairs {missing} of the labels table {args.labels}.")
+
+
+def parquet_members(sample: dict, file: str, args: ReshardArguments) -> dict:
+    """A parquet row's image and caption as webdataset members: the image's bytes under its own format's extension,
+    the caption as `txt` (a list of captions: `json`)."""
+    where = f"row {sample['__key__']} of data file {file!r}"
+    image, caption = sample[args.image_column], sample[args.caption_column]
+    if isinstance(image, dict):  # the datasets Image feature: {"bytes", "path"}
+        image, path = image.get("bytes"), image.get("path")
+    else:
+        path = None
+    if not isinstance(image, bytes):
+        raise InputError(f"{where}: column {args.image_column!r} (--image-column) holds no image bytes.")
+    if isinstance(caption, list):
+        caption_member = {"json": json.dumps(caption).encode()}
+    elif isinstance(caption, str):
+        caption_member = {"txt": caption.encode()}
+    else:
+        raise InputError(
+            f"{where}: column {args.caption_column!r} (--caption-column) holds {caption!r}, not captions."
+        )
+    return {image_extension(image, path, where): image, **caption_member}
+
+
+def image_extension(image: bytes, path: str | None, where: str) -> str:
+    """The member extension of an image: its format as PIL reads it from the header, else its path's extension."""
+    try:
+        image_format = Image.open(io.BytesIO(image)).format  # reads the header only
+        return IMAGE_EXTENSIONS.get(image_format, image_format.lower())
+    except UnidentifiedImageError:
+        extension = posixpath.splitext(path or "")[1].lstrip(".").lower()
+        if not extension:
+            raise InputError(
+                f"{where}: its image is in no format PIL knows, and has no file name to tell it."
+            ) from None
+        return extension

@@ -1,0 +1,172 @@
+"""Training on the original pairs of a corpus, joined on the fly with a clustering's labels table (`--labels`).
+
+The labels table (`modeling_mode.lib.labels`) holds each pair's coarse cluster beside the corpus, not in a copy of it.
+With random access (a saved dataset, or data files loaded whole) it is joined by row: the run then trains exactly as on
+a labelled copy. Streamed (`--streaming` over parquet files or webdataset shards), it is joined by (data file, key) as
+each file is read: `LabelledStream`. A pair that the table lacks is refused with its name, never trained on with
+another pair's label: the table was made from another version of that data file.
+
+A labelled stream knows from the table how many pairs each data file gives the run before reading it; so a resumed run
+skips the data files it had trained on without reading them, and restarts exactly where it stood. For that, its order
+is a function of the seed, the epoch and the files: each DataLoader worker reads its own data files in an order drawn
+each epoch, each file's pairs shuffled within windows of --shuffle-buffer pairs, each pair augmented by its own
+generator; the DataLoader takes the workers' batches in turn (`worker_turns`).
+"""
+
+import random
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ..data import NO_CLUSTER, check_columns, is_saved_dataset, stream_filter, usable_captions
+from ..data_files import caption_of, list_data_files, read_samples
+from ..errors import InputError, naming_failures
+from ..labels import check_labels_match, labels_for, read_labels, read_meta
+
+
+def table_coarse_ids(labels: str, dataset: str, split: str, pairs: Dataset) -> np.ndarray:
+    """Each row's coarse id, read from the labels table by row, after checking that the table is of these pairs."""
+    meta, parts = read_labels(labels)
+    files = [] if is_saved_dataset(dataset) else list_data_files(dataset, split)
+    check_labels_match(meta, dataset, split, files, len(pairs))
+    with_keys = "__key__" in pairs.column_names  # webdataset shards loaded whole: their keys must line up too
+    coarse_ids = np.full(len(pairs), NO_CLUSTER, dtype=np.int64)
+    keys = np.empty(len(pairs) if with_keys else 0, dtype=object)
+    for part in parts:
+        rows = part["row"].to_numpy()
+        coarse_ids[rows] = part["coarse_id"].to_numpy()
+        if with_keys:
+            keys[rows] = part["key"].to_pylist()
+    dataset_keys = np.asarray(pairs["__key__"] if with_keys else [], dtype=object)
+    mismatch = np.flatnonzero(dataset_keys != keys)
+    if len(mismatch):
+        row = mismatch[0]
+        raise InputError(
+            f"row {row} of --dataset {dataset!r} is pair {dataset_keys[row]!r}, the labels table {labels} has "
+            f"{keys[row]!r} there: it labels another order of these pairs."
+        )
+    return coarse_ids
+
+
+def worker_turns(batch_counts: list[int], read: int) -> tuple[list[int], int]:
+    """How many of its batches each DataLoader worker had given when `read` batches were read, and whose turn it is.
+
+    A DataLoader takes an iterable dataset's batches from its workers in turn (0, 1, ..., then 0 again), passing over
+    a worker once it has none left: round r gives a batch of every worker that has more than r.
+    """
+    taken, turn = [0] * len(batch_counts), 0
+    while read > 0:
+        active = [worker for worker, count in enumerate(batch_counts) if count > taken[worker]]
+        if not active:
+            raise ValueError(f"{read} more batches than the workers' {batch_counts}")
+        for worker in active[:read]:
+            taken[worker] += 1
+        turn = active[read] if read < len(active) else 0
+        read -= min(read, len(active))
+    return taken, turn
+
+
+class LabelledStream(torch.utils.data.IterableDataset):
+    """This process's share of a corpus's data files, joined with the labels table as they are read, filtered to the
+    run's pairs, shuffled and augmented by `transform` (a PairTransform, set before iterating). Call
+    `start(epoch, batches_read)` before iterating an epoch."""
+
+    def __init__(self, args, process_index: int, num_processes: int):
+        self.labels, self.seed, self.epoch = args.labels, args.seed, 0
+        self.cluster, self.out_of_cluster_ratio = args.cluster_id, args.out_of_cluster_ratio
+        self.shuffle_buffer, self.batch_size = args.shuffle_buffer, args.batch_size
+        self.num_workers = max(1, args.num_workers)
+        self.transform, self.process_index = None, process_index
+        self.image_column, self.caption_column = args.image_column, args.caption_column
+        with naming_failures("--dataset", args.dataset):
+            all_files = list_data_files(args.dataset, args.split)
+        check_labels_match(read_meta(args.labels), args.dataset, args.split, all_files)
+        self.columns = [args.image_column, args.caption_column]
+        first = next(read_samples(all_files[0], None if all_files[0].endswith(".tar") else self.columns))
+        check_columns(first.keys(), *self.columns, None)
+        # Each process reads its own data files; how many of each one's pairs the run takes, from the table alone.
+        self.files = list(enumerate(all_files))[process_index::num_processes]
+        keep = self.keeps()
+        self.run_pairs = {
+            index: sum(keep(coarse_id, f"{index}/{key}") for key, coarse_id in labels_for(self.labels, file).items())
+            for index, file in self.files
+        }
+        self.skips, self.first_worker = [0] * self.num_workers, 0
+
+    def keeps(self):
+        """keep(coarse_id, name): whether the run trains on a pair (`name`: its data file's index and key)."""
+        if self.cluster is None:
+            return lambda coarse_id, name: coarse_id != NO_CLUSTER
+        return stream_filter(self.cluster, self.out_of_cluster_ratio, self.seed)
+
+    def worker_files(self, worker: int) -> list[tuple[int, str]]:
+        return self.files[worker :: self.num_workers]
+
+    def batch_counts(self) -> list[int]:
+        """Full batches each worker gives an epoch (a DataLoader drops each worker's last, partial batch)."""
+        return [
+            sum(self.run_pairs[index] for index, _ in self.worker_files(worker)) // self.batch_size
+            for worker in range(self.num_workers)
+        ]
+
+    def start(self, epoch: int, batches_read: int = 0) -> None:
+        """Iterate `epoch` from its batch `batches_read` on: each worker skips the pairs of the batches it gave, and
+        the DataLoader's first worker plays the worker whose turn it was (a new DataLoader starts with its first)."""
+        self.epoch = epoch
+        taken, self.first_worker = worker_turns(self.batch_counts(), batches_read)
+        self.skips = [batches * self.batch_size for batches in taken]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = ((info.id if info else 0) + self.first_worker) % self.num_workers
+        files = self.worker_files(worker)
+        skip = self.skips[worker]
+        for position in np.random.default_rng([self.seed, self.epoch, self.process_index, worker]).permutation(
+            len(files)
+        ):
+            index, file = files[position]
+            if self.run_pairs[index] <= skip:  # trained on before a resume: not read again
+                skip -= self.run_pairs[index]
+                continue
+            for number, window in enumerate(self.windows(index, file)):
+                order = np.random.default_rng([self.seed, self.epoch, index, number]).permutation(len(window))
+                for sample in (window[i] for i in order[skip:]):
+                    yield self.pair(sample, index, file)
+                skip = max(0, skip - len(window))
+
+    def windows(self, index: int, file: str):
+        """The run's pairs of one data file, in windows of --shuffle-buffer pairs, joined with the table by key."""
+        labels, keep = labels_for(self.labels, file), self.keeps()
+        window = []
+        for sample in read_samples(file, self.columns):
+            key = sample["__key__"]
+            if key not in labels:
+                raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {self.labels}.")
+            if keep(labels.pop(key), f"{index}/{key}"):
+                window.append(sample)
+            if len(window) == self.shuffle_buffer:
+                yield window
+                window = []
+        if window:
+            yield window
+        if labels:
+            raise InputError(f"data file {file!r} lacks pairs {sorted(labels)[:3]} of the labels table {self.labels}.")
+
+    def pair(self, sample: dict, index: int, file: str):
+        """The transform of one pair (pixels, caption), augmented by a generator of its own: the same on a resume."""
+        key = sample["__key__"]
+        where = f"pair {key!r} of data file {file!r}"
+        image, caption = sample.get(self.image_column), caption_of(sample.get(self.caption_column))
+        if image is None:
+            raise InputError(f"{where} has no image in {self.image_column!r} (--image-column).")
+        if not usable_captions(caption):
+            raise InputError(
+                f"{where} has a cluster in the labels table {self.labels} but no usable caption in column "
+                f"{self.caption_column!r} (--caption-column): the table was made from other captions."
+            )
+        example = {
+            self.image_column: image if isinstance(image, dict) else {"bytes": image, "path": None},
+            self.caption_column: caption,
+        }
+        return self.transform(example, random.Random(f"{self.seed}/{self.epoch}/{index}/{key}"), where)

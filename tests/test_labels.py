@@ -1,0 +1,103 @@
+"""The labels table: one parquet part per data file (or embedding shard), complete once labels.json is written."""
+
+import pytest
+
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.labels import (
+    check_labels_match,
+    clear_labels,
+    describe_files,
+    finish_labels,
+    labels_for,
+    read_labels,
+    read_meta,
+    write_labels,
+)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Two data files (their bytes do not matter here, only their paths and sizes) and a table labelling them."""
+    files = [str(tmp_path / "a.tar"), str(tmp_path / "b.tar")]
+    for file, size in zip(files, (10, 20), strict=True):
+        open(file, "wb").write(b"x" * size)
+    folder = tmp_path / "labels"
+    write_labels(folder, 0, files[0], ["k0", "k1"], [0, 1], [3, -1], [1, -1])
+    write_labels(folder, 1, files[1], ["k2"], [2], [0], [0])
+    return folder, files
+
+
+def meta_of(files, num_rows=3):
+    return {
+        "dataset": "corpus",
+        "split": "train",
+        "caption_column": "txt",
+        "num_rows": num_rows,
+        "data_files": describe_files(files),
+        "num_experts": 2,
+        "num_fine_clusters": 4,
+        "clusters_settings": {},
+    }
+
+
+def test_a_table_is_complete_once_finished_and_reads_back(corpus):
+    folder, files = corpus
+    with pytest.raises(InputError, match="holds no complete labels table"):
+        read_meta(folder)
+    meta = finish_labels(folder, meta_of(files))
+    assert meta["num_parts"] == 2 and meta["data_files"] == [
+        {"path": files[0], "size": 10},
+        {"path": files[1], "size": 20},
+    ]
+    found, parts = read_labels(folder)
+    assert found == meta
+    rows = [row for part in parts for row in part.to_pylist()]
+    assert rows == [
+        {"source": files[0], "key": "k0", "row": 0, "fine_id": 3, "coarse_id": 1},
+        {"source": files[0], "key": "k1", "row": 1, "fine_id": -1, "coarse_id": -1},
+        {"source": files[1], "key": "k2", "row": 2, "fine_id": 0, "coarse_id": 0},
+    ]
+    assert labels_for(folder, files[1]) == {"k2": 0}
+    with pytest.raises(InputError, match="'elsewhere.tar' is not in the labels table"):
+        labels_for(folder, "elsewhere.tar")
+    clear_labels(folder)
+    assert not list(folder.iterdir())
+
+
+def test_finishing_refuses_missing_parts_or_rows(corpus):
+    folder, files = corpus
+    with pytest.raises(ValueError, match="holds 3 labelled pairs, the corpus 4"):
+        finish_labels(folder, meta_of(files, num_rows=4))
+    (folder / "part-00001.parquet").unlink()
+    with pytest.raises(ValueError, match="not one per data file"):
+        finish_labels(folder, meta_of(files))
+
+
+def test_a_saved_dataset_is_labelled_by_row_index(tmp_path):
+    folder = tmp_path / "labels"
+    write_labels(folder, 0, "", ["0", "1"], [0, 1], [1, 0], [1, 0])
+    write_labels(folder, 1, "", ["2"], [2], [1], [1])
+    meta = finish_labels(folder, {"dataset": "saved", "split": "train", "num_rows": 3, "data_files": []})
+    assert labels_for(folder, "") == {"0": 1, "1": 0, "2": 1}
+    check_labels_match(meta, "saved", "train", [], num_rows=3)
+    with pytest.raises(InputError, match="labels 3 pairs, --dataset 'saved' has 4"):
+        check_labels_match(meta, "saved", "train", [], num_rows=4)
+
+
+def test_a_table_of_another_corpus_is_refused(corpus, tmp_path):
+    folder, files = corpus
+    meta = finish_labels(folder, meta_of(files))
+    check_labels_match(meta, "corpus", "train", files)
+    with pytest.raises(InputError, match="does not label split 'test'"):
+        check_labels_match(meta, "corpus", "test", files)
+    with pytest.raises(InputError, match="was made from data files"):
+        check_labels_match(meta, "saved", "train", [], num_rows=3)
+    new = str(tmp_path / "c.tar")
+    open(new, "wb").write(b"y")
+    with pytest.raises(InputError, match="c.tar' of --dataset 'corpus' is missing from the labels table"):
+        check_labels_match(meta, "corpus", "train", [*files, new])
+    with pytest.raises(InputError, match="labels other data files too"):
+        check_labels_match(meta, "corpus", "train", files[:1])
+    open(files[1], "ab").write(b"grown")
+    with pytest.raises(InputError, match="b.tar' has 25 bytes but had 20"):
+        check_labels_match(meta, "corpus", "train", files)

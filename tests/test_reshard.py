@@ -1,0 +1,230 @@
+"""Resharding (train/reshard.py): each coarse cluster's pairs to its own webdataset shards, in one resumable pass.
+
+Corpora are written here as a clustering would leave them: data files (tar shards, parquet files) and a labels table
+(`modeling_mode.lib.labels`) of made-up cluster ids. tests/test_training_labels.py uses the same corpora.
+"""
+
+import io
+import json
+import re
+import runpy
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset, Features, Image, Sequence, Value
+from PIL import Image as PILImage
+
+from modeling_mode.lib.data_files import list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.labels import describe_files, finish_labels, write_labels
+from modeling_mode.lib.reshard import MANIFEST, ReshardArguments, reshard
+
+REPO = Path(__file__).resolve().parents[1]
+RESHARD = REPO / "train/reshard.py"
+EXPERTS, FINE_CLUSTERS = 2, 6
+
+
+def cluster_of(index: int) -> tuple[int, int]:
+    """(fine id, coarse id) of pair `index`: every seventh pair has no usable caption, hence no cluster."""
+    if index % 7 == 3:
+        return -1, -1
+    fine = (index * 5) % FINE_CLUSTERS
+    return fine, fine // (FINE_CLUSTERS // EXPERTS)
+
+
+def caption_for(index: int) -> str:
+    fine, coarse = cluster_of(index)
+    return " " if coarse < 0 else f"cluster {coarse} pair {index}"
+
+
+def jpeg(index: int) -> bytes:
+    pixels = np.random.default_rng(index).integers(0, 256, (24 + index % 9, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def make_tar_corpus(folder: Path, shard_sizes=(7, 9, 5, 8)) -> list[str]:
+    """Webdataset shards of pairs `jpg` + `txt`, keyed `sNN/IIIII` (a folder in the key, as web shards often have)."""
+    folder.mkdir(parents=True)
+    index = 0
+    for number, size in enumerate(shard_sizes):
+        with tarfile.open(folder / f"{number:05d}.tar", "w") as tar:
+            for _ in range(size):
+                sample = {"__key__": f"s{number}/{index:05d}", "jpg": jpeg(index), "txt": caption_for(index).encode()}
+                write_tar_sample(tar, sample)
+                index += 1
+    return list_data_files(str(folder))
+
+
+def make_parquet_corpus(folder: Path, file_sizes=(6, 7)) -> list[str]:
+    """Parquet files as `datasets` writes them: PNG images ({"bytes", "path"}) and lists of captions."""
+    folder.mkdir(parents=True)
+    features = Features({"image": Image(), "caption": Sequence(Value("string"))})
+    index = 0
+    for number, size in enumerate(file_sizes):
+        rows = range(index, index + size)
+        images = [PILImage.fromarray(np.full((20, 20, 3), i, dtype=np.uint8)) for i in rows]
+        captions = [[caption_for(i), f"pair {i}, another caption"] if caption_for(i).strip() else [] for i in rows]
+        Dataset.from_dict({"image": images, "caption": captions}, features=features).to_parquet(
+            folder / f"train-{number:05d}.parquet"
+        )
+        index += size
+    return list_data_files(str(folder))
+
+
+def label_corpus(files: list[str], labels: Path, dataset: str) -> Path:
+    """The labels table a clustering of `files` would write, with `cluster_of`'s ids."""
+    row = 0
+    for part, file in enumerate(files):
+        keys = [sample["__key__"] for sample in read_samples(file, [] if file.endswith(".parquet") else ["txt"])]
+        rows = np.arange(row, row + len(keys))
+        ids = np.asarray([cluster_of(i) for i in rows]).reshape(-1, 2)
+        write_labels(labels, part, file, keys, rows, ids[:, 0], ids[:, 1])
+        row += len(keys)
+    meta = {
+        "dataset": dataset,
+        "split": "train",
+        "caption_column": "txt",
+        "num_rows": row,
+        "data_files": describe_files(files),
+        "num_experts": EXPERTS,
+        "num_fine_clusters": FINE_CLUSTERS,
+        "clusters_settings": {"seed": 0},
+    }
+    finish_labels(labels, meta)
+    return labels
+
+
+def expected_keys(files: list[str], cluster: int) -> list[str]:
+    """The output keys of cluster `cluster`'s pairs, in corpus order."""
+    keys, row = [], 0
+    for index, file in enumerate(files):
+        for sample in read_samples(file, [] if file.endswith(".parquet") else ["txt"]):
+            if cluster_of(row)[1] == cluster:
+                keys.append(f"{index:05d}/{sample['__key__']}")
+            row += 1
+    return keys
+
+
+def shards_of(output: Path, cluster: int) -> list[list[dict]]:
+    return [list(read_samples(str(path))) for path in sorted((output / f"cluster-{cluster}").glob("*.tar"))]
+
+
+def labelled_tar_corpus(root: Path) -> tuple[str, list[str], str]:
+    """(the corpus folder, its data files, its labels table) of `make_tar_corpus`."""
+    files = make_tar_corpus(root / "corpus")
+    return str(root / "corpus"), files, str(label_corpus(files, root / "labels", str(root / "corpus")))
+
+
+@pytest.fixture(scope="module")
+def tar_corpus(tmp_path_factory) -> tuple[str, list[str], str]:
+    return labelled_tar_corpus(tmp_path_factory.mktemp("tar-corpus"))
+
+
+def run_reshard(dataset, labels, output, on_shard=None, **flags) -> dict:
+    return reshard(ReshardArguments(dataset=dataset, labels=labels, output=str(output), **flags), on_shard)
+
+
+def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corpus, tmp_path):
+    dataset, files, labels = tar_corpus
+    manifest = run_reshard(dataset, labels, tmp_path / "out", shard_size=4)
+    sources = {sample["__key__"]: sample for file in files for sample in read_samples(file)}
+    for cluster in range(EXPERTS):
+        shards = shards_of(tmp_path / "out", cluster)
+        samples = [sample for shard in shards for sample in shard]
+        assert [sample["__key__"] for sample in samples] == expected_keys(files, cluster)
+        assert [len(shard) for shard in shards[:-1]] == [4] * (len(shards) - 1) and 0 < len(shards[-1]) <= 4
+        for sample in samples:
+            source = sources[sample["__key__"].split("/", 1)[1]]
+            assert sample["jpg"] == source["jpg"] and sample["txt"] == source["txt"]  # the members, as they were
+            assert int(sample["coarse_id.cls"]) == cluster and 0 <= int(sample["fine_id.cls"]) < FINE_CLUSTERS
+        assert manifest["clusters"][str(cluster)] == {"pairs": len(samples), "shards": len(shards)}
+    without = sum(cluster_of(row)[1] < 0 for row in range(len(sources)))
+    assert manifest["finished"] and manifest["pairs_without_cluster"] == without > 0
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
+    before = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")}
+    assert run_reshard(dataset, labels, tmp_path / "out", shard_size=4) == manifest  # finished: nothing rewritten
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")} == before
+    with pytest.raises(InputError, match="holds a reshard made with other settings"):
+        run_reshard(dataset, labels, tmp_path / "out", shard_size=5)
+
+
+def test_parquet_pairs_become_image_and_caption_members_that_datasets_reads(tmp_path):
+    files = make_parquet_corpus(tmp_path / "corpus")
+    labels = label_corpus(files, tmp_path / "labels", str(tmp_path / "corpus"))
+    run_reshard(str(tmp_path / "corpus"), str(labels), tmp_path / "out", shard_size=3)
+    (samples,) = [[s for shard in shards_of(tmp_path / "out", 1) for s in shard]]
+    assert [s["__key__"] for s in samples] == expected_keys(files, 1)
+    assert {name for s in samples for name in s} == {"__key__", "png", "json", "coarse_id.cls", "fine_id.cls"}
+    row = int(samples[0]["__key__"].split("/")[1])  # the first file's: its rows are the corpus's
+    assert json.loads(samples[0]["json"]) == [caption_for(row), f"pair {row}, another caption"]
+    assert PILImage.open(io.BytesIO(samples[0]["png"])).getpixel((0, 0)) == (row, row, row)
+
+    from datasets import load_dataset  # the resharded cluster, as an expert streams it
+
+    stream = load_dataset(str(tmp_path / "out" / "cluster-1"), split="train", streaming=True)
+    assert [(e["__key__"], e["coarse_id.cls"]) for e in stream] == [(s["__key__"], 1) for s in samples]
+
+
+def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
+    dataset, files, labels = tar_corpus
+    run_reshard(dataset, labels, tmp_path / "uninterrupted", shard_size=3)
+    finished = []
+
+    def crash_after_three(path):  # the fault hook: the run dies right after its third complete shard
+        finished.append(path)
+        if len(finished) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_reshard(dataset, labels, tmp_path / "killed", crash_after_three, shard_size=3)
+    killed = tmp_path / "killed"
+    assert not json.loads((killed / MANIFEST).read_text()).get("finished")
+    assert {p for p in killed.rglob("*.tar")} == set(finished)  # a shard under its own name is complete
+    kept = {path: path.stat().st_mtime_ns for path in finished}
+    rewritten = []
+    run_reshard(dataset, labels, killed, rewritten.append, shard_size=3)
+    assert {path: path.stat().st_mtime_ns for path in finished} == kept and not set(rewritten) & set(finished)
+    uninterrupted = tmp_path / "uninterrupted"
+    names = sorted(path.relative_to(uninterrupted) for path in uninterrupted.rglob("*") if path.is_file())
+    assert sorted(path.relative_to(killed) for path in killed.rglob("*") if path.is_file()) == names  # no scratch
+    for name in names:
+        assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
+def reshard_command(monkeypatch, capsys, *argv) -> tuple[int, list[str]]:
+    """train/reshard.py run as a command (its `__main__` block) in this process: its exit status and stderr lines."""
+    capsys.readouterr()  # what ran before: not this command's
+    monkeypatch.setattr(sys, "argv", [str(RESHARD), *map(str, argv)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(RESHARD), run_name="__main__")
+    return exited.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_corpus, tmp_path, monkeypatch, capsys):
+    dataset, files, labels = tar_corpus
+    other = make_tar_corpus(tmp_path / "other", shard_sizes=(3, 3))  # another corpus, and its table
+    other_labels = label_corpus(other, tmp_path / "other-labels", str(tmp_path / "other"))
+    grown = make_tar_corpus(tmp_path / "grown", shard_sizes=(7, 9))  # labelled, then a shard added
+    grown_labels = label_corpus(grown, tmp_path / "grown-labels", str(tmp_path / "grown"))
+    make_tar_corpus(tmp_path / "grown" / "more", shard_sizes=(2,))
+    parquet = make_parquet_corpus(tmp_path / "parquet")
+    parquet_labels = label_corpus(parquet, tmp_path / "parquet-labels", str(tmp_path / "parquet"))
+    cases = [
+        (dataset, other_labels, [], r"data file '.*00000.tar' of --dataset .* is missing from the labels table"),
+        (str(tmp_path / "grown"), grown_labels, [], r"data file '.*more/00000.tar' .* is missing from the labels"),
+        (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"has no column \['text'\]"),
+        (dataset, tmp_path / "parquet", [], r"holds no complete labels table"),
+        (dataset, labels, ["--shard-size", "0"], r"--shard-size must be at least 1, got 0"),
+    ]
+    for corpus, table, flags, message in cases:
+        output = tmp_path / "out"
+        argv = ["--dataset", corpus, "--labels", table, "--output", output, *flags]
+        status, stderr = reshard_command(monkeypatch, capsys, *argv)
+        assert status == 2 and len(stderr) == 1, stderr
+        assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
+        assert not output.exists()

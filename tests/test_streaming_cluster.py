@@ -1,0 +1,339 @@
+"""train/cluster.py --streaming: a corpus of tar shards or parquet files, read a file and its captions at a time,
+clustered exactly as in memory, labelled in the labels table (no copy), resumable per data file."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_clip_config
+from datasets import Dataset, load_from_disk
+from hub_server import LocalHub
+from huggingface_hub import HfApi
+from transformers import CLIPModel
+
+from modeling_mode.lib import cli
+from modeling_mode.lib.clustering import read_finished_run
+from modeling_mode.lib.data_files import list_data_files, write_tar_sample
+from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.labels import read_labels
+
+SCRIPT = Path(__file__).resolve().parents[1] / "train" / "cluster.py"
+_spec = importlib.util.spec_from_file_location("cluster_cli", SCRIPT)
+cluster_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cluster_cli)
+
+THINGS = ["dog", "cat", "car", "boat", "tree", "shoe", "cake", "bird"]
+FILES, PER_FILE = 6, 30
+NO_CAPTION = {7: None, 40: [], 95: ["  "], 151: None}  # a missing member or null, an empty list, a blank caption
+# Not an image: any decoder fails on these bytes, so a run that decoded one would fail. 4 KB of random bytes
+# each, so that the corpus is mostly image bytes that do not compress, as a real one is.
+NOT_AN_IMAGE = b"\xff\xd8 these bytes are no JPEG "
+
+
+def image_bytes(row: int) -> bytes:
+    return NOT_AN_IMAGE + np.random.default_rng(row).bytes(4096)
+
+
+FLAGS = ["--fine-clusters", 6, "--experts", 2, "--fit-sample", 120, "--seed", 3]
+
+
+def caption_lists() -> list[list[str] | None]:
+    captions = [[f"a photo of a {THINGS[i % 8]}", f"my {THINGS[(i * 3) % 8]}, number {i}"] for i in range(180)]
+    for row, value in NO_CAPTION.items():
+        captions[row] = value
+    return captions
+
+
+def write_tar_corpus(folder: Path) -> Path:
+    """6 webdataset shards of 30 pairs: `jpg` (not an image) and `txt` (a JSON list of captions; absent: none)."""
+    folder.mkdir(parents=True)
+    captions = caption_lists()
+    for file in range(FILES):
+        with tarfile.open(folder / f"shard-{file:02d}.tar", "w") as tar:
+            for row in range(file * PER_FILE, (file + 1) * PER_FILE):
+                sample = {"__key__": f"pair-{row:04d}", "jpg": image_bytes(row)}
+                if captions[row] is not None:
+                    sample["txt"] = json.dumps(captions[row]).encode()
+                write_tar_sample(tar, sample)
+    return folder
+
+
+def write_parquet_corpus(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    captions = caption_lists()
+    for file in range(FILES):
+        rows = slice(file * PER_FILE, (file + 1) * PER_FILE)
+        table = pa.table(
+            {
+                "image": pa.array([image_bytes(row) for row in range(rows.start, rows.stop)], pa.binary()),
+                "caption": pa.array(captions[rows], pa.list_(pa.string())),
+            }
+        )
+        pq.write_table(table, folder / f"train-{file:05d}.parquet")
+    return folder
+
+
+CORPORA = {"tar": (write_tar_corpus, "txt"), "parquet": (write_parquet_corpus, "caption")}
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> str:
+    """The tiny random CLIP of conftest's `tiny_clip`, saved once for the module."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("encoder") / "tiny-clip"
+    CLIPModel(tiny_clip_config()).save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def in_memory(tmp_path_factory, encoder) -> Path:
+    """The same captions as a saved Dataset, clustered in memory in shards of one data file's size: each shard
+    then embeds the very captions (the same seeded choice from each list) a data file's shard does."""
+    root = tmp_path_factory.mktemp("in-memory")
+    Dataset.from_dict({"caption": caption_lists()}).save_to_disk(root / "pairs")
+    run("--dataset", root / "pairs", "--encoder", encoder, "--shard-rows", PER_FILE, "--output", root / "out")
+    return root / "out"
+
+
+@pytest.fixture(scope="module", params=CORPORA)
+def corpus(request, tmp_path_factory) -> tuple[Path, str]:
+    write, caption_column = CORPORA[request.param]
+    return write(tmp_path_factory.mktemp(request.param) / "corpus"), caption_column
+
+
+def run(*args) -> dict:
+    return cluster_cli.main([str(a) for a in [*FLAGS, *args]])  # args last: they may change FLAGS
+
+
+def streaming(corpus, encoder, output, *more) -> dict:
+    folder, caption_column = corpus
+    return run("--dataset", folder, "--caption-column", caption_column, "--encoder", encoder, "--streaming",
+               "--output", output, *more)  # fmt: skip
+
+
+def table_rows(folder: Path) -> tuple[dict, list[dict]]:
+    meta, parts = read_labels(folder / "labels")
+    return meta, [row for part in parts for row in part.to_pylist()]
+
+
+def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_path, corpus, encoder, in_memory):
+    report = streaming(corpus, encoder, tmp_path / "out")
+    files = list_data_files(str(corpus[0]))
+
+    meta, rows = table_rows(tmp_path / "out")
+    assert [row["row"] for row in rows] == list(range(180))
+    assert [(row["source"], row["key"]) for row in rows[29:31]] == [
+        (files[0], "pair-0029" if files[0].endswith(".tar") else "29"),
+        (files[1], "pair-0030" if files[0].endswith(".tar") else "0"),
+    ]
+    # The same fit sample rows, the same captions embedded alike: the same ids, exactly.
+    labelled = load_from_disk(in_memory / "dataset")
+    assert [row["fine_id"] for row in rows] == labelled["fine_id"]
+    assert [row["coarse_id"] for row in rows] == labelled["coarse_id"]
+    assert sorted(row["row"] for row in rows if row["fine_id"] < 0) == sorted(NO_CAPTION)
+    expected = read_finished_run(in_memory)[1]
+    for name in ("fine_sizes", "coarse_sizes", "num_missing_captions", "fit_sample", "num_pairs"):
+        assert report[name] == expected[name], name
+
+    assert read_finished_run(tmp_path / "out")[1] == report
+    assert (report["streaming"], report["num_data_files"], report["labels"]) == (True, FILES, "labels")
+    assert report["labelled_copy"] is None and report["embeddings"] is None  # deleted by default
+    assert meta["data_files"] == [{"path": file, "size": Path(file).stat().st_size} for file in files]
+    assert (meta["num_rows"], meta["num_experts"], meta["clusters_settings"]) == (180, 2, report["settings"])
+    # No copy, no image: the run wrote a few bytes per pair, none of them an image's.
+    written = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert sorted(path.name for path in written if path.parent == tmp_path / "out") == [
+        "clusters.json",
+        "clusters.safetensors",
+    ]
+    assert all(NOT_AN_IMAGE not in path.read_bytes() for path in written)
+    corpus_bytes = sum(Path(file).stat().st_size for file in files)
+    assert sum(path.stat().st_size for path in written) < corpus_bytes / 20
+
+
+def test_a_hub_datasets_files_are_streamed_alike(tmp_path, encoder, in_memory, monkeypatch):
+    """A Hub dataset repo of tar shards (on a Hub at 127.0.0.1): its data files, named by the commit they were read
+    at, are clustered as the same pairs in memory. A subprocess: `datasets` reads the Hub's address at import."""
+    write_tar_corpus(tmp_path / "repo" / "data")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a Hub on 127.0.0.1, and nowhere else
+    with LocalHub() as hub:
+        api = HfApi(endpoint=hub.url, token="hf_test")
+        api.create_repo("org/corpus", repo_type="dataset")
+        api.upload_folder(folder_path=tmp_path / "repo", repo_id="org/corpus", repo_type="dataset")
+        flags = ["--dataset", "org/corpus", "--caption-column", "txt", "--encoder", encoder, "--streaming"]
+        command = [sys.executable, str(SCRIPT), *map(str, [*FLAGS, *flags, "--output", tmp_path / "out"])]
+        done = subprocess.run(command, env=hub.client_env(tmp_path / "hf"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta, rows = table_rows(tmp_path / "out")
+    assert [file["path"].rsplit("/", 1)[-1] for file in meta["data_files"]] == [f"shard-{f:02d}.tar" for f in range(6)]
+    assert rows[0]["source"].startswith("hf://datasets/org/corpus@") and rows[0]["key"] == "pair-0000"
+    assert [row["fine_id"] for row in rows] == load_from_disk(in_memory / "dataset")["fine_id"]
+
+
+def test_an_in_memory_run_writes_the_labelled_copy_and_the_table(in_memory):
+    report = read_finished_run(in_memory)[1]
+    assert (report["streaming"], report["labels"], report["labelled_copy"]) == (False, "labels", "dataset")
+    assert report["embeddings"] == "embeddings" and (in_memory / "embeddings" / "shard-00005.npy").is_file()
+    meta, rows = table_rows(in_memory)
+    labelled = load_from_disk(in_memory / "dataset")
+    assert meta["data_files"] == [] and meta["num_parts"] == FILES  # one part per embedding shard
+    assert [(row["source"], row["key"], row["row"]) for row in rows] == [("", str(i), i) for i in range(180)]
+    assert [row["fine_id"] for row in rows] == labelled["fine_id"]
+    assert [row["coarse_id"] for row in rows] == labelled["coarse_id"]
+
+
+def test_each_process_embeds_its_own_files(tmp_path, encoder):
+    files = list_data_files(str(write_tar_corpus(tmp_path / "corpus")))
+    caption_encoder = CaptionEncoder(encoder, device="cpu")
+    meta = {"embed_dim": caption_encoder.embed_dim, "data_files": [{"path": file} for file in files]}
+    shards = EmbeddingShards.create(tmp_path / "embeddings", meta)
+    assert embed_data_files(files, "txt", caption_encoder, shards, rank=1, world_size=2) == 3 * PER_FILE
+    assert sorted(path.name for path in shards.folder.glob("*.npy")) == [f"shard-{s:05d}.npy" for s in (1, 3, 5)]
+    assert shards.read_keys(3) == [f"pair-{row:04d}" for row in range(90, 120)]
+
+
+def test_a_crashed_run_resumes_at_the_files_it_had_not_embedded(tmp_path, corpus, encoder, in_memory, monkeypatch):
+    """Killed while embedding its third file, a run is no finished run; the re-run embeds the four files left only
+    and ends with the labels of an uninterrupted run. --keep-embeddings keeps them."""
+    written, write = [], EmbeddingShards.write
+
+    def crashing_on_the_third_file(shards, shard, *args):
+        if len(written) == 2:
+            raise RuntimeError("injected crash")
+        written.append(shard)
+        write(shards, shard, *args)
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(EmbeddingShards, "write", crashing_on_the_third_file)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            streaming(corpus, encoder, out)
+    with pytest.raises(InputError, match="no finished clustering run"):
+        read_finished_run(out)
+    embedded = {path: path.stat().st_mtime_ns for path in (out / "embeddings").glob("shard-*")}
+    assert len(embedded) == 4  # two files' embeddings and keys
+
+    def counting(shards, shard, *args):
+        written.append(shard)
+        write(shards, shard, *args)
+
+    written.clear()
+    monkeypatch.setattr(EmbeddingShards, "write", counting)
+    report = streaming(corpus, encoder, out, "--keep-embeddings")
+    assert written == [2, 3, 4, 5]
+    assert {path: path.stat().st_mtime_ns for path in embedded} == embedded
+    assert report["embeddings"] == "embeddings" and len(list((out / "embeddings").glob("shard-*.npy"))) == FILES
+    assert [row["fine_id"] for row in table_rows(out)[1]] == load_from_disk(in_memory / "dataset")["fine_id"]
+    # The same command again finds the run finished and embeds nothing.
+    assert streaming(corpus, encoder, out, "--keep-embeddings") == report and written == [2, 3, 4, 5]
+
+
+# float16 keeps 11 significant bits: each coordinate of a unit vector is off by at most 2**-11 of itself, so by
+# Cauchy-Schwarz a similarity to a unit centroid moves by at most 2**-11 (4.9e-4), and the gap between two centres'
+# similarities by twice that. A pair whose two nearest centres are closer than FLOAT16_TIE may go either way.
+FLOAT16_TIE = 2 * 2**-11 + 1e-5  # plus float32 rounding (see test_clustering.TIE's reasoning)
+
+
+def test_float16_embeddings_label_as_float32_up_to_ties(tmp_path, encoder, in_memory):
+    corpus = (write_tar_corpus(tmp_path / "corpus"), "txt")
+    report = streaming(corpus, encoder, tmp_path / "out", "--embeddings-dtype", "float16", "--keep-embeddings")
+    assert report["settings"]["embeddings"]["dtype"] == "float16"
+    assert np.load(tmp_path / "out" / "embeddings" / "shard-00000.npy").dtype == np.float16
+    clusters, _ = read_finished_run(tmp_path / "out")
+    assert report["fit_sample"] == read_finished_run(in_memory)[1]["fit_sample"]  # the fit read every sampled row
+    fine = np.array([row["fine_id"] for row in table_rows(tmp_path / "out")[1]])
+    # The float32 embeddings of the same captions, and their nearest of the float16 run's centres.
+    embeddings = np.concatenate([np.load(in_memory / "embeddings" / f"shard-{s:05d}.npy") for s in range(FILES)])
+    captioned = np.any(embeddings != 0, axis=1)
+    assert np.array_equal(fine < 0, ~captioned)
+    similarity = embeddings[captioned] @ clusters.fine_centroids.T
+    nearest = similarity.argmax(axis=1)
+    rows = np.arange(len(nearest))
+    gaps = similarity[rows, nearest] - similarity[rows, fine[captioned]]
+    assert (gaps < FLOAT16_TIE).all(), gaps.max()
+
+
+def missing_caption_column(tmp_path, corpus):
+    return {"--caption-column": "caption" if corpus[1] == "txt" else "text"}
+
+
+def no_data_files(tmp_path, _corpus):
+    (tmp_path / "empty").mkdir()
+    return {"--dataset": tmp_path / "empty"}
+
+
+def damaged_file(file: int, damage):
+    """A copy of the corpus whose data file `file` has its bytes changed by `damage`."""
+
+    def change(tmp_path, corpus):
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        for path in sorted(corpus[0].iterdir()):
+            (copy / path.name).write_bytes(path.read_bytes())
+        victim = sorted(copy.iterdir())[file]
+        victim.write_bytes(damage(victim.read_bytes()))
+        return {"--dataset": copy}
+
+    return change
+
+
+def cut_in_half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+# case: (the flags it changes, given the tmp_path and the corpus; the error line; whether work starts before it)
+BAD_INPUTS = {
+    "caption column not there": (missing_caption_column, r"The data files have no caption column", False),
+    "no data files": (no_data_files, r"--dataset '.*empty' holds no data files \(.parquet or .tar\)", False),
+    "dataset not there": (lambda t, _: {"--dataset": t / "nowhere"}, r"--dataset '.*nowhere' does not exist", False),
+    "first file no data file": (
+        damaged_file(0, lambda data: b"garbage " * 100),
+        r"data file '.*-0+\.(tar|parquet)' cannot be read",
+        False,
+    ),
+    "a later file truncated": (
+        damaged_file(3, cut_in_half),
+        r"data file '.*-0+3\.(tar|parquet)' cannot be read",
+        True,
+    ),
+    "more fine clusters than pairs": (
+        lambda t, _: {"--fine-clusters": 200, "--fit-sample": 1000},
+        r"needs at least 200 captioned pairs, but it samples 180: --dataset has 180 pairs",
+        True,
+    ),
+    "push the copy it does not write": (
+        lambda t, _: {"--push_to_hub": "true", "--hub_model_id": "org/pairs"},
+        r"--push_to_hub sends the labelled copy of the pairs, which --streaming does not write",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, corpus, encoder, capsys, case):
+    change, error, work_starts = BAD_INPUTS[case]
+    flags = {"--dataset": corpus[0], "--caption-column": corpus[1], "--encoder": encoder, "--output": tmp_path / "out"}
+    flags |= change(tmp_path, corpus)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.run(lambda: run("--streaming", *[item for pair in flags.items() for item in pair]))
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and re.search(r"error: .*" + error, stderr.strip().splitlines()[-1])
+    if work_starts:  # found while reading the files: the embedding pass ran, the folder is no finished run
+        with pytest.raises(InputError, match="no finished clustering run"):
+            read_finished_run(flags["--output"])
+        assert (flags["--output"] / "embeddings" / "shard-00000.npy").is_file()  # a re-run resumes from here
+    else:  # checked before any work: nothing was written
+        assert not Path(flags["--output"]).exists()
