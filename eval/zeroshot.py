@@ -1,6 +1,6 @@
 """Zero-shot image classification of a CLIPModel or a ModeCLIPModel on a `datasets` image-classification set.
 
-    python eval/zeroshot.py --model runs/mode-clip --dataset PATH_OR_HUB_ID --split test \
+    python eval/zeroshot.py --model runs/mode-clip --dataset PATH_OR_HUB_ID --split test \\
         [--templates FILE.json|SET] [--classnames FILE.json|SET] --output results.json
 
 SET names a benchmark's class names or prompt templates as clip-benchmark publishes them (e.g. `imagenet1k`: OpenAI's

@@ -1,10 +1,10 @@
 """Train a MODE seed or data expert (Ma et al., CVPR 2024, section 2) on one process, several, or several machines.
 
-    accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster all --config tiny \
+    accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster all --config tiny \\
         --max-steps 2000 --output runs/seed                        # or --init openai/clip-vit-base-patch32
-    accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster 2 \
+    accelerate launch train/expert.py --dataset runs/clusters/dataset --cluster 2 \\
         --init runs/seed/checkpoints/step_1500 --max-steps 2000 --output runs/expert-2
-    accelerate launch train/expert.py --dataset corpus/ --labels runs/clusters/labels --streaming \
+    accelerate launch train/expert.py --dataset corpus/ --labels runs/clusters/labels --streaming \\
         --image-column jpg --caption-column txt --cluster 2 --init runs/seed --max-steps 2000 --output runs/expert-2
 
 `--labels` (a clustering's OUTPUT/labels) trains on the original pairs of --dataset, joined with their cluster ids on

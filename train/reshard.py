@@ -1,7 +1,7 @@
 """Write each coarse cluster's pairs to its own webdataset shards, in one pass over the corpus, so that each expert
 reads only its own share of it (`train/expert.py --streaming --dataset OUTPUT/cluster-K --cluster all`).
 
-    python train/reshard.py --dataset corpus/ --labels runs/clusters/labels --output runs/resharded \
+    python train/reshard.py --dataset corpus/ --labels runs/clusters/labels --output runs/resharded \\
         --shard-size 10000
 
 --dataset is the corpus the labels table (train/cluster.py's OUTPUT/labels) was made from: a folder of parquet files
