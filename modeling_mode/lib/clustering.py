@@ -336,3 +336,12 @@ def read_finished_run(folder: str | os.PathLike) -> tuple[Clusters, dict]:
             "re-run train/cluster.py into this folder to finish it."
         )
     return clusters, report
+
+
+def is_finished_run(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a finished clustering run, by the test of `read_finished_run`."""
+    try:
+        read_finished_run(folder)
+    except InputError:
+        return False
+    return True

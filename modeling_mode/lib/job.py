@@ -339,15 +339,8 @@ def training_stages(job: Job, encoder: str):
     """(name, done, action) of every stage up to the trained models, in order."""
     from .assembly import AssembleArguments
     from .cluster_run import ClusterArguments
-    from .clustering import read_finished_run
+    from .clustering import is_finished_run
     from .training import is_finished
-
-    def finished_clustering(folder: Path) -> bool:
-        try:
-            read_finished_run(folder)
-        except InputError:
-            return False
-        return True
 
     out, r, s = job.output, job.recipe, job.sources
     seed = out / "seed"
@@ -367,7 +360,7 @@ def training_stages(job: Job, encoder: str):
             dataset=pairs, split=s.split, caption_column=s.caption_column, encoder=clustering_encoder,
             fine_clusters=r.fine_clusters, experts=n, seed=r.seed, output=str(clusters), random=random,
         )  # fmt: skip
-        clustered = partial(finished_clustering, clusters)
+        clustered = partial(is_finished_run, clusters)
         yield f"cluster-{name}", clustered, script("train/cluster.py", clustering, s.launcher)
         for k, expert in enumerate(experts):
             arguments = training(
