@@ -122,6 +122,13 @@ class ExpertTrainingArguments:
         default=None, metadata={"help": "no, fp16 or bf16; by default that of `accelerate config` / launch."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward."})
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the model with torch.compile (Accelerate's dynamo backend); captions are then padded to "
+            "the text tower's full length, so that every step has the same shapes."
+        },
+    )
     checkpoint_every: int = field(
         default=1000, metadata={"help": "Save an Accelerate checkpoint every N steps.", "aliases": ["--save_steps"]}
     )
