@@ -177,15 +177,23 @@ def model_card(
     )
 
 
-def dataset_card(clusters_dir: str | Path, repo_id: str, license: str = "other") -> DatasetCard:
-    """The dataset card of a finished clustering run's output directory; InputError if the run is not finished."""
+def dataset_card(
+    clusters_dir: str | Path, repo_id: str, license: str = "other", labels: dict | None = None
+) -> DatasetCard:
+    """The dataset card of a finished clustering run's output directory; InputError if the run is not finished.
+
+    `labels`: the labels.json of a streaming run's labels table, as published (hub_cards/push.py), when the table is
+    what the repo holds rather than the labelled pairs: the card then says how to join it with the corpus, and its
+    metadata makes the table the repo's `train` split."""
     clusters, report = read_finished_run(clusters_dir)
     clustering = without_local_paths(report)
+    table_split = [{"split": "train", "path": "labels/part-*.parquet"}]
     card_data = DatasetCardData(
         license=license,
         pretty_name=f"{repo_id.split('/')[-1]}: MODE clusters",
         tags=["clip", "mode", "clustering", "image-text"],
         task_categories=["zero-shot-image-classification"],
+        configs=[{"config_name": "default", "data_files": table_split}] if labels else None,
     )
     return DatasetCard.from_template(
         card_data,
@@ -194,4 +202,5 @@ def dataset_card(clusters_dir: str | Path, repo_id: str, license: str = "other")
         repo_id=repo_id,
         clustering=clustering,
         expert_rows=expert_rows(clusters.fine_to_coarse.tolist(), clustering),
+        labels=labels,
     )

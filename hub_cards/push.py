@@ -5,16 +5,19 @@
         [--commit-message MSG]
 
 Everything is checked before the first commit: the model directory must be a complete MODE (its weights, the remote
-code its config names, tokenizer and image processor) and the clustering a finished run whose dataset loads, so bad
-input pushes nothing. Each repo then gets one commit, and the Hub applies a commit whole or not at all: a push that
-fails leaves no partial state in that repo, says which files did not go and which commits did land, and never
-touches the local run. Experts go to `REPO-expert-K` (standalone `CLIPModel` repos), the clustered data to the
-dataset repo `REPO-clusters`. What is pushed names no local path: JSON records and safetensors metadata go up with
-absolute paths cut to their last component.
+code its config names, tokenizer and image processor) and the clustering a finished run whose labelled copy dataset/
+loads or, for a --streaming run (which writes none), whose labels table is complete, so bad input pushes nothing.
+Each repo then gets one commit, and the Hub applies a commit whole or not at all: a push that fails leaves no partial
+state in that repo, says which files did not go and which commits did land, and never touches the local run. Experts
+go to `REPO-expert-K` (standalone `CLIPModel` repos), the clustered data to the dataset repo `REPO-clusters`: the
+labelled pairs as parquet, or a streaming run's labels table `labels/`. What is pushed names no local path: JSON
+records and safetensors metadata go up with absolute paths cut to their last component, and a labels table names a
+local corpus' data files by their path relative to the corpus root.
 """
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
@@ -43,9 +49,11 @@ from hub_cards.cards import (  # noqa: E402
 )
 from modeling_mode import ModeCLIPModel  # noqa: E402
 from modeling_mode.lib import cli  # noqa: E402
+from modeling_mode.lib.clustering import read_finished_run  # noqa: E402
 from modeling_mode.lib.errors import InputError, check_weight_files, naming_failures  # noqa: E402
-from modeling_mode.lib.files import read_json  # noqa: E402
+from modeling_mode.lib.files import read_json, write_json  # noqa: E402
 from modeling_mode.lib.hub import check_repo_id  # noqa: E402
+from modeling_mode.lib.labels import LABELS_DIR, LABELS_JSON, part_path, read_part, read_run_labels  # noqa: E402
 
 try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
     from httpx2 import HTTPError
@@ -205,33 +213,99 @@ def push_experts(api, model: ModeCLIPModel, model_dir, repo_id, *, license="othe
             yield commit_folder(api, folder, expert_repo, card=card, **commit_options)
 
 
+CLUSTER_FILES = ("clusters.safetensors", "clusters.json")
+
+
 @dataclass
 class ClusteredData:
-    """A finished clustering run's labelled pairs, centroids and card, checked and ready to push as a dataset repo."""
+    """A finished clustering run's labels, centroids and card, checked and ready to push as a dataset repo: the
+    labelled copy of its pairs (`LabelledPairs`), or for a streaming run, which writes none, its labels table
+    (`LabelsTable`)."""
 
     folder: Path
     repo_id: str
-    pairs: datasets.Dataset
     card: DatasetCard
 
     @classmethod
     def check(cls, clusters_dir, repo_id: str, license: str = "other") -> "ClusteredData":
-        """InputError unless `clusters_dir` holds a finished clustering run whose dataset/ loads."""
-        card = dataset_card(clusters_dir, repo_id, license)  # reads the run through clustering.read_finished_run
-        with naming_failures("The clustered pairs", str(Path(clusters_dir) / "dataset")):
-            pairs = datasets.load_from_disk(str(Path(clusters_dir) / "dataset"))
-        return cls(Path(clusters_dir), repo_id, pairs, card)
+        """InputError unless `clusters_dir` holds a finished clustering run with its labelled copy dataset/ (which
+        must load) or, streamed, its complete labels table."""
+        folder = Path(clusters_dir)
+        _, report = read_finished_run(folder)
+        if report.get("streaming"):
+            labels = read_run_labels(folder, report)
+            card = dataset_card(folder, repo_id, license, labels=published_labels(labels))
+            return LabelsTable(folder, repo_id, card, labels)
+        card = dataset_card(folder, repo_id, license)
+        with naming_failures("The clustered pairs", str(folder / "dataset")):
+            pairs = datasets.load_from_disk(str(folder / "dataset"))
+        return LabelledPairs(folder, repo_id, card, pairs)
 
     def push(self, api, **commit_options):
-        """The pairs as parquet shards of at most ~500 MB, the centroids and the run's report, in one commit."""
+        """The labels, the centroids and the run's report, in one commit."""
         with tempfile.TemporaryDirectory() as folder:
-            num_shards = max(1, self.pairs.data.nbytes // 500_000_000 + 1)
-            for i in range(num_shards):
-                shard = self.pairs.shard(num_shards, i, contiguous=True)
-                shard.to_parquet(f"{folder}/data/train-{i:05d}-of-{num_shards:05d}.parquet")
-            for name in ("clusters.safetensors", "clusters.json"):
+            self.write_labels(Path(folder))
+            for name in CLUSTER_FILES:
                 (Path(folder) / name).write_bytes((self.folder / name).read_bytes())
             return commit_folder(api, folder, self.repo_id, card=self.card, repo_type="dataset", **commit_options)
+
+    def write_labels(self, folder: Path) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class LabelledPairs(ClusteredData):
+    pairs: datasets.Dataset
+
+    def write_labels(self, folder: Path) -> None:
+        """The pairs with their ids, as `data/` parquet shards of at most ~500 MB."""
+        num_shards = max(1, self.pairs.data.nbytes // 500_000_000 + 1)
+        for i in range(num_shards):
+            shard = self.pairs.shard(num_shards, i, contiguous=True)
+            shard.to_parquet(f"{folder}/data/train-{i:05d}-of-{num_shards:05d}.parquet")
+
+
+@dataclass
+class LabelsTable(ClusteredData):
+    labels: dict  # the table's labels.json
+
+    def write_labels(self, folder: Path) -> None:
+        """`labels/` as published: each part with its `source` column, and labels.json with its data files, named as
+        `published_data_files` says."""
+        table, names = self.folder / LABELS_DIR, published_data_files(self.labels)
+        (folder / LABELS_DIR).mkdir()
+        for part, name in enumerate(names):  # part p labels data file p
+            ids = read_part(table, part)
+            source = pa.array([name] * ids.num_rows, pa.string())
+            ids = ids.set_column(ids.schema.get_field_index("source"), "source", source)
+            pq.write_table(ids, part_path(folder / LABELS_DIR, part))
+        write_json(folder / LABELS_DIR / LABELS_JSON, published_labels(self.labels))
+
+
+def published_data_files(labels: dict) -> list[str]:
+    """The labels table's data files as published, in order. A Hub corpus' files keep their hf:// URL (public, and
+    pinned to the commit the clustering read); a local corpus' are named by their path relative to the corpus root:
+    unique where bare file names may not be, and exactly what `list_data_files` gives for `--dataset .` from the root
+    of a copy of the corpus, so the published table joins with that copy wherever it lies (train/expert.py
+    --labels, train/reshard.py)."""
+    return [
+        file["path"] if is_url(file["path"]) else Path(os.path.relpath(file["path"], labels["dataset"])).as_posix()
+        for file in labels["data_files"]
+    ]
+
+
+def published_labels(labels: dict) -> dict:
+    """labels.json as published: its data files named by `published_data_files`, a local corpus by its folder's name,
+    and every other local path cut to its last component (`without_local_paths`, as the centroids' settings are)."""
+    files = [{**file, "path": name} for file, name in zip(labels["data_files"], published_data_files(labels))]
+    local = not all(is_url(file["path"]) for file in labels["data_files"])
+    corpus = Path(os.path.abspath(labels["dataset"])).name if local else labels["dataset"]
+    return without_local_paths({**labels, "dataset": corpus, "data_files": files})
+
+
+def is_url(path: str) -> bool:
+    """Whether a data file's path is a URL (hf://, s3://, ...) rather than a local path."""
+    return fsspec.core.split_protocol(path)[0] is not None
 
 
 def push_clustered_dataset(api, clusters_dir, repo_id, *, license="other", **commit_options):
@@ -318,7 +392,10 @@ class PushArguments:
         default=None, metadata={"help": "Hub id of the checkpoint the seed was forked from, for the card."}
     )
     push_experts: bool = field(default=False, metadata={"help": "Also push each expert as a CLIPModel repo."})
-    push_dataset: bool = field(default=False, metadata={"help": "Also push the clustered pairs and centroids."})
+    push_dataset: bool = field(
+        default=False,
+        metadata={"help": "Also push the clustering: its labelled pairs (--streaming: its labels table), centroids."},
+    )
     clusters: str | None = field(
         default=None, metadata={"help": "The clustering run's output directory (needed by --push-dataset)."}
     )

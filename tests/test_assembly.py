@@ -2,11 +2,14 @@
 seed's CLIPProcessor with the model, and re-expresses centroids from the captions the clustering embedded."""
 
 import hashlib
+import io
 import json
 import re
 import runpy
 import shutil
 import sys
+import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +19,14 @@ from accelerate import Accelerator
 from conftest import make_image_processor, make_tokenizer, tiny_clip_config
 from datasets import Dataset, Features, Image, Value, load_from_disk
 from PIL import Image as PILImage
+from test_streaming_cluster import PER_FILE, caption_lists, write_tar_corpus
 from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import ASSEMBLY, assemble
 from modeling_mode.lib.cluster_run import ClusterArguments, cluster
 from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.lib.data_files import read_samples, write_tar_sample
 from modeling_mode.lib.embedding import CaptionEncoder
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import write_json
@@ -303,3 +308,82 @@ def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(in
     # The first caption of each list gives other centroids: the caption choice is what this test checks.
     first_captions = CaptionEncoder(seed, device="cpu").encode([labelled["caption"][i][0] for i in captioned])
     assert (cluster_means(first_captions, fine[captioned], fine_clusters) - expected).abs().max() > 1e-2
+
+
+CLUSTER_FLAGS = dict(fine_clusters=FINE_CLUSTERS, experts=EXPERTS, fit_sample=120, seed=3)
+
+
+def cluster_tar_corpus(corpus: Path, encoder: str, output: Path) -> Path:
+    """`output`: train/cluster.py --streaming of a corpus of tar shards (`write_tar_corpus`'s), in this process."""
+    flags = dict(dataset=str(corpus), caption_column="txt", streaming=True, encoder=encoder, output=str(output))
+    cluster(ClusterArguments(**flags, **CLUSTER_FLAGS), Accelerator())
+    return output
+
+
+@pytest.fixture(scope="module")
+def streamed(inputs, tmp_path_factory) -> Path:
+    """The same pairs clustered twice with the router as the encoder: `streamed/`, with --streaming from tar shards
+    (labels table, no labelled copy), and `in-memory/`, from a saved Dataset of the same captions in shards of one
+    data file's pairs (so that each shard embeds the same seeded choice from each caption list)."""
+    root, encoder = tmp_path_factory.mktemp("streamed"), str(inputs["seed"])
+    cluster_tar_corpus(write_tar_corpus(root / "corpus"), encoder, root / "streamed")
+    Dataset.from_dict({"caption": caption_lists()}).save_to_disk(root / "pairs")
+    flags = dict(dataset=str(root / "pairs"), shard_rows=PER_FILE, encoder=encoder, output=str(root / "in-memory"))
+    cluster(ClusterArguments(**flags, **CLUSTER_FLAGS), Accelerator())
+    assert not (root / "streamed" / "dataset").exists() and (root / "in-memory" / "dataset").is_dir()
+    return root
+
+
+def test_a_streaming_clustering_reexpresses_centroids_from_its_data_files(inputs, streamed, tmp_path):
+    """With no labelled copy, the captions come from the tar shards, chosen as the streaming clustering chose them
+    and joined by key with its labels table: the same centroids as from the in-memory clustering of those pairs."""
+    modes = {
+        name: assemble_run(inputs, tmp_path / name, clusters=streamed / name, recompute_centroids=True)
+        for name in ("streamed", "in-memory")
+    }
+    configs = [modes[name].config for name in modes]
+    assert all(config.centroids_reexpressed for config in configs)
+    assert configs[0].fine_to_coarse == configs[1].fine_to_coarse
+    assert configs[0].dropped_empty_fine_clusters == configs[1].dropped_empty_fine_clusters
+    # The same captions through the same float32 text tower in the same process: rounding at most.
+    torch.testing.assert_close(modes["streamed"].fine_centroids, modes["in-memory"].fine_centroids, rtol=0, atol=1e-5)
+
+
+@contextmanager
+def changed(file: Path, data: bytes | None):
+    """`file` holding `data` (None: deleted) for the duration, then its own bytes again."""
+    original = file.read_bytes()
+    file.unlink()
+    if data is not None:
+        file.write_bytes(data)
+    try:
+        yield
+    finally:
+        file.write_bytes(original)
+
+
+def reordered(file: Path) -> bytes:
+    """The tar shard's samples, first two swapped: the same bytes in all, other keys at its first rows."""
+    samples = list(read_samples(str(file)))
+    with io.BytesIO() as buffer:
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for sample in [samples[1], samples[0], *samples[2:]]:
+                write_tar_sample(tar, sample)
+        return buffer.getvalue()
+
+
+def test_a_data_file_changed_since_the_streaming_clustering_is_refused_by_name(inputs, streamed, tmp_path):
+    """A data file of the corpus reordered (same size), cut or deleted since the clustering: refused with its name
+    before anything is written."""
+    shard = streamed / "corpus" / "shard-03.tar"
+    same_size = reordered(shard)
+    assert len(same_size) == shard.stat().st_size  # only the join by key can tell
+    for data, error in [
+        (same_size, r"data file '.*shard-03\.tar' is not the one the labels table .* was made from \(its pair 0 is "
+                    r"'pair-0091', the table's 'pair-0090'\): it changed since the clustering"),
+        (shard.read_bytes()[:-2048], r"data file '.*shard-03\.tar' has \d+ bytes but had \d+ when .* was made"),
+        (None, r"a data file of the clustering .* is gone \(.*No such file or directory: '.*shard-03\.tar'\)"),
+    ]:  # fmt: skip
+        with changed(shard, data), pytest.raises(InputError, match=error):
+            assemble_run(inputs, tmp_path / "mode", clusters=streamed / "streamed", recompute_centroids=True)
+        assert not (tmp_path / "mode").exists()

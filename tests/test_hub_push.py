@@ -13,18 +13,22 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_processor, make_mode, make_tokenizer
+from conftest import make_image_processor, make_mode, make_tokenizer, tiny_clip_config
 from fresh_python import assert_loads_without_package
 from hub_server import LocalHub
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
-from test_assembly import run_script, write_clustering, write_run
+from test_assembly import cluster_tar_corpus, run_script, write_clustering, write_run
+from test_streaming_cluster import FILES, write_tar_corpus
+from transformers import CLIPModel
 
 from hub_cards import PushError, push_run
 from modeling_mode.lib.assembly import assemble
 from modeling_mode.lib.clustering import Clusters, read_finished_run, save_clusters
+from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.labels import check_labels_match, labels_for, read_labels, read_meta
 
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from
@@ -374,3 +378,71 @@ def test_nothing_pushed_names_a_local_path(hub, api, tmp_path):
         (downloaded / name).write_bytes(hub.files(f"{REPO_ID}-clusters", repo_type="dataset")[name])
     _, report = read_finished_run(downloaded)
     assert report["encoder"] == "all-MiniLM-L6-v2" and report["settings"]["embeddings"]["dataset"] == "pairs"
+
+
+@pytest.fixture(scope="module")
+def streamed_clusters(tmp_path_factory) -> Path:
+    """A finished train/cluster.py --streaming run of a folder of tar shards: labels table, centroids, no copy."""
+    root = tmp_path_factory.mktemp("streamed")
+    torch.manual_seed(0)
+    for part in (CLIPModel(tiny_clip_config()), make_tokenizer()):
+        part.save_pretrained(root / "encoder")
+    return cluster_tar_corpus(write_tar_corpus(root / "corpus"), str(root / "encoder"), root / "clusters")
+
+
+def test_a_streaming_clusterings_labels_table_is_pushed_without_local_paths(
+    hub, api, run_dir, streamed_clusters, tmp_path, tmp_path_factory, monkeypatch
+):
+    """A streaming run has no labelled copy: its labels table goes instead, each data file named by its path relative
+    to the corpus' root. Downloaded, its parts load with `datasets` and hold the run's ids, and it is a labels table
+    of the corpus read as `--dataset .` from the corpus' root."""
+    push_run(run_dir, REPO_ID, api=api, clusters_dir=streamed_clusters)
+
+    files = hub.files(f"{REPO_ID}-clusters", repo_type="dataset")
+    parts = [f"labels/part-{part:05d}.parquet" for part in range(FILES)]
+    assert files.keys() == {"README.md", "clusters.json", "clusters.safetensors", "labels/labels.json", *parts}
+    for name, content in files.items():
+        for local in (str(tmp_path_factory.getbasetemp()), str(ROOT), f"{Path.home()}/"):
+            assert local.encode() not in content, (name, local)
+    downloaded = tmp_path / "downloaded"
+    for name, content in files.items():
+        (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
+        (downloaded / name).write_bytes(content)
+
+    pushed = datasets.load_dataset(
+        "parquet", data_files=[str(downloaded / part) for part in parts], split="train", cache_dir=str(tmp_path / "c")
+    )
+    local = [row for part in read_labels(streamed_clusters / "labels")[1] for row in part.to_pylist()]
+    for column in ("key", "row", "fine_id", "coarse_id"):
+        assert pushed[column] == [row[column] for row in local], column
+    assert pushed["source"][:31:30] == ["shard-00.tar", "shard-01.tar"] and local[0]["source"].endswith("shard-00.tar")
+    meta = read_meta(downloaded / "labels")
+    assert meta["dataset"] == "corpus" and [file["path"] for file in meta["data_files"]] == sorted(
+        set(pushed["source"])
+    )
+    assert read_finished_run(downloaded)[1]["settings"] == meta["clusters_settings"]  # still one run's files
+
+    monkeypatch.chdir(streamed_clusters.parent / "corpus")  # a copy of the corpus, wherever it lies
+    check_labels_match(meta, ".", "train", list_data_files("."))
+    assert labels_for(downloaded / "labels", "shard-03.tar") == labels_for(
+        streamed_clusters / "labels", str(Path("shard-03.tar").resolve())
+    )
+
+    card = DatasetCard(files["README.md"].decode())
+    assert card.data.configs == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "labels/part-*.parquet"}]}
+    ]
+    text = " ".join(card.text.split())
+    assert "of the 180 image-caption pairs of the corpus `corpus` (split `train`, 6 data files)" in text
+    assert "its path relative to the corpus' root" in text and "data/*.parquet" not in text
+
+
+def test_a_streaming_clustering_without_its_labels_table_is_refused_before_any_request(
+    hub, api, run_dir, streamed_clusters, tmp_path
+):
+    clusters = tmp_path / "clusters"
+    shutil.copytree(streamed_clusters, clusters)
+    (clusters / "labels" / "labels.json").unlink()  # a table never finished, or half copied
+    with pytest.raises(InputError, match=r"holds no complete labels table"):
+        push_run(run_dir, REPO_ID, api=api, clusters_dir=clusters)
+    assert hub.requests == [] and not hub.repos

@@ -312,11 +312,6 @@ BAD_INPUTS = {
         r"needs at least 200 captioned pairs, but it samples 180: --dataset has 180 pairs",
         True,
     ),
-    "push the copy it does not write": (
-        lambda t, _: {"--push_to_hub": "true", "--hub_model_id": "org/pairs"},
-        r"--push_to_hub sends the labelled copy of the pairs, which --streaming does not write",
-        False,
-    ),
 }
 
 

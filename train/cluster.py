@@ -13,8 +13,8 @@ memory-mappable shard per --shard-rows pairs, or per data file). Without --strea
 files (parquet or webdataset .tar, of a folder or a Hub dataset) are read one at a time, their captions only: no
 image is read into memory or copied; the embeddings are deleted at the end unless --keep-embeddings.
 Each process embeds its own shards; the main process fits and assigns. Re-running the same command resumes: finished
-shards and a fit with the same settings are reused. --push_to_hub then sends the labelled pairs and centroids to a
-Hub dataset repo.
+shards and a fit with the same settings are reused. --push_to_hub then sends the labelled pairs (with --streaming,
+the labels table) and centroids to a Hub dataset repo.
 """
 
 import logging

@@ -1,27 +1,35 @@
 """Assembling trained experts, the clustering's outputs and the seed's text tower (the router) into a MODE model.
 
 When the clustering embedded captions with another encoder than the router (e.g. SimCSE or MiniLM), each fine
-centroid is re-expressed in the router's space as the mean router embedding of its cluster's captions.
+centroid is re-expressed in the router's space as the mean router embedding of its cluster's captions: the captions
+the clustering embedded, read shard by shard as it read them, from its labelled copy `dataset/` (in memory) or from
+the corpus' data files joined with its labels table `labels/` (`--streaming`).
 """
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel, _architecture
 from .clustering import read_finished_run
 from .data import cluster_ids, load_pairs
-from .embedding import CaptionEncoder, EmbeddingShards, shard_captions
+from .embedding import CaptionEncoder, EmbeddingShards, data_file_captions, shard_captions
 from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
+from .labels import LABELS_DIR, check_labels_match, read_part, read_run_labels
 from .training import TRAINING_ARGS, is_finished
+
+logger = logging.getLogger(__name__)
 
 ASSEMBLY = "assembly.json"
 ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
@@ -32,7 +40,9 @@ class AssembleArguments(HubArguments):
     """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (hub_cards/push.py)."""
 
     experts: list[str] = field(metadata={"help": "Expert run directories (train/expert.py outputs), any order."})
-    clusters: str = field(metadata={"help": "Clustering output: clusters.safetensors, clusters.json, dataset/."})
+    clusters: str = field(
+        metadata={"help": "Clustering output: clusters.safetensors, clusters.json, dataset/ or labels/ (--streaming)."}
+    )
     router_text_model: str = field(metadata={"help": "The seed CLIP: its text tower routes tasks; its processor."})
     output: str = field(metadata={"help": "Directory of the assembled ModeCLIPModel.", "aliases": ["--output_dir"]})
     recompute_centroids: bool = field(
@@ -140,58 +150,138 @@ def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
 
 
 @dataclass
-class ClusteredPairs:
-    """A clustering run's labelled pairs, and how its embedding pass chose one caption per pair."""
+class LabelledCopy:
+    """An in-memory clustering's pairs: its labelled copy `dataset/`, cut into the embedding pass's shards of
+    --shard-rows rows."""
 
-    dataset: Dataset
+    captions: Dataset  # the caption column alone: images are never decoded
     caption_column: str
+    fine_ids: np.ndarray
     shards: EmbeddingShards  # the run's shard layout (only its rows are used: no embedding is read)
     caption_seed: int
 
     @classmethod
-    def read(cls, clusters: str, report: dict) -> "ClusteredPairs":
+    def read(cls, clusters: str, report: dict) -> "LabelledCopy":
         folder = Path(clusters)
         dataset = load_pairs(str(folder / "dataset"), report.get("split", "train"))
         caption_column = report.get("caption_column", "caption")
         missing = sorted({caption_column, "fine_id"} - set(dataset.column_names))
         if missing:
             raise InputError(f"{str(folder / 'dataset')!r} has no column {missing}: it is not the clustering's.")
-        meta = report.get("settings", {}).get("embeddings", {})
-        unsaid = sorted({"num_rows", "shard_rows", "embed_dim", "caption_seed"} - set(meta))
-        if unsaid:
-            raise InputError(
-                f"{folder / 'clusters.json'} does not say which captions the clustering embedded (its settings' "
-                f"embeddings lack {unsaid}): cluster again with train/cluster.py."
-            )
+        meta = embedding_settings(folder, report, ("num_rows", "shard_rows", "embed_dim"))
         if meta["num_rows"] != len(dataset):
             raise InputError(
                 f"{str(folder / 'dataset')!r} has {len(dataset)} pairs, but the clustering embedded "
                 f"{meta['num_rows']}: it is not that clustering's dataset."
             )
-        return cls(dataset, caption_column, EmbeddingShards(folder / "embeddings", meta), meta["caption_seed"])
+        captions, fine_ids = dataset.select_columns([caption_column]), cluster_ids(dataset, "fine_id")
+        shards = EmbeddingShards(folder / "embeddings", meta)
+        return cls(captions, caption_column, fine_ids, shards, meta["caption_seed"])
+
+    @property
+    def num_shards(self) -> int:
+        return self.shards.num_shards
+
+    def shard(self, shard: int) -> tuple[list[str | None], np.ndarray]:
+        """The captions the clustering embedded for a shard's pairs (None: no usable caption), and their fine ids."""
+        rows = self.shards.rows_of(shard)
+        chosen = shard_captions(self.captions, self.caption_column, self.shards, shard, self.caption_seed)
+        return chosen, self.fine_ids[rows.start : rows.stop]
+
+
+@dataclass
+class LabelledDataFiles:
+    """A streaming clustering's pairs: the data files it read, each its own embedding shard, joined by key with the
+    labels table's part of that file. The data files are read for their caption column only, as the clustering read
+    them, at the paths it recorded (a Hub file's path names the commit it was read at)."""
+
+    labels: Path
+    files: list[str]
+    caption_column: str
+    caption_seed: int
+
+    @classmethod
+    def read(cls, clusters: str, report: dict) -> "LabelledDataFiles":
+        folder = Path(clusters)
+        meta = read_run_labels(folder, report)
+        seed = embedding_settings(folder, report, ())["caption_seed"]
+        files = [file["path"] for file in meta["data_files"]]
+        try:
+            check_labels_match(meta, meta["dataset"], meta["split"], files)  # each file as big as when clustered
+        except OSError as error:  # fsspec's own message names the file
+            raise InputError(f"a data file of the clustering {folder} is gone ({error}): cluster again.") from error
+        return cls(folder / LABELS_DIR, files, meta["caption_column"], seed)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.files)
+
+    def shard(self, shard: int) -> tuple[list[str | None], np.ndarray]:
+        """Data file `shard`'s captions as the clustering chose them (`embedding.embed_data_files`), and their fine
+        ids. The caption choice draws from one generator in file order: the keys must match the table's one for one,
+        in order, not merely as a set."""
+        file = self.files[shard]
+        keys, chosen = data_file_captions(file, self.caption_column, shard, self.caption_seed)
+        part = read_part(self.labels, shard, columns=["key", "fine_id"])
+        labelled_keys = part["key"].to_pylist()
+        if keys != labelled_keys:
+            raise InputError(
+                f"data file {file!r} is not the one the labels table {self.labels} was made from "
+                f"({first_difference(keys, labelled_keys)}): it changed since the clustering; cluster again."
+            )
+        return chosen, part["fine_id"].to_numpy().astype(np.int64)
+
+
+def first_difference(keys: list[str], labelled_keys: list[str]) -> str:
+    """Where a data file's keys part from its labels part's, for an error message."""
+    for at, (key, labelled) in enumerate(zip(keys, labelled_keys)):
+        if key != labelled:
+            return f"its pair {at} is {key!r}, the table's {labelled!r}"
+    return f"it holds {len(keys)} pairs, the table {len(labelled_keys)}"
+
+
+def embedding_settings(folder: Path, report: dict, layout: tuple[str, ...]) -> dict:
+    """The clustering's embedding settings, which say how it chose the caption it embedded for each pair."""
+    meta = report.get("settings", {}).get("embeddings", {})
+    unsaid = sorted({"caption_seed", *layout} - set(meta))
+    if unsaid:
+        raise InputError(
+            f"{folder / 'clusters.json'} does not say which captions the clustering embedded (its settings' "
+            f"embeddings lack {unsaid}): cluster again with train/cluster.py."
+        )
+    return meta
+
+
+def clustered_pairs(clusters: str, report: dict) -> LabelledCopy | LabelledDataFiles:
+    """A finished clustering's pairs, shard by shard as it embedded them: one shard per data file for a streaming
+    run, else shards of rows of its labelled copy."""
+    return (LabelledDataFiles if report.get("streaming") else LabelledCopy).read(clusters, report)
 
 
 def caption_centroids(
-    encoder: CaptionEncoder, pairs: ClusteredPairs, num_fine_clusters: int, batch_size: int = 256
+    encoder: CaptionEncoder, pairs: LabelledCopy | LabelledDataFiles, num_fine_clusters: int, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each fine cluster's centroid in the router's space: the mean of its pairs' L2-normalised router embeddings,
     normalised like the spherical k-means centroids it replaces; and which fine clusters have captions at all (pairs
     are labelled by nearest centre, which can leave a centre without any). Each pair's caption is the one the
     clustering embedded (a list's seeded choice), so both spaces describe a cluster by the same captions."""
-    fine_ids = cluster_ids(pairs.dataset, "fine_id")
-    captions = pairs.dataset.select_columns([pairs.caption_column])
     sums = torch.zeros(num_fine_clusters, encoder.embed_dim)
-    for shard in range(pairs.shards.num_shards):
-        rows = pairs.shards.rows_of(shard)
-        chosen = shard_captions(captions, pairs.caption_column, pairs.shards, shard, pairs.caption_seed)
-        ids = fine_ids[rows.start : rows.stop]
+    counts = np.zeros(num_fine_clusters, dtype=np.int64)
+    start = time.perf_counter()
+    for shard in tqdm(range(pairs.num_shards), unit="shards", desc="re-expressing centroids", dynamic_ncols=True):
+        chosen, ids = pairs.shard(shard)
         labelled = np.flatnonzero(ids >= 0)  # a labelled pair had a caption to embed
         if labelled.size:
             embeddings = encoder.encode([chosen[i] for i in labelled], batch_size)
             sums.index_add_(0, torch.as_tensor(ids[labelled]), torch.from_numpy(embeddings))
-    counts = np.bincount(fine_ids[fine_ids >= 0], minlength=num_fine_clusters)
+            counts += np.bincount(ids[labelled], minlength=num_fine_clusters)
     if not counts.any():
         raise InputError("No pair of the clustered dataset has a fine cluster: no centroid can be re-expressed.")
+    seconds = time.perf_counter() - start
+    logger.info(
+        f"re-expressed centroids from {counts.sum()} captions in {seconds:.1f} s "
+        f"({counts.sum() / seconds:.0f} captions/s)"
+    )
     return torch.nn.functional.normalize(sums, dim=-1), torch.as_tensor(counts > 0)
 
 
@@ -227,7 +317,7 @@ def assemble(
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     if reexpress:
-        pairs = ClusteredPairs.read(clusters, report)
+        pairs = clustered_pairs(clusters, report)
         centroids, has_captions = caption_centroids(encoder, pairs, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
         dropped = np.flatnonzero(~has_captions.numpy()).tolist()

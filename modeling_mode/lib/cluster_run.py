@@ -55,7 +55,8 @@ EMBEDDING_DTYPES = ("float32", "float16")
 
 @dataclass
 class ClusterArguments(HubArguments):
-    """Flags of `train/cluster.py`; `--push_to_hub` sends the labelled pairs and centroids to a dataset repo."""
+    """Flags of `train/cluster.py`; `--push_to_hub` sends the labelled pairs (with --streaming, the labels table) and
+    centroids to a dataset repo."""
 
     dataset: str = field(metadata={"help": "save_to_disk folder, data folder or Hub dataset id."})
     encoder: str = field(metadata={"help": "CLIP checkpoint or AutoModel sentence encoder, path or Hub id."})
@@ -95,11 +96,6 @@ class ClusterArguments(HubArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.streaming and self.push_to_hub:
-            raise InputError(
-                "--push_to_hub sends the labelled copy of the pairs, which --streaming does not write: "
-                "push without --streaming, or upload the labels/ table yourself."
-            )
         if self.one_step and self.random:
             raise InputError("--one-step and --random are two different ablations: give one of them.")
         if self.experts < 1 or self.fine_clusters < self.experts:

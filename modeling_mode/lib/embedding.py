@@ -288,13 +288,19 @@ def embed_data_files(
     only their caption column (`data_files.read_samples`: images are skipped); returns captions embedded."""
 
     def embed(shard: int) -> int:
-        samples = list(read_samples(files[shard], [caption_column]))
-        values = [caption_of(sample.get(caption_column)) for sample in samples]  # a tar sample may lack it
-        chosen = choose_shard_captions(values, shard, seed)
-        shards.write(shard, embed_captions(encoder, chosen, batch_size), [sample["__key__"] for sample in samples])
+        keys, chosen = data_file_captions(files[shard], caption_column, shard, seed)
+        shards.write(shard, embed_captions(encoder, chosen, batch_size), keys)
         return len(chosen)
 
     return _embed_shards(embed, shards, rank, world_size, unit="data files")
+
+
+def data_file_captions(file: str, caption_column: str, shard: int, seed: int) -> tuple[list[str], list[str | None]]:
+    """A data file's keys and the caption embedded for each of its pairs, the file being embedding shard `shard`:
+    only its caption column is read (`data_files.read_samples`: images are skipped)."""
+    samples = list(read_samples(file, [caption_column]))
+    values = [caption_of(sample.get(caption_column)) for sample in samples]  # a tar sample may lack it
+    return [sample["__key__"] for sample in samples], choose_shard_captions(values, shard, seed)
 
 
 def embed_captions(encoder: CaptionEncoder, chosen: list[str | None], batch_size: int) -> np.ndarray:

@@ -175,3 +175,13 @@ def read_part(folder, part: int, columns: list[str] | None = None) -> pa.Table:
     if not path.is_file():
         raise InputError(f"{path} is missing: the labels table {folder} is incomplete; run the clustering again.")
     return pq.read_table(path, columns=columns)
+
+
+def read_run_labels(clusters: str | os.PathLike, report: dict) -> dict:
+    """labels.json of a finished clustering run's labels table (`report`: its clusters.json), checked to be that
+    run's: InputError for a table missing, unfinished or of another run."""
+    folder = Path(clusters) / LABELS_DIR
+    meta = read_meta(folder)
+    if meta["clusters_settings"] != report.get("settings"):
+        raise InputError(f"{folder} is the labels table of another clustering run than {clusters}.")
+    return meta
