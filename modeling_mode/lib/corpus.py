@@ -139,8 +139,48 @@ def easy_vqa(split: str, count: int | None = None, seed: int = 0) -> LabelledIma
 SOURCES = {"fashion_mnist": fashion_mnist, "mnist": mnist, "easy_vqa": easy_vqa}
 
 
-def caption_pairs(sources: list[LabelledImages], noise: float, seed: int) -> datasets.Dataset:
-    """Image-caption pairs: a template-made caption per image; a share `noise` get another pair's caption instead.
+def image_attributes(image: Image.Image) -> list[str]:
+    """Words that describe what an image shows, measured from its pixels: the size, place, shape, ink and tone of its
+    foreground (the pixels that differ from the border's median colour). Web captions say such things beside the
+    object's name, and they make two captions of the same class rarely the same string."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    foreground = np.abs(pixels - np.median(border, axis=0)).max(axis=-1) > 48
+    if not foreground.any():
+        return ["blank"]
+    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    height, width = rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1
+    ys, xs = np.nonzero(foreground)
+    words = [
+        _bucket(height * width / foreground.size, (0.2, 0.4, 0.65), ("tiny", "small", "medium-sized", "large")),
+        _bucket(ys.mean() / foreground.shape[0], (0.42, 0.58), ("near the top", "", "near the bottom"))
+        + _bucket(xs.mean() / foreground.shape[1], (0.42, 0.58), (" on the left", " in the centre", " on the right")),
+        _bucket(height / width, (0.8, 1.25), ("wide", "squarish", "tall")),
+        _bucket(foreground.sum() / (height * width), (0.35, 0.6), ("thin lines", "solid", "filled")),
+        _bucket(pixels[foreground].mean() / 255, (0.35, 0.65), ("dark", "mid-tone", "bright")),
+    ]
+    return [word.strip() for word in words]
+
+
+def _bucket(value: float, edges: tuple[float, ...], words: tuple[str, ...]) -> str:
+    return words[int(np.searchsorted(edges, value))]
+
+
+def compose_caption(template: str, name: str, attributes: list[str], rng: random.Random) -> str:
+    """The class name in one of its templates, then (with attributes) a random few of them in a random order: the
+    name stays in every caption, as it does in a web caption of the object."""
+    caption = template.format(c=name)
+    if not attributes:
+        return caption
+    chosen = rng.sample(attributes, rng.randint(2, len(attributes))) if len(attributes) > 2 else attributes
+    return f"{caption.rstrip('.')}, {', '.join(chosen)}"
+
+
+def caption_pairs(
+    sources: list[LabelledImages], noise: float, seed: int, attributes: bool = False
+) -> datasets.Dataset:
+    """Image-caption pairs: a template-made caption per image (with `attributes`, followed by words measured from
+    its pixels: `image_attributes`); a share `noise` get another pair's caption instead.
 
     Columns: image, caption, source, label (the class name) and `noisy` (whether the caption was swapped).
     """
@@ -150,7 +190,8 @@ def caption_pairs(sources: list[LabelledImages], noise: float, seed: int) -> dat
         for image, label in zip(data.images, data.labels):
             name = data.classnames[label]
             rows["image"].append(image)
-            rows["caption"].append(rng.choice(CAPTION_TEMPLATES[data.source]).format(c=name))
+            words = image_attributes(image) if attributes else []
+            rows["caption"].append(compose_caption(rng.choice(CAPTION_TEMPLATES[data.source]), name, words, rng))
             rows["source"].append(data.source)
             rows["label"].append(name)
     true_captions = list(rows["caption"])
@@ -166,6 +207,7 @@ def classification_set(data: LabelledImages) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": data.images, "label": data.labels}, features=features)
 
 
-def retrieval_set(sources: list[LabelledImages], seed: int) -> datasets.Dataset:
+def retrieval_set(sources: list[LabelledImages], seed: int, attributes: bool = False) -> datasets.Dataset:
     """Held-out images with one true caption each (a fresh template), for image-text retrieval."""
-    return caption_pairs(sources, noise=0.0, seed=seed).select_columns(["image", "caption", "source"])
+    pairs = caption_pairs(sources, noise=0.0, seed=seed, attributes=attributes)
+    return pairs.select_columns(["image", "caption", "source"])
