@@ -118,26 +118,38 @@ def read_labels(folder) -> tuple[dict, Iterator[pa.Table]]:
     return meta, parts()
 
 
-def labels_for(folder, source: str, meta: dict | None = None) -> dict[str, int]:
-    """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
-    (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover.
-    `meta` (`read_meta(folder)`) spares a reader of many files reading labels.json for each."""
-    meta = meta if meta is not None else read_meta(folder)
-    if source == "" and not meta["data_files"]:
-        parts = range(meta["num_parts"])
-    else:
-        paths = [file["path"] for file in meta["data_files"]]
-        if source not in paths:
+class LabelsTable:
+    """A complete labels table, its labels.json read once: a reader of many data files finds each one's part by its
+    path in constant time (labels.json lists every data file: reading it per file would cost time quadratic in
+    their number)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.meta = read_meta(folder)
+        self.part_of = {file["path"]: part for part, file in enumerate(self.meta["data_files"])}
+
+    def labels_for(self, source: str) -> dict[str, int]:
+        """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
+        (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover."""
+        if source == "" and not self.part_of:
+            parts = range(self.meta["num_parts"])
+        elif source in self.part_of:
+            parts = [self.part_of[source]]
+        else:
             raise InputError(
-                f"data file {source!r} is not in the labels table {folder} (it labels {len(paths)} files of "
-                f"--dataset {meta['dataset']!r}): cluster this corpus, or give the table made from it."
+                f"data file {source!r} is not in the labels table {self.folder} (it labels {len(self.part_of)} files "
+                f"of --dataset {self.meta['dataset']!r}): cluster this corpus, or give the table made from it."
             )
-        parts = [paths.index(source)]
-    labels = {}
-    for part in parts:
-        table = read_part(folder, part, columns=["key", "coarse_id"])
-        labels.update(zip(table["key"].to_pylist(), table["coarse_id"].to_pylist(), strict=True))
-    return labels
+        labels = {}
+        for part in parts:
+            table = read_part(self.folder, part, columns=["key", "coarse_id"])
+            labels.update(zip(table["key"].to_pylist(), table["coarse_id"].to_pylist(), strict=True))
+        return labels
+
+
+def labels_for(folder, source: str) -> dict[str, int]:
+    """`LabelsTable.labels_for` of the table in `folder`, for a reader of one data file."""
+    return LabelsTable(folder).labels_for(source)
 
 
 def check_labels_match(meta: dict, dataset: str, split: str, files: list[str], num_rows: int | None = None) -> None:

@@ -22,7 +22,7 @@ from datasets import Dataset
 from ..data import NO_CLUSTER, check_columns, is_saved_dataset, stream_filter, usable_captions
 from ..data_files import caption_of, list_data_files, read_samples
 from ..errors import InputError, naming_failures
-from ..labels import check_labels_match, labels_for, read_labels, read_meta
+from ..labels import LabelsTable, check_labels_match, read_labels
 
 
 def table_coarse_ids(labels: str, dataset: str, split: str, pairs: Dataset) -> np.ndarray:
@@ -73,7 +73,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
     `start(epoch, batches_read)` before iterating an epoch."""
 
     def __init__(self, args, process_index: int, num_processes: int):
-        self.labels, self.seed, self.epoch = args.labels, args.seed, 0
+        self.table, self.seed, self.epoch = LabelsTable(args.labels), args.seed, 0
         self.cluster, self.out_of_cluster_ratio = args.cluster_id, args.out_of_cluster_ratio
         self.shuffle_buffer, self.batch_size = args.shuffle_buffer, args.batch_size
         self.num_workers = max(1, args.num_workers)
@@ -81,7 +81,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
         self.image_column, self.caption_column = args.image_column, args.caption_column
         with naming_failures("--dataset", args.dataset):
             all_files = list_data_files(args.dataset, args.split)
-        check_labels_match(read_meta(args.labels), args.dataset, args.split, all_files)
+        check_labels_match(self.table.meta, args.dataset, args.split, all_files)
         self.columns = [args.image_column, args.caption_column]
         first = next(read_samples(all_files[0], None if all_files[0].endswith(".tar") else self.columns))
         check_columns(first.keys(), *self.columns, None)
@@ -89,7 +89,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
         self.files = list(enumerate(all_files))[process_index::num_processes]
         keep = self.keeps()
         self.run_pairs = {
-            index: sum(keep(coarse_id, f"{index}/{key}") for key, coarse_id in labels_for(self.labels, file).items())
+            index: sum(keep(coarse_id, f"{index}/{key}") for key, coarse_id in self.table.labels_for(file).items())
             for index, file in self.files
         }
         self.skips, self.first_worker = [0] * self.num_workers, 0
@@ -137,12 +137,12 @@ class LabelledStream(torch.utils.data.IterableDataset):
 
     def windows(self, index: int, file: str):
         """The run's pairs of one data file, in windows of --shuffle-buffer pairs, joined with the table by key."""
-        labels, keep = labels_for(self.labels, file), self.keeps()
+        labels, keep = self.table.labels_for(file), self.keeps()
         window = []
         for sample in read_samples(file, self.columns):
             key = sample["__key__"]
             if key not in labels:
-                raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {self.labels}.")
+                raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {self.table.folder}.")
             if keep(labels.pop(key), f"{index}/{key}"):
                 window.append(sample)
             if len(window) == self.shuffle_buffer:
@@ -151,7 +151,9 @@ class LabelledStream(torch.utils.data.IterableDataset):
         if window:
             yield window
         if labels:
-            raise InputError(f"data file {file!r} lacks pairs {sorted(labels)[:3]} of the labels table {self.labels}.")
+            raise InputError(
+                f"data file {file!r} lacks pairs {sorted(labels)[:3]} of the labels table {self.table.folder}."
+            )
 
     def pair(self, sample: dict, index: int, file: str):
         """The transform of one pair (pixels, caption), augmented by a generator of its own: the same on a resume."""
@@ -162,7 +164,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
             raise InputError(f"{where} has no image in {self.image_column!r} (--image-column).")
         if not usable_captions(caption):
             raise InputError(
-                f"{where} has a cluster in the labels table {self.labels} but no usable caption in column "
+                f"{where} has a cluster in the labels table {self.table.folder} but no usable caption in column "
                 f"{self.caption_column!r} (--caption-column): the table was made from other captions."
             )
         example = {
