@@ -41,7 +41,7 @@ def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, ac
     max_length = model.config.text_config.max_position_embeddings
     model, _ = accelerator.prepare(model, build_optimizer(model, args))
     batches = data.micro_batches(processor, max_length, start_step=0)
-    loss = accumulate_gradients(model, [next(batches) for _ in range(accumulation)], accelerator)
+    loss = accumulate_gradients(model, [data.to_device(next(batches)) for _ in range(accumulation)], accelerator)
     loss = accelerator.reduce(loss, "mean")
     if accelerator.is_main_process:  # gradients are already averaged over processes, as in training
         grads = {name: p.grad for name, p in accelerator.unwrap_model(model).named_parameters()}

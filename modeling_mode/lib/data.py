@@ -4,20 +4,25 @@ Random-access data (a `save_to_disk` directory or a downloaded Hub dataset) is r
 function of the seed and the optimizer step: the global batch of step s is the same whatever the number of processes
 or of accumulation micro-batches, and a resumed run reads exactly what an uninterrupted one would. Each pair's
 caption choice and crop are drawn from a generator seeded by (seed, epoch, row), so workers and restarts agree too.
+
+The loader's workers hand over uint8 crops; `PixelNormalizer` turns them into the model's float pixels on the device.
 """
 
+import io
 import json
 import math
 import os
 import random
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, LargeList, List, Value, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
-from PIL import Image, UnidentifiedImageError
+from datasets.utils.file_utils import is_local_path
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, naming_failures
 
@@ -28,6 +33,8 @@ TEXT_DTYPES = ("string", "large_string")
 IMAGE_DECODER = ImageFeature()  # decodes {"bytes", "path"} values: the pairs are read undecoded, see `read_image`
 CROP_SCALE = (0.9, 1.0)  # open_clip's RandomResizedCrop range: a mild random square crop, as CLIP trained with
 CROP_RATIO = (3 / 4, 4 / 3)
+ORIENTATION = ExifTags.Base.Orientation
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations turning the image a quarter: width and height swap
 
 
 def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
@@ -212,9 +219,8 @@ class GlobalBatchSampler:
                 yield [(int(row), epoch) for row in rows[lo : lo + self.micro_batch_size]]
 
 
-def random_resized_crop(image: Image.Image, size: tuple[int, int], rng: random.Random) -> Image.Image:
-    """A random crop of CROP_SCALE of the area and CROP_RATIO aspect, resized to `size` (height, width)."""
-    width, height = image.size
+def crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
+    """A random (left, top, right, bottom) box of CROP_SCALE of the area and CROP_RATIO aspect."""
     for _ in range(10):
         area = width * height * rng.uniform(*CROP_SCALE)
         aspect = math.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
@@ -225,8 +231,29 @@ def random_resized_crop(image: Image.Image, size: tuple[int, int], rng: random.R
     else:  # extreme aspect ratios: the largest centred crop of the allowed aspect
         crop_w, crop_h = min(width, round(height * CROP_RATIO[1])), min(height, round(width / CROP_RATIO[0]))
         left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    box = (left, top, left + crop_w, top + crop_h)
-    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
+    return left, top, left + crop_w, top + crop_h
+
+
+def reduced_decoding(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> int:
+    """Have a JPEG decoded at 1/2, 1/4 or 1/8 of its size, the smallest at which the crop `box` still has at least
+    `size` (height, width) pixels: the crop is then only ever downsampled where the full-size decode would downsample
+    it too, while libjpeg skips most of the work (PIL's draft mode scales in the inverse DCT). Returns the reduction:
+    1 for an image decoded at full size (the crop is not that much larger than `size`; not a JPEG)."""
+    crop_w, crop_h = box[2] - box[0], box[3] - box[1]
+    reduction = max((r for r in (2, 4, 8) if crop_w >= r * size[1] and crop_h >= r * size[0]), default=1)
+    # `draft` decodes at the largest reduction that leaves the image at least the asked size: exactly `reduction`.
+    if reduction == 1 or image.draft("RGB", (image.width // reduction, image.height // reduction)) is None:
+        return 1
+    return reduction
+
+
+def resized_crop(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The `box` of an RGB image resized to `size` (height, width) by antialiased bicubic interpolation, as uint8
+    [3, height, width]. The same filter as PIL's `resize` (measured: 99.7% of the pixels equal, the others within two
+    levels), in torch's uint8 kernel, about 4 times faster."""
+    left, top, right, bottom = box
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, :, top:bottom, left:right]
+    return torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True)[0]
 
 
 def pick_caption(value, rng: random.Random) -> str:
@@ -234,38 +261,89 @@ def pick_caption(value, rng: random.Random) -> str:
     return rng.choice(usable_captions(value))
 
 
-def read_image(value, column: str, where: str) -> Image.Image:
-    """A pair's RGB image from its undecoded {"bytes", "path"} value. The pairs are read undecoded so that an image
-    PIL cannot read is caught here, alone, and named by `where` (its row or file) and column."""
+@contextmanager
+def image_errors(value, column: str, where: str):
+    """Turns the failure to open or decode a pair's image into an InputError naming `where` (its row or file), the
+    file it was read from and its column. The pairs are read undecoded so that an image PIL cannot read is caught
+    here, alone."""
     if not isinstance(value, dict):
         raise InputError(f"--dataset {where}: column {column!r} holds {type(value).__name__}, not an image.")
     if value.get("path"):
         where = f"{where} (file {value['path']!r})"
     try:
-        image = IMAGE_DECODER.decode_example(value)  # loads the pixels: a truncated file fails here too
+        yield
     except UnidentifiedImageError:
         raise InputError(f"--dataset {where}: column {column!r} holds bytes PIL cannot read as an image.") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise InputError(f"--dataset {where}: column {column!r} holds an unreadable image ({error}).") from error
-    return image.convert("RGB")
+
+
+def open_image(value: dict) -> Image.Image:
+    """A pair's image from its undecoded {"bytes", "path"} value, opened but not decoded yet (`upright_rgb` does):
+    in between, a JPEG can be told to decode at a reduced size."""
+    if value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    if value.get("path") and is_local_path(value["path"]):
+        return Image.open(value["path"])
+    return IMAGE_DECODER.decode_example(value)  # a remote file, which `datasets` fetches (and decodes)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image once turned as its EXIF orientation says."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ORIENTATION) in TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The decoded image, turned as its EXIF orientation says (as `datasets` decodes images), in RGB."""
+    image.load()  # decodes: a truncated file fails here
+    if image.getexif().get(ORIENTATION) is not None:
+        image = ImageOps.exif_transpose(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_image(value, column: str, where: str) -> Image.Image:
+    """A pair's RGB image from its undecoded {"bytes", "path"} value; an unreadable one is refused with `where`."""
+    with image_errors(value, column, where):
+        return upright_rgb(open_image(value))
 
 
 class PairTransform:
-    """One undecoded pair -> (pixel values [3, H, W] normalised like the image processor, one caption)."""
+    """One undecoded pair -> (a random resized crop of its image, uint8 [3, H, W]; one of its captions).
+
+    The crop is drawn before the image is decoded, so that a JPEG much larger than it is decoded at a reduced size
+    (`reduced_decoding`). The pixels stay uint8 (a quarter of the bytes of float32 through the loader's shared memory);
+    `PixelNormalizer` normalises them where the model runs.
+    """
 
     def __init__(self, image_processor, image_column: str, caption_column: str):
         crop = image_processor.crop_size or {}
         self.size = (crop["height"], crop["width"])
-        self.rescale = image_processor.rescale_factor
-        self.mean = np.asarray(image_processor.image_mean, dtype=np.float32)
-        self.std = np.asarray(image_processor.image_std, dtype=np.float32)
         self.image_column = image_column
         self.caption_column = caption_column
 
     def __call__(self, example: dict, rng: random.Random, where: str) -> tuple[torch.Tensor, str]:
-        image = random_resized_crop(read_image(example[self.image_column], self.image_column, where), self.size, rng)
-        pixels = (np.asarray(image, dtype=np.float32) * self.rescale - self.mean) / self.std
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), pick_caption(example[self.caption_column], rng)
+        value = example[self.image_column]
+        with image_errors(value, self.image_column, where):
+            image = open_image(value)
+            box = crop_box(*upright_size(image), rng)
+            reduction = reduced_decoding(image, box, self.size)
+            image = upright_rgb(image)
+        crop = resized_crop(image, tuple(round(edge / reduction) for edge in box), self.size)
+        return crop, pick_caption(example[self.caption_column], rng)
+
+
+class PixelNormalizer:
+    """uint8 pixels [..., 3, H, W] -> float32, normalised as the image processor does: rescaled (1/255), less the
+    mean, over the standard deviation of each channel. Applied on the training device, to whole micro-batches."""
+
+    def __init__(self, image_processor, device: torch.device | str = "cpu"):
+        self.rescale = image_processor.rescale_factor
+        self.mean = torch.tensor(image_processor.image_mean, dtype=torch.float32, device=device)[:, None, None]
+        self.std = torch.tensor(image_processor.image_std, dtype=torch.float32, device=device)[:, None, None]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() * self.rescale - self.mean) / self.std
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -341,16 +419,19 @@ class StreamingPairs(torch.utils.data.IterableDataset):
 
 
 class PairCollator:
-    """Stacks the images and tokenises the captions, truncated to the text tower's length."""
+    """Stacks the images and tokenises the captions, truncated to the text tower's length and padded to the longest
+    in the batch, or to `max_length` with `pad_to_max_length` (every batch then has the same shape, as a compiled
+    model wants)."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.padding = "max_length" if pad_to_max_length else "longest"
 
     def __call__(self, pairs: list[tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
         text = self.tokenizer(
             [caption for _, caption in pairs],
-            padding=True,
+            padding=self.padding,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",

@@ -41,6 +41,7 @@ class Recipe:
     random_experts: int = 2  # the Random-n ablation's n
     num_workers: int = 0  # data loader workers per training process
     checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
+    torch_compile: bool = False  # the training stages' --torch-compile (a GPU recipe's choice)
     seed: int = 0
     # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
     model: dict | None = None
@@ -329,6 +330,7 @@ def training(job: Job, **fields):
         seed=r.seed,
         num_workers=r.num_workers,
         checkpoint_every=r.checkpoint_every,
+        torch_compile=r.torch_compile,
         resume=True,
         report_to="tensorboard",
         **{"max_steps": r.total_steps, "split": s.split, **fields},

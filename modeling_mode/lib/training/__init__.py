@@ -8,7 +8,7 @@ anywhere, on any number of processes. `modeling_mode.lib.assembly` then joins th
 - `start`: where a run starts, what it loads from there;
 - `batches`: `TrainingData`, what a run trains on and this process's micro-batches;
 - `optimization`: AdamW's parameter groups and the learning-rate schedule;
-- `loop`: `train()`, its steps, the gradient accumulation;
+- `loop`: `train()`, its steps and their speed (samples/s, MFU, loader wait), the gradient accumulation;
 - `checkpoints`: checkpoints, the final save, and when a run is finished (`is_finished`);
 - `record`: training_args.json, the run's record.
 

@@ -7,11 +7,12 @@ example has a flag for the same thing, its name is accepted too (`--output_dir`,
 import re
 from dataclasses import dataclass, field
 
-from accelerate.utils import PrecisionType, is_tensorboard_available
+from accelerate.utils import DynamoBackend, PrecisionType, is_tensorboard_available
 
 from ..errors import InputError
 
 PRECISIONS = [precision.value for precision in PrecisionType]
+COMPILE_BACKENDS = [backend.value.lower() for backend in DynamoBackend if backend != DynamoBackend.NO]
 # flag: (the test a value must pass, the rule in words). NaN fails every comparison: it is refused too.
 FLAG_RANGES = {
     "max_steps": (lambda v: v >= 1, "at least 1"),
@@ -29,8 +30,10 @@ FLAG_RANGES = {
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "at least 0"),
     "max_grad_norm": (lambda v: v >= 0, "at least 0 (0 does not clip)"),
+    "peak_tflops": (lambda v: v is None or v > 0, "positive"),
     "out_of_cluster_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "mixed_precision": (lambda v: v is None or v in PRECISIONS, f"one of {PRECISIONS}"),
+    "torch_compile_backend": (lambda v: v in COMPILE_BACKENDS, f"one of {COMPILE_BACKENDS}"),
 }
 
 
@@ -129,6 +132,10 @@ class ExpertTrainingArguments:
             "the text tower's full length, so that every step has the same shapes."
         },
     )
+    torch_compile_backend: str = field(
+        default="inductor",
+        metadata={"help": "The torch.compile backend of --torch-compile, as `accelerate launch --dynamo_backend`."},
+    )
     checkpoint_every: int = field(
         default=1000, metadata={"help": "Save an Accelerate checkpoint every N steps.", "aliases": ["--save_steps"]}
     )
@@ -149,6 +156,13 @@ class ExpertTrainingArguments:
     log_every: int = field(
         default=10,
         metadata={"help": "Log the loss and throughput every N steps.", "aliases": ["--logging_steps"]},
+    )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={
+            "help": "The device's peak TFLOP/s in the run's precision, that the logged MFU is a share of; by default "
+            "a large matrix multiply is timed at start-up."
+        },
     )
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate trackers, comma-separated, or none."})
     num_workers: int = field(

@@ -5,6 +5,7 @@ The dataset-level pieces (loading, the cluster filter, augmentation, the reprodu
 """
 
 import numpy as np
+import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
@@ -14,6 +15,7 @@ from ..data import (
     PairCollator,
     PairDataset,
     PairTransform,
+    PixelNormalizer,
     StreamingPairs,
     caption_mask,
     check_column_types,
@@ -36,6 +38,7 @@ class TrainingData:
         self.accelerator = accelerator
         self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
         self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = None
+        self.normalize_pixels = None  # set by `micro_batches`, which knows the image processor; used by `to_device`
         if args.labels and args.streaming:
             self.labelled_stream = self.open_labelled_stream()
             return
@@ -153,18 +156,21 @@ class TrainingData:
         )
 
     def micro_batches(self, processor, max_length: int, start_step: int, stream_position=(0, 0)):
-        """This process's micro-batches, `gradient_accumulation_steps` per optimizer step, from `start_step` on."""
+        """This process's micro-batches, `gradient_accumulation_steps` per optimizer step, from `start_step` on.
+
+        Their `pixel_values` are uint8 crops, on the CPU: `to_device` moves a micro-batch to the device and normalises
+        them there.
+        """
         args = self.args
+        self.normalize_pixels = PixelNormalizer(processor.image_processor, self.accelerator.device)
         transform = PairTransform(processor.image_processor, args.image_column, args.caption_column)
-        loader_kwargs = dict(num_workers=args.num_workers, collate_fn=PairCollator(processor.tokenizer, max_length))
+        collator = PairCollator(processor.tokenizer, max_length, pad_to_max_length=args.torch_compile)
         if not args.streaming:
             dataset = PairDataset(self.pairs, transform, args.seed)
-            yield from batches_of(DataLoader(dataset, batch_sampler=self.sampler(start_step), **loader_kwargs))
-            return
+            return batches_of(self.loader(dataset, collator, batch_sampler=self.sampler(start_step)))
         if self.labelled_stream is not None:
             self.labelled_stream.transform = transform
-            yield from self.labelled_batches(stream_position, loader_kwargs)
-            return
+            return self.labelled_batches(stream_position, collator)
         stream = StreamingPairs(
             self.pairs,
             transform,
@@ -176,11 +182,38 @@ class TrainingData:
             self.accelerator.process_index,
             self.accelerator.num_processes,
         )
+        return self.streamed_batches(stream, stream_position, collator)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A micro-batch of `micro_batches` on the device, its uint8 crops turned into the normalised float32
+        `pixel_values` the model takes (as its image processor would give them)."""
+        batch = {name: tensor.to(self.accelerator.device, non_blocking=True) for name, tensor in batch.items()}
+        batch["pixel_values"] = self.normalize_pixels(batch["pixel_values"])
+        return batch
+
+    def loader(self, dataset, collator: PairCollator, **kwargs) -> DataLoader:
+        """A DataLoader of `dataset` with the run's workers. Each loader is iterated once, so its workers need not
+        persist (`persistent_workers` keeps them for a loader's next iteration): one loader serves the whole run with
+        random access, and a stream has one an epoch, whose workers start from that epoch's seed."""
+        workers = self.args.num_workers
+        return DataLoader(
+            dataset,
+            collate_fn=collator,
+            num_workers=workers,
+            pin_memory=self.accelerator.device.type == "cuda",  # so that `to_device` copies asynchronously
+            # uint8 batches: 4 in flight per worker hold half the shared memory that 2 float32 ones did.
+            prefetch_factor=4 if workers > 0 else None,
+            **kwargs,
+        )
+
+    def streamed_batches(self, stream: StreamingPairs, stream_position: tuple[int, int], collator: PairCollator):
+        """The micro-batches of a stream, endless epochs from `stream_position`: a resumed run re-reads the batches of
+        its epoch it had trained on and drops them."""
         epoch, skip = stream_position
-        while True:  # endless epochs; a resumed run re-reads and drops the batches of its epoch it had trained on
+        while True:
             stream.epoch = epoch
             read = 0
-            loader = DataLoader(stream, batch_size=args.batch_size, drop_last=True, **loader_kwargs)
+            loader = self.loader(stream, collator, batch_size=self.args.batch_size, drop_last=True)
             for read, batch in enumerate(batches_of(loader), 1):
                 if read > skip:
                     self.stream_position = (epoch, read)
@@ -189,13 +222,13 @@ class TrainingData:
                 raise InputError("The stream holds no full batch of this cluster's pairs for this process.")
             epoch, skip = epoch + 1, 0
 
-    def labelled_batches(self, stream_position: tuple[int, int], loader_kwargs: dict):
+    def labelled_batches(self, stream_position: tuple[int, int], collator: PairCollator):
         """The micro-batches of a --labels stream, from `stream_position`: a resumed run starts where it stood,
         skipping the data files it had trained on without reading them (`LabelledStream.start`)."""
         epoch, read = stream_position
         while True:
             self.labelled_stream.start(epoch, read)
-            loader = DataLoader(self.labelled_stream, batch_size=self.args.batch_size, drop_last=True, **loader_kwargs)
+            loader = self.loader(self.labelled_stream, collator, batch_size=self.args.batch_size, drop_last=True)
             for batch in batches_of(loader):
                 read += 1
                 self.stream_position = (epoch, read)

@@ -15,8 +15,11 @@ from .checkpoints import read_record
 from .start import Start
 
 
-def run_record(args: ExpertTrainingArguments, start: Start, accelerator: Accelerator, data: TrainingData) -> dict:
-    """The record of a run that is starting (without `final_step`, written at the final save)."""
+def run_record(
+    args: ExpertTrainingArguments, start: Start, accelerator: Accelerator, data: TrainingData, step_setup: dict
+) -> dict:
+    """The record of a run that is starting (without `final_step`, written at the final save). `step_setup`: how its
+    steps run (`loop.step_setup`)."""
     origin = {
         "start": start.kind,
         "start_source": start.source,
@@ -43,6 +46,7 @@ def run_record(args: ExpertTrainingArguments, start: Start, accelerator: Acceler
             "num_processes": accelerator.num_processes,
             "global_batch_size": data.global_batch_size,
             "mixed_precision": accelerator.mixed_precision,
+            "step_setup": step_setup,
             "data": data.summary(),
             "versions": {
                 "torch": torch.__version__,

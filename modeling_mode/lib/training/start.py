@@ -16,6 +16,10 @@ from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint, read_record
 from .optimization import set_hyperparameters
 
+# PyTorch's fused scaled-dot-product attention (flash or memory-efficient kernels where the device has them), not
+# the eager matmul-softmax-matmul: transformers 5.24 picks it by default; asked for explicitly, a change of default or
+# a config that names another one does not slow training down.
+ATTENTION = "sdpa"
 RANDOM_CLIP_SIZES = {  # width, layers, heads, image size, patch size, context, MLP ratio
     "tiny": (32, 2, 4, 32, 8, 32, 2),  # tests: seconds on a CPU
     "small": (256, 4, 4, 64, 8, 77, 4),  # real runs on a CPU
@@ -124,7 +128,8 @@ def random_clip(name: str) -> tuple[CLIPModel, CLIPProcessor]:
             "tokens of the character tokenizer made for random starts."
         )
     image_processor = pil_image_processor(config.vision_config.image_size)
-    return CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model = CLIPModel._from_config(config, attn_implementation=ATTENTION)
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def load_start(start: Start) -> tuple[CLIPModel, CLIPProcessor]:
@@ -133,7 +138,8 @@ def load_start(start: Start) -> tuple[CLIPModel, CLIPProcessor]:
         return random_clip(start.source)
     path = start.checkpoint or start.source
     with naming_failures(start.flag, path):
-        return CLIPModel.from_pretrained(path, dtype=torch.float32), CLIPProcessor.from_pretrained(path)
+        model = CLIPModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
+        return model, CLIPProcessor.from_pretrained(path)
 
 
 def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
