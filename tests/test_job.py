@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_image_processor, make_tokenizer, tiny_clip_config
+from datasets import load_from_disk
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel
@@ -19,7 +20,11 @@ from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.job import (
     SMOKE,
     Job,
+    JobArguments,
     Sources,
+    StageError,
+    build_offline_pairs,
+    build_offline_retrieval_set,
     check_sources,
     clip_config,
     latest_progress_bar,
@@ -28,13 +33,16 @@ from modeling_mode.lib.job import (
     run,
     training_stages,
 )
-from modeling_mode.lib.training import is_finished, latest_checkpoint
+from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint
+from modeling_mode.lib.training.checkpoints import read_record
+from modeling_mode.lib.training.optimization import learning_rate_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A recipe for a pretrained seed (no `model`): the schedule only, each stage seconds.
+# A recipe for a pretrained seed (no `model`): the schedule only, each stage seconds. Without Full-n and OneStep-n,
+# whose stages the smoke run covers: the Hub ids change nothing in them.
 TINY_RECIPE = dict(fine_clusters=6, experts=[2], batch_size=16, seed_steps=4, expert_steps=2, warmup_steps=1,
-                   learning_rate=1e-3)  # fmt: skip
+                   learning_rate=1e-3, full_experts=[], onestep_experts=[])  # fmt: skip
 
 
 def test_corpus_captions_come_from_labels_with_the_stated_noise():
@@ -55,9 +63,10 @@ def smoke_run(tmp_path_factory):
     command = [sys.executable, str(ROOT / "train" / "job.py"), "--output", str(output), "--smoke"]
     killer = f"{sys.executable} {ROOT / 'tests' / 'killing_launcher.py'} 4"
     killed = subprocess.run(command + ["--launcher", killer], capture_output=True, text=True, timeout=900)
-    assert killed.returncode != 0 and "stage seed failed" in killed.stderr, killed.stderr[-3000:]
-    assert not is_finished(output / "seed") and latest_checkpoint(output / "seed").endswith("step_4")
-    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert killed.returncode != 0 and "stage seed-0/seed failed" in killed.stderr, killed.stderr[-3000:]
+    seed = output / "seed-0" / "seed"
+    assert not is_finished(seed) and latest_checkpoint(seed).endswith("step_4")
+    first = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "seed: train: 100%|" in first.stderr  # the job's bar shows each stage's own
     timings = json.loads((output / "timings.json").read_text())
@@ -66,29 +75,67 @@ def smoke_run(tmp_path_factory):
     return output, timings, again.stdout + again.stderr
 
 
+SMOKE_MODELS = {"dense", "dense-2", "full-2", "mode-minilm-2", "mode-onestep-2", "mode-random-2", "mode-seedtext-2"}
+
+
 def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     output, timings, _ = smoke_run
+    run = output / "seed-0"  # the smoke's one training seed
+    assert {path.name for path in (run / "models").iterdir()} == SMOKE_MODELS
+    assert {path.name for path in (run / "results").iterdir()} == SMOKE_MODELS | {"seed"}
     report = (output / "report.md").read_text()
-    for row in ("mode-minilm-2 routed (paper)", "mode-minilm-2 uniform", "mode-minilm-2 best expert", "dense-2"):
-        assert f"| {row} |" in report
-    assert "| mode-random-2 routed (paper) |" in report and "| mode-seedtext-2 routed (paper) |" in report
+    assert all(f"| {model} |" in report for model in SMOKE_MODELS | {"seed"})  # a row each
     for plot in ("cluster_sizes.png", "routing_weights.png", "accuracy.png"):
         assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    weights = json.loads((output / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["routing_weights"]
+    weights = json.loads((run / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["routing_weights"]
     assert sum(weights["MODE paper"]) == pytest.approx(1.0)
-    assert {"data", "seed", "cluster-minilm-2", "expert-minilm-2-1", "dense-2", "retrieval-seed"} <= timings.keys()
-    card = model_card(output / "models" / "mode-minilm-2", "org/mode-minilm-2")  # with the run's own numbers
-    rows = json.loads((output / "models" / "mode-minilm-2" / "eval_results.json").read_text())
+    stages = {"seed", "dense", "curve", "cluster-onestep-2", "expert-full-2-1", "assemble-full-2", "retrieval-seed"}
+    assert {"data"} | {f"seed-0/{stage}" for stage in stages} <= timings.keys()
+    assert all((run / "logs" / f"{name.removeprefix('seed-0/')}.log").is_file() for name in timings if name != "data")
+    card = model_card(run / "models" / "mode-minilm-2", "org/mode-minilm-2")  # with the run's own numbers
+    rows = json.loads((run / "models" / "mode-minilm-2" / "eval_results.json").read_text())
     routed = next(
         r for r in rows if Path(r["dataset"]).name == "mnist" and (r["model"], r["metric"]) == ("MODE paper", "top1")
     )
     assert f"| mnist | test | top1 | MODE paper | {routed['value']} |" in card.text
 
 
+def test_the_dense_baseline_is_the_seed_run_to_the_end_of_its_schedule(smoke_run):
+    output, _, _ = smoke_run
+    run = output / "seed-0"
+    seed, dense, dense_2 = (read_record(run / path) for path in ("seed", "models/dense", "models/dense-2"))
+    fork, end = SMOKE["seed_steps"], SMOKE["seed_steps"] + SMOKE["expert_steps"]
+    assert (dense["run"]["start"], dense["run"]["start_step"], dense["run"]["final_step"]) == ("fork", fork, end)
+    assert (dense["run"]["cluster"], dense["args"]["seed"]) == (None, seed["args"]["seed"])  # all pairs, same order
+    schedule = {name: ExpertTrainingArguments(**record["args"]) for name, record in
+                (("seed", seed), ("dense", dense), ("dense-2", dense_2))}  # fmt: skip
+    assert schedule["dense"].max_steps == schedule["seed"].max_steps == end
+    # From the fork on, the dense run's learning rate is the seed schedule's, step for step; dense-2's jumps up.
+    rates = {name: [learning_rate_at(step, args) for step in range(fork, end)] for name, args in schedule.items()}
+    assert rates["dense"] == rates["seed"] and rates["dense-2"][0] > rates["seed"][0]
+    curve = json.loads((run / "seed_curve.json").read_text())  # the seed's checkpoints and the dense run's
+    assert {(point["run"], point["step"]) for point in curve} >= {("seed", fork), ("dense", end)}
+
+
+def test_full_n_forks_train_on_every_pair_and_one_step_clusters_straight_into_n(smoke_run):
+    output, _, _ = smoke_run
+    run = output / "seed-0"
+    for k in range(2):
+        fork = read_record(run / "experts" / "full-2" / f"expert-{k}")
+        data = fork["run"]["data"]
+        every_pair = data["dataset_pairs"] - data["pairs_without_caption"]
+        assert data["cluster_pairs"] + data["out_of_cluster_pairs_per_epoch"] == every_pair
+        assert (fork["run"]["start"], fork["args"]["seed"]) == ("fork", 1000 + k)  # each its own data order
+    assembly = json.loads((run / "models" / "full-2" / "assembly.json").read_text())
+    assert assembly["experts"] == [str(run / "experts" / "full-2" / f"expert-{k}") for k in range(2)]
+    clustering = json.loads((run / "clusters" / "onestep-2" / "clusters.json").read_text())
+    assert clustering["method"] == "one-step" and len(clustering["coarse_sizes"]) == 2
+
+
 def test_a_killed_training_stage_resumes_from_its_last_checkpoint(smoke_run):
     output, _, _ = smoke_run
-    seed = json.loads((output / "seed" / "training_args.json").read_text())["run"]
-    assert seed["resumed_from"] == [str(output / "seed" / "checkpoints" / "step_4")]
+    seed = json.loads((output / "seed-0" / "seed" / "training_args.json").read_text())["run"]
+    assert seed["resumed_from"] == [str(output / "seed-0" / "seed" / "checkpoints" / "step_4")]
     assert seed["final_step"] == SMOKE["seed_steps"]
 
 
@@ -145,18 +192,20 @@ def test_hub_ids_run_the_same_stages_on_the_users_data_and_seed(hub_run):
     assert any(r.startswith("GET /org/tiny-clip/resolve/") and r.endswith("model.safetensors") for r in downloads)
     assert not (output / "data" / "pairs").exists() and not (output / "data" / "eval").exists()  # nothing offline
 
-    seed = json.loads((output / "seed" / "training_args.json").read_text())["run"]
+    run = output / "seed-0"
+    seed = json.loads((run / "seed" / "training_args.json").read_text())["run"]
     assert (seed["start"], seed["base_model"]) == ("weights", "org/tiny-clip")
-    expert = json.loads((output / "models" / "mode-minilm-2" / "config.json").read_text())["expert_config"]
+    expert = json.loads((run / "models" / "mode-minilm-2" / "config.json").read_text())["expert_config"]
     assert expert["text_config"]["vocab_size"] == tiny_clip_config().text_config.vocab_size  # the Hub CLIP's
-    results = json.loads((output / "results" / "mode-minilm-2" / "zeroshot-shapes.json").read_text())
+    results = json.loads((run / "results" / "mode-minilm-2" / "zeroshot-shapes.json").read_text())
     assert (results["num_images"], results["num_classes"], results["dataset"]) == (40, 24, "org/shapes")
     assert results["num_templates"] == 1  # the task's own templates
-    retrieval = json.loads((output / "results" / "dense-2" / "retrieval.json").read_text())
+    retrieval = json.loads((run / "results" / "dense" / "retrieval.json").read_text())
     assert (retrieval["num_images"], retrieval["dataset"], retrieval["split"]) == (12, "org/shapes-captions", "test")
+    assert json.loads((run / "seed_curve.json").read_text()) == []  # the user's pairs hold no validation pairs
 
     report = (output / "report.md").read_text()
-    assert "| mode-minilm-2 routed (paper) | " in report and "| dense-2 | " in report
+    assert "| mode-minilm-2 |" in report and "| dense |" in report and "| dense-2 |" in report
     assert "Training pairs: `org/pairs` (train); the seed started from org/tiny-clip." in report
     recorded = json.loads((output / "recipe.json").read_text())
     assert recorded["sources"]["zeroshot"] == {"shapes": ["org/shapes", "test"]}
@@ -192,8 +241,14 @@ SMOKE_MODEL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8)
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"experts": [0]}, r"experts must list MODE sizes n with 1 <= n <= fine_clusters \(6\)"),
-        ({"experts": [2, 8]}, r"got experts=\[2, 8\]"),
+        ({"experts": [0]}, r"onestep_experts must list sizes n with 1 <= n <= fine_clusters \(6\)"),
+        ({"experts": [2, 8]}, r"got experts=\[2, 8\], full_experts=\[\], onestep_experts=\[\], random_experts=2"),
+        ({"experts": []}, r"experts at least one\); got experts=\[\]"),
+        ({"onestep_experts": [7]}, r"got experts=\[2\], full_experts=\[\], onestep_experts=\[7\]"),
+        ({"full_experts": 2}, r"full_experts=2, "),
+        ({"full_experts": [4]}, r"full_experts lists \[4\], not MODE sizes \(experts=\[2\]\): Full-n is MODE-n's"),
+        ({"seeds": 0}, r"seeds must be an integer >= 1, got 0"),
+        ({"caption_attributes": "yes"}, r"caption_attributes must be true or false, got 'yes'"),
         ({"fine_clusters": 1000}, r"the training pairs are 30: fewer than the recipe's fine_clusters \(1000\)"),
         ({"seed_steps": -5}, r"seed_steps must be an integer >= 1, got -5"),
         ({"learning_rate": 0}, r"learning_rate must be > 0"),
@@ -221,10 +276,26 @@ def test_prompts_and_outputs_are_checked_before_any_work(tmp_path):
 
 def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
     recorded = tmp_path / "recipe.json"
-    record_settings(recorded, {"name": "offline-mix", "seed_steps": 600}, Sources(launcher=("python",)))
-    record_settings(recorded, {"name": "offline-mix", "seed_steps": 600}, Sources(launcher=("accelerate", "launch")))
+    record_settings(recorded, {"name": "offline-mix", "seed_steps": 600, "seeds": 1}, Sources(launcher=("python",)))
+    # Another launcher, and more training seeds: each seed's folder is the same comparison, whatever their number.
+    more_seeds = {"name": "offline-mix", "seed_steps": 600, "seeds": 3}
+    record_settings(recorded, more_seeds, Sources(launcher=("accelerate", "launch")))
+    assert json.loads(recorded.read_text())["seeds"] == 3
     with pytest.raises(InputError, match=r"other settings \(seed_steps, sources.dataset\): resume it with those"):
         record_settings(recorded, {"name": "offline-mix", "seed_steps": 900}, Sources(dataset="org/pairs"))
+
+
+def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing_script(tmp_path):
+    job = Job(tmp_path, load_recipe("offline-mix")[1], Sources())
+
+    def refuse():
+        print("loading the held-out set")
+        raise InputError("--dataset 'nowhere' does not exist.")
+
+    with pytest.raises(StageError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'") as fail:
+        job.run("seed-3/zeroshot-dense-mnist", lambda: False, refuse)
+    assert fail.value.returncode == 2  # as a script's InputError: bad input, not a crash
+    assert (tmp_path / "seed-3" / "logs" / "zeroshot-dense-mnist.log").read_text() == "loading the held-out set\n"
 
 
 def test_the_jobs_progress_shows_the_running_stages_own_bar():
@@ -237,18 +308,55 @@ def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
     from modeling_mode.lib.assembly import AssembleArguments
     from modeling_mode.lib.cli import parse
     from modeling_mode.lib.cluster_run import ClusterArguments
-    from modeling_mode.lib.training import ExpertTrainingArguments
 
-    job = Job(tmp_path / "job", dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE), Sources())
-    stages = {name: action for name, _, action in training_stages(job, "an/encoder")}
+    recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
+    job = Job(tmp_path / "job", recipe, Sources())
     scripts = {"expert.py": ExpertTrainingArguments, "cluster.py": ClusterArguments, "assemble.py": AssembleArguments}
-    for name, action in stages.items():
-        if callable(action):  # the data stage runs in the job's own process
+    stages = {}
+    for name, _, action in training_stages(job, "an/encoder"):
+        if callable(action):  # the data and validation-curve stages run in the job's own process
             continue
-        arguments = parse(scripts[Path(action[1]).name], "", [str(part) for part in action[2:]])
-        assert cli.command_line(arguments) == [str(part) for part in action[2:]], name
-    seed = parse(ExpertTrainingArguments, "", [str(part) for part in stages["seed"][2:]])
+        stages[name] = parse(scripts[Path(action[1]).name], "", [str(part) for part in action[2:]])
+        assert cli.command_line(stages[name]) == [str(part) for part in action[2:]], name
+    # Two training seeds, 5 and 6: the same stages in each one's folder, on the one corpus, with its own --seed.
+    per_seed = [{name.partition("/")[2] for name in stages if name.startswith(f"seed-{s}/")} for s in (5, 6)]
+    assert per_seed[0] == per_seed[1] and len(per_seed[0]) == len(stages) / 2
+    for name, arguments in stages.items():
+        folder, stage = tmp_path / "job" / name.partition("/")[0], name.partition("/")[2]
+        assert Path(arguments.output).is_relative_to(folder), name
+        if stage.startswith("expert-full-"):  # Full-n's forks: each its own data order, none a training seed
+            assert arguments.seed == 1000 * (int(folder.name[len("seed-") :]) + 1) + int(stage[-1]), name
+        elif not isinstance(arguments, AssembleArguments):
+            assert arguments.seed == int(folder.name[len("seed-") :]), name
+    assert stages["seed-6/seed"].dataset == str(tmp_path / "job" / "data" / "pairs")
+    seed = stages["seed-6/seed"]
     assert (seed.resume, seed.stop_at_step, seed.max_steps) == (True, SMOKE["seed_steps"], 9)
-    expert = parse(ExpertTrainingArguments, "", [str(part) for part in stages["expert-minilm-2-1"][2:]])
-    assert (expert.cluster, expert.init) == ("1", str(job.output / "seed" / "checkpoints" / "step_6"))
-    assert parse(ClusterArguments, "", [str(part) for part in stages["cluster-random-2"][2:]]).random
+    fork = str(tmp_path / "job" / "seed-6" / "seed" / "checkpoints" / "step_6")
+    dense = stages["seed-6/dense"]  # the seed's schedule and data order, run on to their end
+    assert (dense.init, dense.cluster, dense.max_steps, dense.stop_at_step) == (fork, "all", 9, None)
+    assert (stages["seed-6/expert-minilm-2-1"].cluster, stages["seed-6/expert-minilm-2-1"].init) == ("1", fork)
+    full = stages["seed-6/expert-full-2-1"]
+    assert (full.cluster, full.out_of_cluster_ratio, full.init) == ("1", 1.0, fork)  # cluster 1 and every other pair
+    assert stages["seed-6/cluster-random-2"].random and stages["seed-6/cluster-onestep-2"].one_step
+    assert not stages["seed-6/cluster-minilm-2"].one_step
+
+
+def test_the_attribute_corpus_variant_reaches_the_captions(tmp_path):
+    name, recipe = load_recipe("offline-mix-attributes")
+    assert (name, recipe.caption_attributes) == ("offline-mix-attributes", True)
+    assert dataclasses.replace(recipe, caption_attributes=False) == load_recipe("offline-mix")[1]
+    recipe = dataclasses.replace(recipe, train_per_source=20, retrieval_per_source=5)
+    build_offline_pairs(recipe, tmp_path / "pairs")
+    build_offline_retrieval_set(recipe, tmp_path / "retrieval")
+    train = [load(split="train", count=20, seed=0) for load in SOURCES.values()]
+    measured = caption_pairs(train, recipe.caption_noise, seed=0, attributes=True)["caption"]
+    assert list(load_from_disk(str(tmp_path / "pairs"))["caption"]) == list(measured)
+    assert list(measured) != list(caption_pairs(train, recipe.caption_noise, seed=0)["caption"])
+    test = [load(split="test", count=5, seed=1) for load in SOURCES.values()]
+    measured = retrieval_set(test, seed=0, attributes=True)["caption"]
+    assert list(load_from_disk(str(tmp_path / "retrieval"))["caption"]) == list(measured)
+
+
+def test_the_seeds_flag_overrides_the_recipes():
+    arguments = cli.parse(JobArguments, "", ["--output", "job", "--seeds", "3"])
+    assert (arguments.seeds, cli.parse(JobArguments, "", ["--output", "job"]).seeds) == (3, None)

@@ -1,6 +1,6 @@
 """MODE end to end, resumable: data, clustering, seed, experts, assembly, baselines, evaluation and report.
 
-    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke]
+    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke] [--seeds K]
 
 runs on the offline corpus (real images that install without the Hub) and a seed trained from random weights. Online,
 the same stages run on your pairs, from a pretrained CLIP, on GPUs:
@@ -12,8 +12,10 @@ the same stages run on your pairs, from a pretrained CLIP, on GPUs:
         --retrieval-dataset ORG/CAPTIONED:test \\
         --launcher "accelerate launch --multi_gpu --num_processes 8"
 
-Every stage runs the project's own scripts and is skipped when its output is complete, so a re-run resumes. The
-report is `OUTPUT/report.md`, with PNG plots beside it; each stage's log is under `OUTPUT/logs/`.
+Clustering, training and assembly run the project's own scripts (evaluation runs in this process); every stage is
+skipped when its output is complete, so a re-run resumes. The data are built once in `OUTPUT/data/`; each training
+seed s (K of them: --seeds) runs the whole comparison in `OUTPUT/seed-<s>/`, its stages' logs in
+`OUTPUT/seed-<s>/logs/`. The report is `OUTPUT/report.md`, with PNG plots beside it.
 """
 
 import sys
@@ -25,7 +27,9 @@ from modeling_mode.lib.job import JobArguments, StageError, run
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse(JobArguments, __doc__, argv)
     try:
-        report = run(args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder)
+        report = run(
+            args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder, seeds=args.seeds
+        )
     except StageError as error:  # the stage's own error line is in the message; its exit status is kept
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.returncode)

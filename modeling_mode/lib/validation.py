@@ -1,0 +1,107 @@
+"""The fork-point curve: how far the seed CLIP has converged where its experts fork.
+
+Validation pairs are drawn from the offline corpus's sources' train splits, none of them a training pair (the test
+splits stay the held-out test sets, on which no schedule is chosen). Each checkpoint of the seed run and of the dense
+run (the seed's schedule run to its end) is scored on them: the mean contrastive loss over fixed batches, and zero-shot
+top-1 per source on the validation images. `curve_stage` writes the points to `seed-<s>/seed_curve.json`.
+"""
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .corpus import SOURCES, LabelledImages, _pick, caption_pairs
+from .evaluation import classification_metrics, encode_images, encode_texts, prompt_templates, zero_shot_classifier
+from .files import read_json, write_json
+from .loss import contrastive_loss
+from .training.checkpoints import list_checkpoints
+from .training.start import Start, load_start
+
+logger = logging.getLogger(__name__)
+
+CURVE = "seed_curve.json"
+PER_SOURCE = 200  # validation images per source: a few batches, seconds per checkpoint on a CPU
+IMAGE_BATCH = 64
+
+
+def held_out_indices(total: int, train_count: int, count: int, seed: int) -> list[int]:
+    """`count` indices of a split of `total` images (fewer when fewer are left) that the training draw did not take.
+
+    The offline corpus's training pairs are each source's images at `corpus._pick(total, train_count, seed)`
+    (`job.build_offline_pairs`); the validation images are a seeded sample of the rest."""
+    training = set(_pick(total, train_count, seed))
+    left = [index for index in range(total) if index not in training]
+    return sorted(random.Random(f"validation/{seed}").sample(left, min(count, len(left))))
+
+
+def validation_sources(train_count: int, count: int, seed: int) -> list[LabelledImages]:
+    """Each offline source's validation images: `held_out_indices` of its train split. A source whose train split is
+    all training pairs (easy-VQA's 1,682 images under the default recipe) has none."""
+    held_out = []
+    for load in SOURCES.values():
+        split = load(split="train")  # the whole split, in the order the training draw indexes it
+        keep = held_out_indices(len(split.labels), train_count, count, seed)
+        images, labels = [split.images[i] for i in keep], [split.labels[i] for i in keep]
+        held_out.append(LabelledImages(split.source, images, labels, split.classnames))
+    return held_out
+
+
+def in_batches(items: list, size: int = IMAGE_BATCH) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def checkpoint_scores(
+    checkpoint: str, pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int
+) -> dict:
+    """A checkpoint's mean contrastive loss over the validation `pairs` (columns) in batches of `batch_size` (the
+    training batch: the loss depends on the number of negatives, so a last, smaller batch is left out), and the
+    zero-shot top-1 of the pairs' images among their source's `classnames` (the evaluators' default templates)."""
+    model, processor = load_start(Start.from_checkpoint("fork", checkpoint, checkpoint))
+    model.eval()
+    tokenizer = processor.tokenizer
+    count = len(pairs["caption"])
+    image_features = encode_images(model, processor.image_processor, in_batches(pairs["image"]), count)[0]
+    text_features = encode_texts(model, tokenizer, pairs["caption"])[0][0]
+    size = min(batch_size, count)
+    losses = [
+        contrastive_loss(image_features[i : i + size], text_features[i : i + size], model.logit_scale.detach()).item()
+        for i in range(0, count - size + 1, size)
+    ]
+    top1 = {}
+    for source in sorted(set(pairs["source"])):
+        rows = [i for i, name in enumerate(pairs["source"]) if name == source]
+        class_features = zero_shot_classifier(model, tokenizer, classnames[source], prompt_templates(None))[0][0]
+        labels = torch.tensor([classnames[source].index(pairs["label"][i]) for i in rows])
+        top1[source] = classification_metrics(image_features[rows] @ class_features.T, labels)["top1"]
+    return {"loss": sum(losses) / len(losses), "pairs": size * len(losses), "top1": top1}
+
+
+def curve(seed_folder: Path, pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int) -> list[dict]:
+    """The scores of every checkpoint of the seed run (`seed/`) and of the dense run (`models/dense/`), by step."""
+    runs = {"seed": seed_folder / "seed", "dense": seed_folder / "models" / "dense"}
+    points = sorted((step, run, path) for run, folder in runs.items() for step, path in list_checkpoints(folder))
+    scored = []
+    for step, run, path in tqdm(points, desc="validation curve", unit="checkpoint"):
+        scored.append({"step": step, "run": run, **checkpoint_scores(path, pairs, classnames, batch_size)})
+        logger.info(f"{run} step {step}: validation loss {scored[-1]['loss']:.4f}")
+    return scored
+
+
+def curve_stage(job_output: Path, seed_folder: Path, per_source: int = PER_SOURCE) -> None:
+    """The main job's stage: write `seed_folder/seed_curve.json`, one point per checkpoint of the seed and dense runs
+    ([{"step", "run", "loss", "pairs", "top1": {source: accuracy}}], by step).
+
+    On the offline corpus, `per_source` validation pairs per source (true captions, composed as the training
+    captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the report says so."""
+    recipe = read_json(Path(job_output) / "recipe.json")
+    points = []
+    if recipe["sources"]["dataset"] is None:
+        sources = validation_sources(recipe["train_per_source"], per_source, recipe["seed"])
+        pairs = caption_pairs(sources, noise=0.0, seed=recipe["seed"], attributes=recipe["caption_attributes"])
+        pairs = pairs[:]  # as columns: the images decoded once, for every checkpoint
+        classnames = {data.source: data.classnames for data in sources}
+        points = curve(Path(seed_folder), pairs, classnames, recipe["batch_size"])
+    write_json(Path(seed_folder) / CURVE, points)

@@ -1,0 +1,327 @@
+"""The main job's report (statistics over training seeds, the paper's orderings, the tables) and the fork-point curve.
+
+The report is written from a hand-made job folder of results in eval/zeroshot.py's and eval/retrieval.py's format,
+for two training seeds; the curve from a tiny seed run and dense run trained here, on the offline corpus's images.
+"""
+
+import math
+import shutil
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from modeling_mode.lib.corpus import SOURCES, _pick, caption_pairs
+from modeling_mode.lib.files import read_json, write_json
+from modeling_mode.lib.report import (
+    Estimate,
+    ordering_verdict,
+    paired_difference,
+    pairs_seen,
+    paper_name,
+    t_975,
+    write_report,
+)
+from modeling_mode.lib.training import ExpertTrainingArguments, train
+from modeling_mode.lib.validation import CURVE, curve_stage, held_out_indices, validation_sources
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+
+def test_mean_standard_deviation_and_interval_by_hand():
+    three = Estimate((60.0, 62.0, 64.0))
+    # mean 62; sample variance (4 + 0 + 4) / 2 = 4, sd 2; half-width t(0.975; 2) * sd / sqrt(3) = 4.303 * 2 / 1.7321
+    assert three.mean == 62.0 and three.std == pytest.approx(2.0)
+    assert three.interval == pytest.approx((62 - 4.96867, 62 + 4.96867), abs=1e-4)
+    assert three.excludes_zero
+    one = Estimate((61.5,))
+    assert (one.mean, one.std, one.interval, one.excludes_zero) == (61.5, None, None, None)
+
+
+def test_paired_difference_and_its_interval_by_hand():
+    # differences 0.5, 1.0, 1.5: mean 1.0, sd 0.5, half-width 4.303 * 0.5 / sqrt(3) = 1.24217: the interval holds 0
+    difference = paired_difference((60.5, 61.0, 62.5), (60.0, 60.0, 61.0))
+    assert difference.values == pytest.approx((0.5, 1.0, 1.5))
+    assert difference.interval == pytest.approx((1 - 1.24217, 1 + 1.24217), abs=1e-4)
+    assert difference.excludes_zero is False
+    # differences 1.0, 1.2, 0.8, 1.0: sd sqrt(0.08 / 3) = 0.163299, half-width 3.182 * 0.163299 / 2 = 0.259809
+    narrow = paired_difference((61.0, 61.2, 60.8, 61.0), (60.0, 60.0, 60.0, 60.0))
+    assert narrow.interval == pytest.approx((1 - 0.259809, 1 + 0.259809), abs=1e-4) and narrow.excludes_zero
+    with pytest.raises(ValueError):  # the seeds of the two models must pair up
+        paired_difference((1.0, 2.0), (1.0,))
+
+
+def test_t_quantiles_match_the_standard_table():
+    table = {
+        1: 12.706,
+        2: 4.303,
+        4: 2.776,
+        9: 2.262,
+        10: 2.228,
+        15: 2.131,
+        20: 2.086,
+        30: 2.042,
+        60: 2.000,
+        120: 1.980,
+    }
+    for df, quantile in table.items():
+        assert t_975(df) == pytest.approx(quantile, abs=1e-3), df
+
+
+def test_ordering_verdicts():
+    positive_but_unsure = paired_difference((61.0, 62.6), (60.0, 62.0))  # +1.0, +0.6
+    assert ordering_verdict(">", positive_but_unsure) == ("yes", "no")
+    assert ordering_verdict("~", positive_but_unsure) == ("yes", "no")  # no difference detected
+    sure = Estimate((2.0, 2.2))
+    assert ordering_verdict(">", sure) == ("yes", "yes")
+    assert ordering_verdict("~", sure) == ("no", "yes")
+    assert ordering_verdict(">", Estimate((-0.4, -0.2))) == ("no", "no")
+    assert ordering_verdict(">", Estimate((0.3,))) == ("yes", "no interval (one seed)")
+    assert ordering_verdict("~", Estimate((0.3,))) == ("cannot tell (one seed)", "no interval (one seed)")
+
+
+def test_names_and_pairs_seen():
+    recipe = {"seed_steps": 600, "expert_steps": 100}
+    names = [
+        "seed",
+        "dense",
+        "dense-2",
+        "mode-minilm-4",
+        "mode-onestep-2",
+        "mode-random-2",
+        "mode-seedtext-2",
+        "full-2",
+    ]
+    assert [paper_name(name) for name in names] == [
+        "Seed (fork point)",
+        "Dense",
+        "Dense, MODE-2's pairs",
+        "MODE-4",
+        "OneStep-2",
+        "Random-2",
+        "SeedText-2",
+        "Full-2",
+    ]
+    assert [pairs_seen(name, recipe, 128) for name in names] == [
+        600 * 128,
+        700 * 128,
+        800 * 128,
+        1000 * 128,
+        *[800 * 128] * 4,
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- the report
+
+TASKS = ["digits", "shapes"]
+# Each model's task average (%) in seeds 0 and 1, in its row of the comparison (a MODE's paper routing, Full-n's
+# uniform average, a CLIP itself). Task "digits" is 5 points above the average, "shapes" 5 below.
+AVERAGES = {
+    "seed": (55.0, 57.0),
+    "dense": (60.0, 62.0),
+    "dense-2": (60.5, 62.5),
+    "mode-minilm-2": (61.0, 62.6),
+    "mode-minilm-4": (63.0, 64.8),
+    "full-2": (60.2, 62.4),
+    "mode-onestep-2": (60.5, 62.5),
+    "mode-random-2": (59.0, 61.6),
+    "mode-seedtext-2": (60.0, 61.0),
+}
+RECIPE = {
+    "name": "offline-mix",
+    "smoke": False,
+    "seeds": 2,
+    "fine_clusters": 64,
+    "experts": [2, 4],
+    "random_experts": 2,
+    "full_experts": [2],
+    "onestep_experts": [2],
+    "caption_attributes": False,
+    "batch_size": 128,
+    "seed_steps": 600,
+    "expert_steps": 100,
+    "seed": 0,
+    "train_per_source": 8000,
+    "sources": {"dataset": None, "split": "train", "init": None},
+}
+
+
+def classification(top1: float) -> dict:
+    return {"top1": top1, "top5": min(1.0, top1 + 0.2), "mean_per_class": top1}
+
+
+def zero_shot_results(model: str, average: float, task_offset: float) -> dict:
+    """A results JSON as eval/zeroshot.py writes it, top-1 `average + task_offset` (%) in the model's own row."""
+    top1 = (average + task_offset) / 100
+    if not model.startswith(("mode-", "full-")):
+        results, weights = {"CLIPModel": classification(top1)}, {}
+    else:
+        # Full-n stands for itself with its uniform average; a MODE with its paper routing. The other rows are set
+        # apart, so that a wrong row shows in the report's numbers.
+        uniform, paper = (top1, top1 - 0.1) if model.startswith("full-") else (top1 - 0.005, top1)
+        results = {
+            "MODE paper": classification(paper),
+            "MODE released": classification(top1 - 0.01),
+            "MODE uniform": classification(uniform),
+            "expert 0": classification(top1 - 0.02),
+            "expert 1": classification(top1 - 0.03),
+        }
+        weights = {"MODE paper": [0.7, 0.3], "MODE released": [0.6, 0.4], "MODE uniform": [0.5, 0.5]}
+    return {"task": "zero-shot-image-classification", "num_images": 100, "num_classes": 10, "num_templates": 1,
+            "routing_weights": weights, "results": results}  # fmt: skip
+
+
+def retrieval_results(model: str, recall: float) -> dict:
+    metrics = {f"{direction}_R@{k}": recall for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    rows = (
+        ["CLIPModel"] if not model.startswith(("mode-", "full-")) else ["MODE paper", "MODE released", "MODE uniform"]
+    )
+    rows += ["expert 0", "expert 1"] if len(rows) > 1 else []
+    return {"task": "image-text-retrieval", "num_images": 20, "num_texts": 20, "results": dict.fromkeys(rows, metrics)}
+
+
+def curve_points(losses: tuple[float, float, float]) -> list[dict]:
+    steps_and_runs = [(300, "seed"), (600, "seed"), (700, "dense")]
+    return [
+        {"step": step, "run": run, "loss": loss, "pairs": 384, "top1": {"fashion_mnist": 0.5, "mnist": 0.7}}
+        for (step, run), loss in zip(steps_and_runs, losses)
+    ]
+
+
+@pytest.fixture(scope="module")
+def job_folder(tmp_path_factory):
+    """A finished job's folder, by hand: two training seeds' results, clusterings, records and validation curves."""
+    folder = tmp_path_factory.mktemp("job")
+    write_json(folder / "recipe.json", RECIPE)
+    timings = {"data": 6.0, "seed-0/seed": 100.0, "seed-0/expert-minilm-2-0": 20.0, "seed-0/curve": 3.0}
+    write_json(folder / "timings.json", timings | {"seed-1/zeroshot-dense-digits": 7.0, "seed-1/expert-full-2-1": 9.0})
+    sets = {task: {"dataset": str(folder / "data" / "eval" / task), "split": "test"} for task in TASKS}
+    retrieval = {"dataset": str(folder / "data" / "retrieval"), "split": "test", "caption_column": "caption"}
+    pairs = {"dataset": str(folder / "data" / "pairs"), "split": "train"}
+    write_json(folder / "data" / "sources.json", {"pairs": pairs, "zeroshot": sets, "retrieval": retrieval})
+    losses = [(3.0, 2.0, 1.5), (3.2, 2.2, 1.6)]
+    for s in range(2):
+        seed = folder / f"seed-{s}"
+        write_json(seed / "seed" / "training_args.json", {"run": {"global_batch_size": 128}})
+        write_json(seed / "clusters" / "minilm-2" / "clusters.json", {"coarse_sizes": [10_000, 14_000]})
+        write_json(seed / CURVE, curve_points(losses[s]))
+        models = dict(AVERAGES, **({"dense-4": (70.0, 0.0)} if s == 0 else {}))  # dense-4: seed 0's only
+        for model, averages in models.items():
+            for task, offset in zip(TASKS, (5.0, -5.0)):
+                write_json(
+                    seed / "results" / model / f"zeroshot-{task}.json", zero_shot_results(model, averages[s], offset)
+                )
+            write_json(seed / "results" / model / "retrieval.json", retrieval_results(model, 0.3 + 0.1 * s))
+    return folder
+
+
+def test_the_report_gives_means_differences_and_orderings_over_seeds(job_folder):
+    report = write_report(job_folder).read_text()
+    assert "2 training seeds (seed-0, seed-1;" in report
+    assert "Left out, as some seed has no results for them: dense-4." in report
+    assert "training 129 s" in report and "validation curve 3 s" in report and "evaluation 7 s" in report
+    # digits 65, 67: mean 66, sd sqrt(2) = 1.41; the paper's 26-task average beside.
+    assert "| dense | Dense | 89,600 | 1.00 | 66.0 ± 1.4 | 56.0 ± 1.4 | 61.0 ± 1.4 | 58.2 |" in report
+    assert "| mode-minilm-4 | MODE-4 | 128,000 | 1.43 | 68.9 ± 1.3 | 58.9 ± 1.3 | 63.9 ± 1.3 | 59.0 |" in report
+    assert "| seed | Seed (fork point) | 76,800 | 0.86 |" in report
+    # Full-2 by its uniform average (60.2, 62.4: mean 61.3, sd 2.2 / sqrt(2) = 1.56), not its paper routing.
+    assert "| full-2 | Full-2 | 102,400 | 1.14 | 66.3 ± 1.6 | 56.3 ± 1.6 | 61.3 ± 1.6 | 58.3 |" in report
+    # Two seeds: a paired difference's half-width is t(0.975; 1) * sd / sqrt(2) = 12.706 * |d0 - d1| / 2.
+    # MODE-2 - Dense: +1.0, +0.6 -> mean +0.80, half-width 12.706 * 0.2 = 2.5412.
+    assert "| mode-minilm-2 | MODE-2 | +0.80 | [-1.74, +3.34] | +1.00, +0.60 |" in report
+    # MODE-4 - MODE-2: +2.0, +2.2 -> +2.10, half-width 1.2706: the interval excludes 0.
+    assert "| MODE-4 59.0 > MODE-2 58.6 | +2.10 | [+0.83, +3.37] | yes | yes |" in report
+    # MODE-2 - Full-2: +0.8, +0.2 -> +0.50, half-width 12.706 * 0.3 = 3.8118.
+    assert "| MODE-2 58.6 > Full-2 58.3 | +0.50 | [-3.31, +4.31] | yes | no |" in report
+    # Full-2 - Dense: +0.2, +0.4 -> +0.30, half-width 1.2706: no difference detected, as the paper's '~'.
+    assert "| Full-2 58.3 ~ Dense 58.2 | +0.30 | [-0.97, +1.57] | yes | no |" in report
+    # Dense - OneStep-2: -0.5 in both seeds: the opposite of the paper's, with an interval of width 0.
+    assert "| Dense 58.2 > OneStep-2 58.0 | -0.50 | [-0.50, -0.50] | no | yes |" in report
+    # OneStep-2 - Random-2: +1.5, +0.9 -> +1.20, half-width 3.8118.
+    assert "| OneStep-2 58.0 > Random-2 57.7 | +1.20 | [-2.61, +5.01] | yes | no |" in report
+    # MODE-2's ways of use: paper 61.8, released 1 point below, uniform 0.5 below, the best expert (0) 2 below.
+    assert "| mode-minilm-2 | MODE-2 | 61.8 ± 1.1 | 60.8 ± 1.1 | 61.3 ± 1.1 | 59.8 ± 1.1 |" in report
+    assert "| dense | 35.0 | 35.0 | 35.0 | 35.0 |" in report  # retrieval: recall 0.3 and 0.4, averaged
+    assert "| mode-minilm-2 routed (paper) | 35.0 |" in report
+    # The fork: losses 3.0 -> 2.0 -> 1.5 and 3.2 -> 2.2 -> 1.6: 66.7% and 62.5% of the decrease before the fork.
+    assert "| the fork (the seed the experts start from) | 600 | 2.100 ± 0.141 | 60.0 ± 0.0 |" in report
+    assert "| the end of the schedule (Dense) | 700 | 1.550 ± 0.071 |" in report
+    assert "by then the validation loss has made 64.6 ± 2.9% of its decrease from step 300 to the end" in report
+    for plot in ["cluster_sizes", "routing_weights", "accuracy", "seed_curve"]:
+        assert (job_folder / f"{plot}.png").stat().st_size > 0 and f"({plot}.png)" in report
+
+
+def test_one_seed_gives_no_interval_and_a_missing_model_is_not_run(job_folder, tmp_path):
+    folder = tmp_path / "job"
+    shutil.copytree(job_folder, folder)
+    write_json(folder / "recipe.json", {**RECIPE, "seeds": 1})  # seed-1, left by an earlier run of 2, is not read
+    shutil.rmtree(folder / "seed-0" / "results" / "mode-minilm-4")
+    report = write_report(folder).read_text()
+    assert "one training seed: no standard deviation or interval exists" in report
+    assert "| dense | Dense | 89,600 | 1.00 | 65.0 | 55.0 | 60.0 | 58.2 |" in report
+    assert "| mode-minilm-2 | MODE-2 | +1.00 | none (one seed) | +1.00 |" in report
+    assert (
+        "| Full-2 58.3 ~ Dense 58.2 | +0.20 | none (one seed) | cannot tell (one seed) | no interval (one seed) |"
+        in (report)
+    )
+    assert "| MODE-4 59.0 > MODE-2 58.6 | not run | | | |" in report
+
+
+def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
+    folder = tmp_path / "job"
+    shutil.copytree(job_folder, folder)
+    write_json(folder / "recipe.json", {**RECIPE, "sources": {**RECIPE["sources"], "dataset": "org/pairs"}})
+    curve_stage(folder, folder / "seed-0")  # holds nothing out: an empty curve, at once
+    assert read_json(folder / "seed-0" / CURVE) == []
+    assert "nothing was held out of them, so there is no validation curve" in write_report(folder).read_text()
+
+
+# --------------------------------------------------------------------------------------------------- the curve
+
+
+def test_validation_images_are_none_of_the_training_pairs():
+    train_count, count, seed = 300, 50, 0
+    held_out = validation_sources(train_count, count, seed)
+    for (name, load), validation in zip(SOURCES.items(), held_out):
+        whole = load(split="train")
+        picked = _pick(len(whole.labels), train_count, seed)
+        # job.build_offline_pairs' draw is the split's images at `_pick`'s indices: disjoint indices, disjoint images.
+        training = load(split="train", count=train_count, seed=seed)
+        assert [image.tobytes() for image in training.images] == [whole.images[i].tobytes() for i in picked], name
+        indices = held_out_indices(len(whole.labels), train_count, count, seed)
+        assert len(indices) == count and not set(indices) & set(picked), name
+        assert validation.source == name and validation.labels == [whole.labels[i] for i in indices]
+        assert [image.tobytes() for image in validation.images] == [whole.images[i].tobytes() for i in indices]
+    assert held_out_indices(1682, 8000, 200, 0) == []  # easy-VQA's split, all of it training pairs by default
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run no slower on one thread, and much faster when the other core is busy (a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(tmp_path, one_thread):
+    recipe = dict(RECIPE, train_per_source=16, batch_size=8)
+    write_json(tmp_path / "recipe.json", recipe)
+    corpus = [load(split="train", count=16, seed=0) for load in SOURCES.values()]
+    caption_pairs(corpus, noise=0.1, seed=0).save_to_disk(tmp_path / "data" / "pairs")
+    seed = tmp_path / "seed-0"
+    schedule = dict(dataset=str(tmp_path / "data" / "pairs"), batch_size=8, max_steps=6, warmup_steps=1)
+    schedule.update(checkpoint_every=2, num_workers=0, report_to="none")
+    for run in [
+        ExpertTrainingArguments(**schedule, output=str(seed / "seed"), config="tiny", stop_at_step=4),
+        ExpertTrainingArguments(**schedule, output=str(seed / "models" / "dense"), init=str(seed / "seed")),
+    ]:
+        train(run)
+        AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: the next run's own
+        GradientState._reset_state()
+    curve_stage(tmp_path, seed, per_source=12)
+    curve = read_json(seed / CURVE)
+    assert [(point["step"], point["run"]) for point in curve] == [(2, "seed"), (4, "seed"), (6, "dense")]
+    assert all(math.isfinite(point["loss"]) and point["pairs"] == 32 for point in curve)  # 36 pairs: 4 batches of 8
+    assert all(sorted(point["top1"]) == sorted(SOURCES) for point in curve)
+    assert all(0 <= top1 <= 1 for point in curve for top1 in point["top1"].values())
