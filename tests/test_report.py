@@ -11,7 +11,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from modeling_mode.lib.corpus import SOURCES, _pick, caption_pairs
+from modeling_mode.lib.corpus import SOURCES, caption_pairs, pick_indices
 from modeling_mode.lib.files import read_json, write_json
 from modeling_mode.lib.report import (
     Estimate,
@@ -284,8 +284,8 @@ def test_validation_images_are_none_of_the_training_pairs():
     held_out = validation_sources(train_count, count, seed)
     for (name, load), validation in zip(SOURCES.items(), held_out):
         whole = load(split="train")
-        picked = _pick(len(whole.labels), train_count, seed)
-        # job.build_offline_pairs' draw is the split's images at `_pick`'s indices: disjoint indices, disjoint images.
+        picked = pick_indices(len(whole.labels), train_count, seed)
+        # job.build_offline_pairs draws the split's images at `pick_indices`: disjoint indices, disjoint images.
         training = load(split="train", count=train_count, seed=seed)
         assert [image.tobytes() for image in training.images] == [whole.images[i].tobytes() for i in picked], name
         indices = held_out_indices(len(whole.labels), train_count, count, seed)

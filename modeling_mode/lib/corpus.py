@@ -85,7 +85,7 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(file.read(), dtype=np.uint8, offset=offset)
 
 
-def _pick(total: int, count: int | None, seed: int) -> list[int]:
+def pick_indices(total: int, count: int | None, seed: int) -> list[int]:
     """A seeded random subset of `count` indices (all, in order, when count is None)."""
     if count is None or count >= total:
         return list(range(total))
@@ -96,7 +96,7 @@ def fashion_mnist(split: str, count: int | None = None, seed: int = 0) -> Labell
     prefix = {"train": "train", "test": "t10k"}[split]
     images = _read_idx(_require("fashion_mnist", FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"), 16)
     labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz", 8)
-    keep = _pick(len(labels), count, seed)
+    keep = pick_indices(len(labels), count, seed)
     pictures = [Image.fromarray(a).convert("RGB") for a in images.reshape(-1, 28, 28)[keep]]
     return LabelledImages("fashion_mnist", pictures, labels[keep].tolist(), FASHION_CLASSES)
 
@@ -109,7 +109,7 @@ def mnist(split: str, count: int | None = None, seed: int = 0) -> LabelledImages
     with gzip.open(path) as file:
         train, _, test = pickle.load(file, encoding="latin1")
     pixels, labels = {"train": train, "test": test}[split]
-    keep = _pick(len(labels), count, seed)
+    keep = pick_indices(len(labels), count, seed)
     pictures = [Image.fromarray((255 * a).astype(np.uint8)).convert("RGB") for a in pixels.reshape(-1, 28, 28)[keep]]
     return LabelledImages("mnist", pictures, labels[keep].tolist(), [str(d) for d in range(10)])
 
@@ -130,7 +130,7 @@ def easy_vqa(split: str, count: int | None = None, seed: int = 0) -> LabelledIma
             colour[image_id] = answer
     ids = sorted(i for i in paths if i in shape and i in colour)
     names = sorted({f"{colour[i]} {shape[i]}" for i in ids})  # the class list of the whole split
-    ids = [ids[k] for k in _pick(len(ids), count, seed)]
+    ids = [ids[k] for k in pick_indices(len(ids), count, seed)]
     index = {name: k for k, name in enumerate(names)}
     pictures = [Image.open(paths[i]).convert("RGB") for i in ids]
     return LabelledImages("easy_vqa", pictures, [index[f"{colour[i]} {shape[i]}"] for i in ids], names)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import SOURCES, LabelledImages, _pick, caption_pairs
+from .corpus import SOURCES, LabelledImages, caption_pairs, pick_indices
 from .evaluation import classification_metrics, encode_images, encode_texts, prompt_templates, zero_shot_classifier
 from .files import read_json, write_json
 from .loss import contrastive_loss
@@ -30,9 +30,9 @@ IMAGE_BATCH = 64
 def held_out_indices(total: int, train_count: int, count: int, seed: int) -> list[int]:
     """`count` indices of a split of `total` images (fewer when fewer are left) that the training draw did not take.
 
-    The offline corpus's training pairs are each source's images at `corpus._pick(total, train_count, seed)`
+    The offline corpus's training pairs are each source's images at `corpus.pick_indices(total, train_count, seed)`
     (`job.build_offline_pairs`); the validation images are a seeded sample of the rest."""
-    training = set(_pick(total, train_count, seed))
+    training = set(pick_indices(total, train_count, seed))
     left = [index for index in range(total) if index not in training]
     return sorted(random.Random(f"validation/{seed}").sample(left, min(count, len(left))))
 
