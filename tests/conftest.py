@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from transformers import (
     CLIPConfig,
     CLIPModel,
@@ -44,6 +45,19 @@ def make_mode(num_experts=3, num_fine_clusters=12, seed=0, **router_settings) ->
     centroids = torch.nn.functional.normalize(torch.randn(num_fine_clusters, EMBED_DIM), dim=-1)
     fine_to_coarse = torch.randint(num_experts, (num_fine_clusters,)).tolist()
     return ModeCLIPModel.from_experts(experts, centroids, fine_to_coarse, router, **router_settings).eval()
+
+
+def reset_accelerate_state():
+    """Accelerate's state is a process-wide singleton: a run in this process must not hand its own to the next."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """For test modules that run training in their own process: `pytestmark = usefixtures(...)`."""
+    yield
+    reset_accelerate_state()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import CLIPProcessor
@@ -28,11 +27,7 @@ from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData
 CROP = 32
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def photo_like(width: int, height: int, seed: int, orientation: int | None = None) -> bytes:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from conftest import reset_accelerate_state
 
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, pick_indices
 from modeling_mode.lib.files import read_json, write_json
@@ -317,8 +317,7 @@ def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(t
         ExpertTrainingArguments(**schedule, output=str(seed / "models" / "dense"), init=str(seed / "seed")),
     ]:
         train(run)
-        AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: the next run's own
-        GradientState._reset_state()
+        reset_accelerate_state()  # the next run gets its own
     curve_stage(tmp_path, seed, per_source=12)
     curve = read_json(seed / CURVE)
     assert [(point["step"], point["run"]) for point in curve] == [(2, "seed"), (4, "seed"), (6, "dense")]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from conftest import reset_accelerate_state
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from safetensors.torch import load_file
@@ -32,16 +32,7 @@ BACKEND = "aot_eager"
 SPEED = ["samples_per_second", "tflops_per_device", "mfu", "data_wait_share"]
 
 
-def reset_accelerate_state():
-    """Accelerate's state is a process-wide singleton: a run in this process must not hand its own to the next."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def make_pairs(path: Path, n: int = 16) -> str:

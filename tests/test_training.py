@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from conftest import tiny_clip_config
+from conftest import reset_accelerate_state, tiny_clip_config
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
@@ -73,16 +72,7 @@ FINE_CLUSTERS, EXPERTS = 6, 2
 NO_CAPTIONS = [None, [], [""], [" ", "\n"]]
 
 
-def reset_accelerate_state():
-    """Accelerate's state is a process-wide singleton: a run in this process must not hand its own to the next."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def train_here(*argv) -> str:

@@ -12,7 +12,7 @@ import pytest
 from accelerate import Accelerator
 from datasets import load_from_disk
 from test_reshard import EXPERTS, cluster_of, label_corpus, labelled_tar_corpus, make_tar_corpus, run_reshard
-from test_training import QUIET, assert_same_weights, expert_command, make_pairs, reset_accelerate_state, train_here
+from test_training import QUIET, assert_same_weights, expert_command, make_pairs, train_here
 from torch.utils.data import DataLoader
 
 from modeling_mode.lib.data import PairTransform, StreamingPairs, load_pairs
@@ -22,11 +22,7 @@ from modeling_mode.lib.processors import pil_image_processor
 from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData, is_finished
 from modeling_mode.lib.training.labelled import LabelledStream, table_coarse_ids, worker_turns
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def pair_index(caption: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 
 from .files import read_json, write_text
+from .job import seed_folder
 from .training.checkpoints import read_record
 from .validation import CURVE
 
@@ -192,7 +193,7 @@ def main_row(name: str) -> str:
 def seed_folders(folder: Path, recipe: dict) -> list[Path]:
     """The folders of the job's training seeds: `seed-<s>` for s = seed, ..., seed + seeds - 1 (`job.training_seeds`).
     A folder of another seed (an earlier run's, with more seeds) is not this job's comparison."""
-    return [folder / f"seed-{s}" for s in range(recipe["seed"], recipe["seed"] + recipe["seeds"])]
+    return [seed_folder(folder, s) for s in range(recipe["seed"], recipe["seed"] + recipe["seeds"])]
 
 
 def zero_shot_rows(results: Path, tasks: list[str]) -> dict[str, list[float]]:
