@@ -53,7 +53,7 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     model, processor = load_start(start)
     data = TrainingData(args, accelerator)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model, optimizer = accelerator.prepare(model, build_optimizer(model, args, accelerator.device))
     stream_position = restore(start, args, accelerator, optimizer)
     peak = peak_flops(args, accelerator)
@@ -77,6 +77,17 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     logger.info(f"Saved the model and its CLIPProcessor to {args.output}, finished at step {args.last_step}.")
     accelerator.end_training()
     return args.output
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass instead of keeping them. transformers renamed
+    `gradient_checkpointing_enable` to `activation_checkpointing_enable` within v5 (the old name warns, and goes in
+    v6); the floor, 5.3, knows only the old one."""
+    options = {"use_reentrant": False}  # the non-reentrant variant works with frozen inputs and torch.compile
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
 def begin_run(
