@@ -24,12 +24,12 @@ from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import ASSEMBLY, assemble
-from modeling_mode.lib.cluster_run import ClusterArguments, cluster
-from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
 from modeling_mode.lib.data_files import read_samples, write_tar_sample
 from modeling_mode.lib.embedding import CaptionEncoder
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import write_json
+from modeling_mode.lib.kmeans import Clusters, save_clusters
 from modeling_mode.lib.training import TRAINING_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]

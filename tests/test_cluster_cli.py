@@ -18,10 +18,10 @@ from PIL import Image
 from safetensors.numpy import load, load_file
 from test_clustering import assert_nearest_up_to_ties, normalised
 
-from modeling_mode.lib import cli, cluster_run
-from modeling_mode.lib.cluster_run import ClusterArguments
-from modeling_mode.lib.clustering import fit_clusters, load_clusters, read_finished_run, save_clusters
+from modeling_mode.lib import cli, clustering
+from modeling_mode.lib.clustering import ClusterArguments, read_finished_run
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.kmeans import fit_clusters, load_clusters, save_clusters
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "cluster.py"
@@ -299,7 +299,7 @@ def test_a_crash_while_reclustering_leaves_a_refused_folder_and_a_rerun_finishes
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2, "--output", out]
     first = run(*flags)
     with monkeypatch.context() as patch:
-        patch.setattr(cluster_run, fault, crash)
+        patch.setattr(clustering, fault, crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             run(*flags, "--one-step")
     with pytest.raises(InputError, match="no finished clustering run"):
@@ -321,7 +321,7 @@ def test_labels_of_a_crashed_run_never_reach_another_run(tmp_path, corpus, tiny_
     out = tmp_path / "out"
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2, "--output", out]
     with monkeypatch.context() as patch:
-        patch.setattr(cluster_run, "atomic_directory", crash)
+        patch.setattr(clustering, "atomic_directory", crash)
         with pytest.raises(RuntimeError, match="injected crash"):
             run(*flags, "--one-step")
     run(*flags)

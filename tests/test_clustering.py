@@ -10,7 +10,9 @@ from sklearn.metrics import adjusted_rand_score
 from transformers import CLIPModel, CLIPTextModelWithProjection, DistilBertConfig, DistilBertModel
 
 from modeling_mode.configuration_mode_clip import text_tower_config
-from modeling_mode.lib.clustering import (
+from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, choose_captions, embed_corpus
+from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.kmeans import (
     assign_shards,
     balanced_assign,
     balanced_kmeans,
@@ -20,8 +22,6 @@ from modeling_mode.lib.clustering import (
     nearest,
     save_clusters,
 )
-from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, choose_captions, embed_corpus
-from modeling_mode.lib.errors import InputError
 
 # Two computations of a point's nearest centre (faiss and numpy; runs with other thread counts) round differently:
 # one float32 dot product of 384 terms is off by up to ~384 * 6e-8 = 2e-5, and unit vectors that agree to 1e-5 per

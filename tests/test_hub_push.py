@@ -25,9 +25,10 @@ from transformers import CLIPModel
 
 from hub_cards import PushError, push_run
 from modeling_mode.lib.assembly import assemble
-from modeling_mode.lib.clustering import Clusters, read_finished_run, save_clusters
+from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.kmeans import Clusters, save_clusters
 from modeling_mode.lib.labels import check_labels_match, labels_for, read_labels, read_meta
 
 REPO_ID = "org/mode-clip"

@@ -34,8 +34,8 @@ from modeling_mode.lib.job import (
     training_stages,
 )
 from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint
-from modeling_mode.lib.training.checkpoints import read_record
 from modeling_mode.lib.training.optimization import learning_rate_at
+from modeling_mode.lib.training.record import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +307,7 @@ def test_the_jobs_progress_shows_the_running_stages_own_bar():
 def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
     from modeling_mode.lib.assembly import AssembleArguments
     from modeling_mode.lib.cli import parse
-    from modeling_mode.lib.cluster_run import ClusterArguments
+    from modeling_mode.lib.clustering import ClusterArguments
 
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
     job = Job(tmp_path / "job", recipe, Sources())

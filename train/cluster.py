@@ -24,7 +24,7 @@ from huggingface_hub import HfApi
 
 from hub_cards.push import exiting_on_push_failure, push_clustered_dataset
 from modeling_mode.lib import cli
-from modeling_mode.lib.cluster_run import ClusterArguments, cluster
+from modeling_mode.lib.clustering import ClusterArguments, cluster
 
 logger = logging.getLogger("cluster")
 

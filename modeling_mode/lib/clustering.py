@@ -1,310 +1,468 @@
-"""MODE's clustering (Ma et al., CVPR 2024, section 3.1): two-level balanced spherical k-means with faiss.
+"""A clustering run (train/cluster.py): embed a corpus' captions, fit MODE's clusters, label every pair, report.
 
-Fine: balanced k-means of L2-normalised caption embeddings into m clusters. Coarse: balanced k-means of the m fine
-centres into n clusters, the data experts; each fine cluster then joins its nearest coarse centre (plain nearest, so
-experts differ in size). Every pair is finally labelled with its nearest fine centre. The paper's ablations are
-here too: one-step clustering straight into n, and a random split.
+The k-means algorithms live in `kmeans`; this module is the run around them: its flags, the checks made before
+any work, what an earlier run in the same folder lets it reuse, and the order of its writes. A folder is a finished
+run or is refused (`read_finished_run`): clusters.json is written last, and a run whose settings differ
+from the folder's removes it before changing anything else.
 
-faiss runs on the GPU when a GPU build of faiss is installed, on the CPU otherwise. Not imported by
-`modeling_mode/__init__.py` (faiss is not something Hub remote-code users have): `import modeling_mode.lib.clustering`.
+The corpus is read one of two ways. In memory (`InMemoryCorpus`): a `datasets` Dataset, embedded in shards of
+--shard-rows pairs, labelled in the labels table (`labels`) and in a labelled copy `dataset/`. Streamed
+(`StreamedCorpus`, --streaming): the data files of a folder or Hub id (`data_files`), each read for its captions only
+and embedded into its own shard, labelled in the labels table alone: no byte of an image is read into memory or
+written, whatever the corpus' size.
 """
 
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import faiss
-except ImportError as error:  # an extra, so that no upgrade swaps a user's GPU build for the CPU one
-    raise ImportError(
-        "MODE's clustering needs faiss: pip install 'mode-clip[faiss-cpu]', or 'mode-clip[faiss-gpu]' with CUDA 12."
-    ) from error
 import numpy as np
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .data import NO_CLUSTER
-from .errors import InputError
-from .files import atomic_path, read_json
+from .data import load_pairs
+from .data_files import columns_of, list_data_files
+from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards, embed_corpus, embed_data_files
+from .errors import InputError, check_output_dir, naming_failures
+from .files import atomic_directory, read_json, write_json
+from .hub import HubArguments
+from .kmeans import (
+    BALANCE,
+    NO_CLUSTER,
+    Clusters,
+    assign_shards,
+    faiss_gpus,
+    fit_clusters,
+    imbalance,
+    load_clusters,
+    num_fitted_clusters,
+    save_clusters,
+)
+from .labels import LABELS_DIR, clear_labels, describe_files, finish_labels, read_part, write_labels
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("two-level", "one-step", "random")
-BALANCE = "capacity-capped greedy"
-
-
-def faiss_gpus() -> int:
-    """How many GPUs faiss runs on here: 0 with the CPU build."""
-    return faiss.get_num_gpus()
-
-
-def imbalance(sizes) -> float:
-    """Largest cluster over the mean cluster size: 1.0 is perfectly balanced."""
-    sizes = np.asarray(sizes)
-    return float(sizes.max() / sizes.mean())
-
-
-def _index(centroids: np.ndarray):
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(centroids)
-    return index
-
-
-def search(x: np.ndarray, centroids: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Inner products [N, k] and ids [N, k] of each row's k most similar centroids, most similar first."""
-    # Named locals keep the arrays faiss reads alive for the whole call.
-    x, centroids = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(centroids, dtype=np.float32)
-    return _index(centroids).search(x, k)
-
-
-def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Id of each row's nearest centroid (largest inner product: both are L2-normalised)."""
-    return search(x, centroids, 1)[1][:, 0]
-
-
-def balanced_assign(x: np.ndarray, centroids: np.ndarray, candidates: int = 8) -> np.ndarray:
-    """Assign N points to k centroids so that every cluster gets floor(N/k) or ceil(N/k) points.
-
-    Capacity-capped greedy assignment. First every point asks for its nearest centroid (one faiss search, exactly
-    plain k-means' assignment step) and each cluster seats its most similar askers up to its capacity. The points
-    turned away then list their `candidates` nearest centroids among the clusters that still have seats and, in
-    rounds, propose to them in order, each cluster again seating its most similar proposers; points that run out of
-    candidates are searched again among the clusters still open, with twice as many candidates each time (crowds of
-    duplicate captions all want the same few clusters). Every cluster first has floor(N/k) seats; the N mod k points
-    left then get one extra seat each. Each pass seats at least one point, so the loop ends, with exact sizes and
-    nothing to tune.
-
-    Why this and not dual prices (an auction, Sinkhorn): on 1M x 384 embeddings into 1024 clusters, price updates
-    took hundreds of rounds to settle or oscillated, while this greedy needs a handful of passes, searches again
-    only the overflow of the crowded clusters, and reached nearly the same within-cluster similarity as a tuned
-    Sinkhorn in our trials. The released code's auction needs the dense N x k score matrix, so it only runs on
-    file-sized chunks.
-    """
-    n, k = len(x), len(centroids)
-    if n < k:
-        raise ValueError(f"Cannot split {n} points into {k} non-empty balanced clusters: need at least {k} points.")
-    labels = np.full(n, NO_CLUSTER, dtype=np.int64)
-    seats = np.full(k, n // k, dtype=np.int64)
-    width = candidates
-    while (unplaced := np.flatnonzero(labels == NO_CLUSTER)).size:
-        if not seats.any():
-            seats[:] = 1  # the n % k points left over
-        open_clusters = np.flatnonzero(seats)
-        if unplaced.size == n:  # the first pass: nearest centroid only, faiss' fastest search
-            sims, ids = search(x, centroids, 1)
-        else:
-            sims, ids = search(x[unplaced], centroids[open_clusters], min(width, open_clusters.size))
-            ids = open_clusters[ids]
-            width *= 2  # crowds of (near-)duplicates that keep missing out look further each pass
-        labels[unplaced] = _fill_seats(sims, ids, seats)
-    return labels
-
-
-def _fill_seats(sims: np.ndarray, ids: np.ndarray, seats: np.ndarray) -> np.ndarray:
-    """One greedy pass over preference lists (`sims`/`ids` [N, c], best first); `seats` is decremented in place."""
-    labels = np.full(len(ids), NO_CLUSTER, dtype=np.int64)
-    waiting, choice = np.arange(len(ids)), np.zeros(len(ids), dtype=np.int64)
-    for _ in range(ids.shape[1]):
-        wanted, similarity = ids[waiting, choice[waiting]], sims[waiting, choice[waiting]]
-        order = np.lexsort((-similarity, wanted))  # by cluster, most similar proposer first
-        wanted = wanted[order]
-        rank = np.arange(order.size) - np.searchsorted(wanted, wanted)  # place in its cluster's queue
-        accepted = rank < seats[wanted]
-        labels[waiting[order[accepted]]] = wanted[accepted]
-        seats -= np.bincount(wanted[accepted], minlength=seats.size)
-        waiting = waiting[order[~accepted]]
-        choice[waiting] += 1
-        if not waiting.size:
-            break
-    return labels
-
-
-def spherical_means(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Each cluster's L2-normalised mean: the spherical k-means update."""
-    sums = torch.zeros(k, x.shape[1]).index_add_(0, torch.from_numpy(labels), torch.from_numpy(x))
-    return torch.nn.functional.normalize(sums, dim=-1).numpy()
-
-
-def balanced_kmeans(
-    x: np.ndarray, k: int, iterations: int = 20, seed: int = 0, candidates: int = 8, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means whose every assignment step is `balanced_assign`. Returns (centroids [k, d], labels [N]).
-
-    Starts from k distinct random points; the labels returned are the balanced assignment to the final centroids.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if len(x) < k:
-        raise ValueError(f"Balanced k-means into {k} clusters needs at least {k} points, got {len(x)}.")
-    rng = np.random.default_rng(seed)
-    centroids = x[np.sort(rng.choice(len(x), size=k, replace=False))]
-    start = time.perf_counter()
-    steps = tqdm(range(iterations), desc=f"balanced k-means, k={k}", disable=not progress, dynamic_ncols=True)
-    for _ in steps:
-        labels = balanced_assign(x, centroids, candidates)
-        centroids = spherical_means(x, labels, k)
-    labels = balanced_assign(x, centroids, candidates)
-    seconds = time.perf_counter() - start
-    logger.info(
-        f"balanced k-means: {len(x)} points into {k} clusters, {iterations} iterations in {seconds:.1f} s "
-        f"({len(x) * (iterations + 1) / seconds:.0f} point assignments/s)"
-    )
-    return centroids, labels
-
-
-def num_fitted_clusters(method: str, num_fine_clusters: int, num_experts: int) -> int:
-    """How many clusters a fit of `method` makes from the sample, so how many captioned pairs it needs at least."""
-    return num_experts if method == "one-step" else num_fine_clusters
+ID_COLUMNS = ("fine_id", "coarse_id")
+LABELLED_COPY = "dataset"
+EMBEDDINGS_DIR = "embeddings"
+EMBEDDING_DTYPES = ("float32", "float16")
 
 
 @dataclass
-class Clusters:
-    """What assigning pairs and routing need: fine centres, coarse centres, and each fine cluster's expert."""
+class ClusterArguments(HubArguments):
+    """Flags of `train/cluster.py`; `--push_to_hub` sends the labelled pairs (with --streaming, the labels table) and
+    centroids to a dataset repo."""
 
-    fine_centroids: np.ndarray  # float32 [m, d], L2-normalised
-    coarse_centroids: np.ndarray  # float32 [n, d], L2-normalised
-    fine_to_coarse: np.ndarray  # int64 [m]
-    method: str
-    fit_sizes: np.ndarray  # fine cluster sizes on the fitting sample
-
-    @property
-    def num_fine_clusters(self) -> int:
-        return len(self.fine_centroids)
-
-    @property
-    def num_experts(self) -> int:
-        return len(self.coarse_centroids)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.fine_centroids.shape[1]
-
-
-def fit_clusters(
-    x: np.ndarray,
-    num_fine_clusters: int,
-    num_experts: int,
-    method: str = "two-level",
-    iterations: int = 20,
-    seed: int = 0,
-    candidates: int = 8,
-    progress: bool = True,
-) -> Clusters:
-    """Fit MODE's clusters on sample embeddings `x` [N, d] (L2-normalised, no empty captions).
-
-    `"two-level"`: the paper's method. `"one-step"`: balanced k-means straight into `num_experts` clusters (then
-    m = n and each cluster is its own expert). `"random"`: pairs split at random (`num_fine_clusters` random groups,
-    dealt evenly to the experts); the centroids are the groups' means, so routing is close to uniform.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if num_experts < 1 or num_fine_clusters < num_experts:
-        raise ValueError(
-            f"Need 1 <= experts <= fine clusters, got {num_experts} experts and {num_fine_clusters} fine clusters."
-        )
-    clusters_fitted = num_fitted_clusters(method, num_fine_clusters, num_experts)
-    if len(x) < clusters_fitted:
-        raise InputError(
-            f"The fitting sample has {len(x)} captioned pairs, fewer than the {clusters_fitted} clusters asked for: "
-            "lower --fine-clusters or raise --fit-sample (pairs without a caption do not count)."
-        )
-    rng = np.random.default_rng(seed)
-    if method == "random":
-        labels = rng.permutation(len(x)) % num_fine_clusters
-        fine = spherical_means(np.ascontiguousarray(x, dtype=np.float32), labels, num_fine_clusters)
-        fine_to_coarse = rng.permutation(num_fine_clusters) % num_experts
-        coarse = spherical_means(fine, fine_to_coarse, num_experts)
-    elif method == "one-step":
-        fine, labels = balanced_kmeans(x, num_experts, iterations, seed, candidates, progress)
-        coarse, fine_to_coarse = fine, np.arange(num_experts)
-    else:
-        fine, labels = balanced_kmeans(x, num_fine_clusters, iterations, seed, candidates, progress)
-        coarse, _ = balanced_kmeans(fine, num_experts, iterations, seed, candidates, progress)
-        fine_to_coarse = nearest(fine, coarse)  # plain nearest, as in the paper: experts differ in size
-    return Clusters(
-        fine_centroids=np.asarray(fine, dtype=np.float32),
-        coarse_centroids=np.asarray(coarse, dtype=np.float32),
-        fine_to_coarse=np.asarray(fine_to_coarse, dtype=np.int64),
-        method=method,
-        fit_sizes=np.bincount(labels, minlength=len(fine)),
+    dataset: str = field(metadata={"help": "save_to_disk folder, data folder or Hub dataset id."})
+    encoder: str = field(metadata={"help": "CLIP checkpoint or AutoModel sentence encoder, path or Hub id."})
+    output: str = field(metadata={"help": "Output folder.", "aliases": ["--output_dir"]})
+    split: str = field(default="train", metadata={"help": "Split to cluster."})
+    caption_column: str = field(default="caption", metadata={"help": "A string or list-of-strings column."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "Default: projection for CLIP, mean otherwise.", "choices": POOLINGS}
+    )
+    max_length: int | None = field(default=None, metadata={"help": "Token limit (default: the encoder's)."})
+    batch_size: int = field(default=128, metadata={"help": "Captions per encoder forward pass."})
+    shard_rows: int = field(default=65536, metadata={"help": "Pairs per embedding shard (not with --streaming)."})
+    fine_clusters: int = field(default=1024, metadata={"help": "m, the fine clusters (paper: 1024)."})
+    experts: int = field(default=4, metadata={"help": "n, the coarse clusters: one expert each."})
+    one_step: bool = field(default=False, metadata={"help": "Ablation: balanced k-means straight into n."})
+    random: bool = field(default=False, metadata={"help": "Ablation: a random split into n."})
+    fit_sample: int = field(default=1_000_000, metadata={"help": "Pairs sampled to fit the centres."})
+    iterations: int = field(default=20, metadata={"help": "Lloyd iterations of each k-means."})
+    candidates: int = field(default=8, metadata={"help": "Nearest centres each point may be seated at."})
+    seed: int = field(default=0, metadata={"help": "Seeds the caption choice, the fit sample and the k-means."})
+    clusters: str | None = field(default=None, metadata={"help": "Label with this clusters.safetensors, no fit."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset's data files (parquet or webdataset .tar, a folder or Hub id) one at a time, "
+            "captions only, each process its own; write the labels table and no labelled copy."
+        },
+    )
+    embeddings_dtype: str = field(
+        default="float32",
+        metadata={"help": "How embeddings are stored: float16 halves them.", "choices": EMBEDDING_DTYPES},
+    )
+    keep_embeddings: bool = field(
+        default=False,
+        metadata={"help": "With --streaming, keep embeddings/ once the labels are written (default: delete them)."},
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.one_step and self.random:
+            raise InputError("--one-step and --random are two different ablations: give one of them.")
+        if self.experts < 1 or self.fine_clusters < self.experts:
+            raise InputError(f"need 1 <= --experts <= --fine-clusters, got {self.experts} and {self.fine_clusters}")
+        for flag in ("batch_size", "shard_rows", "fit_sample", "iterations", "candidates", "max_length"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:  # max_length may be None: the encoder's own limit
+                raise InputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
 
-def assign_shards(shards, clusters: Clusters, seed: int = 0, batch_rows: int = 65536) -> Iterator[np.ndarray]:
-    """Fine cluster ids (int32, -1 for pairs without a caption) of each embedding shard, in order.
+    @property
+    def method(self) -> str:
+        return "random" if self.random else "one-step" if self.one_step else "two-level"
 
-    Streams: one shard is mapped at a time and read in batches, so memory does not grow with the corpus. Pairs go to
-    their nearest fine centre; with the random method, to a random fine cluster (seeded per shard).
-    """
-    if shards.embed_dim != clusters.embed_dim:
-        raise InputError(
-            f"The embeddings have dimension {shards.embed_dim} but the centroids {clusters.embed_dim}: they come "
-            "from different encoders. Cluster with the encoder the centroids were fitted with."
+    @property
+    def keeps_embeddings(self) -> bool:
+        """A streamed run, at web scale, deletes its embeddings (many times the labels' size) once the labels are
+        written, unless told to keep them. An in-memory run, of a corpus that fits on disk twice, keeps them as it
+        always did: re-clustering the same folder with other settings (an ablation) reuses them."""
+        return self.keep_embeddings or not self.streaming
+
+
+class InMemoryCorpus:
+    """A `datasets` Dataset (`data.load_pairs`), embedded in shards of --shard-rows pairs, each labelled as a part of
+    the labels table (source "", key: the row index) and all in the labelled copy `dataset/`."""
+
+    def __init__(self, args: ClusterArguments):
+        self.args = args
+        self.dataset = load_pairs(args.dataset, args.split)
+        self.num_rows = len(self.dataset)
+        self.data_files = []
+        if args.caption_column not in self.dataset.column_names:
+            raise InputError(
+                f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
+                f"its columns: {self.dataset.column_names}."
+            )
+
+    def layout(self) -> dict:
+        """What the embeddings are of and how they are sharded (`EmbeddingShards`)."""
+        fingerprint = getattr(self.dataset, "_fingerprint", None)
+        return {"dataset_fingerprint": fingerprint, "num_rows": self.num_rows, "shard_rows": self.args.shard_rows}
+
+    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
+        args = self.args
+        return embed_corpus(
+            self.dataset, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
         )
-    index = _index(clusters.fine_centroids)
-    for shard in range(shards.num_shards):
-        embeddings = shards.read(shard)
-        ids = np.empty(len(embeddings), dtype=np.int32)
-        for start in range(0, len(embeddings), batch_rows):
-            batch = np.array(embeddings[start : start + batch_rows], dtype=np.float32)
-            if clusters.method == "random":
-                rng = np.random.default_rng([seed, shard, start])
-                found = rng.integers(clusters.num_fine_clusters, size=len(batch))
-            else:
-                found = index.search(batch, 1)[1][:, 0]
-            ids[start : start + len(batch)] = np.where(np.any(batch != 0, axis=1), found, NO_CLUSTER)
-        del embeddings  # unmap before the next shard
-        yield ids
+
+    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
+        """(source, keys) of a shard's pairs in the labels table."""
+        return "", [str(row) for row in shards.rows_of(shard)]
+
+    def save_labelled_copy(self, labels: Path, output: Path) -> str:
+        save_labelled(self.args, self.dataset, labels, output)
+        return LABELLED_COPY
 
 
-def save_clusters(path: str | os.PathLike, clusters: Clusters, settings: dict) -> None:
-    """clusters.safetensors with `fine_centroids`, `coarse_centroids`, `fine_to_coarse`; the run's settings, the
-    method and the fit sizes go in its metadata, so a re-run can tell whether the fit is still what it asks for."""
-    tensors = {
-        "fine_centroids": clusters.fine_centroids,
-        "coarse_centroids": clusters.coarse_centroids,
-        "fine_to_coarse": clusters.fine_to_coarse,
+class StreamedCorpus:
+    """A corpus' data files (`data_files.list_data_files`), each read for its caption column only and embedded into
+    its own shard (file f by process f % num_processes); each labelled as a part of the labels table (source: the
+    file, key: the pair's `__key__`). No labelled copy: that would copy the images."""
+
+    num_rows = None  # known once every file is read
+
+    def __init__(self, args: ClusterArguments):
+        self.args = args
+        with naming_failures("--dataset", args.dataset):
+            self.files = list_data_files(args.dataset, args.split)
+        columns = columns_of(self.files[0])
+        if args.caption_column not in columns:
+            raise InputError(
+                f"The data files have no caption column {args.caption_column!r} (--caption-column; in tar shards, a "
+                f"member extension): {self.files[0]!r} has {columns}."
+            )
+        self.data_files = describe_files(self.files)
+
+    def layout(self) -> dict:
+        return {"data_files": self.data_files}  # paths and sizes: a file that changed is not taken for embedded
+
+    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
+        args = self.args
+        return embed_data_files(
+            self.files, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
+        )
+
+    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
+        return self.files[shard], shards.read_keys(shard)
+
+    def save_labelled_copy(self, labels: Path, output: Path) -> None:
+        return None
+
+
+def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
+    """Run the clustering; returns its report on the main process (None on the others).
+
+    Each process embeds its own shards; the main process then fits (or reuses a fit) and labels every pair. A folder
+    that already holds a finished run with these settings is left as it is.
+    """
+    output = check_output_dir(args.output)
+    # Every check that does not need the captions' embeddings comes before them.
+    given = load_given_clusters(args.clusters)
+    corpus = StreamedCorpus(args) if args.streaming else InMemoryCorpus(args)
+    if corpus.num_rows is not None:  # a streamed corpus is counted while it is embedded: checked then
+        check_fit_sample(args, corpus.num_rows, fitting=given is None)
+    with naming_failures("--encoder", args.encoder):
+        encoder = CaptionEncoder(args.encoder, args.pooling, accelerator.device, args.max_length)
+    if given is not None:
+        check_dimension(given, args, encoder)
+    shards = EmbeddingShards.create(output / EMBEDDINGS_DIR, embedding_meta(args, corpus, encoder), write=False)
+    settings = fit_settings(args, shards)
+    if (report := finished_report(output, settings)) is not None:
+        logger.info(f"{output / CLUSTERS_JSON} is up to date: nothing to do")
+        if not accelerator.is_main_process:
+            return None
+        drop_embeddings(args, shards)  # left by a run stopped right after its report
+        return report
+    if accelerator.is_main_process:
+        # Before anything in the folder changes: without its report, no reader takes it for a finished run.
+        (output / CLUSTERS_JSON).unlink(missing_ok=True)
+        clear_labels(output / LABELS_DIR)
+        shards.write_meta()
+    accelerator.wait_for_everyone()
+
+    start = time.perf_counter()
+    corpus.embed(encoder, shards, accelerator.process_index, accelerator.num_processes)
+    embed_seconds = time.perf_counter() - start
+    accelerator.wait_for_everyone()  # every shard is on disk
+    if not accelerator.is_main_process:
+        return None  # the fit and the assignment run on the main process alone: no barrier to time out on
+    del encoder
+    check_some_caption(shards, args.caption_column)
+    check_fit_sample(args, shards.num_rows, fitting=given is None)
+
+    start = time.perf_counter()
+    clusters = fit_or_load(args, shards, output / CLUSTERS_FILE, settings, given)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    sizes = assign_and_save(args, corpus, shards, clusters, settings, output)
+    seconds = {
+        "embedding": round(embed_seconds, 2),
+        "fit": round(fit_seconds, 2),
+        "assignment": round(time.perf_counter() - start, 2),
     }
-    metadata = {
-        "settings": json.dumps(settings, sort_keys=True),
-        "method": clusters.method,
-        "fit_sizes": json.dumps(clusters.fit_sizes.tolist()),
-    }
-    with atomic_path(path) as partial:
-        save_file(tensors, str(partial), metadata=metadata)
+    report = make_report(
+        args, clusters, shards, sizes, settings, num_processes=accelerator.num_processes, seconds=seconds
+    )
+    write_json(output / CLUSTERS_JSON, report)  # last: from now on the folder is a finished run
+    drop_embeddings(args, shards)
+    logger.info(
+        f"{report['num_pairs']} pairs, {report['num_missing_captions']} without a caption; fine imbalance "
+        f"{report['imbalance']:.3f} (fit {report['fit_imbalance']}); expert sizes {report['coarse_sizes']}; "
+        f"saved to {output}"
+    )
+    return report
 
 
-def load_clusters(path: str | os.PathLike) -> tuple[Clusters, dict]:
-    """(clusters, settings they were fitted with) from a clusters.safetensors file; InputError if it is not one."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path} does not exist: expected a clusters.safetensors from train/cluster.py.")
+def load_given_clusters(path: str | None) -> Clusters | None:
+    if path is None:
+        return None
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise InputError(f"{path} is not a clusters.safetensors from train/cluster.py ({error}).") from error
-    missing = {"fine_centroids", "coarse_centroids", "fine_to_coarse"} - set(tensors)
-    if missing:
-        raise InputError(f"{path} lacks the tensors {sorted(missing)}: it is not a clustering output.")
-    fine_to_coarse = tensors["fine_to_coarse"].astype(np.int64)
-    method = metadata.get("method", "two-level")
-    fit_sizes = metadata.get("fit_sizes")
-    clusters = Clusters(
-        fine_centroids=tensors["fine_centroids"].astype(np.float32),
-        coarse_centroids=tensors["coarse_centroids"].astype(np.float32),
-        fine_to_coarse=fine_to_coarse,
-        method=method,
-        fit_sizes=np.array(json.loads(fit_sizes)) if fit_sizes else np.zeros(len(fine_to_coarse), dtype=np.int64),
+        return load_clusters(path)[0]
+    except InputError as error:
+        raise InputError(f"--clusters: {error}") from error
+
+
+def check_fit_sample(args: ClusterArguments, num_rows: int, fitting: bool) -> None:
+    """Refuse a fit the corpus has too few pairs for (before any embedding when its size is known in advance)."""
+    needed = num_fitted_clusters(args.method, args.fine_clusters, args.experts)
+    sample = min(args.fit_sample, num_rows)
+    if fitting and sample < needed:
+        raise InputError(
+            f"A fit into {needed} clusters needs at least {needed} captioned pairs, but it samples {sample}: "
+            f"--dataset has {num_rows} pairs and --fit-sample is {args.fit_sample}. "
+            "Lower --fine-clusters (--experts with --one-step) or use more pairs."
+        )
+
+
+def check_dimension(clusters: Clusters, args: ClusterArguments, encoder: CaptionEncoder) -> None:
+    if clusters.embed_dim != encoder.embed_dim:
+        raise InputError(
+            f"--clusters {args.clusters} has centroids of dimension {clusters.embed_dim}, but --encoder "
+            f"{args.encoder} embeds to {encoder.embed_dim}: use the encoder those centroids were fitted with."
+        )
+
+
+def check_some_caption(shards: EmbeddingShards, caption_column: str) -> None:
+    """Refuse a corpus without a single caption. Only the embedding pass reads every caption, so this runs after it
+    (a pass that embeds nothing is quick); a pair without a caption is an all-zero row, and the first shard holding
+    a caption ends the search."""
+    if not any(shards.read(shard).any() for shard in range(shards.num_shards)):
+        raise InputError(
+            f"None of the {shards.num_rows} pairs has a caption in --caption-column {caption_column!r} "
+            "(None, empty or blank strings and empty lists count as missing)."
+        )
+
+
+def embedding_meta(args: ClusterArguments, corpus, encoder: CaptionEncoder) -> dict:
+    """What the embeddings are of: a folder of embeddings made otherwise is refused rather than mixed. The caption
+    seed and the shards also say which caption of a list was embedded (`embedding.choose_shard_captions`)."""
+    return {
+        "encoder": args.encoder,
+        "pooling": encoder.pooling,
+        "embed_dim": encoder.embed_dim,
+        "max_length": encoder.max_length,
+        "dataset": args.dataset,
+        "split": args.split,
+        "caption_column": args.caption_column,
+        "caption_seed": args.seed,
+        "dtype": args.embeddings_dtype,
+        **corpus.layout(),
+    }
+
+
+def fit_settings(args: ClusterArguments, shards: EmbeddingShards) -> dict:
+    """Everything a run's clusters and labels depend on: a stored fit or a finished run with the same is reused."""
+    return {
+        "method": args.method,
+        "fine_clusters": args.fine_clusters,
+        "experts": args.experts,
+        "fit_sample": args.fit_sample,
+        "iterations": args.iterations,
+        "candidates": args.candidates,
+        "seed": args.seed,
+        "embeddings": shards.meta,
+        "clusters": args.clusters,
+    }
+
+
+def finished_report(output: Path, settings: dict) -> dict | None:
+    """The report of the finished run in `output` if it was made with `settings`, else None: the same test of
+    "finished" (`read_finished_run`) that every reader of a clustering output uses."""
+    try:
+        _, report = read_finished_run(output)
+    except InputError:
+        return None
+    return report if report.get("settings") == settings else None
+
+
+def fit_or_load(args, shards: EmbeddingShards, path: Path, settings: dict, given: Clusters | None) -> Clusters:
+    """The clusters: --clusters, an earlier fit in `path` with the same settings, or a fit on a sample now.
+
+    They are saved to `path` with the run's settings, so the output holds the centres its labels come from.
+    """
+    if given is None and path.is_file():
+        clusters, stored = load_clusters(path)
+        if stored == settings:
+            logger.info(f"reusing the fit in {path}")
+            return clusters
+    clusters = given if given is not None else fit_on_sample(args, shards)
+    save_clusters(path, clusters, settings)
+    return clusters
+
+
+def fit_on_sample(args: ClusterArguments, shards: EmbeddingShards) -> Clusters:
+    rng = np.random.default_rng(args.seed)
+    rows = np.sort(rng.choice(shards.num_rows, size=min(args.fit_sample, shards.num_rows), replace=False))
+    sample = shards.gather(rows)
+    sample = sample[np.any(sample != 0, axis=1)]  # pairs without a caption have zero rows
+    return fit_clusters(
+        sample, args.fine_clusters, args.experts, args.method, args.iterations, args.seed, args.candidates
     )
-    return clusters, json.loads(metadata.get("settings", "{}"))
+
+
+def assign_and_save(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict, output: Path) -> dict:
+    """Label every pair (streamed from the shards, a part of the labels table per shard), then write the labelled
+    copy if the corpus makes one; returns the cluster sizes and where the labels are."""
+    labels = output / LABELS_DIR
+    fine_to_coarse = clusters.fine_to_coarse.astype(np.int32)
+    fine_sizes, missing = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0
+    start = time.perf_counter()
+    with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
+        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed)):
+            coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
+            source, keys = corpus.locate(shards, shard)
+            write_labels(labels, shard, source, keys, shards.rows_of(shard), fine, coarse)
+            fine_sizes += np.bincount(fine[fine >= 0], minlength=clusters.num_fine_clusters)
+            missing += int((fine < 0).sum())
+            bar.update(len(fine))
+    logger.info(f"assigned {shards.num_rows} pairs in {time.perf_counter() - start:.1f} s")
+    finish_labels(labels, labels_meta(args, corpus, shards, clusters, settings))
+    labelled_copy = corpus.save_labelled_copy(labels, output)
+    coarse_sizes = np.bincount(clusters.fine_to_coarse, weights=fine_sizes, minlength=clusters.num_experts)
+    return {
+        "fine_sizes": fine_sizes.tolist(),
+        "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
+        "num_missing_captions": missing,
+        "labels": LABELS_DIR,
+        "labelled_copy": labelled_copy,
+    }
+
+
+def labels_meta(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict) -> dict:
+    """labels.json: which corpus the table labels, so that it is never joined with another (`labels` module)."""
+    return {
+        "dataset": args.dataset,
+        "split": args.split,
+        "caption_column": args.caption_column,
+        "num_rows": shards.num_rows,
+        "data_files": corpus.data_files,
+        "num_experts": clusters.num_experts,
+        "num_fine_clusters": clusters.num_fine_clusters,
+        "clusters_settings": settings,
+    }
+
+
+def save_labelled(args, dataset, labels: Path, output: Path) -> None:
+    """`output/dataset`: the corpus plus `fine_id` and `coarse_id` from the labels table, replacing the one there as
+    a whole."""
+
+    def add_ids(_captions, indices):
+        # map hands out batches of shard_rows rows from row 0: batch b is embedding shard b, labels part b
+        ids = read_part(labels, indices[0] // args.shard_rows, columns=list(ID_COLUMNS))
+        return {column: ids[column].to_numpy() for column in ID_COLUMNS}
+
+    if present := [c for c in ID_COLUMNS if c in dataset.column_names]:
+        logger.warning(f"replacing the dataset's existing {present} columns")
+        dataset = dataset.remove_columns(present)
+    cache = output / ".labelled.arrow"
+    labelled = dataset.map(
+        add_ids,
+        input_columns=[args.caption_column],  # only the captions are read: images stay encoded
+        with_indices=True,
+        batched=True,
+        batch_size=args.shard_rows,
+        cache_file_name=str(cache),
+        load_from_cache_file=False,  # one left by a crashed run holds another run's labels
+        new_fingerprint=f"mode-clusters-{os.urandom(8).hex()}",
+        desc="writing fine_id / coarse_id",
+    )
+    with atomic_directory(output / LABELLED_COPY) as scratch:
+        labelled.save_to_disk(str(scratch))
+    cache.unlink()
+
+
+def drop_embeddings(args: ClusterArguments, shards: EmbeddingShards) -> None:
+    """Delete the embeddings unless they are to be kept: the labels, fit and report no longer need them."""
+    if not args.keeps_embeddings and shards.folder.exists():
+        shutil.rmtree(shards.folder)
+        logger.info(f"deleted {shards.folder} (--keep-embeddings keeps it)")
+
+
+def make_report(args, clusters: Clusters, shards: EmbeddingShards, sizes: dict, settings: dict, **extra) -> dict:
+    return {
+        "encoder": args.encoder,
+        "pooling": shards.meta["pooling"],
+        "embed_dim": shards.embed_dim,
+        "num_fine_clusters": clusters.num_fine_clusters,
+        "num_experts": clusters.num_experts,
+        "method": clusters.method,
+        "balance": "none: a random split" if clusters.method == "random" else BALANCE,
+        "assignment": "random" if clusters.method == "random" else "nearest fine centre",
+        "fit_sample": int(clusters.fit_sizes.sum()),  # captioned pairs the centres were fitted on
+        "seed": args.seed,
+        "iterations": args.iterations,
+        "candidates": args.candidates,
+        **sizes,
+        "imbalance": imbalance(sizes["fine_sizes"]),
+        "fit_imbalance": imbalance(clusters.fit_sizes) if clusters.fit_sizes.any() else None,
+        "caption_column": args.caption_column,
+        "dataset": args.dataset,
+        "split": args.split,
+        "num_pairs": shards.num_rows,
+        "streaming": args.streaming,
+        "num_data_files": len(shards.meta.get("data_files", [])),
+        "embeddings": EMBEDDINGS_DIR if args.keeps_embeddings else None,
+        "clusters_from": args.clusters,
+        "faiss_gpus": faiss_gpus(),
+        **extra,
+        "settings": settings,
+    }
 
 
 CLUSTERS_JSON = "clusters.json"  # the run's report, written last: a clustering run is finished when it is there

@@ -420,8 +420,7 @@ def comparison_stages(job: Job, encoder: str, seed: int):
     """The seed CLIP, MODE, the baselines and the ablations of training seed `seed` (the `--seed` of every training and
     clustering stage), in its folder: `seed/`, `clusters/<name>/`, `experts/<name>/expert-<k>/` and `models/<model>/`.
     """
-    from .cluster_run import ClusterArguments
-    from .clustering import is_finished_run
+    from .clustering import ClusterArguments, is_finished_run
     from .training import is_finished
     from .validation import CURVE, curve_stage
 

@@ -15,7 +15,7 @@ from statistics import fmean, stdev
 
 from .files import read_json, write_text
 from .job import seed_folder
-from .training.checkpoints import read_record
+from .training.record import read_record
 from .validation import CURVE
 
 ROUTED = "MODE paper"

@@ -9,8 +9,8 @@ anywhere, on any number of processes. `modeling_mode.lib.assembly` then joins th
 - `batches`: `TrainingData`, what a run trains on and this process's micro-batches;
 - `optimization`: AdamW's parameter groups and the learning-rate schedule;
 - `loop`: `train()`, its steps and their speed (samples/s, MFU, loader wait), the gradient accumulation;
-- `checkpoints`: checkpoints, the final save, and when a run is finished (`is_finished`);
-- `record`: training_args.json, the run's record.
+- `checkpoints`: checkpoints and the final save;
+- `record`: training_args.json, the run's record, and when a run is finished (`is_finished`).
 
 Import this package explicitly (`import modeling_mode.lib.training`): it needs accelerate and datasets, which the
 Hub remote-code model does not.
@@ -18,17 +18,10 @@ Hub remote-code model does not.
 
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
-from .checkpoints import (
-    CHECKPOINTS,
-    TRAINER_STATE,
-    TRAINING_ARGS,
-    final_step,
-    is_finished,
-    latest_checkpoint,
-    list_checkpoints,
-)
+from .checkpoints import CHECKPOINTS, TRAINER_STATE, latest_checkpoint, list_checkpoints
 from .loop import accumulate_gradients, train, train_step
 from .optimization import build_optimizer, learning_rate_at
+from .record import TRAINING_ARGS, final_step, is_finished
 from .start import random_clip
 
 __all__ = [

@@ -1,8 +1,8 @@
-"""A run's files: its record, its checkpoints (saved, listed, pruned), its final save, and when it is finished.
+"""A run's checkpoints (saved, listed, pruned) and its final save.
 
-A run directory holds the final CLIPModel with its CLIPProcessor, training_args.json (the record), checkpoints/step_N
-and logs/. It is finished iff its record holds `run.final_step`: the record is rewritten without it when a run starts
-and written with it last, after the model, so a run killed at any moment is never taken for a finished one.
+A run directory holds the final CLIPModel with its CLIPProcessor, training_args.json (the record, `record`),
+checkpoints/step_N and logs/. The final save writes the record with `run.final_step` last, after the model: that is
+when the run is finished (`record.is_finished`).
 """
 
 import os
@@ -15,29 +15,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from ..files import atomic_directory, read_json, write_json
+from .record import write_record
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
-TRAINING_ARGS = "training_args.json"
-
-
-def write_record(folder: str | os.PathLike, record: dict) -> None:
-    write_json(Path(folder, TRAINING_ARGS), record)
-
-
-def read_record(folder: str | os.PathLike) -> dict:
-    return read_json(Path(folder, TRAINING_ARGS))
-
-
-def final_step(run_dir: str | os.PathLike) -> int | None:
-    """The step a finished run ended at; None if `run_dir` holds no finished run (see `is_finished`)."""
-    return read_record(run_dir).get("run", {}).get("final_step") if Path(run_dir, TRAINING_ARGS).is_file() else None
-
-
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    """Whether `run_dir` holds a finished run: its final record (with `final_step`) is written last, after the model
-    and its processor, so a run killed at any moment is never taken for a finished one."""
-    return final_step(run_dir) is not None
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:

@@ -18,9 +18,9 @@ from ..errors import check_output_dir
 from ..loss import contrastive_loss
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
-from .checkpoints import final_step, prune_checkpoints, save_checkpoint, save_final, write_record
+from .checkpoints import prune_checkpoints, save_checkpoint, save_final
 from .optimization import build_optimizer, learning_rate_at
-from .record import run_record, scalars
+from .record import final_step, run_record, scalars, write_record
 from .start import Start, load_start, resolve_start, restore
 
 logger = get_logger(__name__)  # logs on the main process only
