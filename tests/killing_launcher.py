@@ -1,9 +1,9 @@
 """A `--launcher` for train/job.py whose first training stage is SIGKILLed right after its checkpoint of STEP.
 
-    python tests/killing_launcher.py STEP SCRIPT FLAGS...
+    python tests/killing_launcher.py STEP -m MODULE FLAGS...
 
-train/expert.py's training runs in this process, as the plain launcher would run it, and dies as a crash would:
-no final save, no exit handler. Any other script runs unchanged.
+The expert training (`-m modeling_mode.lib.training`) runs in this process, as the plain launcher would run it, and
+dies as a crash would: no final save, no exit handler. Any other entry point runs unchanged.
 """
 
 import os
@@ -15,10 +15,11 @@ from modeling_mode.lib import cli
 from modeling_mode.lib.training import ExpertTrainingArguments, train
 
 if __name__ == "__main__":
-    kill_at, script, flags = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    if os.path.basename(script) != "expert.py":
-        sys.argv = [script, *flags]
-        runpy.run_path(script, run_name="__main__")
+    kill_at, (dash_m, module, *flags) = int(sys.argv[1]), sys.argv[2:]
+    assert dash_m == "-m", "the job runs the library's entry points as python -m MODULE"
+    if module != "modeling_mode.lib.training":
+        sys.argv = [module, *flags]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         sys.exit()
     args = cli.parse(ExpertTrainingArguments, __doc__, flags)
 

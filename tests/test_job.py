@@ -14,25 +14,16 @@ from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from hub_cards import model_card
+from modeling_mode.job.arguments import JobArguments, Sources, check_sources
+from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set
+from modeling_mode.job.layout import JobFolder, Output
+from modeling_mode.job.main import record_settings, run
+from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
+from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
+from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, TRAINING, StageGraph
 from modeling_mode.lib import cli
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.job import (
-    SMOKE,
-    Job,
-    JobArguments,
-    Sources,
-    StageError,
-    build_offline_pairs,
-    build_offline_retrieval_set,
-    check_sources,
-    clip_config,
-    latest_progress_bar,
-    load_recipe,
-    record_settings,
-    run,
-    training_stages,
-)
 from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint
 from modeling_mode.lib.training.optimization import learning_rate_at
 from modeling_mode.lib.training.record import read_record
@@ -286,14 +277,15 @@ def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
 
 
 def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing_script(tmp_path):
-    job = Job(tmp_path, load_recipe("offline-mix")[1], Sources())
+    runner = Runner(JobFolder(tmp_path))
 
     def refuse():
         print("loading the held-out set")
         raise InputError("--dataset 'nowhere' does not exist.")
 
+    stage = Stage("seed-3/zeroshot-dense-mnist", Output(tmp_path / "results.json", lambda path: False), refuse)
     with pytest.raises(StageError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'") as fail:
-        job.run("seed-3/zeroshot-dense-mnist", lambda: False, refuse)
+        runner.run(stage)
     assert fail.value.returncode == 2  # as a script's InputError: bad input, not a crash
     assert (tmp_path / "seed-3" / "logs" / "zeroshot-dense-mnist.log").read_text() == "loading the held-out set\n"
 
@@ -310,14 +302,16 @@ def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
     from modeling_mode.lib.clustering import ClusterArguments
 
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
-    job = Job(tmp_path / "job", recipe, Sources())
-    scripts = {"expert.py": ExpertTrainingArguments, "cluster.py": ClusterArguments, "assemble.py": AssembleArguments}
+    graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
+    modules = {TRAINING: ExpertTrainingArguments, CLUSTERING: ClusterArguments, ASSEMBLY: AssembleArguments}
     stages = {}
-    for name, _, action in training_stages(job, "an/encoder"):
-        if callable(action):  # the data and validation-curve stages run in the job's own process
+    for stage in graph.training():
+        if callable(stage.action):  # the data and validation-curve stages run in the job's own process
             continue
-        stages[name] = parse(scripts[Path(action[1]).name], "", [str(part) for part in action[2:]])
-        assert cli.command_line(stages[name]) == [str(part) for part in action[2:]], name
+        (_, dash_m, module, *flags), name = stage.action, stage.name  # python -m MODULE FLAGS...
+        assert dash_m == "-m", name
+        stages[name] = parse(modules[module], "", [str(part) for part in flags])
+        assert cli.command_line(stages[name]) == [str(part) for part in flags], name
     # Two training seeds, 5 and 6: the same stages in each one's folder, on the one corpus, with its own --seed.
     per_seed = [{name.partition("/")[2] for name in stages if name.startswith(f"seed-{s}/")} for s in (5, 6)]
     assert per_seed[0] == per_seed[1] and len(per_seed[0]) == len(stages) / 2

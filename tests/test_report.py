@@ -11,19 +11,16 @@ import pytest
 import torch
 from conftest import reset_accelerate_state
 
+from modeling_mode.job.arguments import Sources
+from modeling_mode.job.fork_curve import held_out_indices, validation_sources, write_curve
+from modeling_mode.job.layout import JobFolder, comparison
+from modeling_mode.job.recipes import recipe_from_json
+from modeling_mode.job.report import write_report
+from modeling_mode.job.stages import StageGraph
+from modeling_mode.job.statistics import Estimate, ordering_verdict, paired_difference, t_975
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, pick_indices
 from modeling_mode.lib.files import read_json, write_json
-from modeling_mode.lib.report import (
-    Estimate,
-    ordering_verdict,
-    paired_difference,
-    pairs_seen,
-    paper_name,
-    t_975,
-    write_report,
-)
 from modeling_mode.lib.training import ExpertTrainingArguments, train
-from modeling_mode.lib.validation import CURVE, curve_stage, held_out_indices, validation_sources
 
 # --------------------------------------------------------------------------------------------------- statistics
 
@@ -81,7 +78,7 @@ def test_ordering_verdicts():
 
 
 def test_names_and_pairs_seen():
-    recipe = {"seed_steps": 600, "expert_steps": 100}
+    models = {model.name: model for model in comparison(recipe_from_json(RECIPE))}
     names = [
         "seed",
         "dense",
@@ -92,7 +89,7 @@ def test_names_and_pairs_seen():
         "mode-seedtext-2",
         "full-2",
     ]
-    assert [paper_name(name) for name in names] == [
+    assert [models[name].paper_name for name in names] == [
         "Seed (fork point)",
         "Dense",
         "Dense, MODE-2's pairs",
@@ -102,7 +99,7 @@ def test_names_and_pairs_seen():
         "SeedText-2",
         "Full-2",
     ]
-    assert [pairs_seen(name, recipe, 128) for name in names] == [
+    assert [models[name].steps * 128 for name in names] == [
         600 * 128,
         700 * 128,
         800 * 128,
@@ -138,6 +135,8 @@ RECIPE = {
     "onestep_experts": [2],
     "caption_attributes": False,
     "batch_size": 128,
+    "warmup_steps": 50,
+    "learning_rate": 1e-3,
     "seed_steps": 600,
     "expert_steps": 100,
     "seed": 0,
@@ -204,7 +203,7 @@ def job_folder(tmp_path_factory):
         seed = folder / f"seed-{s}"
         write_json(seed / "seed" / "training_args.json", {"run": {"global_batch_size": 128}})
         write_json(seed / "clusters" / "minilm-2" / "clusters.json", {"coarse_sizes": [10_000, 14_000]})
-        write_json(seed / CURVE, curve_points(losses[s]))
+        write_json(seed / "seed_curve.json", curve_points(losses[s]))
         models = dict(AVERAGES, **({"dense-4": (70.0, 0.0)} if s == 0 else {}))  # dense-4: seed 0's only
         for model, averages in models.items():
             for task, offset in zip(TASKS, (5.0, -5.0)):
@@ -271,8 +270,10 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     folder = tmp_path / "job"
     shutil.copytree(job_folder, folder)
     write_json(folder / "recipe.json", {**RECIPE, "sources": {**RECIPE["sources"], "dataset": "org/pairs"}})
-    curve_stage(folder, folder / "seed-0")  # holds nothing out: an empty curve, at once
-    assert read_json(folder / "seed-0" / CURVE) == []
+    graph = StageGraph(JobFolder(folder), recipe_from_json(RECIPE), Sources(dataset="org/pairs"), "an/encoder")
+    seed = JobFolder(folder).seed(0)
+    graph.curve_stage(seed, dense=seed.path / "models" / "dense").action()  # holds nothing out: empty, at once
+    assert read_json(seed.curve) == []
     assert "nothing was held out of them, so there is no validation curve" in write_report(folder).read_text()
 
 
@@ -306,7 +307,6 @@ def one_thread():
 
 def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(tmp_path, one_thread):
     recipe = dict(RECIPE, train_per_source=16, batch_size=8)
-    write_json(tmp_path / "recipe.json", recipe)
     corpus = [load(split="train", count=16, seed=0) for load in SOURCES.values()]
     caption_pairs(corpus, noise=0.1, seed=0).save_to_disk(tmp_path / "data" / "pairs")
     seed = tmp_path / "seed-0"
@@ -318,8 +318,9 @@ def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(t
     ]:
         train(run)
         reset_accelerate_state()  # the next run gets its own
-    curve_stage(tmp_path, seed, per_source=12)
-    curve = read_json(seed / CURVE)
+    runs = {"seed": seed / "seed", "dense": seed / "models" / "dense"}
+    write_curve(seed / "seed_curve.json", runs, recipe_from_json(recipe), holds_out=True, per_source=12)
+    curve = read_json(seed / "seed_curve.json")
     assert [(point["step"], point["run"]) for point in curve] == [(2, "seed"), (4, "seed"), (6, "dense")]
     assert all(math.isfinite(point["loss"]) and point["pairs"] == 32 for point in curve)  # 36 pairs: 4 batches of 8
     assert all(sorted(point["top1"]) == sorted(SOURCES) for point in curve)

@@ -17,9 +17,12 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import CLIPModel
 
+from modeling_mode.job.arguments import Sources
+from modeling_mode.job.layout import JobFolder
+from modeling_mode.job.recipes import SMOKE, load_recipe
+from modeling_mode.job.stages import TRAINING, StageGraph
 from modeling_mode.lib import cli
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.job import SMOKE, Job, load_recipe, training_stages
 from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, random_clip, train
 from modeling_mode.lib.training.loop import accumulate_gradients, embed
 from modeling_mode.lib.training.optimization import set_hyperparameters
@@ -174,9 +177,9 @@ def test_speed_flags_are_checked():
 
 def test_a_recipe_compiles_every_training_stage(tmp_path):
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, torch_compile=True)
-    job = Job(tmp_path / "job", recipe)
-    commands = [action for _, _, action in training_stages(job, "an/encoder") if not callable(action)]
-    trainings = [command[2:] for command in commands if Path(command[1]).name == "expert.py"]
+    graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
+    commands = [stage.action for stage in graph.training() if not callable(stage.action)]
+    trainings = [command[3:] for command in commands if command[1:3] == ["-m", TRAINING]]
     assert trainings and all("--torch-compile" in command for command in trainings)
     assert all(cli.parse(ExpertTrainingArguments, "", list(map(str, c))).torch_compile for c in trainings)
 

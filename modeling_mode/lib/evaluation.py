@@ -32,8 +32,8 @@ from .files import atomic_path, read_json, write_json, write_text
 MODEL_TYPES = ("clip", "mode_clip")
 TEMPLATES = "zeroshot_classification_templates"  # clip-benchmark's name for the prompt templates
 METRICS = Path(__file__).resolve().parent / "metrics"
-# The names the results go by: each routing of a MODE, or a CLIPModel itself.
-MODE_NAME, CLIP_NAME = "MODE {routing}", "CLIPModel"
+# The names the results go by: each routing of a MODE, each of its experts alone, or a CLIPModel itself.
+MODE_NAME, EXPERT_NAME, CLIP_NAME = "MODE {routing}", "expert {k}", "CLIPModel"
 
 # A short, general set of CLIP prompt templates; name a benchmark's set (`strings_from`) or pass your own for one.
 DEFAULT_TEMPLATES = (
@@ -180,7 +180,7 @@ def ensembles(model, router_embeds: torch.Tensor | None) -> dict[str, torch.Tens
         for routing in ROUTINGS
     }
     named.update(
-        {f"expert {k}": nn.functional.one_hot(torch.tensor(k), num_experts).float() for k in range(num_experts)}
+        {EXPERT_NAME.format(k=k): nn.functional.one_hot(torch.tensor(k), num_experts).float() for k in range(num_experts)}
     )
     return named
 

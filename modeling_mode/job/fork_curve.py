@@ -3,7 +3,7 @@
 Validation pairs are drawn from the offline corpus's sources' train splits, none of them a training pair (the test
 splits stay the held-out test sets, on which no schedule is chosen). Each checkpoint of the seed run and of the dense
 run (the seed's schedule run to its end) is scored on them: the mean contrastive loss over fixed batches, and zero-shot
-top-1 per source on the validation images. `curve_stage` writes the points to `seed-<s>/seed_curve.json`.
+top-1 per source on the validation images. `write_curve` writes the points to `seed-<s>/seed_curve.json`.
 """
 
 import logging
@@ -13,16 +13,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import SOURCES, LabelledImages, caption_pairs, pick_indices
-from .evaluation import classification_metrics, encode_images, encode_texts, prompt_templates, zero_shot_classifier
-from .files import read_json, write_json
-from .loss import contrastive_loss
-from .training.checkpoints import list_checkpoints
-from .training.start import Start, load_start
+from ..lib.corpus import SOURCES, LabelledImages, caption_pairs, pick_indices
+from ..lib.evaluation import (
+    classification_metrics,
+    encode_images,
+    encode_texts,
+    prompt_templates,
+    zero_shot_classifier,
+)
+from ..lib.files import write_json
+from ..lib.loss import contrastive_loss
+from ..lib.training.checkpoints import list_checkpoints
+from ..lib.training.start import Start, load_start
+from .recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
-CURVE = "seed_curve.json"
 PER_SOURCE = 200  # validation images per source: a few batches, seconds per checkpoint on a CPU
 IMAGE_BATCH = 64
 
@@ -31,7 +37,7 @@ def held_out_indices(total: int, train_count: int, count: int, seed: int) -> lis
     """`count` indices of a split of `total` images (fewer when fewer are left) that the training draw did not take.
 
     The offline corpus's training pairs are each source's images at `corpus.pick_indices(total, train_count, seed)`
-    (`job.build_offline_pairs`); the validation images are a seeded sample of the rest."""
+    (`data.build_offline_pairs`); the validation images are a seeded sample of the rest."""
     training = set(pick_indices(total, train_count, seed))
     left = [index for index in range(total) if index not in training]
     return sorted(random.Random(f"validation/{seed}").sample(left, min(count, len(left))))
@@ -79,9 +85,8 @@ def checkpoint_scores(
     return {"loss": sum(losses) / len(losses), "pairs": size * len(losses), "top1": top1}
 
 
-def curve(seed_folder: Path, pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int) -> list[dict]:
-    """The scores of every checkpoint of the seed run (`seed/`) and of the dense run (`models/dense/`), by step."""
-    runs = {"seed": seed_folder / "seed", "dense": seed_folder / "models" / "dense"}
+def curve(runs: dict[str, Path], pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int) -> list:
+    """The scores of every checkpoint of `runs` ({name: run folder}: the seed run and the dense run), by step."""
     points = sorted((step, run, path) for run, folder in runs.items() for step, path in list_checkpoints(folder))
     scored = []
     for step, run, path in tqdm(points, desc="validation curve", unit="checkpoint"):
@@ -90,18 +95,19 @@ def curve(seed_folder: Path, pairs: dict[str, list], classnames: dict[str, list[
     return scored
 
 
-def curve_stage(job_output: Path, seed_folder: Path, per_source: int = PER_SOURCE) -> None:
-    """The main job's stage: write `seed_folder/seed_curve.json`, one point per checkpoint of the seed and dense runs
-    ([{"step", "run", "loss", "pairs", "top1": {source: accuracy}}], by step).
+def write_curve(
+    path: Path, runs: dict[str, Path], recipe: Recipe, holds_out: bool, per_source: int = PER_SOURCE
+) -> None:
+    """The main job's stage: write `path` (`seed_curve.json`), one point per checkpoint of `runs` ([{"step", "run",
+    "loss", "pairs", "top1": {source: accuracy}}], by step).
 
-    On the offline corpus, `per_source` validation pairs per source (true captions, composed as the training
-    captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the report says so."""
-    recipe = read_json(Path(job_output) / "recipe.json")
+    On the offline corpus (`holds_out`), `per_source` validation pairs per source (true captions, composed as the
+    training captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the report says so."""
     points = []
-    if recipe["sources"]["dataset"] is None:
-        sources = validation_sources(recipe["train_per_source"], per_source, recipe["seed"])
-        pairs = caption_pairs(sources, noise=0.0, seed=recipe["seed"], attributes=recipe["caption_attributes"])
+    if holds_out:
+        sources = validation_sources(recipe.train_per_source, per_source, recipe.seed)
+        pairs = caption_pairs(sources, noise=0.0, seed=recipe.seed, attributes=recipe.caption_attributes)
         pairs = pairs[:]  # as columns: the images decoded once, for every checkpoint
         classnames = {data.source: data.classnames for data in sources}
-        points = curve(Path(seed_folder), pairs, classnames, recipe["batch_size"])
-    write_json(Path(seed_folder) / CURVE, points)
+        points = curve(runs, pairs, classnames, recipe.batch_size)
+    write_json(path, points)

@@ -1,0 +1,69 @@
+"""The job's data stage: build what the sources leave to the offline corpus (real images that install without the
+Hub, `lib.corpus`), and write `data/sources.json`, where every set the later stages read is."""
+
+from ..lib.files import write_json
+from .arguments import Sources
+from .layout import JobFolder
+from .recipes import Recipe
+
+
+def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
+    if sources.dataset is None:
+        build_offline_pairs(recipe, folder.offline_pairs)
+    zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in sources.zeroshot.items()}
+    if not zeroshot:
+        zeroshot = build_offline_classification_sets(recipe, folder.offline_classification)
+    for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
+        for task, value in per_task.items():
+            zeroshot[task][key] = value
+    if sources.retrieval:
+        dataset, split = sources.retrieval
+        retrieval = {"dataset": dataset, "split": split, "caption_column": sources.caption_column}
+    else:
+        retrieval = build_offline_retrieval_set(recipe, folder.offline_retrieval)
+    pairs = {"dataset": training_pairs(folder, sources), "split": sources.split}
+    write_json(folder.sources, {"pairs": pairs, "zeroshot": zeroshot, "retrieval": retrieval})
+
+
+def training_pairs(folder: JobFolder, sources: Sources) -> str:
+    """The dataset every training and clustering stage reads: the user's, or the offline corpus's pairs."""
+    return str(sources.dataset or folder.offline_pairs)
+
+
+def build_offline_pairs(recipe: Recipe, path) -> None:
+    from ..lib.corpus import SOURCES, caption_pairs
+
+    train = [load(split="train", count=recipe.train_per_source, seed=recipe.seed) for load in SOURCES.values()]
+    caption_pairs(train, recipe.caption_noise, recipe.seed, recipe.caption_attributes).save_to_disk(path)
+
+
+def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
+    """One zero-shot set per source: a sample of its test split, each saved with `save_to_disk`."""
+    from ..lib.corpus import SOURCES, classification_set
+
+    sets = {}
+    for name, load in SOURCES.items():
+        data = load(split="test", seed=recipe.seed)
+        count = min(recipe.test_per_source, len(data.labels))
+        classification_set(data).shuffle(seed=recipe.seed).select(range(count)).save_to_disk(folder / name)
+        sets[name] = {"dataset": str(folder / name), "split": "test"}
+    return sets
+
+
+def build_offline_retrieval_set(recipe: Recipe, path) -> dict:
+    from ..lib.corpus import SOURCES, retrieval_set
+
+    images = [load(split="test", count=recipe.retrieval_per_source, seed=recipe.seed + 1) for load in SOURCES.values()]
+    retrieval_set(images, recipe.seed, recipe.caption_attributes).save_to_disk(path)
+    return {"dataset": str(path), "split": "test", "caption_column": "caption"}
+
+
+def count_pairs(recipe: Recipe, sources: Sources) -> int:
+    """How many training pairs the job will have: the user's dataset's rows, or the offline corpus's."""
+    if sources.dataset is None:
+        from ..lib.corpus import SOURCES
+
+        return len(SOURCES) * recipe.train_per_source
+    from ..lib.data import load_pairs
+
+    return len(load_pairs(sources.dataset, sources.split))

@@ -1,0 +1,244 @@
+"""The main job's folder: the one place that knows the name of every folder, stage, model and result row in it, and
+when each output is finished.
+
+    OUTPUT/
+        recipe.json  timings.json  clip_config.json  report.md (with its PNG plots)
+        data/        sources.json, and the offline corpus's sets: pairs/, eval/<task>/, retrieval/
+        seed-<s>/    one training seed's whole comparison:
+            seed/                           the seed CLIP run; the experts fork at checkpoints/step_<seed_steps>
+            clusters/<clustering>/          a clustering run
+            experts/<ensemble>/expert-<k>/  an ensemble's expert runs
+            models/<model>/                 the dense runs and the assembled ensembles
+            results/<model>/                zeroshot-<task>.json and retrieval.json
+            seed_curve.json                 the fork-point curve
+            logs/<stage>.log
+
+The comparison is a list of `Model` specs (`comparison`): the stages are built by iterating over it, and the report
+reads its names, rows and costs from it. Adding a baseline is adding a spec; adding a routing, an entry of
+`ROUTINGS` in the model's configuration.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..configuration_mode_clip import ROUTINGS
+from ..lib.evaluation import CLIP_NAME, EXPERT_NAME, MODE_NAME
+from .recipes import Recipe
+
+# ----------------------------------------------------------------------------------------------- what is finished
+
+
+def training_finished(path: Path) -> bool:
+    """A training run's record says it saved its final model (written last: `training.is_finished`)."""
+    from ..lib.training import is_finished
+
+    return is_finished(path)
+
+
+def clustering_finished(path: Path) -> bool:
+    """A clustering run's report is written last and describes the centroids beside it (`read_finished_run`)."""
+    from ..lib.clustering import is_finished_run
+
+    return is_finished_run(path)
+
+
+def model_finished(path: Path) -> bool:
+    """An assembled MODE is written whole (a scratch folder renamed), config.json with the rest."""
+    return (path / "config.json").is_file()
+
+
+def file_finished(path: Path) -> bool:
+    """A JSON output (the data's sources, a curve, an evaluation's results) is written atomically, after the rest."""
+    return path.is_file()
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a stage makes, and the test its consumers apply to take it as complete: never merely present."""
+
+    path: Path
+    finished: Callable[[Path], bool]
+
+    def is_finished(self) -> bool:
+        return self.finished(self.path)
+
+
+# ----------------------------------------------------------------------------------------------- the comparison
+
+CLIP_ROW = ""  # a CLIP model's one row: itself
+BEST_EXPERT_ROW = "best expert"
+
+
+def routing_row(routing: str) -> str:
+    """The report's row of an ensemble routed by `routing` (`ROUTINGS`): 'routed (paper)', ..., 'uniform'."""
+    return "uniform" if routing == "uniform" else f"routed ({routing})"
+
+
+ENSEMBLE_ROWS = [*(routing_row(routing) for routing in ROUTINGS), BEST_EXPERT_ROW]  # an ensemble's ways of use
+PAPER_ROW = routing_row("paper")
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """A clustering of the training pairs into `experts` coarse clusters, in `clusters/<name>/`."""
+
+    name: str
+    experts: int
+    method: str = "two-level"  # `kmeans.METHODS`: two-level (MODE), one-step, random
+    seed_text: bool = False  # in the seed CLIP's text space (SeedText-n), not the job's caption encoder's
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model of the comparison: how it is made, what the paper calls it, the result row that stands for it, and
+    the optimizer steps of all the training that went into it (the seed's included).
+
+    kind 'seed': the seed run itself; 'dense': one CLIP forked from the seed and trained on all pairs to step
+    `max_steps`; 'ensemble': `clustering.experts` experts forked from the seed (expert k on cluster k, or with
+    `every_pair` on all pairs, each in its own order), assembled into a MODE."""
+
+    name: str  # its folder under models/ (the seed: seed/) and results/
+    kind: str
+    paper_name: str
+    main_row: str
+    steps: int
+    n: int | None = None
+    max_steps: int | None = None  # a dense run's schedule end
+    clustering: Clustering | None = None  # an ensemble's: its experts' clusters and its routing's centres
+    every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
+
+    @property
+    def ensemble(self) -> str:
+        """An ensemble's name in its experts' folder and stages: its clustering's (`minilm-2`), or Full-n's own."""
+        return self.name.removeprefix("mode-")
+
+
+def comparison(recipe: Recipe) -> list[Model]:
+    """The models of one training seed's comparison, in the report's order: the seed, the dense baselines, MODE-n,
+    then the paper's controls and ablations."""
+    fork, per_expert = recipe.seed_steps, recipe.expert_steps
+    minilm = {n: Clustering(f"minilm-{n}", n) for n in recipe.experts}
+
+    def ensemble(clustering: Clustering, paper_name: str, n: int) -> Model:
+        return Model(f"mode-{clustering.name}", "ensemble", paper_name, PAPER_ROW, fork + n * per_expert, n,
+                     clustering=clustering)  # fmt: skip
+
+    models = [
+        Model("seed", "seed", "Seed (fork point)", CLIP_ROW, fork),
+        # The paper's dense baseline: the seed's own schedule run to its end on all pairs.
+        Model("dense", "dense", "Dense", CLIP_ROW, recipe.total_steps, max_steps=recipe.total_steps),
+    ]
+    for n in sorted(recipe.experts):  # the seed's schedule re-stretched to as many pairs as seed + n experts see
+        steps = fork + n * per_expert
+        models.append(Model(f"dense-{n}", "dense", f"Dense, MODE-{n}'s pairs", CLIP_ROW, steps, n, max_steps=steps))
+    models += [ensemble(minilm[n], f"MODE-{n}", n) for n in sorted(recipe.experts)]
+    for n in sorted(recipe.full_experts):  # n forks of the seed on all pairs, averaged: read in its uniform row
+        models.append(Model(f"full-{n}", "ensemble", f"Full-{n}", routing_row("uniform"), fork + n * per_expert, n,
+                            clustering=minilm[n], every_pair=True))  # fmt: skip
+    models += [
+        ensemble(Clustering(f"onestep-{n}", n, "one-step"), f"OneStep-{n}", n) for n in sorted(recipe.onestep_experts)
+    ]
+    n = recipe.random_experts
+    models.append(ensemble(Clustering(f"random-{n}", n, "random"), f"Random-{n}", n))
+    models.append(ensemble(Clustering("seedtext-2", 2, seed_text=True), "SeedText-2", 2))
+    return models
+
+
+def result_rows(results: dict) -> dict[str, dict]:
+    """{report row: metrics} of one evaluation's results (`evaluation.zero_shot_classification`, `retrieval`): a CLIP's
+    one row, or an ensemble's routings and its best single expert on this task (by the first metric)."""
+    by_name = results["results"]
+    if CLIP_NAME in by_name:
+        return {CLIP_ROW: by_name[CLIP_NAME]}
+    experts = [metrics for name, metrics in by_name.items() if re.fullmatch(EXPERT_NAME.format(k=r"\d+"), name)]
+    rows = {routing_row(routing): by_name[MODE_NAME.format(routing=routing)] for routing in ROUTINGS}
+    return rows | {BEST_EXPERT_ROW: max(experts, key=lambda metrics: next(iter(metrics.values())))}
+
+
+def routing_weights(results: dict, routing: str = "paper") -> list[float]:
+    """The expert weights an ensemble's routing gave a zero-shot task."""
+    return results["routing_weights"][MODE_NAME.format(routing=routing)]
+
+
+# ----------------------------------------------------------------------------------------------- the folders
+
+DATA_STAGE, CURVE_STAGE = "data", "curve"
+# Each stage's phase in the report's wall time, by its name's first word; the rest are evaluations.
+PHASES = {"data": "data", "cluster": "clustering", "seed": "training", "expert": "training", "dense": "training",
+          "assemble": "assembly", "curve": "validation curve"}  # fmt: skip
+
+
+def phase_of(stage: str) -> str:
+    """'seed-0/expert-minilm-2-0' -> 'training'."""
+    return PHASES.get(stage.rpartition("/")[2].split("-")[0], "evaluation")
+
+
+@dataclass(frozen=True)
+class SeedFolder:
+    """`OUTPUT/seed-<s>/`: training seed s's comparison; s is the `--seed` of its every training and clustering."""
+
+    path: Path
+    seed: int
+
+    @property
+    def seed_run(self) -> Path:
+        return self.path / "seed"
+
+    def fork(self, recipe: Recipe) -> Path:
+        """The seed's checkpoint that every other model forks from."""
+        return self.seed_run / "checkpoints" / f"step_{recipe.seed_steps}"
+
+    def clusters(self, clustering: Clustering) -> Path:
+        return self.path / "clusters" / clustering.name
+
+    def expert(self, model: Model, k: int) -> Path:
+        return self.path / "experts" / model.ensemble / f"expert-{k}"
+
+    def model(self, model: Model) -> Path:
+        return self.seed_run if model.kind == "seed" else self.path / "models" / model.name
+
+    def zeroshot_results(self, model: Model, task: str) -> Path:
+        return self.path / "results" / model.name / f"zeroshot-{task}.json"
+
+    def retrieval_results(self, model: Model) -> Path:
+        return self.path / "results" / model.name / "retrieval.json"
+
+    @property
+    def curve(self) -> Path:
+        return self.path / "seed_curve.json"
+
+    def stage(self, name: str) -> str:
+        """A stage's name in the job: `seed-<s>/<name>` (its time in `timings.json`, its log `logs/<name>.log`)."""
+        return f"{self.path.name}/{name}"
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    """`OUTPUT/`: the job's records, its data, one `SeedFolder` per training seed, and the report."""
+
+    path: Path
+
+    recipe = property(lambda self: self.path / "recipe.json")
+    timings = property(lambda self: self.path / "timings.json")
+    clip_config = property(lambda self: self.path / "clip_config.json")
+    report = property(lambda self: self.path / "report.md")
+    data = property(lambda self: self.path / "data")
+    sources = property(lambda self: self.path / "data" / "sources.json")
+    offline_pairs = property(lambda self: self.path / "data" / "pairs")
+    offline_classification = property(lambda self: self.path / "data" / "eval")
+    offline_retrieval = property(lambda self: self.path / "data" / "retrieval")
+
+    def seed(self, seed: int) -> SeedFolder:
+        return SeedFolder(self.path / f"seed-{seed}", seed)
+
+    def seeds(self, recipe: Recipe) -> list[SeedFolder]:
+        """The job's training seeds' folders. A folder of another seed (an earlier run's, with more seeds) is not this
+        job's comparison."""
+        return [self.seed(seed) for seed in recipe.training_seeds]
+
+    def log(self, stage: str) -> Path:
+        """A stage's log: `logs/<name>.log`; a training seed's stage `FOLDER/NAME`'s: `FOLDER/logs/NAME.log`."""
+        folder, _, name = stage.rpartition("/")
+        return self.path / folder / "logs" / f"{name}.log"

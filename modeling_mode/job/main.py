@@ -1,0 +1,102 @@
+"""MODE end to end, resumable: data, clustering, seed, experts, assembly, baselines, evaluation and report.
+
+    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke] [--seeds K]
+
+runs on the offline corpus (real images that install without the Hub) and a seed trained from random weights. Online,
+the same stages run on your pairs, from a pretrained CLIP, on GPUs:
+
+    python train/job.py --recipe my-recipe.json --output runs/web \\
+        --dataset ORG/PAIRS --init openai/clip-vit-base-patch32 \\
+        --zeroshot-dataset cifar10=uoft-cs/cifar10:test food101=ethz/food101:validation \\
+        --templates cifar10=cifar10 food101=food101 \\
+        --retrieval-dataset ORG/CAPTIONED:test \\
+        --launcher "accelerate launch --multi_gpu --num_processes 8"
+
+Clustering, training and assembly run the library's entry points (`python -m modeling_mode.lib...`; evaluation runs
+in this process); every stage is skipped when its output is complete, so a re-run resumes. The data are built once in
+`OUTPUT/data/`; each training seed s (K of them: --seeds) runs the whole comparison in `OUTPUT/seed-<s>/`, its stages'
+logs in `OUTPUT/seed-<s>/logs/`. The report is `OUTPUT/report.md`, with PNG plots beside it.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from ..lib import cli
+from ..lib.errors import InputError, check_output_dir
+from ..lib.files import read_json, write_json
+from .arguments import JobArguments, Sources, check_sources, default_encoder
+from .data import count_pairs
+from .layout import JobFolder
+from .recipes import SMOKE, check_recipe, clip_config, load_recipe
+from .report import write_report
+from .runner import Runner, StageError
+from .stages import StageGraph
+
+
+def run(
+    recipe_name: str,
+    output: Path,
+    sources: Sources | None = None,
+    smoke: bool = False,
+    encoder: str | None = None,
+    seeds: int | None = None,
+) -> Path:
+    """Run (or resume) the job; `seeds`, when given, replaces the recipe's number of training seeds."""
+    sources = sources or Sources()
+    name, recipe = load_recipe(recipe_name)
+    recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
+    folder = JobFolder(check_output_dir(output))
+    encoder = encoder or default_encoder()
+    check_sources(sources, encoder)
+    check_recipe(recipe, count_pairs(recipe, sources))
+    config = clip_config(recipe) if sources.init is None else None
+    folder.path.mkdir(parents=True, exist_ok=True)
+    record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
+    if config is not None:
+        write_json(folder.clip_config, config)
+    graph, runner = StageGraph(folder, recipe, sources, encoder), Runner(folder)
+    runner.run_all(graph.training(), "training stages")
+    runner.run_all(graph.evaluation(), "evaluation")  # each evaluator adds its rows to its eval_results.json
+    return write_report(folder.path)
+
+
+def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
+    """Write the job's recipe and sources; refuse to resume a job that was started with others. Any launcher may
+    resume a job, and any number of training seeds: each seed's folder depends on the other settings only."""
+    settings = json.loads(json.dumps({**recipe, "sources": dataclasses.asdict(sources)}))  # tuples as JSON lists
+
+    def flat(record: dict) -> dict:
+        named = {f"sources.{key}": value for key, value in record.get("sources", {}).items() if key != "launcher"}
+        return {key: value for key, value in record.items() if key not in ("sources", "seeds")} | named
+
+    if path.exists():
+        before, now = flat(read_json(path)), flat(settings)
+        if changed := sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)):
+            raise InputError(
+                f"{path.parent} holds a job started with other settings ({', '.join(changed)}): resume it with "
+                "those, or give another --output."
+            )
+    write_json(path, settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = cli.parse(JobArguments, __doc__, argv)
+    try:
+        report = run(
+            args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder, seeds=args.seeds
+        )
+    except StageError as error:  # the stage's own error line is in the message; its exit status is kept
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.returncode)
+    print(f"report: {report}")
+
+
+def entry_point() -> None:
+    """`mode-job`, `python -m modeling_mode.job` and train/job.py."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,174 @@
+"""What the main job trains and how long: the `Recipe`, the built-in recipes, and the checks made before any work.
+
+A built-in recipe is the default `Recipe` plus a few overrides, as nanoGPT's config files are; a user's recipe is a
+JSON file of `Recipe` fields (e.g. a longer schedule and bigger batches for a GPU run from a pretrained seed).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..lib.errors import InputError
+from ..lib.files import read_json
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the job trains and how long. Step counts are optimizer steps of `batch_size` pairs per process."""
+
+    fine_clusters: int
+    experts: tuple[int, ...]  # MODE sizes n
+    batch_size: int
+    seed_steps: int  # the seed trains on all pairs this long, then the experts fork (the paper: epoch 27 of 32)
+    expert_steps: int  # each expert then trains this long on its cluster
+    warmup_steps: int
+    learning_rate: float
+    random_experts: int = 2  # the Random-n ablation's n
+    num_workers: int = 0  # data loader workers per training process
+    checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
+    torch_compile: bool = False  # the training stages' --torch-compile (a GPU recipe's choice)
+    seed: int = 0
+    # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
+    model: dict | None = None
+    # The offline corpus, for the sets that `Sources` does not name:
+    train_per_source: int = 8000  # training pairs drawn from each source's train split
+    test_per_source: int = 1000  # held-out images per source for zero-shot classification
+    retrieval_per_source: int = 200  # held-out images per source for retrieval
+    caption_noise: float = 0.1  # share of pairs whose caption is another pair's (web noise)
+    caption_attributes: bool = False  # captions add words measured from each image's pixels (`corpus.caption_pairs`)
+    # The paper's baselines and ablations beside MODE-n and Random-n (each list may be empty):
+    full_experts: tuple[int, ...] = (2,)  # Full-n: n forks of the seed, each on all pairs, averaged; n in `experts`
+    onestep_experts: tuple[int, ...] = (2,)  # OneStep-n: balanced k-means straight into n clusters
+    seeds: int = 1  # the whole comparison for training seeds seed, seed + 1, ..., seed + seeds - 1
+
+    @property
+    def total_steps(self) -> int:
+        return self.seed_steps + self.expert_steps
+
+    @property
+    def training_seeds(self) -> range:
+        """The job's training seeds: each runs the whole comparison in its own folder (`layout.JobFolder.seed`)."""
+        return range(self.seed, self.seed + self.seeds)
+
+
+SIZE_LISTS = ("experts", "full_experts", "onestep_experts")  # the recipe's lists of ensemble sizes n
+
+OFFLINE_MIX = Recipe(
+    fine_clusters=64,
+    experts=(2, 4),
+    random_experts=2,
+    model=dict(width=128, layers=3, heads=4, image_size=32, patch_size=4),
+    batch_size=128,
+    seed_steps=600,
+    expert_steps=100,
+    warmup_steps=50,
+    learning_rate=1e-3,
+    train_per_source=8000,
+    test_per_source=1000,
+    retrieval_per_source=200,
+    caption_noise=0.1,
+)
+# The built-in recipes: each the default one with its overrides.
+RECIPES = {
+    "offline-mix": {},
+    "offline-mix-attributes": dict(caption_attributes=True),
+}
+# The same stages, on a few hundred pairs and one size of each ensemble: minutes, mostly process start-up.
+SMOKE = dict(
+    train_per_source=150,
+    test_per_source=30,
+    retrieval_per_source=10,
+    fine_clusters=8,
+    experts=(2,),
+    full_experts=(2,),
+    onestep_experts=(2,),
+    model=dict(width=32, layers=1, heads=2, image_size=32, patch_size=8),
+    batch_size=16,
+    seed_steps=6,
+    expert_steps=3,
+    warmup_steps=2,
+    checkpoint_every=2,
+)
+
+
+def load_recipe(name_or_file: str) -> tuple[str, Recipe]:
+    """A built-in recipe by name, or a JSON file of `Recipe` fields named by its file's stem."""
+    if name_or_file in RECIPES:
+        return name_or_file, dataclasses.replace(OFFLINE_MIX, **RECIPES[name_or_file])
+    if not Path(name_or_file).is_file():
+        raise InputError(
+            f"unknown recipe {name_or_file!r}: name one of {sorted(RECIPES)}, or a JSON file of its fields."
+        )
+    try:
+        return Path(name_or_file).stem, recipe_from_json(read_json(name_or_file))
+    except TypeError as error:
+        raise InputError(
+            f"{name_or_file} is not a recipe ({error}); its fields are those of {Recipe.__name__}."
+        ) from None
+
+
+def recipe_from_json(fields: dict) -> Recipe:
+    """A `Recipe` from its JSON fields (a recipe file, or the job's `recipe.json`, whose other keys are left out);
+    TypeError for a missing or unknown field of a recipe file."""
+    if "sources" in fields:  # the job's record: the recipe's fields, the recipe's name and the sources
+        fields = {spec.name: fields[spec.name] for spec in dataclasses.fields(Recipe) if spec.name in fields}
+    recipe = Recipe(**fields)
+    lists = {name: tuple(value) for name in SIZE_LISTS if isinstance(value := getattr(recipe, name), list)}
+    return dataclasses.replace(recipe, **lists)  # JSON lists as the tuples a Recipe holds
+
+
+def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
+    """Refuse, before any work, a recipe that some stage would fail on (or, worse, run on) hours into the job."""
+    at_least = {"fine_clusters": 1, "batch_size": 1, "seed_steps": 1, "expert_steps": 1, "checkpoint_every": 1,
+                "warmup_steps": 0, "num_workers": 0, "random_experts": 1, "train_per_source": 1,
+                "test_per_source": 1, "retrieval_per_source": 1, "seed": 0, "seeds": 1}  # fmt: skip
+    for name, least in at_least.items():
+        if not (isinstance(getattr(recipe, name), int) and getattr(recipe, name) >= least):
+            raise InputError(f"recipe field {name} must be an integer >= {least}, got {getattr(recipe, name)!r}.")
+    if not recipe.learning_rate > 0 or not 0 <= recipe.caption_noise <= 1:
+        raise InputError(
+            f"recipe fields learning_rate must be > 0 and caption_noise in [0, 1], got {recipe.learning_rate} and "
+            f"{recipe.caption_noise}."
+        )
+    if not isinstance(recipe.caption_attributes, bool):
+        raise InputError(f"recipe field caption_attributes must be true or false, got {recipe.caption_attributes!r}.")
+    check_ensemble_sizes(recipe)
+    if num_pairs is not None and num_pairs < max(recipe.fine_clusters, recipe.batch_size):
+        raise InputError(
+            f"the training pairs are {num_pairs}: fewer than the recipe's fine_clusters ({recipe.fine_clusters}) or "
+            f"batch_size ({recipe.batch_size})."
+        )
+
+
+def check_ensemble_sizes(recipe: Recipe) -> None:
+    """Every clustering splits the pairs into n experts with 1 <= n <= fine_clusters: MODE-n, OneStep-n, Random-n and
+    the seed-text ablation's 2. Full-n's forks train on MODE-n's clustering (`layout.comparison`)."""
+    lists = {name: getattr(recipe, name) for name in SIZE_LISTS}
+    fits = all(isinstance(values, tuple) for values in lists.values()) and all(
+        isinstance(n, int) and 1 <= n <= recipe.fine_clusters
+        for n in [*recipe.experts, *recipe.full_experts, *recipe.onestep_experts, recipe.random_experts, 2]
+    )
+    if not recipe.experts or not fits:
+        given = ", ".join(f"{name}={list(v) if isinstance(v, tuple) else v!r}" for name, v in lists.items())
+        raise InputError(
+            f"recipe fields {', '.join(SIZE_LISTS)} must list sizes n with 1 <= n <= fine_clusters "
+            f"({recipe.fine_clusters}), as must random_experts and the seed-text ablation's 2 (experts at least one); "
+            f"got {given}, random_experts={recipe.random_experts}."
+        )
+    if unknown := sorted(set(recipe.full_experts) - set(recipe.experts)):
+        raise InputError(
+            f"recipe field full_experts lists {unknown}, not MODE sizes (experts={list(recipe.experts)}): Full-n is "
+            "MODE-n's control, its forks trained on MODE-n's clustering."
+        )
+
+
+def clip_config(recipe: Recipe) -> dict:
+    """The CLIPConfig (as a dict) of the experts trained from scratch, sized for the character-level tokenizer."""
+    from ..lib.processors import char_level_clip_config
+
+    if recipe.model is None:
+        raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")
+    try:
+        return char_level_clip_config(**recipe.model)
+    except TypeError as error:
+        raise InputError(f"the recipe's model {recipe.model} is not a model size: {error}.") from None

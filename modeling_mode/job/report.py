@@ -1,0 +1,313 @@
+"""The main job's report: the paper's comparison over training seeds, with intervals; retrieval; the fork point; plots.
+
+For each model, zero-shot top-1 per task as a mean and standard deviation over the job's training seeds, what it
+cost in pairs seen, and the paper's number beside it; the paired difference of each model against the dense baseline
+with a 95% interval over seeds; whether each of the paper's orderings holds here. It reads the job's folder alone,
+through its layout (`layout`): `recipe.json`, `timings.json`, `data/sources.json` and, per training seed, the
+evaluations' results, the clusterings' reports, the seed run's record and the fork-point curve.
+"""
+
+from pathlib import Path
+from statistics import fmean
+
+from ..lib.files import read_json, write_text
+from ..lib.training.record import read_record
+from .layout import (
+    CLIP_ROW,
+    ENSEMBLE_ROWS,
+    PAPER_ROW,
+    JobFolder,
+    Model,
+    SeedFolder,
+    comparison,
+    phase_of,
+    result_rows,
+    routing_weights,
+)
+from .plots import plot_accuracy, plot_cluster_sizes, plot_curves, plot_routing_weights
+from .recipes import recipe_from_json
+from .statistics import Estimate, interval_text, mean_and_std, ordering_verdict, paired_difference
+
+# The paper's zero-shot top-1, average over 26 tasks (%), ViT-B/32 trained on 400M pairs (Ma et al., CVPR 2024: the
+# main table and the ablations; SeedText-2 is its clustering with the seed CLIP's text embeddings).
+PAPER = {
+    "Dense": 58.2,
+    "MODE-2": 58.6,
+    "MODE-4": 59.0,
+    "Full-2": 58.3,
+    "OneStep-2": 58.0,
+    "Random-2": 57.7,
+    "SeedText-2": 58.3,
+}
+# The paper's orderings (a, relation, b): ">" a beats b; "~" no difference (Full-2 58.3 against Dense 58.2).
+ORDERINGS = [
+    ("MODE-2", ">", "Full-2"),
+    ("Full-2", "~", "Dense"),
+    ("Dense", ">", "OneStep-2"),
+    ("OneStep-2", ">", "Random-2"),
+    ("MODE-4", ">", "MODE-2"),
+]
+RETRIEVAL_METRICS = ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"]
+
+# Zero-shot top-1 (%) of the comparison's models: {model: {row: [[top-1 per task] per training seed]}}.
+Scores = dict[Model, dict[str, list[list[float]]]]
+
+# ----------------------------------------------------------------------------------------------------- the scores
+
+
+def has_results(seed: SeedFolder, model: Model, tasks: list[str]) -> bool:
+    return seed.retrieval_results(model).is_file() and all(seed.zeroshot_results(model, t).is_file() for t in tasks)
+
+
+def zero_shot_rows(seed: SeedFolder, model: Model, tasks: list[str]) -> dict[str, list[float]]:
+    """{row: [top-1 % per task]} of one model in one seed."""
+    per_task = [result_rows(read_json(seed.zeroshot_results(model, task))) for task in tasks]
+    return {row: [100 * rows[row]["top1"] for rows in per_task] for row in per_task[0]}
+
+
+def zero_shot_scores(seeds: list[SeedFolder], models: list[Model], tasks: list[str]) -> tuple[Scores, list[str]]:
+    """The scores of the models every seed has results for, in the comparison's order; and the models some seed
+    lacks (a job still running, or an earlier job's seed)."""
+    scores, incomplete = {}, []
+    for model in models:
+        present = [has_results(seed, model, tasks) for seed in seeds]
+        if all(present):
+            per_seed = [zero_shot_rows(seed, model, tasks) for seed in seeds]
+            scores[model] = {row: [rows[row] for rows in per_seed] for row in per_seed[0]}
+        elif any(present):
+            incomplete.append(model.name)
+    return scores, sorted(incomplete)
+
+
+def task_averages(per_seed: list[list[float]]) -> tuple[float, ...]:
+    return tuple(fmean(values) for values in per_seed)
+
+
+def main_averages(scores: Scores, model: Model) -> tuple[float, ...]:
+    return task_averages(scores[model][model.main_row])
+
+
+def per_task(per_seed: list[list[float]], tasks: list[str]) -> list[Estimate]:
+    return [Estimate(tuple(values[t] for values in per_seed)) for t in range(len(tasks))]
+
+
+# ----------------------------------------------------------------------------------------------------- the tables
+
+
+def zero_shot_table(scores: Scores, tasks: list[str], global_batch: int) -> str:
+    dense_pairs = next(model.steps for model in scores if model.name == "dense") * global_batch
+    lines = [
+        "| model | the paper's name | pairs seen | × Dense | " + " | ".join(tasks) + " | average | paper |",
+        "|---" * (len(tasks) + 6) + "|",
+    ]
+    for model, rows in scores.items():
+        per_seed = rows[model.main_row]
+        cells = [mean_and_std(estimate) for estimate in per_task(per_seed, tasks)]
+        pairs = model.steps * global_batch
+        lines.append(
+            f"| {model.name} | {model.paper_name} | {pairs:,} | {pairs / dense_pairs:.2f} | {' | '.join(cells)} | "
+            f"{mean_and_std(Estimate(task_averages(per_seed)))} | {PAPER.get(model.paper_name, '')} |"
+        )
+    return "\n".join(lines)
+
+
+def difference_table(scores: Scores) -> str:
+    dense = main_averages(scores, next(model for model in scores if model.name == "dense"))
+    lines = ["| model | the paper's name | minus Dense | 95% interval | per seed |", "|---" * 5 + "|"]
+    for model in scores:
+        if model.name != "dense":
+            difference = paired_difference(main_averages(scores, model), dense)
+            per_seed = ", ".join(f"{value:+.2f}" for value in difference.values)
+            cells = f"{difference.mean:+.2f} | {interval_text(difference)} | {per_seed}"
+            lines.append(f"| {model.name} | {model.paper_name} | {cells} |")
+    return "\n".join(lines)
+
+
+def orderings_table(scores: Scores) -> str:
+    by_paper_name = {model.paper_name: main_averages(scores, model) for model in scores}
+    lines = [
+        "| the paper's ordering | here: a minus b | 95% interval | holds here | interval excludes 0 |",
+        "|---" * 5 + "|",
+    ]
+    for a, relation, b in ORDERINGS:
+        paper = f"{a} {PAPER[a]} {relation} {b} {PAPER[b]}"
+        if a not in by_paper_name or b not in by_paper_name:
+            lines.append(f"| {paper} | not run | | | |")
+            continue
+        difference = paired_difference(by_paper_name[a], by_paper_name[b])
+        holds, excludes_zero = ordering_verdict(relation, difference)
+        lines.append(f"| {paper} | {difference.mean:+.2f} | {interval_text(difference)} | {holds} | {excludes_zero} |")
+    return "\n".join(lines)
+
+
+def ensemble_table(scores: Scores) -> str:
+    """Each ensemble's ways of use on the task average: the routings, the uniform average, its best expert."""
+    lines = [
+        "| model | the paper's name | " + " | ".join(ENSEMBLE_ROWS) + " |",
+        "|---" * (len(ENSEMBLE_ROWS) + 2) + "|",
+    ]
+    for model, rows in scores.items():
+        if model.main_row != CLIP_ROW:
+            cells = " | ".join(mean_and_std(Estimate(task_averages(rows[row]))) for row in ENSEMBLE_ROWS)
+            lines.append(f"| {model.name} | {model.paper_name} | {cells} |")
+    return "\n".join(lines)
+
+
+def retrieval_table(seeds: list[SeedFolder], models: list[Model]) -> str:
+    lines = ["| model | " + " | ".join(RETRIEVAL_METRICS) + " |", "|---" * (len(RETRIEVAL_METRICS) + 1) + "|"]
+    for model in models:
+        per_seed = [result_rows(read_json(seed.retrieval_results(model))) for seed in seeds]
+        for row in per_seed[0]:
+            cells = " | ".join(f"{100 * fmean(rows[row][m] for rows in per_seed):.1f}" for m in RETRIEVAL_METRICS)
+            lines.append(f"| {f'{model.name} {row}'.strip()} | {cells} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- the fork point
+
+
+def curve_section(folder: JobFolder, seeds: list[SeedFolder], record: dict) -> str:
+    """Where the experts fork on the seed's validation curve, in words, with its plot."""
+    if record["sources"]["dataset"] is not None:
+        return (
+            "The training pairs are the user's own (`--dataset`): nothing was held out of them, so there is no "
+            "validation curve."
+        )
+    curves = {seed.path.name: read_json(seed.curve) for seed in seeds if seed.curve.is_file()}
+    if not curves:
+        return f"No validation curve was computed (`seed-<s>/{seeds[0].curve.name}`, `fork_curve.write_curve`)."
+    fork, end = record["seed_steps"], record["seed_steps"] + record["expert_steps"]
+    plot_curves(curves, fork, end, folder.path / "seed_curve.png")
+    sample = next(iter(curves.values()))[0]  # the first checkpoint: its step, validation pairs and sources
+    first = sample["step"]
+    points = [{point["step"]: point for point in curve} for curve in curves.values()]
+
+    def at(step: int, score=lambda point: point["loss"]) -> Estimate:
+        return Estimate(tuple(score(curve[step]) for curve in points))
+
+    def top1(point: dict) -> float:
+        return 100 * fmean(point["top1"].values())
+
+    start, at_fork, at_end = at(first), at(fork), at(end)
+    share = Estimate(tuple(100 * (a - f) / (a - e) for a, f, e in zip(start.values, at_fork.values, at_end.values)))
+    over = f"mean ± standard deviation over {len(curves)} seeds" if len(curves) > 1 else "one seed"
+    return f"""The seed's and the dense run's checkpoints, scored on validation pairs drawn from the training \
+sources' train splits, none of them a training pair, with true captions: the contrastive loss averaged over \
+{sample["pairs"]} pairs in batches of {min(record["batch_size"], sample["pairs"])}, and zero-shot top-1 on their \
+images averaged over {", ".join(sample["top1"])} (a source whose train split is all training pairs has none); {over}.
+
+| checkpoint | step | validation loss | zero-shot top-1 (%) |
+|---|---|---|---|
+| first | {first} | {mean_and_std(start, 3)} | {mean_and_std(at(first, top1))} |
+| the fork (the seed the experts start from) | {fork} | {mean_and_std(at_fork, 3)} | {mean_and_std(at(fork, top1))} |
+| the end of the schedule (Dense) | {end} | {mean_and_std(at_end, 3)} | {mean_and_std(at(end, top1))} |
+
+The experts fork at step {fork} of {end}, {100 * fork / end:.0f}% of the schedule (the paper: epoch 27 of 32, \
+84%); by then the validation loss has made {mean_and_std(share)}% of its decrease from step {first} to the end of \
+the schedule.
+
+![validation curve](seed_curve.png)"""
+
+
+# ----------------------------------------------------------------------------------------------------- the report
+
+
+def wall_time(timings: dict) -> str:
+    phases = dict.fromkeys(["data", "clustering", "training", "assembly", "validation curve", "evaluation"], 0.0)
+    for stage, seconds in timings.items():
+        phases[phase_of(stage)] += seconds
+    spent = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phases.items())
+    return f"{spent}; total {sum(timings.values()) / 60:.1f} min (each stage's in `timings.json`, its log in `logs/`)"
+
+
+def draw_plots(folder: JobFolder, seed: SeedFolder, scores: Scores, tasks: list[str]) -> list[str]:
+    """The plots of the first training seed's clusterings and routings, and of every model's accuracy."""
+    routed = [model for model in scores if model.main_row == PAPER_ROW]
+    weights = {m.name: [routing_weights(read_json(seed.zeroshot_results(m, task))) for task in tasks] for m in routed}
+    plot_routing_weights(weights, tasks, folder.path / "routing_weights.png")
+    accuracy = {model.paper_name: per_task(rows[model.main_row], tasks) for model, rows in scores.items()}
+    plot_accuracy(accuracy, tasks, folder.path / "accuracy.png")
+    plots = ["![routing weights per task, the first seed](routing_weights.png)", "![accuracy per task](accuracy.png)"]
+    clusterings = {model.clustering for model in scores if model.clustering is not None}
+    reports = {c.name: seed.clusters(c) / "clusters.json" for c in sorted(clusterings, key=lambda c: c.name)}
+    sizes = {name: read_json(path)["coarse_sizes"] for name, path in reports.items() if path.is_file()}
+    if sizes:
+        plot_cluster_sizes(sizes, folder.path / "cluster_sizes.png")
+        plots.insert(0, "![pairs per expert, the first seed's clusterings](cluster_sizes.png)")
+    return plots
+
+
+def write_report(path: str | Path) -> Path:
+    folder = JobFolder(Path(path))
+    record, timings = read_json(folder.recipe), read_json(folder.timings)
+    recipe, sets = recipe_from_json(record), read_json(folder.sources)
+    tasks, seeds = list(sets["zeroshot"]), folder.seeds(recipe)
+    scores, incomplete = zero_shot_scores(seeds, comparison(recipe), tasks)
+    global_batch = read_record(seeds[0].seed_run)["run"]["global_batch_size"]
+    plots = draw_plots(folder, seeds[0], scores, tasks)
+    start = record["sources"]["init"] or "random weights"
+    settings = ", ".join(f"{k}={v}" for k, v in record.items() if k != "sources")
+    spread = (
+        f"{len(seeds)} training seeds ({', '.join(seed.path.name for seed in seeds)}; each its own data order, "
+        "initial weights and clustering): mean ± standard deviation over seeds"
+        if len(seeds) > 1
+        else "one training seed: no standard deviation or interval exists, and differences of a point or so are "
+        "noise that one seed cannot measure"
+    )
+    left_out = f" Left out, as some seed has no results for them: {', '.join(incomplete)}." if incomplete else ""
+    report = f"""# MODE on the `{record["name"]}` recipe{" (smoke run)" if record["smoke"] else ""}
+
+Settings: {settings}.
+Training pairs: `{sets["pairs"]["dataset"]}` ({sets["pairs"]["split"]}); the seed started from {start}.
+Wall time: {wall_time(timings)}.
+
+## Zero-shot classification, top-1 accuracy (%) on held-out test images
+
+{spread}.{left_out}
+
+`seed` is where the experts fork: the seed CLIP at step {recipe.seed_steps} of its {recipe.total_steps}-step \
+schedule (the paper forks at epoch 27 of 32). **Dense** (`dense`) is the paper's dense baseline: the seed's own \
+schedule run to its end on all pairs. `dense-<n>` re-stretches the seed's schedule to as many pairs as seed + n \
+experts see (equal pairs, not the paper's baseline: its learning rate rises again at the fork). **MODE-n** \
+(`mode-minilm-<n>`): n experts on clusters of all-MiniLM-L6-v2 caption embeddings (the paper's SimCSE role), fine \
+then coarse; **OneStep-n**: clustered straight into n; **Random-n**: a random split; **SeedText-n**: clusters in the \
+seed CLIP's text space; all routed with the paper's formula. **Full-n** (`full-<n>`): n forks of the seed, each on \
+all pairs in its own order, averaged uniformly: the paper's equal-compute control for the ensemble. Pairs seen count \
+the seed's, in global batches of {global_batch}; × Dense is the share of the dense baseline's (the paper's MODE-n \
+costs (27 + 5n)/32). `paper`: the paper's 26-task average (ViT-B/32, 400M pairs): compare its orderings, not its \
+values, with this scale's.
+
+{zero_shot_table(scores, tasks, global_batch)}
+
+### Against the dense baseline: paired differences of the task average (points)
+
+Each model's task average minus Dense's, seed by seed (the same seed's data order, initial weights and \
+clustering), then their mean and its 95% Student t interval over seeds (K - 1 degrees of freedom).
+
+{difference_table(scores)}
+
+### The paper's orderings
+
+A `>` ordering holds here when the mean paired difference a - b is positive; `~` (no difference) when its 95% \
+interval contains zero, which says no difference was detected, not that there is none.
+
+{orderings_table(scores)}
+
+### Ways of using each ensemble (task average)
+
+{ensemble_table(scores)}
+
+## Retrieval, recall (%) on held-out image-caption pairs, mean over seeds
+
+{retrieval_table(seeds, list(scores))}
+
+## Where the experts fork: the seed's validation curve
+
+{curve_section(folder, seeds, record)}
+
+## Plots
+
+{chr(10).join(plots)}
+"""
+    write_text(folder.report, report)
+    return folder.report

@@ -1,0 +1,115 @@
+"""Runs the job's stages in order, skipping those whose output is finished, with each stage's log and time.
+
+A stage is a command line (one of the library's entry points, `python -m modeling_mode.lib...`, through the sources'
+launcher) or a function run in the job's own process. Either way its output goes to its log, and a stage that refuses
+its input fails the job with the stage's own error line and exit status 2, as a script's refusal does.
+"""
+
+import codecs
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from ..lib import cli
+from ..lib.errors import InputError
+from ..lib.files import read_json, write_json
+from .layout import JobFolder, Output
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of the job: `action` makes `output`, and is skipped when the output is finished."""
+
+    name: str
+    output: Output
+    action: list[str] | Callable[[], None]  # a command line, or a function of no argument run in this process
+
+
+def entry_point(module: str, arguments, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
+    """The command that runs the library's entry point `module` (`python -m MODULE`) with `arguments`, its argument
+    dataclass filled in here: a field the job gets wrong fails now, before any stage runs, and the entry point parses
+    back the same values. `launcher` is `python` or, e.g., `accelerate launch ...`: both take `-m MODULE`."""
+    return [*launcher, "-m", module, *cli.command_line(arguments)]
+
+
+class StageError(RuntimeError):
+    """A stage failed; `returncode` is its exit status (2: it refused its input)."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class Runner:
+    """Runs stages under `folder`, skipping those already done, and writes each stage's time to `timings.json`."""
+
+    def __init__(self, folder: JobFolder):
+        self.folder = folder
+        self.timings = read_json(folder.timings) if folder.timings.exists() else {}
+
+    def run_all(self, stages: Iterable[Stage], description: str) -> None:
+        """Run `stages` under one progress bar, which shows the running stage's own."""
+        with tqdm(list(stages), desc=description) as progress:
+            for stage in progress:
+                self.run(stage, progress)
+
+    def run(self, stage: Stage, progress: tqdm | None = None) -> None:
+        if stage.output.is_finished():
+            tqdm.write(f"[{stage.name}] done before, skipped")
+            return
+        start = time.perf_counter()
+        if callable(stage.action):
+            self._run_function(stage.name, stage.action)
+        else:
+            self._run_command(stage.name, [str(part) for part in stage.action], progress)
+        self.timings[stage.name] = round(time.perf_counter() - start, 1)
+        write_json(self.folder.timings, self.timings)
+
+    def log(self, name: str):
+        log = self.folder.log(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return log
+
+    def _run_function(self, name: str, action: Callable[[], None]) -> None:
+        """Call a stage's function in this process, with what it prints in its log; input it refuses fails the stage
+        as a script's refusal does."""
+        tqdm.write(f"[{name}]")
+        log = self.log(name)
+        with open(log, "w") as file, redirect_stdout(file), redirect_stderr(file):
+            try:
+                action()
+            except InputError as error:
+                raise StageError(f"stage {name} failed (log {log}): {error}", cli.BAD_INPUT) from error
+
+    def _run_command(self, name: str, command: list[str], progress: tqdm | None) -> None:
+        """Run a stage's command with its output in its log; its latest progress bar goes on `progress`."""
+        tqdm.write(f"[{name}] {' '.join(command)}")
+        log = self.log(name)
+        decode, recent = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, ""
+        with (
+            open(log, "wb") as file,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as stage,
+        ):
+            for chunk in iter(lambda: stage.stdout.read1(1 << 16), b""):
+                file.write(chunk)
+                recent = (recent + decode(chunk))[-4096:]
+                if progress is not None and (bar := latest_progress_bar(recent)):
+                    progress.set_postfix_str(f"{name}: {bar}")
+        if stage.returncode != 0:
+            lines = log.read_text(errors="replace").splitlines()
+            # A command that refused its input said why in one `error: ...` line; anything else shows its tail.
+            said = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+            detail = said[len("error: ") :] if said else "the end of its log:\n" + "\n".join(lines[-20:])
+            raise StageError(f"stage {name} failed (exit {stage.returncode}; log {log}): {detail}", stage.returncode)
+
+
+def latest_progress_bar(output: str) -> str | None:
+    """The last complete tqdm bar in a command's output: tqdm redraws its bar after each carriage return."""
+    lines = re.split(r"[\r\n]", output)[:-1]  # the last piece may be cut off mid-bar
+    return next((line.strip() for line in reversed(lines) if re.search(r"\d+%\|", line)), None)

@@ -1,0 +1,190 @@
+"""The job's stage graph, built by iterating over the comparison's `Model` specs (`layout.comparison`).
+
+The data are built once; then, for each training seed, the seed CLIP, each model of the comparison with the stages it
+needs first (a clustering, the experts), and the fork-point curve; after training, every model's evaluations. The
+clustering, training and assembly stages run the library's entry points, as a user would (clustering and training
+through the sources' launcher); the data, curve and evaluation stages run in the job's own process (an evaluation's
+start-up as a script, ~5 s, cost more than its evaluating on the default recipe).
+"""
+
+from functools import partial
+
+from ..lib.assembly import AssembleArguments
+from ..lib.clustering import ClusterArguments
+from ..lib.evaluation import RetrievalArguments, ZeroShotArguments, evaluate_retrieval, evaluate_zero_shot
+from ..lib.files import read_json
+from ..lib.training import ExpertTrainingArguments
+from .arguments import Sources
+from .data import prepare_data, training_pairs
+from .fork_curve import write_curve
+from .layout import (
+    CURVE_STAGE,
+    DATA_STAGE,
+    Clustering,
+    JobFolder,
+    Model,
+    Output,
+    SeedFolder,
+    clustering_finished,
+    comparison,
+    file_finished,
+    model_finished,
+    training_finished,
+)
+from .recipes import Recipe
+from .runner import Stage, entry_point
+
+CLUSTERING, TRAINING, ASSEMBLY = (
+    "modeling_mode.lib.clustering",
+    "modeling_mode.lib.training",
+    "modeling_mode.lib.assembly",
+)
+
+
+class StageGraph:
+    """The stages of a job in `folder` for `recipe` on `sources`, clustering with `encoder`."""
+
+    def __init__(self, folder: JobFolder, recipe: Recipe, sources: Sources, encoder: str):
+        self.folder, self.recipe, self.sources, self.encoder = folder, recipe, sources, encoder
+        self.models = comparison(recipe)
+
+    def training(self):
+        """Every stage up to the trained models, in order: the data, then each training seed's."""
+        yield Stage(DATA_STAGE, Output(self.folder.sources, file_finished), self.prepare_data)
+        for seed in self.folder.seeds(self.recipe):
+            yield from self.seed_training(seed)
+
+    def evaluation(self):
+        """Zero-shot classification on every held-out task and retrieval, of every model of every training seed."""
+        sets = read_json(self.folder.sources)
+        for seed in self.folder.seeds(self.recipe):
+            for model in self.models:
+                yield from self.model_evaluations(seed, model, sets)
+
+    def prepare_data(self) -> None:
+        prepare_data(self.folder, self.recipe, self.sources)
+
+    # ------------------------------------------------------------------------------------------- one training seed
+
+    def seed_training(self, seed: SeedFolder):
+        """The seed CLIP, then each model with what it needs first, then the fork-point curve."""
+        clustered = set()
+        for model in self.models:
+            if model.kind == "seed":
+                yield self.training_stage(seed, model.name, self.seed_arguments(seed))
+            elif model.kind == "dense":
+                arguments = self.forked(seed, seed.seed, max_steps=model.max_steps, output=str(seed.model(model)))
+                yield self.training_stage(seed, model.name, arguments)
+                if model.name == "dense":  # the curve scores the seed's checkpoints and the dense run's
+                    yield self.curve_stage(seed, dense=seed.model(model))
+            else:
+                if model.clustering not in clustered:
+                    clustered.add(model.clustering)
+                    yield self.clustering_stage(seed, model.clustering)
+                yield from self.ensemble_stages(seed, model)
+
+    def seed_arguments(self, seed: SeedFolder) -> ExpertTrainingArguments:
+        """The seed run: all pairs, from `--init` or random weights, stopped at the fork (its schedule goes on)."""
+        start = {"init": self.sources.init} if self.sources.init else {"config": str(self.folder.clip_config)}
+        return self.expert_arguments(
+            seed.seed, dataset=self.pairs, output=str(seed.seed_run), stop_at_step=self.recipe.seed_steps, **start
+        )
+
+    def forked(self, seed: SeedFolder, training_seed: int, **fields) -> ExpertTrainingArguments:
+        """A run forked from the seed's fork checkpoint (weights, optimizer, schedule position), on all pairs unless
+        `fields` say otherwise. With the seed's --seed and --max-steps (Dense), it goes on as the seed run would
+        have: the same learning rate at each step and the same batches (a step's batch is drawn from seed and step)."""
+        return self.expert_arguments(
+            training_seed, **{"dataset": self.pairs, "init": str(seed.fork(self.recipe))} | fields
+        )
+
+    def clustering_stage(self, seed: SeedFolder, clustering: Clustering) -> Stage:
+        output = seed.clusters(clustering)
+        arguments = ClusterArguments(
+            dataset=self.pairs, split=self.sources.split, caption_column=self.sources.caption_column,
+            fine_clusters=self.recipe.fine_clusters, seed=seed.seed, output=str(output),
+            encoder=str(seed.seed_run) if clustering.seed_text else self.encoder, experts=clustering.experts,
+            one_step=clustering.method == "one-step", random=clustering.method == "random",
+        )  # fmt: skip
+        command = entry_point(CLUSTERING, arguments, self.sources.launcher)
+        return Stage(seed.stage(f"cluster-{clustering.name}"), Output(output, clustering_finished), command)
+
+    def ensemble_stages(self, seed: SeedFolder, model: Model):
+        """Train the experts (expert k on cluster k of the model's clustering), then assemble them into the MODE,
+        routed by the seed CLIP's text tower."""
+        clusters, experts = seed.clusters(model.clustering), []
+        for k in range(model.clustering.experts):
+            if model.every_pair:  # Full-n: fork k in its own order (training seed 1000 (s + 1) + k: no other run's)
+                training_seed, every_pair = 1000 * (seed.seed + 1) + k, {"out_of_cluster_ratio": 1.0}
+            else:
+                training_seed, every_pair = seed.seed, {}
+            arguments = self.forked(seed, training_seed, dataset=str(clusters / "dataset"), cluster=str(k),
+                                    output=str(seed.expert(model, k)), **every_pair)  # fmt: skip
+            experts.append(arguments.output)
+            yield self.training_stage(seed, f"expert-{model.ensemble}-{k}", arguments)
+        output = seed.model(model)
+        assembly = AssembleArguments(
+            experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output)
+        )
+        yield Stage(
+            seed.stage(f"assemble-{model.ensemble}"), Output(output, model_finished), entry_point(ASSEMBLY, assembly)
+        )
+
+    def curve_stage(self, seed: SeedFolder, dense) -> Stage:
+        runs = {"seed": seed.seed_run, "dense": dense}
+        write = partial(write_curve, seed.curve, runs, self.recipe, holds_out=self.sources.dataset is None)
+        return Stage(seed.stage(CURVE_STAGE), Output(seed.curve, file_finished), write)
+
+    def training_stage(self, seed: SeedFolder, name: str, arguments: ExpertTrainingArguments) -> Stage:
+        command = entry_point(TRAINING, arguments, self.sources.launcher)
+        return Stage(seed.stage(name), Output(arguments.output, training_finished), command)
+
+    @property
+    def pairs(self) -> str:
+        return training_pairs(self.folder, self.sources)
+
+    def expert_arguments(self, training_seed: int, **fields) -> ExpertTrainingArguments:
+        """A training stage's arguments: the recipe's schedule and the sources' columns, and `fields`.
+
+        --resume: a stage killed mid-way goes on from its last checkpoint (or starts, when it has none yet)."""
+        r, s = self.recipe, self.sources
+        return ExpertTrainingArguments(
+            image_column=s.image_column,
+            caption_column=s.caption_column,
+            batch_size=r.batch_size,
+            learning_rate=r.learning_rate,
+            warmup_steps=r.warmup_steps,
+            num_workers=r.num_workers,
+            checkpoint_every=r.checkpoint_every,
+            torch_compile=r.torch_compile,
+            resume=True,
+            report_to="tensorboard",
+            **{"seed": training_seed, "max_steps": r.total_steps, "split": s.split, **fields},
+        )
+
+    # ------------------------------------------------------------------------------------------- the evaluations
+
+    def model_evaluations(self, seed: SeedFolder, model: Model, sets: dict):
+        """Each runs its script's own function (`evaluate_zero_shot`, `evaluate_retrieval`) on the arguments the
+        script would parse, and prints its table into the stage's log."""
+        path = str(seed.model(model))
+        for task, held_out in sets["zeroshot"].items():
+            output = seed.zeroshot_results(model, task)
+            arguments = ZeroShotArguments(
+                model=path, dataset=held_out["dataset"], split=held_out["split"],
+                templates=held_out.get("templates"), classnames=held_out.get("classnames"), output=str(output),
+            )  # fmt: skip
+            yield Stage(seed.stage(f"zeroshot-{model.name}-{task}"), Output(output, file_finished),
+                        partial(show, evaluate_zero_shot, arguments))  # fmt: skip
+        held_out, output = sets["retrieval"], seed.retrieval_results(model)
+        arguments = RetrievalArguments(
+            model=path, dataset=held_out["dataset"], split=held_out["split"],
+            caption_column=held_out["caption_column"], output=str(output),
+        )  # fmt: skip
+        yield Stage(seed.stage(f"retrieval-{model.name}"), Output(output, file_finished),
+                    partial(show, evaluate_retrieval, arguments))  # fmt: skip
+
+
+def show(evaluate, arguments) -> None:
+    """Print (into the stage's log) the table an evaluation script prints."""
+    print(evaluate(arguments))

@@ -1,0 +1,76 @@
+"""Statistics over the job's training seeds: means, standard deviations, paired differences and their 95% Student t
+intervals, and the verdict on each of the paper's orderings."""
+
+import math
+from dataclasses import dataclass
+from statistics import fmean, stdev
+
+# Student's t quantile t(0.975; df) of two-sided 95% intervals, for df = 1..9 (the standard table, 3 decimals); from
+# df = 10 on, the Cornish-Fisher expansion around the normal quantile is within 1e-4 of it.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+Z_975 = 1.959964
+
+
+def t_975(df: int) -> float:
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = Z_975
+    terms = (z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + sum(term / df**power for power, term in enumerate(terms, start=1))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over K training seeds' values, their sample standard deviation (K - 1 in the denominator) and the
+    mean's 95% Student t interval (K - 1 degrees of freedom). With one seed, neither of the last two exists: None."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        return stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if self.std is None:
+            return None
+        half = t_975(len(self.values) - 1) * self.std / math.sqrt(len(self.values))
+        return self.mean - half, self.mean + half
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        return None if self.interval is None else self.interval[0] > 0 or self.interval[1] < 0
+
+
+def paired_difference(values, baseline) -> Estimate:
+    """The per-seed differences values[s] - baseline[s]: both models share seed s's data order, initial weights and
+    clustering, so pairing removes what the seed does to both."""
+    return Estimate(tuple(a - b for a, b in zip(values, baseline, strict=True)))
+
+
+def ordering_verdict(relation: str, difference: Estimate) -> tuple[str, str]:
+    """(whether the paper's ordering `a relation b` holds here, whether the interval of a - b excludes zero).
+
+    '>' holds when the mean paired difference is positive. '~' holds when the interval contains zero: no difference
+    was detected (which is not evidence of equality); one seed cannot tell."""
+    excluded = difference.excludes_zero
+    excludes_zero = "no interval (one seed)" if excluded is None else "yes" if excluded else "no"
+    if relation == ">":
+        return ("yes" if difference.mean > 0 else "no"), excludes_zero
+    return ("cannot tell (one seed)" if excluded is None else "no" if excluded else "yes"), excludes_zero
+
+
+def mean_and_std(estimate: Estimate, digits: int = 1) -> str:
+    mean = f"{estimate.mean:.{digits}f}"
+    return mean if estimate.std is None else f"{mean} ± {estimate.std:.{digits}f}"
+
+
+def interval_text(estimate: Estimate) -> str:
+    if estimate.interval is None:
+        return "none (one seed)"
+    low, high = estimate.interval
+    return f"[{low:+.2f}, {high:+.2f}]"
