@@ -343,9 +343,10 @@ class StreamedCorpus(ClusteredCorpus):
         joined with its part of the table by key. A pair the table lacks, or one it has but the file not, is refused:
         the table would be of another version of the file."""
         file, where = self.files[part], f"the labels table {self.table.folder}"
-        ids = self.table.part(self.table.part_index(file))
+        table_part = self.table.part_index(file)
+        ids = self.table.part(table_part)
         if (sources := set(ids["source"].to_pylist())) != {file}:
-            raise InputError(f"part {part} of {where} labels {sorted(sources)}, not {file!r}.")
+            raise InputError(f"part {table_part} of {where} labels {sorted(sources)}, not {file!r}.")
         by_key = dict(zip(ids["key"].to_pylist(), zip(ids["coarse_id"].to_pylist(), ids["fine_id"].to_pylist())))
         for sample in read_samples(file, columns):
             key = sample["__key__"]
