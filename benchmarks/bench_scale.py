@@ -473,7 +473,7 @@ def key_check(cluster_dir: str, labels: str) -> dict:
     the cluster in the labels table, how many of another (or none), and which of the cluster's are missing."""
     from accelerate import Accelerator
 
-    from modeling_mode.lib.labels import read_labels
+    from modeling_mode.lib.labels_table import read_labels
     from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData
 
     meta, parts = read_labels(labels)

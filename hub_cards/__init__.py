@@ -1,6 +1,7 @@
-"""Model and dataset cards for MODE runs, and the code that pushes a run to the Hugging Face Hub."""
+"""The card templates of MODE runs (`*.md`, package data that `modeling_mode.lib.cards` renders) and push.py, the
+command line of `modeling_mode.lib.publish`. The names below are the library's, kept importable from here."""
 
-from .cards import dataset_card, model_card
-from .push import PushError, check_repo_id, push_run
+from modeling_mode.lib.cards import dataset_card, model_card
+from modeling_mode.lib.publish import PushError, check_repo_id, push_run
 
 __all__ = ["PushError", "check_repo_id", "dataset_card", "model_card", "push_run"]

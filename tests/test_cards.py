@@ -7,9 +7,8 @@ import pytest
 from conftest import make_mode
 from huggingface_hub import ModelCard
 
-from hub_cards import cards
-from hub_cards.cards import eval_results, hub_metric, model_card, published_record
-from modeling_mode.lib import files
+from modeling_mode.lib import cards, files
+from modeling_mode.lib.cards import eval_results, hub_metric, model_card, published_record
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.evaluation import EvaluationArguments, results_name, write_results
 
@@ -106,7 +105,7 @@ def test_hub_metric_ids_and_names(key, hub):
 
 
 def test_records_are_read_by_the_one_json_reader_then_made_publishable(tmp_path):
-    assert cards.read_json is files.read_json  # what hub_cards/push.py imports from here
+    assert cards.read_json is files.read_json  # what modeling_mode.lib.publish imports from here
     record = tmp_path / "assembly.json"
     assert published_record(record, default={}) == {}
     record.write_text(json.dumps({"experts": [str(tmp_path / "runs" / "expert-0"), "org/expert-1"]}))

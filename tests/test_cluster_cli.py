@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.numpy import load, load_file
 from test_clustering import assert_nearest_up_to_ties, normalised
 
-from modeling_mode.lib import cli, clustering
+from modeling_mode.lib import cli, clustered_corpus, clustering
 from modeling_mode.lib.clustering import ClusterArguments, read_finished_run
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.kmeans import fit_clusters, load_clusters, save_clusters
@@ -321,7 +321,7 @@ def test_labels_of_a_crashed_run_never_reach_another_run(tmp_path, corpus, tiny_
     out = tmp_path / "out"
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2, "--output", out]
     with monkeypatch.context() as patch:
-        patch.setattr(clustering, "atomic_directory", crash)
+        patch.setattr(clustered_corpus, "atomic_directory", crash)  # where the labelled copy is written
         with pytest.raises(RuntimeError, match="injected crash"):
             run(*flags, "--one-step")
     run(*flags)
@@ -436,3 +436,16 @@ def test_help_describes_the_script(capsys):
     assert exited.value.code == 0
     shown = " ".join(capsys.readouterr().out.split())
     assert "two-level balanced k-means" in shown and "--push_to_hub" in shown and "--fine_clusters" in shown
+
+
+def test_the_module_runs_as_the_script_does():
+    """`python -m modeling_mode.lib.clustering`, as the main job launches it: the script's --help, and bad input
+    ending in one line and exit status 2."""
+    module = [sys.executable, "-m", "modeling_mode.lib.clustering"]
+    shown = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "two-level balanced k-means" in " ".join(shown.stdout.split()) and "--fine_clusters" in shown.stdout
+    flags = ["--dataset", "pairs", "--encoder", "minilm", "--output", "out", "--one-step", "--random"]
+    refused = subprocess.run([*module, *flags], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --one-step and --random"), refused.stderr
+    assert refused.stderr.count("\n") == 1

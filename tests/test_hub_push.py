@@ -23,13 +23,13 @@ from test_assembly import cluster_tar_corpus, run_script, write_clustering, writ
 from test_streaming_cluster import FILES, write_tar_corpus
 from transformers import CLIPModel
 
-from hub_cards import PushError, push_run
 from modeling_mode.lib.assembly import assemble
 from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.kmeans import Clusters, save_clusters
-from modeling_mode.lib.labels import check_labels_match, labels_for, read_labels, read_meta
+from modeling_mode.lib.labels_table import check_labels_match, labels_for, read_labels, read_meta
+from modeling_mode.lib.publish import PushError, push_run
 
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from
@@ -231,7 +231,7 @@ def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
 
 def test_command_line(hub, run_dir, tmp_path):
     env = hub.client_env(tmp_path)
-    script = str(ROOT / "hub_cards" / "push.py")  # run as a script: it makes the repository root importable
+    script = str(ROOT / "hub_cards" / "push.py")  # run as a script, by its path
     command = [sys.executable, script, "--model_dir", str(run_dir), "--hub_model_id", REPO_ID, "--revision", "dev"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

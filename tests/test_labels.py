@@ -3,7 +3,7 @@
 import pytest
 
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels import (
+from modeling_mode.lib.labels_table import (
     check_labels_match,
     clear_labels,
     describe_files,

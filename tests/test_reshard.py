@@ -1,7 +1,7 @@
 """Resharding (train/reshard.py): each coarse cluster's pairs to its own webdataset shards, in one resumable pass.
 
 Corpora are written here as a clustering would leave them: data files (tar shards, parquet files) and a labels table
-(`modeling_mode.lib.labels`) of made-up cluster ids. tests/test_training_labels.py uses the same corpora.
+(`modeling_mode.lib.labels_table`) of made-up cluster ids. tests/test_training_labels.py uses the same corpora.
 """
 
 import io
@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 from modeling_mode.lib.data_files import list_data_files, read_samples, write_tar_sample
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels import describe_files, finish_labels, write_labels
+from modeling_mode.lib.labels_table import describe_files, finish_labels, write_labels
 from modeling_mode.lib.reshard import MANIFEST, ReshardArguments, reshard
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.data_files import list_data_files, write_tar_sample
 from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels import read_labels
+from modeling_mode.lib.labels_table import read_labels
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "cluster.py"
 _spec = importlib.util.spec_from_file_location("cluster_cli", SCRIPT)

@@ -15,12 +15,13 @@ from test_reshard import EXPERTS, cluster_of, label_corpus, labelled_tar_corpus,
 from test_training import QUIET, assert_same_weights, expert_command, make_pairs, train_here
 from torch.utils.data import DataLoader
 
+from modeling_mode.lib.clustered_corpus import InMemoryCorpus
 from modeling_mode.lib.data import PairTransform, StreamingPairs, load_pairs
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels import finish_labels, read_meta, write_labels
+from modeling_mode.lib.labels_table import finish_labels, read_meta, write_labels
 from modeling_mode.lib.processors import pil_image_processor
 from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData, is_finished
-from modeling_mode.lib.training.labelled import LabelledStream, table_coarse_ids, worker_turns
+from modeling_mode.lib.training.labelled import LabelledStream, worker_turns
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -64,10 +65,10 @@ def test_an_expert_with_labels_ends_with_the_weights_of_one_on_the_labelled_copy
 def test_data_files_loaded_whole_are_joined_by_row(tar_corpus):
     dataset, files, labels = tar_corpus
     pairs = load_pairs(dataset)  # webdataset shards as one random-access Dataset
-    coarse_ids = table_coarse_ids(labels, dataset, "train", pairs)
+    coarse_ids = InMemoryCorpus.joined(pairs, dataset, "train", labels, "txt").ids("coarse_id")
     assert coarse_ids.tolist() == [cluster_of(row)[1] for row in range(len(pairs))]
     with pytest.raises(InputError, match=r"row 0 of --dataset .* is pair 's3/00028', the labels table .* 's0/00000'"):
-        table_coarse_ids(labels, dataset, "train", pairs.select(reversed(range(len(pairs)))))
+        InMemoryCorpus.joined(pairs.select(reversed(range(len(pairs)))), dataset, "train", labels, "txt")
 
 
 def stream_args(dataset, labels, **flags) -> ExpertTrainingArguments:

@@ -1,45 +1,8 @@
-"""Cluster an image-caption corpus into MODE's data experts: caption embeddings, then two-level balanced k-means.
+"""Cluster an image-caption corpus into MODE's data experts (`modeling_mode.lib.clustering`, also `mode-cluster`):
+--help shows how."""
 
-    accelerate launch train/cluster.py --dataset PATH_OR_HUB_ID --caption-column caption \\
-        --encoder PATH_OR_HUB_ID --fine-clusters 1024 --experts 4 --output runs/clusters \\
-        [--streaming [--embeddings-dtype float16] [--keep-embeddings]] \\
-        [--push_to_hub --hub_model_id ORG/NAME [--hub_private_repo]]
-
-Writes, in --output: `labels/` (per pair: its data file and key, or row index, and int32 `fine_id`, `coarse_id`, -1
-for pairs without a caption; `modeling_mode.lib.labels`), `clusters.safetensors` (`fine_centroids`,
-`coarse_centroids`, `fine_to_coarse`), `clusters.json` (the run's report, written last) and `embeddings/` (one
-memory-mappable shard per --shard-rows pairs, or per data file). Without --streaming the corpus is loaded with
-`datasets` and `dataset/`, a copy of it plus `fine_id` and `coarse_id`, is written too. With --streaming the data
-files (parquet or webdataset .tar, of a folder or a Hub dataset) are read one at a time, their captions only: no
-image is read into memory or copied; the embeddings are deleted at the end unless --keep-embeddings.
-Each process embeds its own shards; the main process fits and assigns. Re-running the same command resumes: finished
-shards and a fit with the same settings are reused. --push_to_hub then sends the labelled pairs (with --streaming,
-the labels table) and centroids to a Hub dataset repo.
-"""
-
-import logging
-
-from accelerate import Accelerator
-from huggingface_hub import HfApi
-
-from hub_cards.push import exiting_on_push_failure, push_clustered_dataset
 from modeling_mode.lib import cli
-from modeling_mode.lib.clustering import ClusterArguments, cluster
-
-logger = logging.getLogger("cluster")
-
-
-def main(argv: list[str] | None = None) -> dict | None:
-    args = cli.parse(ClusterArguments, __doc__, argv)
-    accelerator = Accelerator()
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    report = cluster(args, accelerator)
-    if report is not None and args.push_to_hub:  # the main process, once the run is complete on disk
-        with exiting_on_push_failure():
-            commit = push_clustered_dataset(HfApi(), args.output, args.hub_model_id, private=args.hub_private_repo)
-        logger.info(f"pushed to {commit.commit_url}")
-    return report
-
+from modeling_mode.lib.clustering import main
 
 if __name__ == "__main__":
     cli.run(main)

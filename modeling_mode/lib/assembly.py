@@ -2,8 +2,8 @@
 
 When the clustering embedded captions with another encoder than the router (e.g. SimCSE or MiniLM), each fine
 centroid is re-expressed in the router's space as the mean router embedding of its cluster's captions: the captions
-the clustering embedded, read shard by shard as it read them, from its labelled copy `dataset/` (in memory) or from
-the corpus' data files joined with its labels table `labels/` (`--streaming`).
+the clustering embedded, read shard by shard as it read them (`clustered_corpus`), from its labelled copy `dataset/`
+(in memory) or from the corpus' data files joined with its labels table `labels/` (`--streaming`).
 """
 
 import logging
@@ -14,30 +14,42 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel, _architecture
+from . import cli
+from .clustered_corpus import ClusteredCorpus, clustering_corpus
 from .clustering import read_finished_run
-from .data import cluster_ids, load_pairs
-from .embedding import CaptionEncoder, EmbeddingShards, data_file_captions, shard_captions
+from .embedding import CaptionEncoder
 from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
-from .labels import LABELS_DIR, check_labels_match, read_part, read_run_labels
 from .training import TRAINING_ARGS, is_finished
 
 logger = logging.getLogger(__name__)
 
+# train/assemble.py's --help (and `mode-assemble`'s, `python -m modeling_mode.lib.assembly`'s).
+DESCRIPTION = """\
+Assemble trained experts, the clustering's outputs and the seed's text tower (the router) into a MODE model.
+
+    python train/assemble.py --experts runs/expert-* --clusters runs/clusters --router-text-model runs/seed \\
+        --output runs/mode-clip [--push_to_hub --hub_model_id org/mode-clip [--hub_private_repo]]
+
+`mode-assemble` and `python -m modeling_mode.lib.assembly` take the same flags.
+
+The output loads with `AutoModel.from_pretrained(output, trust_remote_code=True)`, its CLIPProcessor with
+`AutoProcessor`, and both with the zero-shot pipeline. Bad input ends with one line on stderr and exit status 2; a
+push that fails after the model is saved, with status 1.
+"""
 ASSEMBLY = "assembly.json"
 ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
 
 
 @dataclass
 class AssembleArguments(HubArguments):
-    """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (hub_cards/push.py)."""
+    """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (`publish`)."""
 
     experts: list[str] = field(metadata={"help": "Expert run directories (train/expert.py outputs), any order."})
     clusters: str = field(
@@ -149,117 +161,8 @@ def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
     return clustering_encoder == router_path
 
 
-@dataclass
-class LabelledCopy:
-    """An in-memory clustering's pairs: its labelled copy `dataset/`, cut into the embedding pass's shards of
-    --shard-rows rows."""
-
-    captions: Dataset  # the caption column alone: images are never decoded
-    caption_column: str
-    fine_ids: np.ndarray
-    shards: EmbeddingShards  # the run's shard layout (only its rows are used: no embedding is read)
-    caption_seed: int
-
-    @classmethod
-    def read(cls, clusters: str, report: dict) -> "LabelledCopy":
-        folder = Path(clusters)
-        dataset = load_pairs(str(folder / "dataset"), report.get("split", "train"))
-        caption_column = report.get("caption_column", "caption")
-        missing = sorted({caption_column, "fine_id"} - set(dataset.column_names))
-        if missing:
-            raise InputError(f"{str(folder / 'dataset')!r} has no column {missing}: it is not the clustering's.")
-        meta = embedding_settings(folder, report, ("num_rows", "shard_rows", "embed_dim"))
-        if meta["num_rows"] != len(dataset):
-            raise InputError(
-                f"{str(folder / 'dataset')!r} has {len(dataset)} pairs, but the clustering embedded "
-                f"{meta['num_rows']}: it is not that clustering's dataset."
-            )
-        captions, fine_ids = dataset.select_columns([caption_column]), cluster_ids(dataset, "fine_id")
-        shards = EmbeddingShards(folder / "embeddings", meta)
-        return cls(captions, caption_column, fine_ids, shards, meta["caption_seed"])
-
-    @property
-    def num_shards(self) -> int:
-        return self.shards.num_shards
-
-    def shard(self, shard: int) -> tuple[list[str | None], np.ndarray]:
-        """The captions the clustering embedded for a shard's pairs (None: no usable caption), and their fine ids."""
-        rows = self.shards.rows_of(shard)
-        chosen = shard_captions(self.captions, self.caption_column, self.shards, shard, self.caption_seed)
-        return chosen, self.fine_ids[rows.start : rows.stop]
-
-
-@dataclass
-class LabelledDataFiles:
-    """A streaming clustering's pairs: the data files it read, each its own embedding shard, joined by key with the
-    labels table's part of that file. The data files are read for their caption column only, as the clustering read
-    them, at the paths it recorded (a Hub file's path names the commit it was read at)."""
-
-    labels: Path
-    files: list[str]
-    caption_column: str
-    caption_seed: int
-
-    @classmethod
-    def read(cls, clusters: str, report: dict) -> "LabelledDataFiles":
-        folder = Path(clusters)
-        meta = read_run_labels(folder, report)
-        seed = embedding_settings(folder, report, ())["caption_seed"]
-        files = [file["path"] for file in meta["data_files"]]
-        try:
-            check_labels_match(meta, meta["dataset"], meta["split"], files)  # each file as big as when clustered
-        except OSError as error:  # fsspec's own message names the file
-            raise InputError(f"a data file of the clustering {folder} is gone ({error}): cluster again.") from error
-        return cls(folder / LABELS_DIR, files, meta["caption_column"], seed)
-
-    @property
-    def num_shards(self) -> int:
-        return len(self.files)
-
-    def shard(self, shard: int) -> tuple[list[str | None], np.ndarray]:
-        """Data file `shard`'s captions as the clustering chose them (`embedding.embed_data_files`), and their fine
-        ids. The caption choice draws from one generator in file order: the keys must match the table's one for one,
-        in order, not merely as a set."""
-        file = self.files[shard]
-        keys, chosen = data_file_captions(file, self.caption_column, shard, self.caption_seed)
-        part = read_part(self.labels, shard, columns=["key", "fine_id"])
-        labelled_keys = part["key"].to_pylist()
-        if keys != labelled_keys:
-            raise InputError(
-                f"data file {file!r} is not the one the labels table {self.labels} was made from "
-                f"({first_difference(keys, labelled_keys)}): it changed since the clustering; cluster again."
-            )
-        return chosen, part["fine_id"].to_numpy().astype(np.int64)
-
-
-def first_difference(keys: list[str], labelled_keys: list[str]) -> str:
-    """Where a data file's keys part from its labels part's, for an error message."""
-    for at, (key, labelled) in enumerate(zip(keys, labelled_keys)):
-        if key != labelled:
-            return f"its pair {at} is {key!r}, the table's {labelled!r}"
-    return f"it holds {len(keys)} pairs, the table {len(labelled_keys)}"
-
-
-def embedding_settings(folder: Path, report: dict, layout: tuple[str, ...]) -> dict:
-    """The clustering's embedding settings, which say how it chose the caption it embedded for each pair."""
-    meta = report.get("settings", {}).get("embeddings", {})
-    unsaid = sorted({"caption_seed", *layout} - set(meta))
-    if unsaid:
-        raise InputError(
-            f"{folder / 'clusters.json'} does not say which captions the clustering embedded (its settings' "
-            f"embeddings lack {unsaid}): cluster again with train/cluster.py."
-        )
-    return meta
-
-
-def clustered_pairs(clusters: str, report: dict) -> LabelledCopy | LabelledDataFiles:
-    """A finished clustering's pairs, shard by shard as it embedded them: one shard per data file for a streaming
-    run, else shards of rows of its labelled copy."""
-    return (LabelledDataFiles if report.get("streaming") else LabelledCopy).read(clusters, report)
-
-
 def caption_centroids(
-    encoder: CaptionEncoder, pairs: LabelledCopy | LabelledDataFiles, num_fine_clusters: int, batch_size: int = 256
+    encoder: CaptionEncoder, corpus: ClusteredCorpus, num_fine_clusters: int, batch_size: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each fine cluster's centroid in the router's space: the mean of its pairs' L2-normalised router embeddings,
     normalised like the spherical k-means centroids it replaces; and which fine clusters have captions at all (pairs
@@ -268,8 +171,8 @@ def caption_centroids(
     sums = torch.zeros(num_fine_clusters, encoder.embed_dim)
     counts = np.zeros(num_fine_clusters, dtype=np.int64)
     start = time.perf_counter()
-    for shard in tqdm(range(pairs.num_shards), unit="shards", desc="re-expressing centroids", dynamic_ncols=True):
-        chosen, ids = pairs.shard(shard)
+    for part in tqdm(range(corpus.num_parts), unit="shards", desc="re-expressing centroids", dynamic_ncols=True):
+        chosen, ids = corpus.clustered_captions(part)
         labelled = np.flatnonzero(ids >= 0)  # a labelled pair had a caption to embed
         if labelled.size:
             embeddings = encoder.encode([chosen[i] for i in labelled], batch_size)
@@ -317,8 +220,9 @@ def assemble(
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     if reexpress:
-        pairs = clustered_pairs(clusters, report)
-        centroids, has_captions = caption_centroids(encoder, pairs, len(fine_to_coarse))
+        corpus = clustering_corpus(clusters, report)
+        corpus.check_unchanged(Path(clusters), report)
+        centroids, has_captions = caption_centroids(encoder, corpus, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
         dropped = np.flatnonzero(~has_captions.numpy()).tolist()
         centroids = centroids[has_captions]
@@ -332,7 +236,7 @@ def assemble(
     model = ModeCLIPModel.from_experts(
         expert_models, centroids, fine_to_coarse, router, **provenance, **router_settings
     )
-    record = {  # local paths, for whoever resumes or audits this run here; hub_cards/push.py publishes their names
+    record = {  # local paths, for whoever resumes or audits this run here; `publish` publishes their names
         "experts": [os.path.abspath(path) for path in expert_paths],  # expert k trained on cluster k
         "clusters": os.path.abspath(clusters),
         "clustering": report,
@@ -346,3 +250,33 @@ def assemble(
             part.save_pretrained(scratch)
         write_json(scratch / ASSEMBLY, record)
     return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """train/assemble.py: the assembly, then its push if asked for."""
+    args = cli.parse(AssembleArguments, DESCRIPTION, argv)
+    assemble(
+        args.experts,
+        args.clusters,
+        args.router_text_model,
+        args.output,
+        recompute_centroids=args.recompute_centroids,
+        **args.router_settings,
+    )
+    print(f"MODE model with {len(args.experts)} experts saved to {args.output}")
+    if args.push_to_hub:
+        from .publish import exiting_on_push_failure, push_run  # the Hub's client and cards: only to push
+
+        with exiting_on_push_failure():
+            commits = push_run(args.output, args.hub_model_id, private=args.hub_private_repo)
+        print(f"pushed: {commits[0].commit_url}")
+
+
+def command() -> None:
+    """The command line (`mode-assemble`, `python -m modeling_mode.lib.assembly`, train/assemble.py): `main`, bad
+    input ending with exit status 2 (`cli.run`)."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

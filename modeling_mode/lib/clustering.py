@@ -5,11 +5,11 @@ any work, what an earlier run in the same folder lets it reuse, and the order of
 run or is refused (`read_finished_run`): clusters.json is written last, and a run whose settings differ
 from the folder's removes it before changing anything else.
 
-The corpus is read one of two ways. In memory (`InMemoryCorpus`): a `datasets` Dataset, embedded in shards of
---shard-rows pairs, labelled in the labels table (`labels`) and in a labelled copy `dataset/`. Streamed
-(`StreamedCorpus`, --streaming): the data files of a folder or Hub id (`data_files`), each read for its captions only
-and embedded into its own shard, labelled in the labels table alone: no byte of an image is read into memory or
-written, whatever the corpus' size.
+The corpus is read one of two ways (`clustered_corpus`). In memory (`InMemoryCorpus`): a `datasets` Dataset, embedded
+in shards of --shard-rows pairs, labelled in the labels table (`labels_table`) and in a labelled copy `dataset/`.
+Streamed (`StreamedCorpus`, --streaming): the data files of a folder or Hub id (`data_files`), each read for its
+captions only and embedded into its own shard, labelled in the labels table alone: no byte of an image is read into
+memory or written, whatever the corpus' size.
 """
 
 import json
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 from accelerate import Accelerator
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
-from .data import load_pairs
-from .data_files import columns_of, list_data_files
-from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards, embed_corpus, embed_data_files
+from . import cli
+from .clustered_corpus import ClusteredCorpus, InMemoryCorpus, StreamedCorpus
+from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards
 from .errors import InputError, check_output_dir, naming_failures
-from .files import atomic_directory, read_json, write_json
+from .files import read_json, write_json
 from .hub import HubArguments
 from .kmeans import (
     BALANCE,
@@ -42,11 +43,29 @@ from .kmeans import (
     num_fitted_clusters,
     save_clusters,
 )
-from .labels import LABELS_DIR, clear_labels, describe_files, finish_labels, read_part, write_labels
+from .labels_table import LABELS_DIR, clear_labels, finish_labels, write_labels
 
 logger = logging.getLogger(__name__)
-ID_COLUMNS = ("fine_id", "coarse_id")
-LABELLED_COPY = "dataset"
+# train/cluster.py's --help (and `mode-cluster`'s, `python -m modeling_mode.lib.clustering`'s).
+DESCRIPTION = """\
+Cluster an image-caption corpus into MODE's data experts: caption embeddings, then two-level balanced k-means.
+
+    accelerate launch train/cluster.py --dataset PATH_OR_HUB_ID --caption-column caption \\
+        --encoder PATH_OR_HUB_ID --fine-clusters 1024 --experts 4 --output runs/clusters \\
+        [--streaming [--embeddings-dtype float16] [--keep-embeddings]] \\
+        [--push_to_hub --hub_model_id ORG/NAME [--hub_private_repo]]
+
+(`mode-cluster` and `python -m modeling_mode.lib.clustering` take the same flags.) Writes, in --output: `labels/` (per
+pair: its data file and key, or row index, and int32 `fine_id`, `coarse_id`, -1 for pairs without a caption;
+`modeling_mode.lib.labels_table`), `clusters.safetensors` (`fine_centroids`, `coarse_centroids`, `fine_to_coarse`),
+`clusters.json` (the run's report, written last) and `embeddings/` (one memory-mappable shard per --shard-rows pairs,
+or per data file). Without --streaming the corpus is loaded with `datasets` and `dataset/`, a copy of it plus `fine_id`
+and `coarse_id`, is written too. With --streaming the data files (parquet or webdataset .tar, of a folder or a Hub
+dataset) are read one at a time, their captions only: no image is read into memory or copied; the embeddings are
+deleted at the end unless --keep-embeddings. Each process embeds its own shards; the main process fits and assigns.
+Re-running the same command resumes: finished shards and a fit with the same settings are reused. --push_to_hub then
+sends the labelled pairs (with --streaming, the labels table) and centroids to a Hub dataset repo.
+"""
 EMBEDDINGS_DIR = "embeddings"
 EMBEDDING_DTYPES = ("float32", "float16")
 
@@ -115,76 +134,6 @@ class ClusterArguments(HubArguments):
         return self.keep_embeddings or not self.streaming
 
 
-class InMemoryCorpus:
-    """A `datasets` Dataset (`data.load_pairs`), embedded in shards of --shard-rows pairs, each labelled as a part of
-    the labels table (source "", key: the row index) and all in the labelled copy `dataset/`."""
-
-    def __init__(self, args: ClusterArguments):
-        self.args = args
-        self.dataset = load_pairs(args.dataset, args.split)
-        self.num_rows = len(self.dataset)
-        self.data_files = []
-        if args.caption_column not in self.dataset.column_names:
-            raise InputError(
-                f"The dataset has no caption column {args.caption_column!r} (--caption-column); "
-                f"its columns: {self.dataset.column_names}."
-            )
-
-    def layout(self) -> dict:
-        """What the embeddings are of and how they are sharded (`EmbeddingShards`)."""
-        fingerprint = getattr(self.dataset, "_fingerprint", None)
-        return {"dataset_fingerprint": fingerprint, "num_rows": self.num_rows, "shard_rows": self.args.shard_rows}
-
-    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
-        args = self.args
-        return embed_corpus(
-            self.dataset, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
-        )
-
-    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
-        """(source, keys) of a shard's pairs in the labels table."""
-        return "", [str(row) for row in shards.rows_of(shard)]
-
-    def save_labelled_copy(self, labels: Path, output: Path) -> str:
-        save_labelled(self.args, self.dataset, labels, output)
-        return LABELLED_COPY
-
-
-class StreamedCorpus:
-    """A corpus' data files (`data_files.list_data_files`), each read for its caption column only and embedded into
-    its own shard (file f by process f % num_processes); each labelled as a part of the labels table (source: the
-    file, key: the pair's `__key__`). No labelled copy: that would copy the images."""
-
-    num_rows = None  # known once every file is read
-
-    def __init__(self, args: ClusterArguments):
-        self.args = args
-        with naming_failures("--dataset", args.dataset):
-            self.files = list_data_files(args.dataset, args.split)
-        columns = columns_of(self.files[0])
-        if args.caption_column not in columns:
-            raise InputError(
-                f"The data files have no caption column {args.caption_column!r} (--caption-column; in tar shards, a "
-                f"member extension): {self.files[0]!r} has {columns}."
-            )
-        self.data_files = describe_files(self.files)
-
-    def layout(self) -> dict:
-        return {"data_files": self.data_files}  # paths and sizes: a file that changed is not taken for embedded
-
-    def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int) -> int:
-        args = self.args
-        return embed_data_files(
-            self.files, args.caption_column, encoder, shards, rank, world_size, args.batch_size, args.seed
-        )
-
-    def locate(self, shards: EmbeddingShards, shard: int) -> tuple[str, list[str]]:
-        return self.files[shard], shards.read_keys(shard)
-
-    def save_labelled_copy(self, labels: Path, output: Path) -> None:
-        return None
-
-
 def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     """Run the clustering; returns its report on the main process (None on the others).
 
@@ -194,7 +143,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     output = check_output_dir(args.output)
     # Every check that does not need the captions' embeddings comes before them.
     given = load_given_clusters(args.clusters)
-    corpus = StreamedCorpus(args) if args.streaming else InMemoryCorpus(args)
+    corpus = open_corpus(args)
     if corpus.num_rows is not None:  # a streamed corpus is counted while it is embedded: checked then
         check_fit_sample(args, corpus.num_rows, fitting=given is None)
     with naming_failures("--encoder", args.encoder):
@@ -217,7 +166,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     accelerator.wait_for_everyone()
 
     start = time.perf_counter()
-    corpus.embed(encoder, shards, accelerator.process_index, accelerator.num_processes)
+    corpus.embed(encoder, shards, accelerator.process_index, accelerator.num_processes, args.batch_size)
     embed_seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()  # every shard is on disk
     if not accelerator.is_main_process:
@@ -247,6 +196,13 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
         f"saved to {output}"
     )
     return report
+
+
+def open_corpus(args: ClusterArguments) -> ClusteredCorpus:
+    """The corpus to cluster, streamed (--streaming) or in memory, checked for its caption column."""
+    if args.streaming:
+        return StreamedCorpus.load(args.dataset, args.split, args.caption_column, args.seed)
+    return InMemoryCorpus.load(args.dataset, args.split, args.caption_column, args.shard_rows, args.seed)
 
 
 def load_given_clusters(path: str | None) -> Clusters | None:
@@ -289,7 +245,7 @@ def check_some_caption(shards: EmbeddingShards, caption_column: str) -> None:
         )
 
 
-def embedding_meta(args: ClusterArguments, corpus, encoder: CaptionEncoder) -> dict:
+def embedding_meta(args: ClusterArguments, corpus: ClusteredCorpus, encoder: CaptionEncoder) -> dict:
     """What the embeddings are of: a folder of embeddings made otherwise is refused rather than mixed. The caption
     seed and the shards also say which caption of a list was embedded (`embedding.choose_shard_captions`)."""
     return {
@@ -356,7 +312,9 @@ def fit_on_sample(args: ClusterArguments, shards: EmbeddingShards) -> Clusters:
     )
 
 
-def assign_and_save(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict, output: Path) -> dict:
+def assign_and_save(
+    args, corpus: ClusteredCorpus, shards: EmbeddingShards, clusters: Clusters, settings: dict, output: Path
+) -> dict:
     """Label every pair (streamed from the shards, a part of the labels table per shard), then write the labelled
     copy if the corpus makes one; returns the cluster sizes and where the labels are."""
     labels = output / LABELS_DIR
@@ -366,8 +324,8 @@ def assign_and_save(args, corpus, shards: EmbeddingShards, clusters: Clusters, s
     with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
         for shard, fine in enumerate(assign_shards(shards, clusters, args.seed)):
             coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
-            source, keys = corpus.locate(shards, shard)
-            write_labels(labels, shard, source, keys, shards.rows_of(shard), fine, coarse)
+            keys = corpus.embedded_keys(shards, shard)
+            write_labels(labels, shard, corpus.source(shard), keys, shards.rows_of(shard), fine, coarse)
             fine_sizes += np.bincount(fine[fine >= 0], minlength=clusters.num_fine_clusters)
             missing += int((fine < 0).sum())
             bar.update(len(fine))
@@ -384,7 +342,7 @@ def assign_and_save(args, corpus, shards: EmbeddingShards, clusters: Clusters, s
     }
 
 
-def labels_meta(args, corpus, shards: EmbeddingShards, clusters: Clusters, settings: dict) -> dict:
+def labels_meta(args, corpus: ClusteredCorpus, shards: EmbeddingShards, clusters: Clusters, settings: dict) -> dict:
     """labels.json: which corpus the table labels, so that it is never joined with another (`labels` module)."""
     return {
         "dataset": args.dataset,
@@ -396,35 +354,6 @@ def labels_meta(args, corpus, shards: EmbeddingShards, clusters: Clusters, setti
         "num_fine_clusters": clusters.num_fine_clusters,
         "clusters_settings": settings,
     }
-
-
-def save_labelled(args, dataset, labels: Path, output: Path) -> None:
-    """`output/dataset`: the corpus plus `fine_id` and `coarse_id` from the labels table, replacing the one there as
-    a whole."""
-
-    def add_ids(_captions, indices):
-        # map hands out batches of shard_rows rows from row 0: batch b is embedding shard b, labels part b
-        ids = read_part(labels, indices[0] // args.shard_rows, columns=list(ID_COLUMNS))
-        return {column: ids[column].to_numpy() for column in ID_COLUMNS}
-
-    if present := [c for c in ID_COLUMNS if c in dataset.column_names]:
-        logger.warning(f"replacing the dataset's existing {present} columns")
-        dataset = dataset.remove_columns(present)
-    cache = output / ".labelled.arrow"
-    labelled = dataset.map(
-        add_ids,
-        input_columns=[args.caption_column],  # only the captions are read: images stay encoded
-        with_indices=True,
-        batched=True,
-        batch_size=args.shard_rows,
-        cache_file_name=str(cache),
-        load_from_cache_file=False,  # one left by a crashed run holds another run's labels
-        new_fingerprint=f"mode-clusters-{os.urandom(8).hex()}",
-        desc="writing fine_id / coarse_id",
-    )
-    with atomic_directory(output / LABELLED_COPY) as scratch:
-        labelled.save_to_disk(str(scratch))
-    cache.unlink()
 
 
 def drop_embeddings(args: ClusterArguments, shards: EmbeddingShards) -> None:
@@ -503,3 +432,28 @@ def is_finished_run(folder: str | os.PathLike) -> bool:
     except InputError:
         return False
     return True
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """train/cluster.py: the clustering run, then its push if asked for; returns the report (main process only)."""
+    from .publish import exiting_on_push_failure, push_clustered_dataset  # here: publish reads runs of this module
+
+    args = cli.parse(ClusterArguments, DESCRIPTION, argv)
+    accelerator = Accelerator()
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    report = cluster(args, accelerator)
+    if report is not None and args.push_to_hub:  # the main process, once the run is complete on disk
+        with exiting_on_push_failure():
+            commit = push_clustered_dataset(HfApi(), args.output, args.hub_model_id, private=args.hub_private_repo)
+        logger.info(f"pushed to {commit.commit_url}")
+    return report
+
+
+def command() -> None:
+    """The command line (`mode-cluster`, `python -m modeling_mode.lib.clustering`, train/cluster.py): `main`, bad
+    input ending with exit status 2 (`cli.run`)."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

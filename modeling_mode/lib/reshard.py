@@ -28,13 +28,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import cli
+from .clustered_corpus import StreamedCorpus
 from .data import NO_CLUSTER
-from .data_files import list_data_files, read_samples, write_tar_sample
-from .errors import InputError, check_output_dir, naming_failures
+from .data_files import write_tar_sample
+from .errors import InputError, check_output_dir
 from .files import atomic_path, read_json, write_json
-from .labels import check_labels_match, read_labels
+from .labels_table import LabelsTable
 
 logger = logging.getLogger(__name__)
+# train/reshard.py's --help (and `mode-reshard`'s, `python -m modeling_mode.lib.reshard`'s).
+DESCRIPTION = """\
+Write each coarse cluster's pairs to its own webdataset shards, in one pass over the corpus, so that each expert
+reads only its own share of it (`train/expert.py --streaming --dataset OUTPUT/cluster-K --cluster all`).
+
+    python train/reshard.py --dataset corpus/ --labels runs/clusters/labels --output runs/resharded \\
+        --shard-size 10000
+
+`mode-reshard` and `python -m modeling_mode.lib.reshard` take the same flags.
+
+--dataset is the corpus the labels table (train/cluster.py's OUTPUT/labels) was made from: a folder of parquet files
+or webdataset .tar shards, or a Hub dataset id. OUTPUT/cluster-K/shard-NNNNN.tar holds cluster K's pairs; pairs
+without a cluster are left out. A killed run resumes where it stopped when run again with the same flags: the shards
+it had written are kept, the others written. OUTPUT/manifest.json, written last, says the output is complete.
+"""
 MANIFEST = "manifest.json"
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif"}  # PIL format -> member extension, where it is not the lowercase
 
@@ -74,10 +91,10 @@ class ShardPlan:
         self.shard_size = shard_size
 
     @classmethod
-    def from_labels(cls, labels: str, shard_size: int) -> "ShardPlan":
-        meta, parts = read_labels(labels)
-        counts = [np.bincount(clustered(part["coarse_id"]), minlength=meta["num_experts"]) for part in parts]
-        return cls(np.asarray(counts, dtype=np.int64).reshape(-1, meta["num_experts"]), shard_size)
+    def from_table(cls, table: LabelsTable, shard_size: int) -> "ShardPlan":
+        experts = table.meta["num_experts"]
+        counts = [np.bincount(clustered(part["coarse_id"]), minlength=experts) for part in table.parts(["coarse_id"])]
+        return cls(np.asarray(counts, dtype=np.int64).reshape(-1, experts), shard_size)
 
     def shards_of_file(self, file: int) -> set[tuple[int, int]]:
         """(cluster, shard) of every output shard holding pairs of data file `file`."""
@@ -127,10 +144,8 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
 
     `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
     check_output_dir(args.output, "--output")
-    with naming_failures("--dataset", args.dataset):
-        files = list_data_files(args.dataset, args.split)
-    meta, parts = read_labels(args.labels)
-    check_labels_match(meta, args.dataset, args.split, files)
+    corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
+    meta = corpus.table.meta
     settings = {
         "dataset": args.dataset,
         "split": args.split,
@@ -150,14 +165,14 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
     if earlier is not None and earlier.get("finished"):
         logger.info(f"{args.output} holds this reshard, finished: nothing to do.")
         return earlier
-    plan = ShardPlan.from_labels(args.labels, args.shard_size)
+    plan = ShardPlan.from_table(corpus.table, args.shard_size)
 
     def open_shard(cluster: int, shard: int) -> ShardWriter:
         if not manifest_path.is_file():  # before the first shard: a re-run must use the same settings
             write_json(manifest_path, {"settings": settings})
         return ShardWriter(shard_path(args.output, cluster, shard), plan.shard_pairs(cluster, shard))
 
-    write_shards(args, files, parts, plan, open_shard, on_shard)
+    write_shards(args, corpus, plan, open_shard, on_shard)
     manifest = {
         "settings": settings,
         "finished": True,
@@ -175,7 +190,7 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
     return manifest
 
 
-def write_shards(args: ReshardArguments, files: list[str], parts, plan: ShardPlan, open_shard, on_shard) -> None:
+def write_shards(args: ReshardArguments, corpus: StreamedCorpus, plan: ShardPlan, open_shard, on_shard) -> None:
     """The one pass: every data file that holds pairs of a shard not yet written is read, and those shards written.
     A cluster's pairs come in the order of its shards, so each cluster has one shard open at a time."""
     done = {
@@ -186,14 +201,15 @@ def write_shards(args: ReshardArguments, files: list[str], parts, plan: ShardPla
     }
     if done:
         logger.info(f"Resuming: {len(done)} output shards are already written.")
+    files = corpus.files
     columns = [args.image_column, args.caption_column] if files[0].endswith(".parquet") else None
     open_shards = {}  # cluster -> (shard, its writer)
-    for index, (file, part) in enumerate(zip(files, parts, strict=True)):
+    for index, file in enumerate(files):
         pending = plan.shards_of_file(index) - done
         if not pending:
             continue
         logger.info(f"Data file {index + 1}/{len(files)}: {file}")
-        for cluster, shard, sample in labelled_samples(file, index, part, columns, plan, args):
+        for cluster, shard, sample in shard_samples(corpus, index, columns, plan, args):
             if (cluster, shard) not in pending:
                 continue
             if open_shards.get(cluster, (None,))[0] != shard:
@@ -205,32 +221,22 @@ def write_shards(args: ReshardArguments, files: list[str], parts, plan: ShardPla
                     on_shard(writer.path)
 
 
-def labelled_samples(file: str, index: int, part, columns, plan: ShardPlan, args: ReshardArguments):
+def shard_samples(corpus: StreamedCorpus, index: int, columns, plan: ShardPlan, args: ReshardArguments):
     """(cluster, output shard, sample to write) of each clustered pair of data file `index`, joined with its part of
-    the labels table by key. A pair the table lacks, or one it has but the file not, is refused: the table would be
-    of another version of the file."""
-    sources = set(part["source"].to_pylist())
-    if sources != {file}:
-        raise InputError(f"part {index} of the labels table {args.labels} labels {sorted(sources)}, not {file!r}.")
-    ids = dict(zip(part["key"].to_pylist(), zip(part["coarse_id"].to_pylist(), part["fine_id"].to_pylist())))
+    the labels table by key (`StreamedCorpus.labelled_samples`, which refuses a file and a table that disagree)."""
+    file = corpus.files[index]
     position = plan.before[index].copy()  # each cluster's pairs written before this one
-    for sample in read_samples(file, columns):
-        key = sample["__key__"]
-        if key not in ids:
-            raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {args.labels}.")
-        coarse_id, fine_id = ids.pop(key)
+    for sample, coarse_id, fine_id in corpus.labelled_samples(index, columns):
         if coarse_id == NO_CLUSTER:
             continue
         shard = int(position[coarse_id] // plan.shard_size)
         position[coarse_id] += 1
         members = dict(sample) if columns is None else parquet_members(sample, file, args)
+        key = sample["__key__"]
         members.update(
             {"__key__": f"{index:05d}/{key}", "coarse_id.cls": b"%d" % coarse_id, "fine_id.cls": b"%d" % fine_id}
         )
         yield coarse_id, shard, members
-    if ids:
-        missing = sorted(ids)[:3]
-        raise InputError(f"data file {file!r} lacks pairs {missing} of the labels table {args.labels}.")
 
 
 def parquet_members(sample: dict, file: str, args: ReshardArguments) -> dict:
@@ -267,3 +273,20 @@ def image_extension(image: bytes, path: str | None, where: str) -> str:
                 f"{where}: its image is in no format PIL knows, and has no file name to tell it."
             ) from None
         return extension
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """train/reshard.py: the reshard, logging its progress; returns its manifest."""
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S")
+    logging.getLogger("modeling_mode").setLevel(logging.INFO)
+    return reshard(cli.parse(ReshardArguments, DESCRIPTION, argv))
+
+
+def command() -> None:
+    """The command line (`mode-reshard`, `python -m modeling_mode.lib.reshard`, train/reshard.py): `main`, bad input
+    ending with exit status 2 (`cli.run`)."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -10,7 +10,8 @@ anywhere, on any number of processes. `modeling_mode.lib.assembly` then joins th
 - `optimization`: AdamW's parameter groups and the learning-rate schedule;
 - `loop`: `train()`, its steps and their speed (samples/s, MFU, loader wait), the gradient accumulation;
 - `checkpoints`: checkpoints and the final save;
-- `record`: training_args.json, the run's record, and when a run is finished (`is_finished`).
+- `record`: training_args.json, the run's record, and when a run is finished (`is_finished`);
+- `command_line`: `main`, train/expert.py's (and `python -m modeling_mode.lib.training`'s).
 
 Import this package explicitly (`import modeling_mode.lib.training`): it needs accelerate and datasets, which the
 Hub remote-code model does not.
@@ -19,6 +20,7 @@ Hub remote-code model does not.
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, latest_checkpoint, list_checkpoints
+from .command_line import main
 from .loop import accumulate_gradients, train, train_step
 from .optimization import build_optimizer, learning_rate_at
 from .record import TRAINING_ARGS, final_step, is_finished
@@ -37,6 +39,7 @@ __all__ = [
     "latest_checkpoint",
     "learning_rate_at",
     "list_checkpoints",
+    "main",
     "random_clip",
     "train",
     "train_step",

@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from ..clustered_corpus import InMemoryCorpus
 from ..data import (
     NO_CLUSTER,
     GlobalBatchSampler,
@@ -26,7 +27,7 @@ from ..data import (
 )
 from ..errors import InputError
 from .arguments import ExpertTrainingArguments
-from .labelled import LabelledStream, table_coarse_ids
+from .labelled import LabelledStream
 
 
 class TrainingData:
@@ -80,8 +81,9 @@ class TrainingData:
         it is of these pairs).
         """
         args = self.args
-        if args.labels:
-            coarse_ids = table_coarse_ids(args.labels, args.dataset, args.split, self.pairs)
+        if args.labels:  # joined by row, refused unless of these pairs
+            corpus = InMemoryCorpus.joined(self.pairs, args.dataset, args.split, args.labels, args.caption_column)
+            coarse_ids = corpus.ids("coarse_id")
         if self.cluster is None:
             coarse_ids = np.zeros(len(self.pairs), dtype=np.int64)
         elif not args.labels:

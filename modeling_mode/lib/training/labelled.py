@@ -1,10 +1,11 @@
 """Training on the original pairs of a corpus, joined on the fly with a clustering's labels table (`--labels`).
 
-The labels table (`modeling_mode.lib.labels`) holds each pair's coarse cluster beside the corpus, not in a copy of it.
-With random access (a saved dataset, or data files loaded whole) it is joined by row: the run then trains exactly as on
-a labelled copy. Streamed (`--streaming` over parquet files or webdataset shards), it is joined by (data file, key) as
-each file is read: `LabelledStream`. A pair that the table lacks is refused with its name, never trained on with
-another pair's label: the table was made from another version of that data file.
+The labels table (`modeling_mode.lib.labels_table`) holds each pair's coarse cluster beside the corpus, not in a copy
+of it. With random access (a saved dataset, or data files loaded whole) it is joined by row: the run then trains
+exactly as on a labelled copy. Streamed (`--streaming` over parquet files or webdataset shards), it is joined by (data
+file, key) as each file is read: `LabelledStream`. Both joins are `clustered_corpus`'s. A pair that the table lacks is
+refused with its name, never trained on with another pair's label: the table was made from another version of that
+data file.
 
 A labelled stream knows from the table how many pairs each data file gives the run before reading it; so a resumed run
 skips the data files it had trained on without reading them, and restarts exactly where it stood. For that, its order
@@ -17,36 +18,11 @@ import random
 
 import numpy as np
 import torch
-from datasets import Dataset
 
-from ..data import NO_CLUSTER, check_columns, is_saved_dataset, stream_filter, usable_captions
-from ..data_files import caption_of, list_data_files, read_samples
-from ..errors import InputError, naming_failures
-from ..labels import LabelsTable, check_labels_match, read_labels
-
-
-def table_coarse_ids(labels: str, dataset: str, split: str, pairs: Dataset) -> np.ndarray:
-    """Each row's coarse id, read from the labels table by row, after checking that the table is of these pairs."""
-    meta, parts = read_labels(labels)
-    files = [] if is_saved_dataset(dataset) else list_data_files(dataset, split)
-    check_labels_match(meta, dataset, split, files, len(pairs))
-    with_keys = "__key__" in pairs.column_names  # webdataset shards loaded whole: their keys must line up too
-    coarse_ids = np.full(len(pairs), NO_CLUSTER, dtype=np.int64)
-    keys = np.empty(len(pairs) if with_keys else 0, dtype=object)
-    for part in parts:
-        rows = part["row"].to_numpy()
-        coarse_ids[rows] = part["coarse_id"].to_numpy()
-        if with_keys:
-            keys[rows] = part["key"].to_pylist()
-    dataset_keys = np.asarray(pairs["__key__"] if with_keys else [], dtype=object)
-    mismatch = np.flatnonzero(dataset_keys != keys)
-    if len(mismatch):
-        row = mismatch[0]
-        raise InputError(
-            f"row {row} of --dataset {dataset!r} is pair {dataset_keys[row]!r}, the labels table {labels} has "
-            f"{keys[row]!r} there: it labels another order of these pairs."
-        )
-    return coarse_ids
+from ..clustered_corpus import StreamedCorpus
+from ..data import NO_CLUSTER, check_columns, stream_filter, usable_captions
+from ..data_files import caption_of, read_samples
+from ..errors import InputError
 
 
 def worker_turns(batch_counts: list[int], read: int) -> tuple[list[int], int]:
@@ -73,24 +49,25 @@ class LabelledStream(torch.utils.data.IterableDataset):
     `start(epoch, batches_read)` before iterating an epoch."""
 
     def __init__(self, args, process_index: int, num_processes: int):
-        self.table, self.seed, self.epoch = LabelsTable(args.labels), args.seed, 0
+        self.seed, self.epoch = args.seed, 0
         self.cluster, self.out_of_cluster_ratio = args.cluster_id, args.out_of_cluster_ratio
         self.shuffle_buffer, self.batch_size = args.shuffle_buffer, args.batch_size
         self.num_workers = max(1, args.num_workers)
         self.transform, self.process_index = None, process_index
         self.image_column, self.caption_column = args.image_column, args.caption_column
-        with naming_failures("--dataset", args.dataset):
-            all_files = list_data_files(args.dataset, args.split)
-        check_labels_match(self.table.meta, args.dataset, args.split, all_files)
+        self.corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
         self.columns = [args.image_column, args.caption_column]
-        first = next(read_samples(all_files[0], None if all_files[0].endswith(".tar") else self.columns))
+        first_file = self.corpus.files[0]
+        first = next(read_samples(first_file, None if first_file.endswith(".tar") else self.columns))
         check_columns(first.keys(), *self.columns, None)
         # Each process reads its own data files; how many of each one's pairs the run takes, from the table alone.
-        self.files = list(enumerate(all_files))[process_index::num_processes]
+        self.files = list(enumerate(self.corpus.files))[process_index::num_processes]
         keep = self.keeps()
         self.run_pairs = {
-            index: sum(keep(coarse_id, f"{index}/{key}") for key, coarse_id in self.table.labels_for(file).items())
-            for index, file in self.files
+            index: sum(
+                keep(coarse_id, f"{index}/{key}") for key, coarse_id in self.corpus.coarse_ids_by_key(index).items()
+            )
+            for index, _ in self.files
         }
         self.skips, self.first_worker = [0] * self.num_workers, 0
 
@@ -129,42 +106,34 @@ class LabelledStream(torch.utils.data.IterableDataset):
             if self.run_pairs[index] <= skip:  # trained on before a resume: not read again
                 skip -= self.run_pairs[index]
                 continue
-            for number, window in enumerate(self.windows(index, file)):
+            for number, window in enumerate(self.windows(index)):
                 order = np.random.default_rng([self.seed, self.epoch, index, number]).permutation(len(window))
                 for sample in (window[i] for i in order[skip:]):
                     yield self.pair(sample, index, file)
                 skip = max(0, skip - len(window))
 
-    def windows(self, index: int, file: str):
+    def windows(self, index: int):
         """The run's pairs of one data file, in windows of --shuffle-buffer pairs, joined with the table by key."""
-        labels, keep = self.table.labels_for(file), self.keeps()
-        window = []
-        for sample in read_samples(file, self.columns):
-            key = sample["__key__"]
-            if key not in labels:
-                raise InputError(f"pair {key!r} of data file {file!r} is not in the labels table {self.table.folder}.")
-            if keep(labels.pop(key), f"{index}/{key}"):
+        keep, window = self.keeps(), []
+        for sample, coarse_id, _fine_id in self.corpus.labelled_samples(index, self.columns):
+            if keep(coarse_id, f"{index}/{sample['__key__']}"):
                 window.append(sample)
             if len(window) == self.shuffle_buffer:
                 yield window
                 window = []
         if window:
             yield window
-        if labels:
-            raise InputError(
-                f"data file {file!r} lacks pairs {sorted(labels)[:3]} of the labels table {self.table.folder}."
-            )
 
     def pair(self, sample: dict, index: int, file: str):
         """The transform of one pair (pixels, caption), augmented by a generator of its own: the same on a resume."""
         key = sample["__key__"]
-        where = f"pair {key!r} of data file {file!r}"
+        where, table = f"pair {key!r} of data file {file!r}", self.corpus.table.folder
         image, caption = sample.get(self.image_column), caption_of(sample.get(self.caption_column))
         if image is None:
             raise InputError(f"{where} has no image in {self.image_column!r} (--image-column).")
         if not usable_captions(caption):
             raise InputError(
-                f"{where} has a cluster in the labels table {self.table.folder} but no usable caption in column "
+                f"{where} has a cluster in the labels table {table} but no usable caption in column "
                 f"{self.caption_column!r} (--caption-column): the table was made from other captions."
             )
         example = {

@@ -10,16 +10,19 @@ and no local path: a card names a run's inputs by their last path component (see
 import os
 import re
 from collections import Counter
+from importlib.util import find_spec
 from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from modeling_mode.lib.clustering import read_finished_run
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.evaluation import results_name
-from modeling_mode.lib.files import read_json
+from .clustering import read_finished_run
+from .errors import InputError
+from .evaluation import results_name
+from .files import read_json
 
-TEMPLATES = Path(__file__).resolve().parent
+# The card templates: package data of `hub_cards`, found by its spec (its scripts are not imported), beside its
+# __init__.py in an editable install and a normal one alike.
+TEMPLATES = Path(find_spec("hub_cards").origin).parent
 ROUTING_TEXT = {
     "paper": (
         "Routing follows the paper (Eq. 4-6): each class name l is matched to its nearest fine centre s, "
@@ -182,7 +185,7 @@ def dataset_card(
 ) -> DatasetCard:
     """The dataset card of a finished clustering run's output directory; InputError if the run is not finished.
 
-    `labels`: the labels.json of a streaming run's labels table, as published (hub_cards/push.py), when the table is
+    `labels`: the labels.json of a streaming run's labels table, as published (`publish`), when the table is
     what the repo holds rather than the labelled pairs: the card then says how to join it with the corpus, and its
     metadata makes the table the repo's `train` split."""
     clusters, report = read_finished_run(clusters_dir)

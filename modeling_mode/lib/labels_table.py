@@ -11,6 +11,7 @@ A clustering run (train/cluster.py) writes `OUTPUT/labels/`:
   `num_fine_clusters`, the clustering's `settings` (`clusters_settings`) and `num_parts`.
 
 A few bytes per pair: the `source` column is dictionary-encoded by parquet, so it costs next to nothing per row.
+This module is the table's files; a corpus is joined with its table, in memory or streamed, by `clustered_corpus`.
 """
 
 import os
@@ -128,23 +129,55 @@ class LabelsTable:
         self.meta = read_meta(folder)
         self.part_of = {file["path"]: part for part, file in enumerate(self.meta["data_files"])}
 
-    def labels_for(self, source: str) -> dict[str, int]:
-        """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
-        (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover."""
-        if source == "" and not self.part_of:
-            parts = range(self.meta["num_parts"])
-        elif source in self.part_of:
-            parts = [self.part_of[source]]
-        else:
+    @classmethod
+    def of_run(cls, clusters: str | os.PathLike, report: dict) -> "LabelsTable":
+        """The labels table of a finished clustering run (`report`: its clusters.json), checked to be that run's:
+        InputError for a table missing, unfinished or of another run."""
+        table = cls(Path(clusters) / LABELS_DIR)
+        if table.meta["clusters_settings"] != report.get("settings"):
+            raise InputError(f"{table.folder} is the labels table of another clustering run than {clusters}.")
+        return table
+
+    @property
+    def files(self) -> list[str]:
+        """The data files the table labels, part p labelling file p (none for a saved dataset)."""
+        return [file["path"] for file in self.meta["data_files"]]
+
+    @property
+    def num_parts(self) -> int:
+        return self.meta["num_parts"]
+
+    def part(self, part: int, columns: list[str] | None = None) -> pa.Table:
+        return read_part(self.folder, part, columns)
+
+    def parts(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """The parts in order, one in memory at a time."""
+        for part in range(self.num_parts):
+            yield self.part(part, columns)
+
+    def part_index(self, source: str) -> int:
+        """The part of one data file (`source` as `list_data_files` gives it); InputError naming a data file the
+        table does not cover."""
+        if source not in self.part_of:
             raise InputError(
                 f"data file {source!r} is not in the labels table {self.folder} (it labels {len(self.part_of)} files "
                 f"of --dataset {self.meta['dataset']!r}): cluster this corpus, or give the table made from it."
             )
+        return self.part_of[source]
+
+    def labels_for(self, source: str) -> dict[str, int]:
+        """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
+        (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover."""
+        parts = range(self.num_parts) if source == "" and not self.part_of else [self.part_index(source)]
         labels = {}
         for part in parts:
-            table = read_part(self.folder, part, columns=["key", "coarse_id"])
+            table = self.part(part, columns=["key", "coarse_id"])
             labels.update(zip(table["key"].to_pylist(), table["coarse_id"].to_pylist(), strict=True))
         return labels
+
+    def check_matches(self, dataset: str, split: str, files: list[str], num_rows: int | None = None) -> None:
+        """`check_labels_match` of this table."""
+        check_labels_match(self.meta, dataset, split, files, num_rows)
 
 
 def labels_for(folder, source: str) -> dict[str, int]:
@@ -187,13 +220,3 @@ def read_part(folder, part: int, columns: list[str] | None = None) -> pa.Table:
     if not path.is_file():
         raise InputError(f"{path} is missing: the labels table {folder} is incomplete; run the clustering again.")
     return pq.read_table(path, columns=columns)
-
-
-def read_run_labels(clusters: str | os.PathLike, report: dict) -> dict:
-    """labels.json of a finished clustering run's labels table (`report`: its clusters.json), checked to be that
-    run's: InputError for a table missing, unfinished or of another run."""
-    folder = Path(clusters) / LABELS_DIR
-    meta = read_meta(folder)
-    if meta["clusters_settings"] != report.get("settings"):
-        raise InputError(f"{folder} is the labels table of another clustering run than {clusters}.")
-    return meta
