@@ -13,7 +13,6 @@ from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel
 
-from hub_cards import model_card
 from modeling_mode.job.arguments import JobArguments, Sources, check_sources
 from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set
 from modeling_mode.job.layout import JobFolder, Output
@@ -22,6 +21,7 @@ from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
 from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, TRAINING, StageGraph
 from modeling_mode.lib import cli
+from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint

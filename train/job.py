@@ -5,7 +5,7 @@
 The same as `python -m modeling_mode.job` and `mode-job`; `--help` lists the flags (`modeling_mode.job.main`).
 """
 
-from modeling_mode.job.main import entry_point
+from modeling_mode.job.main import command
 
 if __name__ == "__main__":
-    entry_point()
+    command()

@@ -1,3 +1,3 @@
-from .main import entry_point
+from .main import command
 
-entry_point()
+command()

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"report: {report}")
 
 
-def entry_point() -> None:
+def command() -> None:
     """`mode-job`, `python -m modeling_mode.job` and train/job.py."""
     cli.run(main)
 
 
 if __name__ == "__main__":
-    entry_point()
+    command()

@@ -31,7 +31,7 @@ class Stage:
     action: list[str] | Callable[[], None]  # a command line, or a function of no argument run in this process
 
 
-def entry_point(module: str, arguments, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
+def module_command(module: str, arguments, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
     """The command that runs the library's entry point `module` (`python -m MODULE`) with `arguments`, its argument
     dataclass filled in here: a field the job gets wrong fails now, before any stage runs, and the entry point parses
     back the same values. `launcher` is `python` or, e.g., `accelerate launch ...`: both take `-m MODULE`."""

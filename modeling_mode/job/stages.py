@@ -32,7 +32,7 @@ from .layout import (
     training_finished,
 )
 from .recipes import Recipe
-from .runner import Stage, entry_point
+from .runner import Stage, module_command
 
 CLUSTERING, TRAINING, ASSEMBLY = (
     "modeling_mode.lib.clustering",
@@ -106,7 +106,7 @@ class StageGraph:
             encoder=str(seed.seed_run) if clustering.seed_text else self.encoder, experts=clustering.experts,
             one_step=clustering.method == "one-step", random=clustering.method == "random",
         )  # fmt: skip
-        command = entry_point(CLUSTERING, arguments, self.sources.launcher)
+        command = module_command(CLUSTERING, arguments, self.sources.launcher)
         return Stage(seed.stage(f"cluster-{clustering.name}"), Output(output, clustering_finished), command)
 
     def ensemble_stages(self, seed: SeedFolder, model: Model):
@@ -126,9 +126,8 @@ class StageGraph:
         assembly = AssembleArguments(
             experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output)
         )
-        yield Stage(
-            seed.stage(f"assemble-{model.ensemble}"), Output(output, model_finished), entry_point(ASSEMBLY, assembly)
-        )
+        command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
+        yield Stage(seed.stage(f"assemble-{model.ensemble}"), Output(output, model_finished), command)
 
     def curve_stage(self, seed: SeedFolder, dense) -> Stage:
         runs = {"seed": seed.seed_run, "dense": dense}
@@ -136,7 +135,7 @@ class StageGraph:
         return Stage(seed.stage(CURVE_STAGE), Output(seed.curve, file_finished), write)
 
     def training_stage(self, seed: SeedFolder, name: str, arguments: ExpertTrainingArguments) -> Stage:
-        command = entry_point(TRAINING, arguments, self.sources.launcher)
+        command = module_command(TRAINING, arguments, self.sources.launcher)
         return Stage(seed.stage(name), Output(arguments.output, training_finished), command)
 
     @property

@@ -181,7 +181,10 @@ def ensembles(model, router_embeds: torch.Tensor | None) -> dict[str, torch.Tens
         for routing in ROUTINGS
     }
     named.update(
-        {EXPERT_NAME.format(k=k): nn.functional.one_hot(torch.tensor(k), num_experts).float() for k in range(num_experts)}
+        {
+            EXPERT_NAME.format(k=k): nn.functional.one_hot(torch.tensor(k), num_experts).float()
+            for k in range(num_experts)
+        }
     )
     return named
 
