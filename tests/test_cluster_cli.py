@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
+from helpers import assert_nearest_up_to_ties, normalised
 from hub_server import LocalHub
 from PIL import Image
 from safetensors.numpy import load, load_file
-from test_clustering import assert_nearest_up_to_ties, normalised
 
 from modeling_mode.lib import cli, clustered_corpus, clustering
 from modeling_mode.lib.clustering import ClusterArguments, read_finished_run

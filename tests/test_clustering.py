@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer
 from datasets import Dataset
+from helpers import assert_nearest_up_to_ties, make_tokenizer, normalised
 from safetensors.numpy import load_file
 from sklearn.metrics import adjusted_rand_score
 from transformers import CLIPModel, CLIPTextModelWithProjection, DistilBertConfig, DistilBertModel
@@ -22,26 +22,6 @@ from modeling_mode.lib.kmeans import (
     nearest,
     save_clusters,
 )
-
-# Two computations of a point's nearest centre (faiss and numpy; runs with other thread counts) round differently:
-# one float32 dot product of 384 terms is off by up to ~384 * 6e-8 = 2e-5, and unit vectors that agree to 1e-5 per
-# coordinate (d = 16) change a similarity by at most 2 * 4e-5. A point whose similarities to two centres are closer
-# than this is a tie that rounding may break either way; 1e-3 is well above both and well below real gaps.
-TIE = 1e-3
-
-
-def assert_nearest_up_to_ties(points: np.ndarray, centroids: np.ndarray, labels, other_labels) -> None:
-    """Two labellings of `points` with their nearest of `centroids` agree, but for points within TIE of both
-    centres they name."""
-    differ = np.flatnonzero(np.asarray(labels) != np.asarray(other_labels))
-    similarity = points[differ] @ centroids.T
-    rows = np.arange(len(differ))
-    gaps = np.abs(similarity[rows, np.asarray(labels)[differ]] - similarity[rows, np.asarray(other_labels)[differ]])
-    assert (gaps < TIE).all(), f"points {differ[gaps >= TIE].tolist()} are labelled apart by more than a tie"
-
-
-def normalised(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def planted(num_clusters: int, sizes, dim: int, spread: float, seed: int = 0):

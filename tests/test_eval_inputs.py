@@ -10,7 +10,7 @@ from functools import partial
 
 import datasets
 import pytest
-from test_evaluation import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
+from helpers import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
 from transformers import BertConfig
 
 from modeling_mode.lib.cli import run

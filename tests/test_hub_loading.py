@@ -2,8 +2,8 @@
 
 import shutil
 
-from conftest import make_image_processor, make_mode, make_tokenizer
 from fresh_python import assert_loads_without_package
+from helpers import make_image_processor, make_mode, make_tokenizer
 
 REPO_ID = "org/mode-clip"
 REVISION = "a" * 40

@@ -13,14 +13,23 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_processor, make_mode, make_tokenizer, tiny_clip_config
 from fresh_python import assert_loads_without_package
+from helpers import (
+    FILES,
+    cluster_tar_corpus,
+    make_image_processor,
+    make_mode,
+    make_tokenizer,
+    run_script,
+    tiny_clip_config,
+    write_clustering,
+    write_run,
+    write_tar_corpus,
+)
 from hub_server import LocalHub
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
-from test_assembly import cluster_tar_corpus, run_script, write_clustering, write_run
-from test_streaming_cluster import FILES, write_tar_corpus
 from transformers import CLIPModel
 
 from modeling_mode.lib.assembly import assemble

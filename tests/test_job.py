@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_processor, make_tokenizer, tiny_clip_config
 from datasets import load_from_disk
+from helpers import make_image_processor, make_tokenizer, tiny_clip_config
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import make_image_processor, make_tokenizer, tiny_clip_config
+from helpers import make_image_processor, make_tokenizer, tiny_clip_config
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModelWithProjection

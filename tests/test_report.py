@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import reset_accelerate_state
+from helpers import reset_accelerate_state
 
 from modeling_mode.job.arguments import Sources
 from modeling_mode.job.fork_curve import held_out_indices, validation_sources, write_curve

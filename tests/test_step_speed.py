@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import reset_accelerate_state
 from datasets import Dataset, Features, Image, Value
+from helpers import reset_accelerate_state
 from PIL import Image as PILImage
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 from accelerate import Accelerator
 from datasets import load_from_disk
-from test_reshard import EXPERTS, cluster_of, label_corpus, labelled_tar_corpus, make_tar_corpus, run_reshard
-from test_training import QUIET, assert_same_weights, expert_command, make_pairs, train_here
+from helpers import (
+    EXPERTS,
+    QUIET,
+    assert_same_weights,
+    cluster_of,
+    expert_command,
+    label_corpus,
+    labelled_tar_corpus,
+    make_pairs,
+    make_tar_corpus,
+    run_reshard,
+    train_here,
+)
 from torch.utils.data import DataLoader
 
 from modeling_mode.lib.clustered_corpus import InMemoryCorpus
@@ -27,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def pair_index(caption: str) -> int:
-    """The corpus index a caption names (`test_reshard.caption_for`: 'cluster C pair I')."""
+    """The corpus index a caption names (`helpers.caption_for`: 'cluster C pair I')."""
     return int(caption.rsplit(" ", 1)[1])
 
 
