@@ -210,6 +210,7 @@ def cluster_means(embeddings: np.ndarray, fine_ids: np.ndarray, num_fine_cluster
     return torch.nn.functional.normalize(sums, dim=-1)
 
 
+@pytest.mark.slow
 def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(inputs, tmp_path):
     """A real clustering embeds one seeded caption of each list, shard by shard; the assembly re-expresses each fine
     centroid from the same captions, so with the router as the clustering's encoder it gets the normalised mean of
@@ -248,6 +249,7 @@ def streamed(inputs, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_streaming_clustering_reexpresses_centroids_from_its_data_files(inputs, streamed, tmp_path):
     """With no labelled copy, the captions come from the tar shards, chosen as the streaming clustering chose them
     and joined by key with its labels table: the same centroids as from the in-memory clustering of those pairs."""
@@ -286,6 +288,7 @@ def reordered(file: Path) -> bytes:
         return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_data_file_changed_since_the_streaming_clustering_is_refused_by_name(inputs, streamed, tmp_path):
     """A data file of the corpus reordered (same size), cut or deleted since the clustering: refused with its name
     before anything is written."""

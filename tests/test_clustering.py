@@ -39,6 +39,7 @@ def skewed(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return planted(20, sizes, dim, spread=0.6, seed=seed)[0]
 
 
+@pytest.mark.slow
 def test_planted_well_separated_clusters_are_recovered():
     for seed in range(3):
         x, truth = planted(10, 200, dim=32, spread=0.5, seed=seed)
@@ -68,6 +69,7 @@ def test_balanced_assignment_prefers_near_centres():
     assert (labels[truth == 0] == 0).sum() == 150
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_other_start():
     x = skewed(3000, seed=2)
     first = fit_clusters(x, 30, 3, seed=7, progress=False)
@@ -93,6 +95,7 @@ def test_two_level_maps_each_fine_cluster_to_its_nearest_coarse_centre():
     assert clusters.fit_sizes.tolist() == [100] * 40
 
 
+@pytest.mark.slow
 def test_one_step_and_random_ablations():
     x = skewed(2000, seed=4)
     one_step = fit_clusters(x, 40, 4, method="one-step", progress=False)

@@ -82,6 +82,7 @@ def test_benchmark_prompts_and_class_names_by_name_or_file(tmp_path):
         strings_from(str(tmp_path / "names.json"), "classnames")
 
 
+@pytest.mark.slow
 def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     from modeling_mode import ModeCLIPModel
 
@@ -133,6 +134,7 @@ def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     assert record["results"] == results["results"] and record["_evaluate_version"] == evaluate.__version__
 
 
+@pytest.mark.slow
 def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp_path):
     from modeling_mode import ModeCLIPModel
 

@@ -139,6 +139,7 @@ def digest(folder: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_pushed_mode_loads_with_auto_model_and_pipeline(hub, api, run_dir, mode, tmp_path):
     push_run(run_dir, REPO_ID, api=api)
 
@@ -238,6 +239,7 @@ def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
         push_run(tmp_path, REPO_ID, api=api)
 
 
+@pytest.mark.slow
 def test_command_line(hub, run_dir, tmp_path):
     env = hub.client_env(tmp_path)
     script = str(ROOT / "hub_cards" / "push.py")  # run as a script, by its path
@@ -248,6 +250,7 @@ def test_command_line(hub, run_dir, tmp_path):
     assert "config.json" in hub.files(REPO_ID, revision="dev")
 
 
+@pytest.mark.slow
 def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     experts = []
     for k, expert in enumerate(mode.experts):  # as train/expert.py leaves an expert: weights and training record

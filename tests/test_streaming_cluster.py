@@ -138,6 +138,7 @@ def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_pa
     assert sum(path.stat().st_size for path in written) < corpus_bytes / 20
 
 
+@pytest.mark.slow
 def test_a_hub_datasets_files_are_streamed_alike(tmp_path, encoder, in_memory, monkeypatch):
     """A Hub dataset repo of tar shards (on a Hub at 127.0.0.1): its data files, named by the commit they were read
     at, are clustered as the same pairs in memory. A subprocess: `datasets` reads the Hub's address at import."""
@@ -179,6 +180,7 @@ def test_each_process_embeds_its_own_files(tmp_path, encoder):
     assert shards.read_keys(3) == [f"pair-{row:04d}" for row in range(90, 120)]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_at_the_files_it_had_not_embedded(tmp_path, corpus, encoder, in_memory, monkeypatch):
     """Killed while embedding its third file, a run is no finished run; the re-run embeds the four files left only
     and ends with the labels of an uninterrupted run. --keep-embeddings keeps them."""

@@ -228,6 +228,7 @@ def test_streaming_applies_the_cluster_filter_while_streaming(tmp_path):
     assert not set(seen[0]) & set(seen[1])  # each process streams its own shards
 
 
+@pytest.mark.slow
 def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="modeling_mode.lib.training")
     dataset, weights = make_pairs(tmp_path / "pairs", n=48), tmp_path / "weights"
@@ -298,6 +299,7 @@ def test_accumulated_micro_batches_give_the_large_batch_gradient(one_process_gra
     assert_same_step(accumulated, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_and_gradients_of_one(one_process_gradients, tmp_path):
     dataset, reference, _ = one_process_gradients
     launch_two_processes(PROBE, "gradients", dataset, tmp_path, "4x1", "2x2")  # one launch, both splits
@@ -308,6 +310,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(one_process_gradients,
 # ---------------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_final_save_is_unfinished_and_resumes_to_the_uninterrupted_weights(tmp_path):
     dataset = make_pairs(tmp_path / "pairs")
     # An expert with out-of-cluster pairs and accumulation, over an epoch boundary (6 steps an epoch).
@@ -551,6 +554,7 @@ def _tensorboard_installed() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
     seed, experts = pipeline_runs["seed"], pipeline_runs["experts"]
     record = run_args(seed)["run"]
@@ -593,6 +597,7 @@ def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
         assert list((seed / "logs").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_every_run_and_checkpoint_carries_its_clip_processor(pipeline_runs):
     """AutoProcessor gives the CLIPProcessor saved with a run (and with each checkpoint), whose inputs the CLIPModel
     beside it takes; its tokenizer and image processor also load alone, as assembly and evaluation load them."""
@@ -609,6 +614,7 @@ def test_every_run_and_checkpoint_carries_its_clip_processor(pipeline_runs):
         assert AutoImageProcessor.from_pretrained(folder).to_dict() == processor.image_processor.to_dict()
 
 
+@pytest.mark.slow
 def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # remote code is cached there
     mode_dir, experts = pipeline_runs["mode"], pipeline_runs["experts"]
@@ -641,6 +647,7 @@ def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, 
     assert len(scores) == 3 and sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tmp_path):
     seed = pipeline_runs["seed"]
     router_dim = CaptionEncoder(str(seed), device="cpu").embed_dim
@@ -651,6 +658,7 @@ def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tm
     torch.testing.assert_close(mode.fine_centroids, centroids)
 
 
+@pytest.mark.slow
 def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_runs, tmp_path):
     """Pairs take their nearest fine centre, which can leave a centre with no pair: it has no router-space mean."""
     pairs = load_pairs(str(pipeline_runs["dataset"])).filter(lambda row: row["fine_id"] != 0)
@@ -664,6 +672,7 @@ def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_ru
     assert mode.fine_centroids.shape == (FINE_CLUSTERS - 1, mode.config.router_embed_dim)
 
 
+@pytest.mark.slow
 def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs, tmp_path):
     experts = [str(e) for e in pipeline_runs["experts"]]
     clusters, seed = pipeline_runs["clusters"], pipeline_runs["seed"]
