@@ -5,9 +5,7 @@ import hashlib
 import io
 import json
 import re
-import runpy
 import shutil
-import sys
 import tarfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +14,24 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import make_image_processor, make_tokenizer, tiny_clip_config
-from datasets import Dataset, Features, Image, Value, load_from_disk
+from datasets import Dataset, load_from_disk
+from helpers import (
+    CLUSTER_FLAGS,
+    EXPERTS,
+    PER_FILE,
+    ROOT,
+    caption_lists,
+    cluster_tar_corpus,
+    make_image_processor,
+    make_tokenizer,
+    run_script,
+    write_clustering,
+    write_expert,
+    write_run,
+    write_tar_corpus,
+)
 from PIL import Image as PILImage
-from test_streaming_cluster import PER_FILE, caption_lists, write_tar_corpus
-from transformers import AutoModel, AutoProcessor, CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import ASSEMBLY, assemble
@@ -29,88 +40,9 @@ from modeling_mode.lib.data_files import read_samples, write_tar_sample
 from modeling_mode.lib.embedding import CaptionEncoder
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import write_json
-from modeling_mode.lib.kmeans import Clusters, save_clusters
 from modeling_mode.lib.training import TRAINING_ARGS
 
-ROOT = Path(__file__).resolve().parents[1]
-FINE_CLUSTERS, EXPERTS, ENCODER_DIM = 6, 2, 8
 REMOTE_CODE = ("configuration_mode_clip.py", "modeling_mode_clip.py", "routing.py")
-
-
-def unit_rows(rng: np.random.Generator, rows: int) -> np.ndarray:
-    """Random L2-normalised centroids in the clustering encoder's space."""
-    x = rng.standard_normal((rows, ENCODER_DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def write_clustering(folder: Path, encoder: str, seed: int = 0) -> Path:
-    """A finished train/cluster.py run, written as that script writes it: clusters.safetensors (its settings in the
-    metadata), the labelled pairs, then clusters.json (the completion marker, with the same settings) last. The
-    caption encoder is not the router (8-d embeddings), so assembly re-expresses the centroids from the captions."""
-    rng = np.random.default_rng(seed)
-    fine_ids = np.arange(2 * FINE_CLUSTERS) % FINE_CLUSTERS
-    fine_to_coarse = np.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS)
-    pairs = {
-        "image": [PILImage.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in fine_ids],
-        "caption": [f"a photo of thing {i} in cluster {f}" for i, f in enumerate(fine_ids)],
-        "fine_id": fine_ids,
-        "coarse_id": fine_to_coarse[fine_ids],
-    }
-    features = Features(image=Image(), caption=Value("string"), fine_id=Value("int32"), coarse_id=Value("int32"))
-    Dataset.from_dict(pairs, features=features).save_to_disk(str(folder / "dataset"))
-    fit = Clusters(
-        fine_centroids=unit_rows(rng, FINE_CLUSTERS),
-        coarse_centroids=unit_rows(rng, EXPERTS),
-        fine_to_coarse=fine_to_coarse,
-        method="two-level",
-        fit_sizes=np.bincount(fine_ids),
-    )
-    embeddings = {"encoder": encoder, "dataset": str(folder.parent / "pairs"), "embed_dim": ENCODER_DIM}
-    embeddings |= {"num_rows": len(fine_ids), "shard_rows": 5, "caption_seed": seed}  # which captions it embedded
-    settings = {"method": "two-level", "fine_clusters": FINE_CLUSTERS, "experts": EXPERTS, "seed": seed}
-    settings |= {"embeddings": embeddings, "clusters": None}
-    save_clusters(folder / CLUSTERS_FILE, fit, settings)
-    report = {
-        "encoder": encoder,
-        "pooling": "mean",
-        "embed_dim": ENCODER_DIM,
-        "num_fine_clusters": FINE_CLUSTERS,
-        "num_experts": EXPERTS,
-        "method": "two-level",
-        "balance": "capacity-capped greedy",
-        "fit_sample": len(fine_ids),
-        "seed": seed,
-        "fine_sizes": np.bincount(fine_ids).tolist(),
-        "coarse_sizes": np.bincount(fine_to_coarse[fine_ids]).tolist(),
-        "caption_column": "caption",
-        "dataset": embeddings["dataset"],
-        "split": "train",
-        "settings": settings,
-    }
-    write_json(folder / CLUSTERS_JSON, report)
-    return folder
-
-
-def write_expert(path: Path, cluster: int, seed: Path, clusters: Path) -> Path:
-    """A finished train/expert.py run forked from `seed`: its model, then training_args.json with final_step last."""
-    CLIPModel(tiny_clip_config()).save_pretrained(path)
-    checkpoint = str(seed / "checkpoints" / "step_4")
-    args = {"dataset": str(clusters / "dataset"), "output": str(path), "init": checkpoint, "learning_rate": 5e-4}
-    run = {"cluster": cluster, "start": "fork", "start_checkpoint": checkpoint, "start_step": 4, "final_step": 6}
-    write_json(path / TRAINING_ARGS, {"args": args, "run": run})
-    return path
-
-
-def write_run(root: Path) -> dict:
-    """What the pipeline leaves before assembly, with the absolute local paths its records hold: a seed CLIP (the
-    router, with its tokenizer and image processor), a finished clustering and two finished experts."""
-    torch.manual_seed(0)
-    seed = root / "seed"
-    for part in (CLIPModel(tiny_clip_config()), make_tokenizer(), make_image_processor()):
-        part.save_pretrained(seed)
-    clusters = write_clustering(root / "clusters", encoder=str(root / "encoders" / "all-MiniLM-L6-v2"))
-    experts = [write_expert(root / f"expert-{k}", k, seed, clusters) for k in range(EXPERTS)]
-    return dict(seed=seed, clusters=clusters, experts=experts)
 
 
 @pytest.fixture(scope="module")
@@ -224,14 +156,6 @@ def test_an_output_that_could_not_be_replaced_whole_is_refused_before_any_work(i
     assert (runs / "expert-0" / "model.safetensors").is_file()
 
 
-def run_script(script: Path, *argv: str, monkeypatch) -> int:
-    """The exit status of `script` run as `__main__` in this process (no new interpreter to start)."""
-    monkeypatch.setattr(sys, "argv", [str(script), *argv])
-    with pytest.raises(SystemExit) as exit:
-        runpy.run_path(str(script), run_name="__main__")
-    return exit.value.code
-
-
 def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monkeypatch):
     flags = ["--clusters", str(inputs["clusters"]), "--router-text-model", str(inputs["seed"])]
     flags += ["--output", str(tmp_path / "mode"), "--experts", str(inputs["experts"][0])]
@@ -286,6 +210,7 @@ def cluster_means(embeddings: np.ndarray, fine_ids: np.ndarray, num_fine_cluster
     return torch.nn.functional.normalize(sums, dim=-1)
 
 
+@pytest.mark.slow
 def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(inputs, tmp_path):
     """A real clustering embeds one seeded caption of each list, shard by shard; the assembly re-expresses each fine
     centroid from the same captions, so with the router as the clustering's encoder it gets the normalised mean of
@@ -310,16 +235,6 @@ def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(in
     assert (cluster_means(first_captions, fine[captioned], fine_clusters) - expected).abs().max() > 1e-2
 
 
-CLUSTER_FLAGS = dict(fine_clusters=FINE_CLUSTERS, experts=EXPERTS, fit_sample=120, seed=3)
-
-
-def cluster_tar_corpus(corpus: Path, encoder: str, output: Path) -> Path:
-    """`output`: train/cluster.py --streaming of a corpus of tar shards (`write_tar_corpus`'s), in this process."""
-    flags = dict(dataset=str(corpus), caption_column="txt", streaming=True, encoder=encoder, output=str(output))
-    cluster(ClusterArguments(**flags, **CLUSTER_FLAGS), Accelerator())
-    return output
-
-
 @pytest.fixture(scope="module")
 def streamed(inputs, tmp_path_factory) -> Path:
     """The same pairs clustered twice with the router as the encoder: `streamed/`, with --streaming from tar shards
@@ -334,6 +249,7 @@ def streamed(inputs, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_streaming_clustering_reexpresses_centroids_from_its_data_files(inputs, streamed, tmp_path):
     """With no labelled copy, the captions come from the tar shards, chosen as the streaming clustering chose them
     and joined by key with its labels table: the same centroids as from the in-memory clustering of those pairs."""
@@ -372,6 +288,7 @@ def reordered(file: Path) -> bytes:
         return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_data_file_changed_since_the_streaming_clustering_is_refused_by_name(inputs, streamed, tmp_path):
     """A data file of the corpus reordered (same size), cut or deleted since the clustering: refused with its name
     before anything is written."""

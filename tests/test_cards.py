@@ -4,7 +4,7 @@ card's table every result; no local path is published."""
 import json
 
 import pytest
-from conftest import make_mode
+from helpers import make_mode
 from huggingface_hub import ModelCard
 
 from modeling_mode.lib import cards, files

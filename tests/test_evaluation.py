@@ -1,17 +1,13 @@
 """Evaluators: metrics on constructed logits; the CLIs on a tiny MODE against answers rigged through its forward."""
 
-import importlib.util
 import json
 import socket
-from pathlib import Path
 
 import datasets
 import evaluate
-import numpy as np
 import pytest
 import torch
-from conftest import make_image_processor, make_mode, make_tokenizer
-from PIL import Image
+from helpers import RETRIEVAL, ZEROSHOT, make_image_processor, make_tokenizer, random_images, save_mode
 
 from modeling_mode.lib import cli
 from modeling_mode.lib.evaluation import (
@@ -28,7 +24,6 @@ from modeling_mode.lib.evaluation import (
 )
 from modeling_mode.lib.files import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "sneaker"]
 TEMPLATE = "a photo of a {c}."
 
@@ -67,32 +62,9 @@ def test_the_metric_modules_load_by_path_with_no_network(monkeypatch):
     assert recall.compute(predictions=[[3, 1], [0, 2]], references=[[1, 4], [5]], k=(1, 2)) == {"R@1": 0.0, "R@2": 0.5}
 
 
-def load_script(name):
-    """An `eval/` script as a module, so that a test calls its `main(argv)` in this process."""
-    spec = importlib.util.spec_from_file_location(f"eval_{name}", ROOT / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ZEROSHOT, RETRIEVAL = load_script("zeroshot"), load_script("retrieval")
-
-
-def save_mode(path):
-    """A tiny MODE with its tokenizer and image processor, saved as assemble leaves one."""
-    for part in (make_mode(num_experts=3, num_fine_clusters=9), make_tokenizer(), make_image_processor()):
-        part.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_mode(tmp_path_factory.mktemp("model") / "mode")
-
-
-def random_images(count, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)) for _ in range(count)]
 
 
 def accuracy(logits, labels):
@@ -110,6 +82,7 @@ def test_benchmark_prompts_and_class_names_by_name_or_file(tmp_path):
         strings_from(str(tmp_path / "names.json"), "classnames")
 
 
+@pytest.mark.slow
 def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     from modeling_mode import ModeCLIPModel
 
@@ -161,6 +134,7 @@ def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     assert record["results"] == results["results"] and record["_evaluate_version"] == evaluate.__version__
 
 
+@pytest.mark.slow
 def test_retrieval_cli_matches_routing_each_query_through_forward(model_dir, tmp_path):
     from modeling_mode import ModeCLIPModel
 

@@ -2,8 +2,11 @@
 
 import shutil
 
-from conftest import make_image_processor, make_mode, make_tokenizer
+import pytest
 from fresh_python import assert_loads_without_package
+from helpers import make_image_processor, make_mode, make_tokenizer
+
+pytestmark = pytest.mark.slow  # its one test loads the model in a fresh Python
 
 REPO_ID = "org/mode-clip"
 REVISION = "a" * 40

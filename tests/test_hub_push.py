@@ -13,14 +13,23 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_processor, make_mode, make_tokenizer, tiny_clip_config
 from fresh_python import assert_loads_without_package
+from helpers import (
+    FILES,
+    cluster_tar_corpus,
+    make_image_processor,
+    make_mode,
+    make_tokenizer,
+    run_script,
+    tiny_clip_config,
+    write_clustering,
+    write_run,
+    write_tar_corpus,
+)
 from hub_server import LocalHub
 from huggingface_hub import DatasetCard, HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
-from test_assembly import cluster_tar_corpus, run_script, write_clustering, write_run
-from test_streaming_cluster import FILES, write_tar_corpus
 from transformers import CLIPModel
 
 from modeling_mode.lib.assembly import assemble
@@ -130,6 +139,7 @@ def digest(folder: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_pushed_mode_loads_with_auto_model_and_pipeline(hub, api, run_dir, mode, tmp_path):
     push_run(run_dir, REPO_ID, api=api)
 
@@ -229,6 +239,7 @@ def test_a_directory_without_a_mode_is_a_clear_error(api, tmp_path):
         push_run(tmp_path, REPO_ID, api=api)
 
 
+@pytest.mark.slow
 def test_command_line(hub, run_dir, tmp_path):
     env = hub.client_env(tmp_path)
     script = str(ROOT / "hub_cards" / "push.py")  # run as a script, by its path
@@ -239,6 +250,7 @@ def test_command_line(hub, run_dir, tmp_path):
     assert "config.json" in hub.files(REPO_ID, revision="dev")
 
 
+@pytest.mark.slow
 def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     experts = []
     for k, expert in enumerate(mode.experts):  # as train/expert.py leaves an expert: weights and training record

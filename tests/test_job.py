@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_processor, make_tokenizer, tiny_clip_config
 from datasets import load_from_disk
+from helpers import make_image_processor, make_tokenizer, tiny_clip_config
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel
@@ -69,6 +69,7 @@ def smoke_run(tmp_path_factory):
 SMOKE_MODELS = {"dense", "dense-2", "full-2", "mode-minilm-2", "mode-onestep-2", "mode-random-2", "mode-seedtext-2"}
 
 
+@pytest.mark.slow
 def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     output, timings, _ = smoke_run
     run = output / "seed-0"  # the smoke's one training seed
@@ -91,6 +92,7 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     assert f"| mnist | test | top1 | MODE paper | {routed['value']} |" in card.text
 
 
+@pytest.mark.slow
 def test_the_dense_baseline_is_the_seed_run_to_the_end_of_its_schedule(smoke_run):
     output, _, _ = smoke_run
     run = output / "seed-0"
@@ -108,6 +110,7 @@ def test_the_dense_baseline_is_the_seed_run_to_the_end_of_its_schedule(smoke_run
     assert {(point["run"], point["step"]) for point in curve} >= {("seed", fork), ("dense", end)}
 
 
+@pytest.mark.slow
 def test_full_n_forks_train_on_every_pair_and_one_step_clusters_straight_into_n(smoke_run):
     output, _, _ = smoke_run
     run = output / "seed-0"
@@ -123,6 +126,7 @@ def test_full_n_forks_train_on_every_pair_and_one_step_clusters_straight_into_n(
     assert clustering["method"] == "one-step" and len(clustering["coarse_sizes"]) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_training_stage_resumes_from_its_last_checkpoint(smoke_run):
     output, _, _ = smoke_run
     seed = json.loads((output / "seed-0" / "seed" / "training_args.json").read_text())["run"]
@@ -130,6 +134,7 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint(smoke_run):
     assert seed["final_step"] == SMOKE["seed_steps"]
 
 
+@pytest.mark.slow
 def test_a_rerun_resumes_from_the_stages_outputs(smoke_run):
     output, timings, log = smoke_run
     assert json.loads((output / "timings.json").read_text()) == timings  # nothing ran again
@@ -176,6 +181,7 @@ def hub_run(tmp_path_factory):
         yield output, list(hub.requests)
 
 
+@pytest.mark.slow
 def test_hub_ids_run_the_same_stages_on_the_users_data_and_seed(hub_run):
     output, requests = hub_run
     downloads = [r for r in requests if r.startswith("GET") and "/resolve/" in r]
@@ -202,6 +208,7 @@ def test_hub_ids_run_the_same_stages_on_the_users_data_and_seed(hub_run):
     assert recorded["sources"]["zeroshot"] == {"shapes": ["org/shapes", "test"]}
 
 
+@pytest.mark.slow
 def test_bad_recipes_and_sources_are_named(tmp_path):
     with pytest.raises(InputError, match="unknown recipe 'web'"):
         load_recipe("web")
@@ -335,6 +342,7 @@ def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
     assert not stages["seed-6/cluster-minilm-2"].one_step
 
 
+@pytest.mark.slow
 def test_the_attribute_corpus_variant_reaches_the_captions(tmp_path):
     name, recipe = load_recipe("offline-mix-attributes")
     assert (name, recipe.caption_attributes) == ("offline-mix-attributes", True)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import EMBED_DIM, make_mode, make_tokenizer, tiny_clip_config
+from helpers import EMBED_DIM, make_mode, make_tokenizer, tiny_clip_config
 from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from conftest import make_image_processor, make_tokenizer, tiny_clip_config
+from helpers import make_image_processor, make_tokenizer, tiny_clip_config
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPModel, CLIPTextModelWithProjection
 
 from modeling_mode.configuration_mode_clip import text_tower_config
+
+pytestmark = pytest.mark.slow  # its one test runs the quick start in a fresh Python
 
 FINE_CLUSTERS, EXPERTS = 6, 2
 ROOT = Path(__file__).resolve().parents[1]

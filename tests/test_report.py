@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import reset_accelerate_state
+from helpers import reset_accelerate_state
 
 from modeling_mode.job.arguments import Sources
 from modeling_mode.job.fork_curve import held_out_indices, validation_sources, write_curve
@@ -280,6 +280,7 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
 # --------------------------------------------------------------------------------------------------- the curve
 
 
+@pytest.mark.slow
 def test_validation_images_are_none_of_the_training_pairs():
     train_count, count, seed = 300, 50, 0
     held_out = validation_sources(train_count, count, seed)
@@ -305,6 +306,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(tmp_path, one_thread):
     recipe = dict(RECIPE, train_per_source=16, batch_size=8)
     corpus = [load(split="train", count=16, seed=0) for load in SOURCES.values()]

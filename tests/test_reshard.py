@@ -1,7 +1,8 @@
 """Resharding (train/reshard.py): each coarse cluster's pairs to its own webdataset shards, in one resumable pass.
 
-Corpora are written here as a clustering would leave them: data files (tar shards, parquet files) and a labels table
-(`modeling_mode.lib.labels_table`) of made-up cluster ids. tests/test_training_labels.py uses the same corpora.
+Corpora are written as a clustering would leave them: data files (tar shards, parquet files) and a labels table
+(`modeling_mode.lib.labels_table`) of made-up cluster ids; the tar corpus is helpers.make_tar_corpus's, which
+tests/test_training_labels.py uses too.
 """
 
 import io
@@ -9,55 +10,29 @@ import json
 import re
 import runpy
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, Sequence, Value
+from helpers import (
+    EXPERTS,
+    FINE_CLUSTERS,
+    caption_for,
+    cluster_of,
+    label_corpus,
+    labelled_tar_corpus,
+    make_tar_corpus,
+    run_reshard,
+)
 from PIL import Image as PILImage
 
-from modeling_mode.lib.data_files import list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.data_files import list_data_files, read_samples
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels_table import describe_files, finish_labels, write_labels
-from modeling_mode.lib.reshard import MANIFEST, ReshardArguments, reshard
+from modeling_mode.lib.reshard import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 RESHARD = REPO / "train/reshard.py"
-EXPERTS, FINE_CLUSTERS = 2, 6
-
-
-def cluster_of(index: int) -> tuple[int, int]:
-    """(fine id, coarse id) of pair `index`: every seventh pair has no usable caption, hence no cluster."""
-    if index % 7 == 3:
-        return -1, -1
-    fine = (index * 5) % FINE_CLUSTERS
-    return fine, fine // (FINE_CLUSTERS // EXPERTS)
-
-
-def caption_for(index: int) -> str:
-    fine, coarse = cluster_of(index)
-    return " " if coarse < 0 else f"cluster {coarse} pair {index}"
-
-
-def jpeg(index: int) -> bytes:
-    pixels = np.random.default_rng(index).integers(0, 256, (24 + index % 9, 32, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    PILImage.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def make_tar_corpus(folder: Path, shard_sizes=(7, 9, 5, 8)) -> list[str]:
-    """Webdataset shards of pairs `jpg` + `txt`, keyed `sNN/IIIII` (a folder in the key, as web shards often have)."""
-    folder.mkdir(parents=True)
-    index = 0
-    for number, size in enumerate(shard_sizes):
-        with tarfile.open(folder / f"{number:05d}.tar", "w") as tar:
-            for _ in range(size):
-                sample = {"__key__": f"s{number}/{index:05d}", "jpg": jpeg(index), "txt": caption_for(index).encode()}
-                write_tar_sample(tar, sample)
-                index += 1
-    return list_data_files(str(folder))
 
 
 def make_parquet_corpus(folder: Path, file_sizes=(6, 7)) -> list[str]:
@@ -76,29 +51,6 @@ def make_parquet_corpus(folder: Path, file_sizes=(6, 7)) -> list[str]:
     return list_data_files(str(folder))
 
 
-def label_corpus(files: list[str], labels: Path, dataset: str) -> Path:
-    """The labels table a clustering of `files` would write, with `cluster_of`'s ids."""
-    row = 0
-    for part, file in enumerate(files):
-        keys = [sample["__key__"] for sample in read_samples(file, [] if file.endswith(".parquet") else ["txt"])]
-        rows = np.arange(row, row + len(keys))
-        ids = np.asarray([cluster_of(i) for i in rows]).reshape(-1, 2)
-        write_labels(labels, part, file, keys, rows, ids[:, 0], ids[:, 1])
-        row += len(keys)
-    meta = {
-        "dataset": dataset,
-        "split": "train",
-        "caption_column": "txt",
-        "num_rows": row,
-        "data_files": describe_files(files),
-        "num_experts": EXPERTS,
-        "num_fine_clusters": FINE_CLUSTERS,
-        "clusters_settings": {"seed": 0},
-    }
-    finish_labels(labels, meta)
-    return labels
-
-
 def expected_keys(files: list[str], cluster: int) -> list[str]:
     """The output keys of cluster `cluster`'s pairs, in corpus order."""
     keys, row = [], 0
@@ -114,19 +66,9 @@ def shards_of(output: Path, cluster: int) -> list[list[dict]]:
     return [list(read_samples(str(path))) for path in sorted((output / f"cluster-{cluster}").glob("*.tar"))]
 
 
-def labelled_tar_corpus(root: Path) -> tuple[str, list[str], str]:
-    """(the corpus folder, its data files, its labels table) of `make_tar_corpus`."""
-    files = make_tar_corpus(root / "corpus")
-    return str(root / "corpus"), files, str(label_corpus(files, root / "labels", str(root / "corpus")))
-
-
 @pytest.fixture(scope="module")
 def tar_corpus(tmp_path_factory) -> tuple[str, list[str], str]:
     return labelled_tar_corpus(tmp_path_factory.mktemp("tar-corpus"))
-
-
-def run_reshard(dataset, labels, output, on_shard=None, **flags) -> dict:
-    return reshard(ReshardArguments(dataset=dataset, labels=labels, output=str(output), **flags), on_shard)
 
 
 def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corpus, tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import reset_accelerate_state
 from datasets import Dataset, Features, Image, Value
+from helpers import reset_accelerate_state
 from PIL import Image as PILImage
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -96,6 +96,7 @@ def one_step(dynamo_backend: str) -> dict:
     return {"features": features, "loss": loss, "grads": grads, "compiled": type(model).__name__ == "OptimizedModule"}
 
 
+@pytest.mark.slow
 def test_a_compiled_step_gives_the_features_loss_and_gradients_of_the_eager_one():
     eager, compiled = one_step("no"), one_step(BACKEND)
     assert compiled["compiled"] and not eager["compiled"]
@@ -132,6 +133,7 @@ def runs(tmp_path_factory) -> dict:
     return paths
 
 
+@pytest.mark.slow
 def test_a_compiled_run_checkpoints_resumes_and_saves_the_plain_model(runs):
     assert runs["graphs"] >= 2  # TorchDynamo compiled the model: the forward with gradients and the cached one
     step = run_args(runs["compiled"])["run"]["step_setup"]
@@ -152,6 +154,7 @@ def test_a_compiled_run_checkpoints_resumes_and_saves_the_plain_model(runs):
 # ---------------------------------------------------------------------------------------------------- speed logs
 
 
+@pytest.mark.slow
 def test_each_log_interval_reports_samples_flops_mfu_and_data_wait(runs):
     for name in ("compiled", "eager"):
         logged = logged_scalars(runs[name])

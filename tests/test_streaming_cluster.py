@@ -2,11 +2,9 @@
 clustered exactly as in memory, labelled in the labels table (no copy), resumable per data file."""
 
 import importlib.util
-import json
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_clip_config
 from datasets import Dataset, load_from_disk
+from helpers import (
+    FILES,
+    NO_CAPTION,
+    NOT_AN_IMAGE,
+    PER_FILE,
+    caption_lists,
+    image_bytes,
+    make_tokenizer,
+    tiny_clip_config,
+    write_tar_corpus,
+)
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from modeling_mode.lib import cli
 from modeling_mode.lib.clustering import read_finished_run
-from modeling_mode.lib.data_files import list_data_files, write_tar_sample
+from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.labels_table import read_labels
@@ -32,40 +40,8 @@ _spec = importlib.util.spec_from_file_location("cluster_cli", SCRIPT)
 cluster_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cluster_cli)
 
-THINGS = ["dog", "cat", "car", "boat", "tree", "shoe", "cake", "bird"]
-FILES, PER_FILE = 6, 30
-NO_CAPTION = {7: None, 40: [], 95: ["  "], 151: None}  # a missing member or null, an empty list, a blank caption
-# Not an image: any decoder fails on these bytes, so a run that decoded one would fail. 4 KB of random bytes
-# each, so that the corpus is mostly image bytes that do not compress, as a real one is.
-NOT_AN_IMAGE = b"\xff\xd8 these bytes are no JPEG "
-
-
-def image_bytes(row: int) -> bytes:
-    return NOT_AN_IMAGE + np.random.default_rng(row).bytes(4096)
-
 
 FLAGS = ["--fine-clusters", 6, "--experts", 2, "--fit-sample", 120, "--seed", 3]
-
-
-def caption_lists() -> list[list[str] | None]:
-    captions = [[f"a photo of a {THINGS[i % 8]}", f"my {THINGS[(i * 3) % 8]}, number {i}"] for i in range(180)]
-    for row, value in NO_CAPTION.items():
-        captions[row] = value
-    return captions
-
-
-def write_tar_corpus(folder: Path) -> Path:
-    """6 webdataset shards of 30 pairs: `jpg` (not an image) and `txt` (a JSON list of captions; absent: none)."""
-    folder.mkdir(parents=True)
-    captions = caption_lists()
-    for file in range(FILES):
-        with tarfile.open(folder / f"shard-{file:02d}.tar", "w") as tar:
-            for row in range(file * PER_FILE, (file + 1) * PER_FILE):
-                sample = {"__key__": f"pair-{row:04d}", "jpg": image_bytes(row)}
-                if captions[row] is not None:
-                    sample["txt"] = json.dumps(captions[row]).encode()
-                write_tar_sample(tar, sample)
-    return folder
 
 
 def write_parquet_corpus(folder: Path) -> Path:
@@ -162,6 +138,7 @@ def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_pa
     assert sum(path.stat().st_size for path in written) < corpus_bytes / 20
 
 
+@pytest.mark.slow
 def test_a_hub_datasets_files_are_streamed_alike(tmp_path, encoder, in_memory, monkeypatch):
     """A Hub dataset repo of tar shards (on a Hub at 127.0.0.1): its data files, named by the commit they were read
     at, are clustered as the same pairs in memory. A subprocess: `datasets` reads the Hub's address at import."""
@@ -203,6 +180,7 @@ def test_each_process_embeds_its_own_files(tmp_path, encoder):
     assert shards.read_keys(3) == [f"pair-{row:04d}" for row in range(90, 120)]
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_at_the_files_it_had_not_embedded(tmp_path, corpus, encoder, in_memory, monkeypatch):
     """Killed while embedding its third file, a run is no finished run; the re-run embeds the four files left only
     and ends with the labels of an uninterrupted run. --keep-embeddings keeps them."""
@@ -242,7 +220,7 @@ def test_a_crashed_run_resumes_at_the_files_it_had_not_embedded(tmp_path, corpus
 # float16 keeps 11 significant bits: each coordinate of a unit vector is off by at most 2**-11 of itself, so by
 # Cauchy-Schwarz a similarity to a unit centroid moves by at most 2**-11 (4.9e-4), and the gap between two centres'
 # similarities by twice that. A pair whose two nearest centres are closer than FLOAT16_TIE may go either way.
-FLOAT16_TIE = 2 * 2**-11 + 1e-5  # plus float32 rounding (see test_clustering.TIE's reasoning)
+FLOAT16_TIE = 2 * 2**-11 + 1e-5  # plus float32 rounding (see helpers.TIE's reasoning)
 
 
 def test_float16_embeddings_label_as_float32_up_to_ties(tmp_path, encoder, in_memory):

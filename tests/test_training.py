@@ -1,13 +1,11 @@
 """Expert training and assembly: real Accelerate processes, real CLIPModels, real `datasets` data, no mocks."""
 
-import importlib.util
 import io
 import json
 import logging
 import os
 import random
 import re
-import runpy
 import signal
 import socket
 import subprocess
@@ -21,8 +19,19 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import reset_accelerate_state, tiny_clip_config
-from datasets import Dataset, Features, Image, Sequence, Value
+from datasets import Dataset, Features, Image, Value
+from helpers import (
+    EXPERT,
+    EXPERTS,
+    FINE_CLUSTERS,
+    QUIET,
+    assert_same_weights,
+    expert_command,
+    make_pairs,
+    reset_accelerate_state,
+    tiny_clip_config,
+    train_here,
+)
 from PIL import Image as PILImage
 from safetensors.torch import load_file, save_file
 from training_probe import gradients
@@ -62,47 +71,10 @@ from modeling_mode.lib.training import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERT, ASSEMBLE, PROBE = REPO / "train/expert.py", REPO / "train/assemble.py", REPO / "tests/training_probe.py"
-_spec = importlib.util.spec_from_file_location("expert_cli", EXPERT)
-expert_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(expert_cli)
-QUIET = "--num-workers 0 --report-to none --warmup-steps 2".split()
-FINE_CLUSTERS, EXPERTS = 6, 2
-# What the clustering leaves without a cluster (-1): pairs without a usable caption, in each of its forms.
-NO_CAPTIONS = [None, [], [""], [" ", "\n"]]
+ASSEMBLE, PROBE = REPO / "train/assemble.py", REPO / "tests/training_probe.py"
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
-
-
-def train_here(*argv) -> str:
-    """train/expert.py's `main`, in this process: what a subprocess would run, without starting Python again."""
-    try:
-        return expert_cli.main([str(arg) for arg in argv])
-    finally:
-        reset_accelerate_state()
-
-
-def make_pairs(path, n=40, clustered=True, seed=0) -> str:
-    """Random images of varied sizes; each caption names its pair's coarse cluster; fine cluster f -> expert f // 3.
-    Every eighth pair has no usable caption and so, as the clustering labels it, no cluster (-1)."""
-    rng = np.random.default_rng(seed)
-    fine = rng.integers(0, FINE_CLUSTERS, n).astype(np.int32)
-    fine[::8] = -1
-    coarse = np.where(fine >= 0, fine // (FINE_CLUSTERS // EXPERTS), -1).astype(np.int32)
-    sizes = rng.integers(24, 48, (n, 2))
-    images = [PILImage.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
-    captions = [[f"cluster {c} pair {i}", f"pair {i} of cluster {c}"] for i, c in enumerate(coarse)]
-    for k, i in enumerate(np.flatnonzero(fine < 0)):
-        captions[i] = NO_CAPTIONS[k % len(NO_CAPTIONS)]
-    columns = {"image": images, "caption": captions, "fine_id": fine, "coarse_id": coarse}
-    ids = Value("int32")
-    features = {"image": Image(), "caption": Sequence(Value("string")), "fine_id": ids, "coarse_id": ids}
-    if not clustered:
-        columns = {k: columns[k] for k in ("image", "caption")}
-        features = {k: features[k] for k in ("image", "caption")}
-    Dataset.from_dict(columns, features=Features(features)).save_to_disk(str(path))
-    return str(path)
 
 
 def caption_cluster(caption: str) -> int:
@@ -256,6 +228,7 @@ def test_streaming_applies_the_cluster_filter_while_streaming(tmp_path):
     assert not set(seen[0]) & set(seen[1])  # each process streams its own shards
 
 
+@pytest.mark.slow
 def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="modeling_mode.lib.training")
     dataset, weights = make_pairs(tmp_path / "pairs", n=48), tmp_path / "weights"
@@ -326,6 +299,7 @@ def test_accumulated_micro_batches_give_the_large_batch_gradient(one_process_gra
     assert_same_step(accumulated, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_and_gradients_of_one(one_process_gradients, tmp_path):
     dataset, reference, _ = one_process_gradients
     launch_two_processes(PROBE, "gradients", dataset, tmp_path, "4x1", "2x2")  # one launch, both splits
@@ -336,6 +310,7 @@ def test_two_processes_give_the_loss_and_gradients_of_one(one_process_gradients,
 # ---------------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_final_save_is_unfinished_and_resumes_to_the_uninterrupted_weights(tmp_path):
     dataset = make_pairs(tmp_path / "pairs")
     # An expert with out-of-cluster pairs and accumulation, over an epoch boundary (6 steps an epoch).
@@ -373,28 +348,7 @@ def test_a_run_killed_in_its_final_save_is_unfinished_and_resumes_to_the_uninter
     assert_same_weights(stopped, uninterrupted, atol=1e-6)
 
 
-def assert_same_weights(run_dir, reference_dir, atol: float):
-    weights, reference = (
-        load_file(Path(run_dir) / "model.safetensors"),
-        load_file(Path(reference_dir) / "model.safetensors"),
-    )
-    assert weights.keys() == reference.keys()
-    for name, tensor in reference.items():
-        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=atol, msg=name)
-
-
 # ---------------------------------------------------------------------------------------------------- bad input
-
-
-def expert_command(monkeypatch, capsys, *argv) -> tuple[int, list[str]]:
-    """train/expert.py run as a command (its `__main__` block) in this process: its exit status and stderr lines."""
-    monkeypatch.setattr(sys, "argv", [str(EXPERT), *map(str, argv)])
-    try:
-        with pytest.raises(SystemExit) as exited:
-            runpy.run_path(str(EXPERT), run_name="__main__")
-    finally:
-        reset_accelerate_state()
-    return exited.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -600,6 +554,7 @@ def _tensorboard_installed() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
     seed, experts = pipeline_runs["seed"], pipeline_runs["experts"]
     record = run_args(seed)["run"]
@@ -642,6 +597,7 @@ def test_seed_and_experts_fork_weights_optimizer_and_schedule(pipeline_runs):
         assert list((seed / "logs").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_every_run_and_checkpoint_carries_its_clip_processor(pipeline_runs):
     """AutoProcessor gives the CLIPProcessor saved with a run (and with each checkpoint), whose inputs the CLIPModel
     beside it takes; its tokenizer and image processor also load alone, as assembly and evaluation load them."""
@@ -658,6 +614,7 @@ def test_every_run_and_checkpoint_carries_its_clip_processor(pipeline_runs):
         assert AutoImageProcessor.from_pretrained(folder).to_dict() == processor.image_processor.to_dict()
 
 
+@pytest.mark.slow
 def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # remote code is cached there
     mode_dir, experts = pipeline_runs["mode"], pipeline_runs["experts"]
@@ -690,6 +647,7 @@ def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, 
     assert len(scores) == 3 and sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tmp_path):
     seed = pipeline_runs["seed"]
     router_dim = CaptionEncoder(str(seed), device="cpu").embed_dim
@@ -700,6 +658,7 @@ def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tm
     torch.testing.assert_close(mode.fine_centroids, centroids)
 
 
+@pytest.mark.slow
 def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_runs, tmp_path):
     """Pairs take their nearest fine centre, which can leave a centre with no pair: it has no router-space mean."""
     pairs = load_pairs(str(pipeline_runs["dataset"])).filter(lambda row: row["fine_id"] != 0)
@@ -713,6 +672,7 @@ def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_ru
     assert mode.fine_centroids.shape == (FINE_CLUSTERS - 1, mode.config.router_embed_dim)
 
 
+@pytest.mark.slow
 def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs, tmp_path):
     experts = [str(e) for e in pipeline_runs["experts"]]
     clusters, seed = pipeline_runs["clusters"], pipeline_runs["seed"]

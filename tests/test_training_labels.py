@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 from accelerate import Accelerator
 from datasets import load_from_disk
-from test_reshard import EXPERTS, cluster_of, label_corpus, labelled_tar_corpus, make_tar_corpus, run_reshard
-from test_training import QUIET, assert_same_weights, expert_command, make_pairs, train_here
+from helpers import (
+    EXPERTS,
+    QUIET,
+    assert_same_weights,
+    cluster_of,
+    expert_command,
+    label_corpus,
+    labelled_tar_corpus,
+    make_pairs,
+    make_tar_corpus,
+    run_reshard,
+    train_here,
+)
 from torch.utils.data import DataLoader
 
 from modeling_mode.lib.clustered_corpus import InMemoryCorpus
@@ -27,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def pair_index(caption: str) -> int:
-    """The corpus index a caption names (`test_reshard.caption_for`: 'cluster C pair I')."""
+    """The corpus index a caption names (`helpers.caption_for`: 'cluster C pair I')."""
     return int(caption.rsplit(" ", 1)[1])
 
 
@@ -46,6 +57,7 @@ def label_saved_dataset(labelled: str, original: Path, labels: Path) -> None:
     finish_labels(labels, meta | {"data_files": [], "num_experts": 2, "num_fine_clusters": 6, "clusters_settings": {}})
 
 
+@pytest.mark.slow
 def test_an_expert_with_labels_ends_with_the_weights_of_one_on_the_labelled_copy(tmp_path):
     labelled = make_pairs(tmp_path / "labelled")
     label_saved_dataset(labelled, tmp_path / "original", tmp_path / "labels")
@@ -118,7 +130,8 @@ def test_a_streamed_expert_sees_exactly_its_clusters_pairs(tar_corpus):
     assert {cluster_of(row)[1] for row in others} == {1}
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+# With 2 workers: slow (worker processes; the test run right after it took ~10 s more, mostly waiting).
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_resumed_stream_restarts_where_it_stood_without_reading_what_it_had(tmp_path, num_workers):
     files = make_tar_corpus(tmp_path / "corpus")  # its own: one of its files is spoilt below
     labels = label_corpus(files, tmp_path / "labels", str(tmp_path / "corpus"))
@@ -151,6 +164,7 @@ def test_batches_are_taken_from_the_workers_in_turn():
     assert worker_turns([3, 1, 2], 6) == ([3, 1, 2], 0)
 
 
+@pytest.mark.slow
 def test_a_streamed_expert_on_tar_shards_trains_and_resumes_to_the_same_weights(tar_corpus, tmp_path):
     dataset, files, labels = tar_corpus
     flags = f"--dataset {dataset} --labels {labels} --streaming --image-column jpg --caption-column txt".split()
@@ -167,6 +181,7 @@ def test_a_streamed_expert_on_tar_shards_trains_and_resumes_to_the_same_weights(
     assert state["stream_positions"][0][0] == 1  # cluster 0's 11 pairs make 5 batches: step 8 is in epoch 1
 
 
+@pytest.mark.slow
 def test_an_expert_on_resharded_shards_reads_no_pair_of_another_cluster(tar_corpus, tmp_path):
     dataset, files, labels = tar_corpus
     run_reshard(dataset, labels, tmp_path / "resharded", shard_size=3)
