@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import CLIPModel, CLIPTextModelWithProjection, PreTrainedModel
+from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .configuration_mode_clip import ROUTINGS, ModeCLIPConfig
+from .configuration_mode_clip import CLIP_TEXT_MODEL_TYPE, ROUTINGS, ModeCLIPConfig
 from .routing import keep_top_k, paper_log_weights, released_log_weights
 
 # Config entries that name or date a checkpoint rather than describe its architecture.
@@ -45,9 +45,11 @@ class ModeCLIPOutput(ModelOutput):
 class ModeCLIPModel(PreTrainedModel):
     """N `CLIPModel` data experts and a router that weights them per task (Ma et al., "MODE", CVPR 2024).
 
-    The router embeds the task's label prompts with `router_text_model` (the seed CLIP's text tower, the space the fine
-    cluster centroids live in) and turns their distances to `fine_centroids` into one weight per expert. The ensemble's
-    logits are the weighted sum of the experts' CLIP logits; experts with zero weight are not run.
+    The router embeds the task's label prompts with `router_text_model`, the encoder of the space the fine cluster
+    centroids live in, and turns their distances to `fine_centroids` into one weight per expert. It is the seed CLIP's
+    text tower, which reads the experts' token ids, or a sentence encoder such as the clustering's (the paper's
+    choice), which reads its own (`router_input_ids`, given by the MODE's tokenizer, `ModeCLIPTokenizer`). The
+    ensemble's logits are the weighted sum of the experts' CLIP logits; experts with zero weight are not run.
 
     Routing runs in float32 whatever the dtype the model is loaded in (e.g. `dtype=torch.bfloat16`): the centroids
     are kept in float32 when loading, and the router's embeddings are cast to float32 before they are compared.
@@ -69,7 +71,7 @@ class ModeCLIPModel(PreTrainedModel):
     def __init__(self, config: ModeCLIPConfig):
         super().__init__(config)
         self.experts = nn.ModuleList(CLIPModel._from_config(config.expert_config) for _ in range(config.num_experts))
-        self.router_text_model = CLIPTextModelWithProjection._from_config(config.router_text_config)
+        self.router_text_model = router_from_config(config.router_text_config)
         # Persistent, so that the centroids travel in model.safetensors and load exactly.
         self.register_buffer("fine_centroids", torch.zeros(config.num_fine_clusters, config.router_embed_dim))
         # (key, weights) of the last routed task: the zero-shot pipeline calls forward once per image with the
@@ -104,27 +106,30 @@ class ModeCLIPModel(PreTrainedModel):
                 raise ValueError(f"expert {i} is a {type(expert).__name__}, not a CLIPModel.")
             if _architecture(expert.config) != _architecture(experts[0].config):
                 raise ValueError(f"expert {i} has a different config from expert 0: all experts must share one.")
-        if not isinstance(router_text_model, CLIPTextModelWithProjection):
+        is_clip_router = getattr(router_text_model.config, "model_type", None) == CLIP_TEXT_MODEL_TYPE
+        if not isinstance(router_text_model, PreTrainedModel) or (
+            is_clip_router and not isinstance(router_text_model, CLIPTextModelWithProjection)
+        ):
             raise ValueError(
-                f"router_text_model is a {type(router_text_model).__name__}, not a CLIPTextModelWithProjection."
+                f"router_text_model is a {type(router_text_model).__name__}: give a CLIPTextModelWithProjection (the "
+                "seed CLIP's text tower) or a sentence encoder loaded with AutoModel."
             )
         centroids = torch.as_tensor(fine_centroids).detach().float()
-        router_dim = router_text_model.config.projection_dim
-        if centroids.ndim != 2 or centroids.shape[1] != router_dim:
-            raise ValueError(
-                f"fine_centroids must have shape [num_fine_clusters, {router_dim}] (the router text model's "
-                f"embedding size), got {list(centroids.shape)}."
-            )
         if not torch.isfinite(centroids).all():
             raise ValueError("fine_centroids contain NaN or infinite values.")
         config = ModeCLIPConfig(
             expert_config=copy.deepcopy(experts[0].config),
             router_text_config=copy.deepcopy(router_text_model.config),
             num_experts=len(experts),
-            num_fine_clusters=centroids.shape[0],
+            num_fine_clusters=centroids.shape[0] if centroids.ndim == 2 else 0,
             fine_to_coarse=list(fine_to_coarse),
             **router_settings,
         )
+        if centroids.ndim != 2 or centroids.shape[1] != config.router_embed_dim:
+            raise ValueError(
+                f"fine_centroids must have shape [num_fine_clusters, {config.router_embed_dim}] (the router text "
+                f"model's embedding size), got {list(centroids.shape)}."
+            )
         with torch.device("meta"):  # skip initialising weights that are replaced right away
             model = cls(config)
         model.experts = nn.ModuleList(experts)
@@ -136,16 +141,32 @@ class ModeCLIPModel(PreTrainedModel):
     def route(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, routing: str | None = None
     ) -> torch.Tensor:
-        """Float32 expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`."""
+        """Float32 expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`:
+        the router's own ids (`router_input_ids` of the MODE's tokenizer) when it has its own tokenizer."""
         if input_ids is None or input_ids.shape[0] == 0:
             raise ValueError("route() needs the task's label prompts: got an empty label list.")
         mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
         tokens = (input_ids.cpu().numpy().tobytes(), input_ids.shape, mask)
         key = (tokens, self._routing_settings(routing), self._router_state())
         if self._last_route is None or self._last_route[0] != key:
-            class_embeds = self.router_text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
-            self._last_route = (key, self.route_embeddings(class_embeds, routing))
+            self._last_route = (key, self.route_embeddings(self.embed_task(input_ids, attention_mask), routing))
         return self._last_route[1].clone()
+
+    @torch.no_grad()
+    def embed_task(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The router's embeddings [n_texts, router_embed_dim] of texts tokenized for it, pooled as
+        `config.router_pooling` says (not normalised: `route_embeddings` does that)."""
+        if self.config.router_pooling == "projection":
+            return self.router_text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
+        outputs = self.router_text_model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.config.router_pooling == "pooler":
+            return outputs.pooler_output
+        hidden = outputs.last_hidden_state
+        if self.config.router_pooling == "cls":
+            return hidden[:, 0]
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 
     @torch.no_grad()
     def route_embeddings(self, class_embeds: torch.Tensor, routing: str | None = None) -> torch.Tensor:
@@ -175,6 +196,20 @@ class ModeCLIPModel(PreTrainedModel):
         else:
             log_weights = released_log_weights(class_embeds, *clusters, num_experts, temperature)
         return keep_top_k(log_weights.softmax(dim=0), top_k)
+
+    def router_inputs(
+        self, input_ids, attention_mask=None, router_input_ids=None, router_attention_mask=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ids, mask) the router reads of a tokenizer's output: the experts' own, or those its own tokenizer made."""
+        if not self.config.router_has_own_tokenizer:
+            return input_ids, attention_mask
+        if router_input_ids is None:
+            raise ValueError(
+                f"this MODE routes with its own text encoder ({self.config.router_text_config.model_type}), which "
+                "reads router_input_ids: tokenize with the MODE's tokenizer or processor (AutoTokenizer or "
+                "AutoProcessor.from_pretrained(..., trust_remote_code=True)), which give them; or pass expert_weights."
+            )
+        return router_input_ids, router_attention_mask
 
     def _router_state(self) -> tuple:
         # Identity and in-place version of every tensor routing reads: a change to any of them (new centroids,
@@ -213,6 +248,8 @@ class ModeCLIPModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         expert_weights: torch.Tensor | None = None,
         output_expert_logits: bool = False,
+        router_input_ids: torch.LongTensor | None = None,
+        router_attention_mask: torch.Tensor | None = None,
     ) -> ModeCLIPOutput:
         r"""
         Both `input_ids` (the label prompts or captions) and `pixel_values` are needed; for text alone use `route()`
@@ -223,6 +260,9 @@ class ModeCLIPModel(PreTrainedModel):
             non-negative and summing to one (within 1e-2).
         output_expert_logits (`bool`, *optional*, defaults to `False`):
             Run every expert, also those of zero weight, and return each one's `logits_per_image`.
+        router_input_ids, router_attention_mask (`torch.Tensor`, *optional*):
+            The same texts tokenized for a router with its own tokenizer (`config.router_has_own_tokenizer`): the
+            MODE's tokenizer and processor return them beside `input_ids`.
         """
         missing = [name for name, value in (("input_ids", input_ids), ("pixel_values", pixel_values)) if value is None]
         if missing:
@@ -232,7 +272,9 @@ class ModeCLIPModel(PreTrainedModel):
                 "weights) or get_text_features(), for images alone get_image_features()."
             )
         if expert_weights is None:
-            expert_weights = self.route(input_ids, attention_mask)
+            expert_weights = self.route(
+                *self.router_inputs(input_ids, attention_mask, router_input_ids, router_attention_mask)
+            )
         expert_weights = self._check_weights(expert_weights)
         run = range(self.config.num_experts) if output_expert_logits else expert_weights.nonzero()[:, 0].tolist()
         expert_logits = {
@@ -289,6 +331,13 @@ class ModeCLIPModel(PreTrainedModel):
         first = next(iter(blocks.values()))
         features = [blocks[k].to(first.device) if k in blocks else torch.zeros_like(first) for k in range(num_experts)]
         return BaseModelOutputWithPooling(pooler_output=torch.cat(features, dim=-1))
+
+
+def router_from_config(config) -> PreTrainedModel:
+    """The router module: a CLIP text tower with its projection, or any sentence encoder `AutoModel` builds."""
+    if config.model_type == CLIP_TEXT_MODEL_TYPE:
+        return CLIPTextModelWithProjection._from_config(config)
+    return AutoModel.from_config(config)
 
 
 def _architecture(config) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from ..configuration_mode_clip import ModeCLIPConfig
 from .clustering import read_finished_run
 from .errors import InputError
 from .evaluation import results_name
@@ -171,13 +172,23 @@ def model_card(
         f"patch {vision['patch_size']}, {vision['image_size']} px",
         routing_text=ROUTING_TEXT[config["routing"]].format(**config),
         router_top_k=config.get("router_top_k"),
-        router_embed_dim=config["router_text_config"]["projection_dim"],
+        router_embed_dim=ModeCLIPConfig.from_dict(config).router_embed_dim,
+        router_encoder=router_encoder(config),
         clustering=clustering,
         expert_rows=expert_rows(config["fine_to_coarse"], clustering),
         training=training_rows(training),
         results=results,
         own_results=own_results,
     )
+
+
+def router_encoder(config: dict) -> str:
+    """What embeds the task for routing, in the card's words: the seed's text tower, or a sentence encoder."""
+    router = config["router_text_config"]
+    if config.get("router_pooling", "projection") == "projection":
+        return "the seed's text tower"
+    name = router.get("_name_or_path") or router["model_type"]
+    return f"the sentence encoder {name} ({config['router_pooling']} pooling)"
 
 
 def dataset_card(

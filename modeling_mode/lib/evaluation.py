@@ -145,9 +145,12 @@ def encode_texts(
     per_expert, routed = [], []
     for batch in _batches(texts, batch_size):
         inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
-        per_expert.append(on_cpu([expert.get_text_features(**inputs).pooler_output for expert in experts_of(model)]))
+        clip_inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}  # a router's ids beside them
+        per_expert.append(
+            on_cpu([expert.get_text_features(**clip_inputs).pooler_output for expert in experts_of(model)])
+        )
         if isinstance(model, ModeCLIPModel):
-            routed.append(on_cpu(model.router_text_model(**inputs).text_embeds))
+            routed.append(on_cpu(model.embed_task(*model.router_inputs(**inputs))))
     features = nn.functional.normalize(torch.cat(per_expert, dim=1), dim=-1)
     return features, nn.functional.normalize(torch.cat(routed), dim=-1) if routed else None
 

@@ -93,11 +93,16 @@ def check_mode_dir(model_dir: str | Path) -> None:
 
 
 def check_remote_code(model_dir: Path, config: dict) -> None:
-    """The modules config.json's auto_map names (all the code a Hub user gets) and those they import must be there.
+    """The modules that config.json's and tokenizer_config.json's auto_maps name (all the code a Hub user gets) and
+    those they import must be there (a tokenizer's entry is a [slow, fast] pair of references).
 
     A reference `other/repo--module.Class` is code of another repo, not of this directory.
     """
-    modules = {ref.rsplit(".", 1)[0] for ref in config.get("auto_map", {}).values() if "--" not in ref}
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    auto_maps = [config, read_json(tokenizer_config) if tokenizer_config.is_file() else {}]
+    references = [ref for auto_map in auto_maps for value in auto_map.get("auto_map", {}).values()
+                  for ref in (value if isinstance(value, list) else [value])]  # fmt: skip
+    modules = {ref.rsplit(".", 1)[0] for ref in references if ref and "--" not in ref}
     try:
         for module in sorted(modules):
             get_relative_import_files(model_dir / f"{module}.py")  # reads each file, and each it imports
