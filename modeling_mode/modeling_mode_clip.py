@@ -139,10 +139,18 @@ class ModeCLIPModel(PreTrainedModel):
 
     @torch.no_grad()
     def route(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, routing: str | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        routing: str | None = None,
+        router_input_ids: torch.Tensor | None = None,
+        router_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Float32 expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`:
-        the router's own ids (`router_input_ids` of the MODE's tokenizer) when it has its own tokenizer."""
+        """Float32 expert weights [num_experts] for ONE task, whose label prompts are all the rows of `input_ids`
+        (`model.route(**tokenizer(prompts, padding=True, return_tensors="pt"))`). A router with its own tokenizer
+        reads `router_input_ids`, which the MODE's tokenizer gives beside the experts' ids."""
+        router_ids = (router_input_ids, router_attention_mask)
+        input_ids, attention_mask = self.router_inputs(input_ids, attention_mask, *router_ids)
         if input_ids is None or input_ids.shape[0] == 0:
             raise ValueError("route() needs the task's label prompts: got an empty label list.")
         mask = attention_mask.cpu().numpy().tobytes() if attention_mask is not None else b""
@@ -272,9 +280,8 @@ class ModeCLIPModel(PreTrainedModel):
                 "weights) or get_text_features(), for images alone get_image_features()."
             )
         if expert_weights is None:
-            expert_weights = self.route(
-                *self.router_inputs(input_ids, attention_mask, router_input_ids, router_attention_mask)
-            )
+            router_ids = {"router_input_ids": router_input_ids, "router_attention_mask": router_attention_mask}
+            expert_weights = self.route(input_ids, attention_mask, **router_ids)
         expert_weights = self._check_weights(expert_weights)
         run = range(self.config.num_experts) if output_expert_logits else expert_weights.nonzero()[:, 0].tolist()
         expert_logits = {

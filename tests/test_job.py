@@ -66,7 +66,8 @@ def smoke_run(tmp_path_factory):
     return output, timings, again.stdout + again.stderr
 
 
-SMOKE_MODELS = {"dense", "dense-2", "full-2", "mode-minilm-2", "mode-onestep-2", "mode-random-2", "mode-seedtext-2"}
+SMOKE_MODELS = {"dense", "dense-2", "full-2", "mode-minilm-2", "mode-minilm-2-encoder-router", "mode-onestep-2",
+                "mode-random-2", "mode-seedtext-2"}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -81,6 +82,15 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
         assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     weights = json.loads((run / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["routing_weights"]
     assert sum(weights["MODE paper"]) == pytest.approx(1.0)
+    # MODE-2's experts, routed in the clustering encoder's space (all-MiniLM-L6-v2), as the paper routes
+    routers = {name: json.loads((run / "models" / name / "config.json").read_text()) for name in
+               ("mode-minilm-2", "mode-minilm-2-encoder-router")}  # fmt: skip
+    assert routers["mode-minilm-2"]["router_space"] == "seed-text"
+    assert (
+        routers["mode-minilm-2-encoder-router"]["router_space"],
+        routers["mode-minilm-2-encoder-router"]["router_pooling"],
+    ) == ("clustering-encoder", "mean")
+    assert "assemble-minilm-2-encoder-router" in {name.removeprefix("seed-0/") for name in timings}
     stages = {"seed", "dense", "curve", "cluster-onestep-2", "expert-full-2-1", "assemble-full-2", "retrieval-seed"}
     assert {"data"} | {f"seed-0/{stage}" for stage in stages} <= timings.keys()
     assert all((run / "logs" / f"{name.removeprefix('seed-0/')}.log").is_file() for name in timings if name != "data")

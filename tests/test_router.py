@@ -67,7 +67,7 @@ def test_routing_reads_the_routers_ids_and_pools_as_the_config_says(mode):
     model, tokenizer = mode
     assert (model.config.router_pooling, model.config.router_embed_dim) == ("mean", ROUTER_DIM)
     encoding = tokenizer(["a shirt", "a sneaker", "a coat"], padding=True, return_tensors="pt")
-    weights = model.route(encoding["router_input_ids"], encoding["router_attention_mask"])
+    weights = model.route(**encoding)
     assert weights[0] > weights[1]  # clothes: the expert of the clothes' centres (3 classes: a soft routing)
     # The same weights by hand: the router's masked mean of its last hidden states, routed as embeddings.
     with torch.no_grad():

@@ -68,7 +68,7 @@ class StageGraph:
 
     def seed_training(self, seed: SeedFolder):
         """The seed CLIP, then each model with what it needs first, then the fork-point curve."""
-        clustered = set()
+        done = set()  # clusterings and experts that an earlier model had made
         for model in self.models:
             if model.kind == "seed":
                 yield self.training_stage(seed, model.name, self.seed_arguments(seed))
@@ -78,10 +78,9 @@ class StageGraph:
                 if model.name == "dense":  # the curve scores the seed's checkpoints and the dense run's
                     yield self.curve_stage(seed, dense=seed.model(model))
             else:
-                if model.clustering not in clustered:
-                    clustered.add(model.clustering)
-                    yield self.clustering_stage(seed, model.clustering)
-                yield from self.ensemble_stages(seed, model)
+                stages = [self.clustering_stage(seed, model.clustering), *self.ensemble_stages(seed, model)]
+                yield from (stage for stage in stages if stage.name not in done)
+                done |= {stage.name for stage in stages}
 
     def seed_arguments(self, seed: SeedFolder) -> ExpertTrainingArguments:
         """The seed run: all pairs, from `--init` or random weights, stopped at the fork (its schedule goes on)."""
@@ -111,7 +110,7 @@ class StageGraph:
 
     def ensemble_stages(self, seed: SeedFolder, model: Model):
         """Train the experts (expert k on cluster k of the model's clustering), then assemble them into the MODE,
-        routed by the seed CLIP's text tower."""
+        routed by the seed CLIP's text tower or by the clustering's encoder (`model.router`)."""
         clusters, experts = seed.clusters(model.clustering), []
         for k in range(model.clustering.experts):
             if model.every_pair:  # Full-n: fork k in its own order (training seed 1000 (s + 1) + k: no other run's)
@@ -124,10 +123,11 @@ class StageGraph:
             yield self.training_stage(seed, f"expert-{model.ensemble}-{k}", arguments)
         output = seed.model(model)
         assembly = AssembleArguments(
-            experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output)
-        )
+            experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output),
+            router=model.router,
+        )  # fmt: skip
         command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
-        yield Stage(seed.stage(f"assemble-{model.ensemble}"), Output(output, model_finished), command)
+        yield Stage(seed.stage(f"assemble-{model.assembly}"), Output(output, model_finished), command)
 
     def curve_stage(self, seed: SeedFolder, dense) -> Stage:
         runs = {"seed": seed.seed_run, "dense": dense}
