@@ -91,6 +91,11 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
         routers["mode-minilm-2-encoder-router"]["router_pooling"],
     ) == ("clustering-encoder", "mean")
     assert "assemble-minilm-2-encoder-router" in {name.removeprefix("seed-0/") for name in timings}
+    # Each routed MODE's routing under template families it never saw; MNIST's includes clip-benchmark's
+    probe = json.loads((run / "results" / "mode-minilm-2-encoder-router" / "routing.json").read_text())
+    assert list(probe["mnist"]) == ["the task's own", "clip-benchmark's", "OpenAI's 80 ImageNet", "bare class names"]
+    assert all(0 <= family["routing_mass"] <= 1 + 1e-6 for task in probe.values() for family in task.values())
+    assert "| mode-minilm-2-encoder-router | mnist | OpenAI's 80 ImageNet (80) |" in report
     stages = {"seed", "dense", "curve", "cluster-onestep-2", "expert-full-2-1", "assemble-full-2", "retrieval-seed"}
     assert {"data"} | {f"seed-0/{stage}" for stage in stages} <= timings.keys()
     assert all((run / "logs" / f"{name.removeprefix('seed-0/')}.log").is_file() for name in timings if name != "data")

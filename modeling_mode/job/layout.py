@@ -165,13 +165,18 @@ def result_rows(results: dict) -> dict[str, dict]:
     if CLIP_NAME in by_name:
         return {CLIP_ROW: by_name[CLIP_NAME]}
     experts = [metrics for name, metrics in by_name.items() if re.fullmatch(EXPERT_NAME.format(k=r"\d+"), name)]
-    rows = {routing_row(routing): by_name[MODE_NAME.format(routing=routing)] for routing in ROUTINGS}
+    rows = {routing_row(routing): by_name[ensemble_name(routing)] for routing in ROUTINGS}
     return rows | {BEST_EXPERT_ROW: max(experts, key=lambda metrics: next(iter(metrics.values())))}
+
+
+def ensemble_name(routing: str = "paper") -> str:
+    """The name an ensemble routed by `routing` goes by in the evaluations' results."""
+    return MODE_NAME.format(routing=routing)
 
 
 def routing_weights(results: dict, routing: str = "paper") -> list[float]:
     """The expert weights an ensemble's routing gave a zero-shot task."""
-    return results["routing_weights"][MODE_NAME.format(routing=routing)]
+    return results["routing_weights"][ensemble_name(routing)]
 
 
 # ----------------------------------------------------------------------------------------------- the folders
@@ -216,6 +221,10 @@ class SeedFolder:
 
     def retrieval_results(self, model: Model) -> Path:
         return self.path / "results" / model.name / "retrieval.json"
+
+    def routing_results(self, model: Model) -> Path:
+        """A routed ensemble's routing under other prompt templates (`routing_probe`)."""
+        return self.path / "results" / model.name / "routing.json"
 
     @property
     def curve(self) -> Path:

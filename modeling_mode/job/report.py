@@ -13,6 +13,7 @@ from statistics import fmean
 from ..lib.files import read_json, write_text
 from ..lib.training.record import read_record
 from .layout import (
+    BEST_EXPERT_ROW,
     CLIP_ROW,
     ENSEMBLE_ROWS,
     PAPER_ROW,
@@ -22,6 +23,7 @@ from .layout import (
     comparison,
     phase_of,
     result_rows,
+    routing_row,
     routing_weights,
 )
 from .plots import plot_accuracy, plot_cluster_sizes, plot_curves, plot_routing_weights
@@ -163,6 +165,26 @@ def retrieval_table(seeds: list[SeedFolder], models: list[Model]) -> str:
     return "\n".join(lines)
 
 
+def routing_table(seeds: list[SeedFolder], models: list[Model]) -> str:
+    """Each routed ensemble's routing on every task under each template family (`routing_probe`), mean over seeds."""
+    routed = [model for model in models if all(seed.routing_results(model).is_file() for seed in seeds)]
+    if not routed:
+        return "No routing probe was run (`results/<model>/routing.json`, `routing_probe`)."
+    rows = [PAPER_ROW, routing_row("uniform"), BEST_EXPERT_ROW]
+    lines = ["| model | task | templates | routing mass on the source's experts | " + " | ".join(rows) + " |"]
+    lines.append("|---" * (4 + len(rows)) + "|")
+    for model in routed:
+        per_seed = [read_json(seed.routing_results(model)) for seed in seeds]
+        for task, families in per_seed[0].items():
+            for family, probed in families.items():
+                values = [seed_probe[task][family] for seed_probe in per_seed]
+                mass = "" if probed["routing_mass"] is None else f"{fmean(v['routing_mass'] for v in values):.2f}"
+                cells = " | ".join(f"{100 * fmean(v[row] for v in values):.1f}" for row in rows)
+                label = f"{family} ({probed['num_templates']})"
+                lines.append(f"| {model.name} | {task} | {label} | {mass} | {cells} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------- the fork point
 
 
@@ -300,6 +322,16 @@ interval contains zero, which says no difference was detected, not that there is
 ## Retrieval, recall (%) on held-out image-caption pairs, mean over seeds
 
 {retrieval_table(seeds, list(scores))}
+
+## Routing on prompts the model never saw
+
+Each routed ensemble's class prompts in other template families than the evaluation's (`routing_probe`): the \
+set's clip-benchmark templates where clip-benchmark has them, OpenAI's 80 ImageNet templates, bare class names. The \
+routing mass is sum_k w_k share_k, share_k the share of the set's source's training pairs in expert k's cluster \
+(1.00: all the weight where the source's pairs went); then the top-1 (%) of the routed ensemble, its uniform \
+average and its best expert. Mean over seeds.
+
+{routing_table(seeds, list(scores))}
 
 ## Where the experts fork: the seed's validation curve
 

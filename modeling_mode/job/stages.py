@@ -20,6 +20,7 @@ from .fork_curve import write_curve
 from .layout import (
     CURVE_STAGE,
     DATA_STAGE,
+    PAPER_ROW,
     Clustering,
     JobFolder,
     Model,
@@ -32,6 +33,7 @@ from .layout import (
     training_finished,
 )
 from .recipes import Recipe
+from .routing_probe import write_routing_probe
 from .runner import Stage, module_command
 
 CLUSTERING, TRAINING, ASSEMBLY = (
@@ -60,6 +62,9 @@ class StageGraph:
         for seed in self.folder.seeds(self.recipe):
             for model in self.models:
                 yield from self.model_evaluations(seed, model, sets)
+            for model in self.models:
+                if model.main_row == PAPER_ROW:  # a routed ensemble: its routing on templates it never saw
+                    yield self.routing_stage(seed, model, sets)
 
     def prepare_data(self) -> None:
         prepare_data(self.folder, self.recipe, self.sources)
@@ -182,6 +187,11 @@ class StageGraph:
         )  # fmt: skip
         yield Stage(seed.stage(f"retrieval-{model.name}"), Output(output, file_finished),
                     partial(show, evaluate_retrieval, arguments))  # fmt: skip
+
+    def routing_stage(self, seed: SeedFolder, model: Model, sets: dict) -> Stage:
+        output = seed.routing_results(model)
+        probe = partial(write_routing_probe, output, seed.model(model), seed.clusters(model.clustering), sets)
+        return Stage(seed.stage(f"routing-{model.name}"), Output(output, file_finished), probe)
 
 
 def show(evaluate, arguments) -> None:

@@ -231,22 +231,30 @@ def zero_shot_classification(
     """
     check_labels(labels, classnames)
     templates = prompt_templates(templates)
-    class_features, router_embeds = zero_shot_classifier(model, tokenizer, classnames, templates)
     image_features = encode_images(model, image_processor, images, len(labels))
-    # [K, N, C]: each expert's scaled cosine similarities
-    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,kcd->knc", image_features, class_features)
-    labels = torch.as_tensor(labels)
-    weights = ensembles(model, router_embeds)
+    weights, results = classify(model, tokenizer, image_features, torch.as_tensor(labels), classnames, templates)
     return {
         "task": "zero-shot-image-classification",
         "num_images": len(labels),
         "num_classes": len(classnames),
         "num_templates": len(templates),
         "routing_weights": {name: w.tolist() for name, w in weights.items() if name.startswith("MODE")},
-        "results": {
-            name: classification_metrics(torch.einsum("k,knc->nc", w, expert_logits), labels)
-            for name, w in weights.items()
-        },
+        "results": results,
+    }
+
+
+def classify(
+    model, tokenizer, image_features: torch.Tensor, labels: torch.Tensor, classnames: list[str], templates: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """(each ensemble's and expert's weights, their metrics) on images already encoded ([K, N, d], `encode_images`):
+    the class prompts are embedded here, so one encoding of the images serves any number of template sets."""
+    class_features, router_embeds = zero_shot_classifier(model, tokenizer, classnames, templates)
+    # [K, N, C]: each expert's scaled cosine similarities
+    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,kcd->knc", image_features, class_features)
+    weights = ensembles(model, router_embeds)
+    return weights, {
+        name: classification_metrics(torch.einsum("k,knc->nc", w, expert_logits), labels)
+        for name, w in weights.items()
     }
 
 
