@@ -7,13 +7,13 @@ share of the source's training pairs in expert k's cluster (1.0: all the weight 
 needs a clustering whose labelled copy has a `source` column (the offline corpus); elsewhere it is None.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..lib.data import load_pairs
+from ..lib.errors import InputError
 from ..lib.evaluation import (
     TEMPLATES,
     class_labels,
@@ -34,13 +34,10 @@ FAMILIES = ("the task's own", "clip-benchmark's", "OpenAI's 80 ImageNet", "bare 
 
 def clip_benchmark_templates(task: str) -> list[str] | None:
     """clip-benchmark's templates for a data set of this name, if it publishes any (MNIST's, of the offline sets)."""
-    import importlib.util
-
-    package = importlib.util.find_spec("clip_benchmark")
-    if package is None:
+    try:
+        return strings_from(task, TEMPLATES)
+    except InputError:  # no such set in clip-benchmark, or clip-benchmark is not installed
         return None
-    published = json.loads((Path(package.origin).parent / "datasets" / f"en_{TEMPLATES}.json").read_text())
-    return published.get(task)
 
 
 def family_templates(family: str, task: str, own: str | None) -> list[str] | None:
