@@ -296,6 +296,10 @@ def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
     assert json.loads(recorded.read_text())["seeds"] == 3
     with pytest.raises(InputError, match=r"other settings \(seed_steps, sources.dataset\): resume it with those"):
         record_settings(recorded, {"name": "offline-mix", "seed_steps": 900}, Sources(dataset="org/pairs"))
+    # A recipe field added since the job started, absent from its record, resumes at its default value only.
+    record_settings(recorded, {**more_seeds, "validation_per_source": 200}, Sources(launcher=("python",)))
+    with pytest.raises(InputError, match=r"other settings \(validation_per_source\)"):
+        record_settings(tmp_path / "recipe.json", {**more_seeds, "validation_per_source": 1000}, Sources())
 
 
 def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing_script(tmp_path):

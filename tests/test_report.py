@@ -12,7 +12,7 @@ import torch
 from helpers import reset_accelerate_state
 
 from modeling_mode.job.arguments import Sources
-from modeling_mode.job.fork_curve import held_out_indices, validation_sources, write_curve
+from modeling_mode.job.fork_curve import curve_finished, held_out_indices, validation_sources, write_curve
 from modeling_mode.job.layout import JobFolder, comparison
 from modeling_mode.job.recipes import recipe_from_json
 from modeling_mode.job.report import write_report
@@ -272,7 +272,9 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     write_json(folder / "recipe.json", {**RECIPE, "sources": {**RECIPE["sources"], "dataset": "org/pairs"}})
     graph = StageGraph(JobFolder(folder), recipe_from_json(RECIPE), Sources(dataset="org/pairs"), "an/encoder")
     seed = JobFolder(folder).seed(0)
-    graph.curve_stage(seed, dense=seed.path / "models" / "dense").action()  # holds nothing out: empty, at once
+    stage = graph.curve_stage(seed)
+    stage.action()  # holds nothing out: empty, at once
+    assert stage.output.is_finished()  # an empty curve scores no run, and is finished
     assert read_json(seed.curve) == []
     assert "nothing was held out of them, so there is no validation curve" in write_report(folder).read_text()
 
@@ -320,10 +322,13 @@ def test_the_curve_has_a_finite_loss_per_checkpoint_of_the_seed_and_dense_runs(t
     ]:
         train(run)
         reset_accelerate_state()  # the next run gets its own
-    runs = {"seed": seed / "seed", "dense": seed / "models" / "dense"}
-    write_curve(seed / "seed_curve.json", runs, recipe_from_json(recipe), holds_out=True, per_source=12)
-    curve = read_json(seed / "seed_curve.json")
-    assert [(point["step"], point["run"]) for point in curve] == [(2, "seed"), (4, "seed"), (6, "dense")]
+    runs, path = {"seed": seed / "seed", "dense": seed / "models" / "dense"}, seed / "seed_curve.json"
+    recipe = recipe_from_json(dict(recipe, validation_per_source=12))
+    write_curve(path, runs, recipe, holds_out=True, last_of={"dense-wide": seed / "models" / "dense"})
+    curve = read_json(path)
+    steps = [(2, "seed"), (4, "seed"), (6, "dense"), (6, "dense-wide")]  # the last checkpoint only of `last_of`'s
+    assert [(point["step"], point["run"]) for point in curve] == steps
+    assert curve_finished(path, ["seed", "dense", "dense-wide"]) and not curve_finished(path, ["seed", "dense-2"])
     assert all(math.isfinite(point["loss"]) and point["pairs"] == 32 for point in curve)  # 36 pairs: 4 batches of 8
     assert all(sorted(point["top1"]) == sorted(SOURCES) for point in curve)
     assert all(0 <= top1 <= 1 for point in curve for top1 in point["top1"].values())

@@ -38,6 +38,11 @@ class JobArguments:
         default=None,
         metadata={"help": "Run the whole comparison for this many training seeds (default: the recipe's `seeds`)."},
     )
+    validation_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the seed and the dense runs (and one twice as wide) and score them on validation "
+                  "pairs, no test set: where to choose a recipe. A run without it resumes from there."},
+    )  # fmt: skip
     encoder: str | None = field(
         default=None, metadata={"help": "Caption encoder of the clustering (default: all-MiniLM-L6-v2)."}
     )

@@ -21,7 +21,7 @@ from ..lib.evaluation import (
     prompt_templates,
     zero_shot_classifier,
 )
-from ..lib.files import write_json
+from ..lib.files import read_json, write_json
 from ..lib.loss import contrastive_loss
 from ..lib.training.checkpoints import list_checkpoints
 from ..lib.training.start import Start, load_start
@@ -29,7 +29,6 @@ from .recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
-PER_SOURCE = 200  # validation images per source: a few batches, seconds per checkpoint on a CPU
 IMAGE_BATCH = 64
 
 
@@ -85,29 +84,46 @@ def checkpoint_scores(
     return {"loss": sum(losses) / len(losses), "pairs": size * len(losses), "top1": top1}
 
 
-def curve(runs: dict[str, Path], pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int) -> list:
-    """The scores of every checkpoint of `runs` ({name: run folder}: the seed run and the dense run), by step."""
-    points = sorted((step, run, path) for run, folder in runs.items() for step, path in list_checkpoints(folder))
+def curve(runs: dict[str, Path], pairs: dict[str, list], classnames: dict[str, list[str]], batch_size: int,
+          last_of: dict[str, Path]) -> list:  # fmt: skip
+    """The scores of every checkpoint of `runs` and of the last of `last_of` ({name: run folder}), by step."""
+    points = [(step, run, path) for run, folder in runs.items() for step, path in list_checkpoints(folder)]
+    for run, folder in last_of.items():
+        step, path = list_checkpoints(folder)[-1]
+        points.append((step, run, path))
     scored = []
-    for step, run, path in tqdm(points, desc="validation curve", unit="checkpoint"):
+    for step, run, path in tqdm(sorted(points), desc="validation curve", unit="checkpoint"):
         scored.append({"step": step, "run": run, **checkpoint_scores(path, pairs, classnames, batch_size)})
         logger.info(f"{run} step {step}: validation loss {scored[-1]['loss']:.4f}")
     return scored
 
 
 def write_curve(
-    path: Path, runs: dict[str, Path], recipe: Recipe, holds_out: bool, per_source: int = PER_SOURCE
+    path: Path,
+    runs: dict[str, Path],
+    recipe: Recipe,
+    holds_out: bool,
+    last_of: dict[str, Path] | None = None,
 ) -> None:
-    """The main job's stage: write `path` (`seed_curve.json`), one point per checkpoint of `runs` ([{"step", "run",
-    "loss", "pairs", "top1": {source: accuracy}}], by step).
+    """The main job's stage: write `path` (`seed_curve.json`), one point per checkpoint of `runs` and one for the last
+    checkpoint of each run of `last_of` ([{"step", "run", "loss", "pairs", "top1": {source: accuracy}}], by step).
 
-    On the offline corpus (`holds_out`), `per_source` validation pairs per source (true captions, composed as the
+    On the offline corpus (`holds_out`), the recipe's `validation_per_source` pairs per source (true captions, composed as the
     training captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the report says so."""
     points = []
     if holds_out:
-        sources = validation_sources(recipe.train_per_source, per_source, recipe.seed)
+        sources = validation_sources(recipe.train_per_source, recipe.validation_per_source, recipe.seed)
         pairs = caption_pairs(sources, noise=0.0, seed=recipe.seed, attributes=recipe.caption_attributes)
         pairs = pairs[:]  # as columns: the images decoded once, for every checkpoint
         classnames = {data.source: data.classnames for data in sources}
-        points = curve(runs, pairs, classnames, recipe.batch_size)
+        points = curve(runs, pairs, classnames, recipe.batch_size, last_of or {})
     write_json(path, points)
+
+
+def curve_finished(path: Path, runs: list[str]) -> bool:
+    """A curve is written atomically, after the rest; it is the one asked for when it scores every run of `runs` (an
+    empty curve, of a user's `--dataset`, scores none and can)."""
+    if not path.is_file():
+        return False
+    scored = {point["run"] for point in read_json(path)}
+    return not scored or set(runs) <= scored

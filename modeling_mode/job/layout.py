@@ -96,7 +96,7 @@ class Model:
     the optimizer steps of all the training that went into it (the seed's included).
 
     kind 'seed': the seed run itself; 'dense': one CLIP forked from the seed and trained on all pairs to step
-    `max_steps`; 'ensemble': `clustering.experts` experts forked from the seed (expert k on cluster k, or with
+    `max_steps` (with `width_factor` > 1: a wider CLIP trained the same way from random weights); 'ensemble': `clustering.experts` experts forked from the seed (expert k on cluster k, or with
     `every_pair` on all pairs, each in its own order), assembled into a MODE routed in the space `router` says
     (`assembly.ROUTERS`: the seed CLIP's text space, or the clustering encoder's, as the paper routes)."""
 
@@ -110,6 +110,7 @@ class Model:
     clustering: Clustering | None = None  # an ensemble's: its experts' clusters and its routing's centres
     every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
     router: str = "seed-text"
+    width_factor: int = 1  # a dense run this many times as wide as the recipe's model, from random weights
 
     @property
     def ensemble(self) -> str:
@@ -156,6 +157,16 @@ def comparison(recipe: Recipe) -> list[Model]:
     models.append(ensemble(Clustering(f"random-{n}", n, "random"), f"Random-{n}", n))
     models.append(ensemble(Clustering("seedtext-2", 2, seed_text=True), "SeedText-2", 2))
     return models
+
+
+def validation_models(recipe: Recipe, wide: bool = True) -> list[Model]:
+    """The models that say, on validation pairs only, whether the recipe is in the paper's regime: the seed, the dense
+    runs (does training on after the fork still pay?) and, with `wide` (a seed from random weights), a dense CLIP
+    twice as wide trained the same way (does capacity bind?)."""
+    models = [model for model in comparison(recipe) if model.kind in ("seed", "dense")]
+    total = recipe.total_steps
+    return models + wide * [Model("dense-wide", "dense", "Dense, twice as wide", CLIP_ROW, total, max_steps=total,
+                           width_factor=2)]  # fmt: skip
 
 
 def result_rows(results: dict) -> dict[str, dict]:
@@ -244,7 +255,9 @@ class JobFolder:
     recipe = property(lambda self: self.path / "recipe.json")
     timings = property(lambda self: self.path / "timings.json")
     clip_config = property(lambda self: self.path / "clip_config.json")
+    wide_clip_config = property(lambda self: self.path / "clip_config_wide.json")  # `validation_models`' wide dense
     report = property(lambda self: self.path / "report.md")
+    validation_report = property(lambda self: self.path / "validation.md")  # `--validation-only`'s report
     data = property(lambda self: self.path / "data")
     sources = property(lambda self: self.path / "data" / "sources.json")
     offline_pairs = property(lambda self: self.path / "data" / "pairs")

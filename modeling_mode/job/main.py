@@ -1,6 +1,6 @@
 """MODE end to end, resumable: data, clustering, seed, experts, assembly, baselines, evaluation and report.
 
-    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke] [--seeds K]
+    python train/job.py --recipe offline-mix --output runs/offline-mix [--smoke] [--seeds K] [--validation-only]
 
 runs on the offline corpus (real images that install without the Hub) and a seed trained from random weights. Online,
 the same stages run on your pairs, from a pretrained CLIP, on GPUs:
@@ -29,8 +29,8 @@ from ..lib.files import read_json, write_json
 from .arguments import JobArguments, Sources, check_sources, default_encoder
 from .data import count_pairs
 from .layout import JobFolder
-from .recipes import SMOKE, check_recipe, clip_config, load_recipe
-from .report import write_report
+from .recipes import SMOKE, Recipe, check_recipe, clip_config, load_recipe
+from .report import write_report, write_validation_report
 from .runner import Runner, StageError
 from .stages import StageGraph
 
@@ -42,8 +42,11 @@ def run(
     smoke: bool = False,
     encoder: str | None = None,
     seeds: int | None = None,
+    validation_only: bool = False,
 ) -> Path:
-    """Run (or resume) the job; `seeds`, when given, replaces the recipe's number of training seeds."""
+    """Run (or resume) the job; `seeds`, when given, replaces the recipe's number of training seeds.
+    `validation_only`: train only what places the recipe on validation pairs, score no test set, and return the
+    validation report (a later run without it resumes from there)."""
     sources = sources or Sources()
     name, recipe = load_recipe(recipe_name)
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
@@ -56,10 +59,19 @@ def run(
     record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
     if config is not None:
         write_json(folder.clip_config, config)
-    graph, runner = StageGraph(folder, recipe, sources, encoder), Runner(folder)
+    if config is not None and validation_only:
+        write_json(folder.wide_clip_config, clip_config(recipe, width_factor=2))
+    graph, runner = StageGraph(folder, recipe, sources, encoder, validation_only), Runner(folder)
     runner.run_all(graph.training(), "training stages")
+    if validation_only:
+        return write_validation_report(folder.path)
     runner.run_all(graph.evaluation(), "evaluation")  # each evaluator adds its rows to its eval_results.json
     return write_report(folder.path)
+
+
+RECIPE_DEFAULTS = json.loads(json.dumps(
+    {spec.name: spec.default for spec in dataclasses.fields(Recipe) if spec.default is not dataclasses.MISSING}
+))  # fmt: skip
 
 
 def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
@@ -73,6 +85,8 @@ def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
 
     if path.exists():
         before, now = flat(read_json(path)), flat(settings)
+        # A recipe field added since the job started is recorded there as its default: the job as it was made.
+        before |= {name: now[name] for name in now.keys() - before.keys() if now[name] == RECIPE_DEFAULTS.get(name)}
         if changed := sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)):
             raise InputError(
                 f"{path.parent} holds a job started with other settings ({', '.join(changed)}): resume it with "
@@ -85,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     args = cli.parse(JobArguments, __doc__, argv)
     try:
         report = run(
-            args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder, seeds=args.seeds
-        )
+            args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder, seeds=args.seeds,
+            validation_only=args.validation_only,
+        )  # fmt: skip
     except StageError as error:  # the stage's own error line is in the message; its exit status is kept
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.returncode)

@@ -189,7 +189,8 @@ def routing_table(seeds: list[SeedFolder], models: list[Model]) -> str:
 
 
 def curve_section(folder: JobFolder, seeds: list[SeedFolder], record: dict) -> str:
-    """Where the experts fork on the seed's validation curve, in words, with its plot."""
+    """Where the experts fork on the seed's validation curve, and whether the recipe is in the paper's regime, in
+    words, with its plot: validation pairs only."""
     if record["sources"]["dataset"] is not None:
         return (
             "The training pairs are the user's own (`--dataset`): nothing was held out of them, so there is no "
@@ -199,39 +200,87 @@ def curve_section(folder: JobFolder, seeds: list[SeedFolder], record: dict) -> s
     if not curves:
         return f"No validation curve was computed (`seed-<s>/{seeds[0].curve.name}`, `fork_curve.write_curve`)."
     fork, end = record["seed_steps"], record["seed_steps"] + record["expert_steps"]
-    plot_curves(curves, fork, end, folder.path / "seed_curve.png")
+    on_curve = {name: [p for p in curve if p["run"] in ("seed", "dense")] for name, curve in curves.items()}
+    plot_curves(on_curve, fork, end, folder.path / "seed_curve.png")
     sample = next(iter(curves.values()))[0]  # the first checkpoint: its step, validation pairs and sources
     first = sample["step"]
-    points = [{point["step"]: point for point in curve} for curve in curves.values()]
+    points = [{point["step"]: point for point in curve} for curve in on_curve.values()]
 
     def at(step: int, score=lambda point: point["loss"]) -> Estimate:
         return Estimate(tuple(score(curve[step]) for curve in points))
 
-    def top1(point: dict) -> float:
-        return 100 * fmean(point["top1"].values())
-
     start, at_fork, at_end = at(first), at(fork), at(end)
     share = Estimate(tuple(100 * (a - f) / (a - e) for a, f, e in zip(start.values, at_fork.values, at_end.values)))
     over = f"mean ± standard deviation over {len(curves)} seeds" if len(curves) > 1 else "one seed"
-    return f"""The seed's and the dense run's checkpoints, scored on validation pairs drawn from the training \
-sources' train splits, none of them a training pair, with true captions: the contrastive loss averaged over \
-{sample["pairs"]} pairs in batches of {min(record["batch_size"], sample["pairs"])}, and zero-shot top-1 on their \
-images averaged over {", ".join(sample["top1"])} (a source whose train split is all training pairs has none); {over}.
+    return f"""The seed's and the dense run's checkpoints, and the last of every other dense run, scored on validation \
+pairs drawn from the training sources' train splits, none of them a training pair, with true captions: the \
+contrastive loss averaged over {sample["pairs"]} pairs in batches of {min(record["batch_size"], sample["pairs"])}, \
+and zero-shot top-1 on their images averaged over {", ".join(sample["top1"])} (a source whose train split is all \
+training pairs has none); {over}. No held-out test image is read.
 
 | checkpoint | step | validation loss | zero-shot top-1 (%) |
 |---|---|---|---|
-| first | {first} | {mean_and_std(start, 3)} | {mean_and_std(at(first, top1))} |
-| the fork (the seed the experts start from) | {fork} | {mean_and_std(at_fork, 3)} | {mean_and_std(at(fork, top1))} |
-| the end of the schedule (Dense) | {end} | {mean_and_std(at_end, 3)} | {mean_and_std(at(end, top1))} |
+| first | {first} | {mean_and_std(start, 3)} | {mean_and_std(at(first, validation_top1))} |
+| the fork (the seed the experts start from) | {fork} | {mean_and_std(at_fork, 3)} | \
+{mean_and_std(at(fork, validation_top1))} |
+| the end of the schedule (Dense) | {end} | {mean_and_std(at_end, 3)} | {mean_and_std(at(end, validation_top1))} |
 
 The experts fork at step {fork} of {end}, {100 * fork / end:.0f}% of the schedule (the paper: epoch 27 of 32, \
 84%); by then the validation loss has made {mean_and_std(share)}% of its decrease from step {first} to the end of \
 the schedule.
 
+{regime_section(list(curves.values()), fork, end)}
+
 ![validation curve](seed_curve.png)"""
 
 
-# ----------------------------------------------------------------------------------------------------- the report
+def validation_top1(point: dict) -> float:
+    """A curve point's zero-shot top-1 (%), averaged over the sources with validation images."""
+    return 100 * fmean(point["top1"].values())
+
+
+def regime_section(curves: list[list[dict]], fork: int, end: int) -> str:
+    """The paper's regime, on validation pairs: the seed has converged at the fork when training on to the end
+    (Dense) gains less than one seed differs from another there; then more steps of one model (a re-stretched
+    dense-n) should not pay, while more capacity (a model twice as wide) should: where experts can."""
+    last = [{point["run"]: point for point in curve} for curve in curves]  # a run's last point (a curve is by step)
+    seed = Estimate(tuple(validation_top1(next(p for p in c if p["run"] == "seed" and p["step"] == fork))
+                          for c in curves))  # fmt: skip
+    dense = Estimate(tuple(validation_top1(runs["dense"]) for runs in last))
+    gain = paired_difference(dense.values, seed.values)
+    others = sorted({run for runs in last for run in runs} - {"seed", "dense"})
+    rows = [f"| Dense, minus the fork | {end} | {mean_and_std(dense)} | {gain.mean:+.2f} {interval_text(gain)} |"]
+    verdicts = []
+    for run in others:
+        if not all(run in runs for runs in last):
+            continue
+        scores = Estimate(tuple(validation_top1(runs[run]) for runs in last))
+        difference = paired_difference(scores.values, dense.values)
+        step = last[0][run]["step"]
+        rows.append(f"| {run}, minus Dense | {step} | {mean_and_std(scores)} | {difference.mean:+.2f} "
+                    f"{interval_text(difference)} |")  # fmt: skip
+        if run == "dense-wide":
+            verdicts.append(f"a dense model twice as wide beats Dense by {difference.mean:+.2f} points (capacity "
+                            f"binds: {'yes' if difference.mean > 0 else 'no'})")  # fmt: skip
+        elif difference.interval is not None:
+            beats = difference.interval[0] > 0
+            verdicts.append(f"{run} {'beats' if beats else 'does not beat'} Dense beyond its 95% interval")
+    if seed.std is None:
+        verdicts.insert(0, "one seed: no seed-to-seed spread to compare Dense's gain with")
+    else:
+        converged = abs(gain.mean) < seed.std
+        verdicts.insert(0, f"Dense gains {gain.mean:+.2f} points over the fork, "
+                           f"{'less' if converged else 'no less'} than the seeds' spread there (standard deviation "
+                           f"{seed.std:.2f})")  # fmt: skip
+    table = "\n".join(rows)
+    return f"""**The paper's regime, on validation pairs** (zero-shot top-1 %, mean ± sd over seeds; each difference \
+paired seed by seed, mean and 95% Student t interval):
+
+| run | step | validation top-1 (%) | difference, 95% interval |
+|---|---|---|---|
+{table}
+
+{"; ".join(verdicts)}."""
 
 
 def wall_time(timings: dict) -> str:
@@ -343,3 +392,20 @@ average and its best expert. Mean over seeds.
 """
     write_text(folder.report, report)
     return folder.report
+
+
+def write_validation_report(path: str | Path) -> Path:
+    """`--validation-only`'s report, `validation.md`: where the recipe stands on validation pairs, before any test
+    set is scored (the fork-point curve and the paper's regime)."""
+    folder = JobFolder(Path(path))
+    record, timings = read_json(folder.recipe), read_json(folder.timings)
+    settings = ", ".join(f"{k}={v}" for k, v in record.items() if k != "sources")
+    report = f"""# The `{record["name"]}` recipe on validation pairs{" (smoke run)" if record["smoke"] else ""}
+
+Settings: {settings}.
+Wall time: {wall_time(timings)}.
+
+{curve_section(folder, folder.seeds(recipe_from_json(record)), record)}
+"""
+    write_text(folder.validation_report, report)
+    return folder.validation_report

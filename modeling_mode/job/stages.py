@@ -16,7 +16,7 @@ from ..lib.files import read_json
 from ..lib.training import ExpertTrainingArguments
 from .arguments import Sources
 from .data import prepare_data, training_pairs
-from .fork_curve import write_curve
+from .fork_curve import curve_finished, write_curve
 from .layout import (
     CURVE_STAGE,
     DATA_STAGE,
@@ -31,6 +31,7 @@ from .layout import (
     file_finished,
     model_finished,
     training_finished,
+    validation_models,
 )
 from .recipes import Recipe
 from .routing_probe import write_routing_probe
@@ -46,9 +47,13 @@ CLUSTERING, TRAINING, ASSEMBLY = (
 class StageGraph:
     """The stages of a job in `folder` for `recipe` on `sources`, clustering with `encoder`."""
 
-    def __init__(self, folder: JobFolder, recipe: Recipe, sources: Sources, encoder: str):
+    def __init__(
+        self, folder: JobFolder, recipe: Recipe, sources: Sources, encoder: str, validation_only: bool = False
+    ):
+        """`validation_only`: train only the models that place the recipe on validation pairs
+        (`layout.validation_models`), and score no held-out test set."""
         self.folder, self.recipe, self.sources, self.encoder = folder, recipe, sources, encoder
-        self.models = comparison(recipe)
+        self.models = validation_models(recipe, wide=sources.init is None) if validation_only else comparison(recipe)
 
     def training(self):
         """Every stage up to the trained models, in order: the data, then each training seed's."""
@@ -72,17 +77,17 @@ class StageGraph:
     # ------------------------------------------------------------------------------------------- one training seed
 
     def seed_training(self, seed: SeedFolder):
-        """The seed CLIP, then each model with what it needs first, then the fork-point curve."""
-        done = set()  # clusterings and experts that an earlier model had made
+        """The seed CLIP and the dense runs, the fork-point curve of them all, then each ensemble with what it needs
+        first."""
         for model in self.models:
             if model.kind == "seed":
                 yield self.training_stage(seed, model.name, self.seed_arguments(seed))
             elif model.kind == "dense":
-                arguments = self.forked(seed, seed.seed, max_steps=model.max_steps, output=str(seed.model(model)))
-                yield self.training_stage(seed, model.name, arguments)
-                if model.name == "dense":  # the curve scores the seed's checkpoints and the dense run's
-                    yield self.curve_stage(seed, dense=seed.model(model))
-            else:
+                yield self.training_stage(seed, model.name, self.dense_arguments(seed, model))
+        yield self.curve_stage(seed)
+        done = set()  # clusterings and experts that an earlier model had made
+        for model in self.models:
+            if model.kind == "ensemble":
                 stages = [self.clustering_stage(seed, model.clustering), *self.ensemble_stages(seed, model)]
                 yield from (stage for stage in stages if stage.name not in done)
                 done |= {stage.name for stage in stages}
@@ -93,6 +98,14 @@ class StageGraph:
         return self.expert_arguments(
             seed.seed, dataset=self.pairs, output=str(seed.seed_run), stop_at_step=self.recipe.seed_steps, **start
         )
+
+    def dense_arguments(self, seed: SeedFolder, model: Model) -> ExpertTrainingArguments:
+        """A dense run on all pairs to `model.max_steps`: forked from the seed, or (a wider model) trained as the seed
+        was, from random weights, with the seed's training seed."""
+        if model.width_factor == 1:
+            return self.forked(seed, seed.seed, max_steps=model.max_steps, output=str(seed.model(model)))
+        return self.expert_arguments(seed.seed, dataset=self.pairs, output=str(seed.model(model)),
+                                     config=str(self.folder.wide_clip_config), max_steps=model.max_steps)  # fmt: skip
 
     def forked(self, seed: SeedFolder, training_seed: int, **fields) -> ExpertTrainingArguments:
         """A run forked from the seed's fork checkpoint (weights, optimizer, schedule position), on all pairs unless
@@ -134,10 +147,15 @@ class StageGraph:
         command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
         yield Stage(seed.stage(f"assemble-{model.assembly}"), Output(output, model_finished), command)
 
-    def curve_stage(self, seed: SeedFolder, dense) -> Stage:
-        runs = {"seed": seed.seed_run, "dense": dense}
-        write = partial(write_curve, seed.curve, runs, self.recipe, holds_out=self.sources.dataset is None)
-        return Stage(seed.stage(CURVE_STAGE), Output(seed.curve, file_finished), write)
+    def curve_stage(self, seed: SeedFolder) -> Stage:
+        """Every checkpoint of the seed run and of Dense (the seed's schedule to its end), and the last of each other
+        dense run, scored on validation pairs. A curve that lacks one of them is made again."""
+        dense = [model for model in self.models if model.kind == "dense"]
+        runs = {model.name: seed.model(model) for model in dense if model.name != "dense"}
+        curve = {"seed": seed.seed_run, "dense": seed.model(next(model for model in dense if model.name == "dense"))}
+        write = partial(write_curve, seed.curve, curve, self.recipe, self.sources.dataset is None, last_of=runs)
+        output = Output(seed.curve, partial(curve_finished, runs=[*curve, *runs]))
+        return Stage(seed.stage(CURVE_STAGE), output, write)
 
     def training_stage(self, seed: SeedFolder, name: str, arguments: ExpertTrainingArguments) -> Stage:
         command = module_command(TRAINING, arguments, self.sources.launcher)
