@@ -53,7 +53,7 @@ def inputs(tmp_path_factory):
 def assemble_run(inputs, output, experts=None, clusters=None, router=None, **router_settings):
     experts = [str(path) for path in experts or inputs["experts"]]
     clusters, router = str(clusters or inputs["clusters"]), str(router or inputs["seed"])
-    return assemble(experts, clusters, router, str(output), **router_settings)
+    return assemble(experts, clusters, router, str(output), router_space="seed-text", **router_settings)
 
 
 def digest(folder: Path) -> dict:
@@ -158,7 +158,7 @@ def test_an_output_that_could_not_be_replaced_whole_is_refused_before_any_work(i
 
 def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monkeypatch):
     flags = ["--clusters", str(inputs["clusters"]), "--router-text-model", str(inputs["seed"])]
-    flags += ["--output", str(tmp_path / "mode"), "--experts", str(inputs["experts"][0])]
+    flags += ["--router", "seed-text", "--output", str(tmp_path / "mode"), "--experts", str(inputs["experts"][0])]
     expert = unfinished(inputs["experts"][1], tmp_path / "expert-1")
     for extra, message in [
         ([str(expert)], f"Expert {str(expert)!r} is not finished: resume it"),
@@ -220,7 +220,9 @@ def test_reexpressed_centroids_come_from_the_captions_the_clustering_embedded(in
     flags = dict(fine_clusters=fine_clusters, experts=EXPERTS, seed=3, shard_rows=7)  # 5 shards, 5 seeded choices
     cluster(ClusterArguments(dataset=str(pairs), encoder=seed, output=str(clusters), **flags), Accelerator())
     experts = [str(write_expert(tmp_path / f"expert-{k}", k, inputs["seed"], clusters)) for k in range(EXPERTS)]
-    mode = assemble(experts, str(clusters), seed, str(tmp_path / "mode"), recompute_centroids=True)
+    mode = assemble(
+        experts, str(clusters), seed, str(tmp_path / "mode"), recompute_centroids=True, router_space="seed-text"
+    )
     assert mode.config.centroids_reexpressed and mode.config.dropped_empty_fine_clusters == []
 
     labelled = load_from_disk(clusters / "dataset")

@@ -263,8 +263,8 @@ def test_assemble_pushes_at_the_end(hub, clusters_dir, mode, tmp_path):
     env = hub.client_env(tmp_path)
     command = [
         sys.executable, str(ROOT / "train" / "assemble.py"), "--experts", *map(str, experts), "--clusters",
-        str(clusters_dir), "--router-text-model", str(tmp_path / "seed"), "--output", str(tmp_path / "mode"),
-        "--push_to_hub", "--hub_model_id", REPO_ID, "--hub_private_repo",
+        str(clusters_dir), "--router-text-model", str(tmp_path / "seed"), "--router", "seed-text",
+        "--output", str(tmp_path / "mode"), "--push_to_hub", "--hub_model_id", REPO_ID, "--hub_private_repo",
     ]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -355,7 +355,13 @@ def test_nothing_pushed_names_a_local_path(hub, api, tmp_path):
     path component (a Hub id as it is), in JSON files, safetensors metadata and cards alike."""
     inputs = write_run(tmp_path / "runs")
     mode_dir = tmp_path / "runs" / "mode"
-    assemble([str(e) for e in inputs["experts"]], str(inputs["clusters"]), str(inputs["seed"]), str(mode_dir))
+    assemble(
+        [str(e) for e in inputs["experts"]],
+        str(inputs["clusters"]),
+        str(inputs["seed"]),
+        str(mode_dir),
+        router_space="seed-text",
+    )
     local_eval = tmp_path / "data" / "fashion_mnist"  # an evaluation set on this machine
     (mode_dir / "eval_results.json").write_text(json.dumps([EVAL_ROWS[0] | {"dataset": str(local_eval)}]))
 

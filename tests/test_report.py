@@ -7,6 +7,7 @@ for two training seeds; the curve from a tiny seed run and dense run trained her
 import math
 import shutil
 
+import datasets
 import pytest
 import torch
 from helpers import reset_accelerate_state
@@ -179,12 +180,17 @@ def retrieval_results(model: str, recall: float) -> dict:
     return {"task": "image-text-retrieval", "num_images": 20, "num_texts": 20, "results": dict.fromkeys(rows, metrics)}
 
 
-def curve_points(losses: tuple[float, float, float]) -> list[dict]:
+def curve_points(losses: tuple[float, float, float], last_of: dict[str, float]) -> list[dict]:
+    """The seed's and Dense's checkpoints (validation top-1 60% on average), then the last of the other dense runs
+    (`last_of`: {run: Fashion-MNIST top-1}; MNIST's 20 points above)."""
     steps_and_runs = [(300, "seed"), (600, "seed"), (700, "dense")]
-    return [
+    points = [
         {"step": step, "run": run, "loss": loss, "pairs": 384, "top1": {"fashion_mnist": 0.5, "mnist": 0.7}}
         for (step, run), loss in zip(steps_and_runs, losses)
     ]
+    steps = {"dense-2": 800, "dense-wide": 700}
+    return points + [{"step": steps[run], "run": run, "loss": 1.0, "pairs": 384,
+                      "top1": {"fashion_mnist": top1, "mnist": top1 + 0.2}} for run, top1 in last_of.items()]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +205,16 @@ def job_folder(tmp_path_factory):
     pairs = {"dataset": str(folder / "data" / "pairs"), "split": "train"}
     write_json(folder / "data" / "sources.json", {"pairs": pairs, "zeroshot": sets, "retrieval": retrieval})
     losses = [(3.0, 2.0, 1.5), (3.2, 2.2, 1.6)]
+    last_of = [{"dense-2": 0.51, "dense-wide": 0.6}, {"dense-2": 0.505, "dense-wide": 0.61}]
+    # MODE-2's clustering: 90% of the digits' source's pairs in expert 0, 80% of the shapes' in expert 1
+    sources, coarse_ids = ["digits"] * 10 + ["shapes"] * 10, [0] * 9 + [1] + [0] * 2 + [1] * 8
     for s in range(2):
         seed = folder / f"seed-{s}"
         write_json(seed / "seed" / "training_args.json", {"run": {"global_batch_size": 128}})
         write_json(seed / "clusters" / "minilm-2" / "clusters.json", {"coarse_sizes": [10_000, 14_000]})
-        write_json(seed / "seed_curve.json", curve_points(losses[s]))
+        labelled = datasets.Dataset.from_dict({"source": sources, "coarse_id": coarse_ids})
+        labelled.save_to_disk(seed / "clusters" / "minilm-2" / "dataset")
+        write_json(seed / "seed_curve.json", curve_points(losses[s], last_of[s]))
         models = dict(AVERAGES, **({"dense-4": (70.0, 0.0)} if s == 0 else {}))  # dense-4: seed 0's only
         for model, averages in models.items():
             for task, offset in zip(TASKS, (5.0, -5.0)):
@@ -246,6 +257,19 @@ def test_the_report_gives_means_differences_and_orderings_over_seeds(job_folder)
     assert "| the fork (the seed the experts start from) | 600 | 2.100 ± 0.141 | 60.0 ± 0.0 |" in report
     assert "| the end of the schedule (Dense) | 700 | 1.550 ± 0.071 |" in report
     assert "by then the validation loss has made 64.6 ± 2.9% of its decrease from step 300 to the end" in report
+    # The regime on validation: dense-2 61.0, 60.5 against Dense's 60.0: +1.0, +0.5 -> +0.75, half-width
+    # 12.706 * 0.3536 / sqrt(2) = 3.1765; twice as wide 70.0, 71.0: +10.0, +11.0 -> +10.50, half-width 6.353.
+    assert "| Dense, minus the fork | 700 | 60.0 ± 0.0 | +0.00 [+0.00, +0.00] |" in report
+    assert "| dense-2, minus Dense | 800 | 60.8 ± 0.4 | +0.75 [-2.43, +3.93] |" in report
+    assert "| dense-wide, minus Dense | 700 | 70.5 ± 0.7 | +10.50 [+4.15, +16.85] |" in report
+    assert "dense-2 does not beat Dense beyond its 95% interval; a dense model twice as wide beats Dense by +10.50" in (
+        report
+    )
+    # What each expert learnt: MODE-2's expert 0 holds 90% of the digits: 2 points below MODE-2's routed 66.0, 67.6,
+    # so 64.0, 65.6 against Dense's 65, 67: -1.0, -1.4 -> -1.20, half-width 2.5412; routed +1.0, +0.6.
+    assert "| MODE-2 | digits | 0.90 | 64.8 | 66.0 | -1.20 [-3.74, +1.34] | +0.80 [-1.74, +3.34] |" in report
+    # the shapes: expert 1 (80%), 3 points below the routed 56.0, 57.6 -> 53.0, 54.6 against 55, 57: -2.0, -2.4
+    assert "| MODE-2 | shapes | 0.80 | 53.8 | 56.0 | -2.20 [-4.74, +0.34] | +0.80 [-1.74, +3.34] |" in report
     for plot in ["cluster_sizes", "routing_weights", "accuracy", "seed_curve"]:
         assert (job_folder / f"{plot}.png").stat().st_size > 0 and f"({plot}.png)" in report
 

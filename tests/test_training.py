@@ -530,7 +530,7 @@ def pipeline_runs(tmp_path_factory):
         "--experts",
         experts[1],
         experts[0],
-        *f"--clusters {clusters} --router-text-model {seed}".split(),
+        *f"--clusters {clusters} --router-text-model {seed} --router seed-text".split(),
         "--output",
         mode,
     )
@@ -653,7 +653,8 @@ def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tm
     router_dim = CaptionEncoder(str(seed), device="cpu").embed_dim
     centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, router_dim))
     clusters = write_clusters(tmp_path / "clusters", pipeline_runs["dataset"], str(seed), centroids)
-    mode = assemble([str(e) for e in pipeline_runs["experts"]], str(clusters), str(seed), str(tmp_path / "mode"))
+    experts = [str(e) for e in pipeline_runs["experts"]]
+    mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"), router_space="seed-text")
     assert not mode.config.centroids_reexpressed
     torch.testing.assert_close(mode.fine_centroids, centroids)
 
@@ -666,7 +667,7 @@ def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_ru
     centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, 8), dim=-1)
     clusters = write_clusters(tmp_path / "clusters", str(tmp_path / "pairs"), "another/encoder", centroids)
     seed, experts = pipeline_runs["seed"], [str(e) for e in pipeline_runs["experts"]]
-    mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"))
+    mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"), router_space="seed-text")
     expected_map = (torch.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS))[1:].tolist()
     assert mode.config.dropped_empty_fine_clusters == [0] and mode.config.fine_to_coarse == expected_map
     assert mode.fine_centroids.shape == (FINE_CLUSTERS - 1, mode.config.router_embed_dim)
@@ -678,7 +679,7 @@ def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs
     clusters, seed = pipeline_runs["clusters"], pipeline_runs["seed"]
 
     def assemble_from(expert_dirs, clusters_dir=clusters):
-        assemble(expert_dirs, str(clusters_dir), str(seed), str(tmp_path / "mode"))
+        assemble(expert_dirs, str(clusters_dir), str(seed), str(tmp_path / "mode"), router_space="seed-text")
 
     with pytest.raises(InputError, match="does not exist"):
         assemble_from([experts[0], str(tmp_path / "expert-9")])

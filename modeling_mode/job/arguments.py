@@ -40,7 +40,7 @@ class JobArguments:
     )
     validation_only: bool = field(
         default=False,
-        metadata={"help": "Train only the seed and the dense runs (and one twice as wide) and score them on validation "
+        metadata={"help": "Train only the seed and the dense runs (and one twice as wide), score them on validation "
                   "pairs, no test set: where to choose a recipe. A run without it resumes from there."},
     )  # fmt: skip
     encoder: str | None = field(

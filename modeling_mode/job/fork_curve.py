@@ -108,8 +108,9 @@ def write_curve(
     """The main job's stage: write `path` (`seed_curve.json`), one point per checkpoint of `runs` and one for the last
     checkpoint of each run of `last_of` ([{"step", "run", "loss", "pairs", "top1": {source: accuracy}}], by step).
 
-    On the offline corpus (`holds_out`), the recipe's `validation_per_source` pairs per source (true captions, composed as the
-    training captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the report says so."""
+    On the offline corpus (`holds_out`), the recipe's `validation_per_source` pairs per source (true captions,
+    composed as the training captions are); a user's `--dataset` holds nothing out, so its curve is empty ([]): the
+    report says so."""
     points = []
     if holds_out:
         sources = validation_sources(recipe.train_per_source, recipe.validation_per_source, recipe.seed)

@@ -96,9 +96,10 @@ class Model:
     the optimizer steps of all the training that went into it (the seed's included).
 
     kind 'seed': the seed run itself; 'dense': one CLIP forked from the seed and trained on all pairs to step
-    `max_steps` (with `width_factor` > 1: a wider CLIP trained the same way from random weights); 'ensemble': `clustering.experts` experts forked from the seed (expert k on cluster k, or with
-    `every_pair` on all pairs, each in its own order), assembled into a MODE routed in the space `router` says
-    (`assembly.ROUTERS`: the seed CLIP's text space, or the clustering encoder's, as the paper routes)."""
+    `max_steps` (with `width_factor` > 1: a wider CLIP trained the same way from random weights); 'ensemble':
+    `clustering.experts` experts forked from the seed (expert k on cluster k, or with `every_pair` on all pairs, each
+    in its own order), assembled into a MODE routed in the space `router` says (`assembly.ROUTERS`: the clustering
+    encoder's, as the paper routes, or the seed CLIP's text space)."""
 
     name: str  # its folder under models/ (the seed: seed/) and results/
     kind: str
@@ -109,7 +110,7 @@ class Model:
     max_steps: int | None = None  # a dense run's schedule end
     clustering: Clustering | None = None  # an ensemble's: its experts' clusters and its routing's centres
     every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
-    router: str = "seed-text"
+    router: str = "auto"  # `assembly.ROUTERS`; auto: the clustering's own space (the paper's router for MiniLM's)
     width_factor: int = 1  # a dense run this many times as wide as the recipe's model, from random weights
 
     @property
@@ -120,7 +121,7 @@ class Model:
 
     @property
     def assembly(self) -> str:
-        """An ensemble's name in its assembly stage: `minilm-2`, `minilm-2-encoder-router`, `full-2`."""
+        """An ensemble's name in its assembly stage: `minilm-2`, `minilm-2-seedtext-router`, `full-2`."""
         return self.name.removeprefix("mode-")
 
 
@@ -143,10 +144,10 @@ def comparison(recipe: Recipe) -> list[Model]:
         steps = fork + n * per_expert
         models.append(Model(f"dense-{n}", "dense", f"Dense, MODE-{n}'s pairs", CLIP_ROW, steps, n, max_steps=steps))
     models += [ensemble(minilm[n], f"MODE-{n}", n) for n in sorted(recipe.experts)]
-    for n in sorted(recipe.experts):  # the same experts, routed as the paper routes: in the clustering encoder's space
-        name, paper_name = f"mode-minilm-{n}-encoder-router", f"MODE-{n}, the encoder's router"
+    for n in sorted(recipe.experts):  # the same experts, routed in the seed CLIP's text space instead
+        name, paper_name = f"mode-minilm-{n}-seedtext-router", f"MODE-{n}, seed-text router"
         models.append(Model(name, "ensemble", paper_name, PAPER_ROW, fork + n * per_expert, n, clustering=minilm[n],
-                            router="clustering-encoder"))  # fmt: skip
+                            router="seed-text"))  # fmt: skip
     for n in sorted(recipe.full_experts):  # n forks of the seed on all pairs, averaged: read in its uniform row
         models.append(Model(f"full-{n}", "ensemble", f"Full-{n}", routing_row("uniform"), fork + n * per_expert, n,
                             clustering=minilm[n], every_pair=True))  # fmt: skip

@@ -29,7 +29,7 @@ from ..lib.files import read_json, write_json
 from .arguments import JobArguments, Sources, check_sources, default_encoder
 from .data import count_pairs
 from .layout import JobFolder
-from .recipes import SMOKE, Recipe, check_recipe, clip_config, load_recipe
+from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
 from .report import write_report, write_validation_report
 from .runner import Runner, StageError
 from .stages import StageGraph
@@ -69,11 +69,6 @@ def run(
     return write_report(folder.path)
 
 
-RECIPE_DEFAULTS = json.loads(json.dumps(
-    {spec.name: spec.default for spec in dataclasses.fields(Recipe) if spec.default is not dataclasses.MISSING}
-))  # fmt: skip
-
-
 def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
     """Write the job's recipe and sources; refuse to resume a job that was started with others. Any launcher may
     resume a job, and any number of training seeds: each seed's folder depends on the other settings only."""
@@ -85,8 +80,8 @@ def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
 
     if path.exists():
         before, now = flat(read_json(path)), flat(settings)
-        # A recipe field added since the job started is recorded there as its default: the job as it was made.
-        before |= {name: now[name] for name in now.keys() - before.keys() if now[name] == RECIPE_DEFAULTS.get(name)}
+        # A field added since the job started: recorded with the value the job ran with.
+        before, now = ADDED_LATER | before, ADDED_LATER | now
         if changed := sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)):
             raise InputError(
                 f"{path.parent} holds a job started with other settings ({', '.join(changed)}): resume it with "

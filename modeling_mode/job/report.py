@@ -10,6 +10,7 @@ evaluations' results, the clusterings' reports, the seed run's record and the fo
 from pathlib import Path
 from statistics import fmean
 
+from ..lib.evaluation import EXPERT_NAME
 from ..lib.files import read_json, write_text
 from ..lib.training.record import read_record
 from .layout import (
@@ -28,6 +29,7 @@ from .layout import (
 )
 from .plots import plot_accuracy, plot_cluster_sizes, plot_curves, plot_routing_weights
 from .recipes import recipe_from_json
+from .routing_probe import source_shares
 from .statistics import Estimate, interval_text, mean_and_std, ordering_verdict, paired_difference
 
 # The paper's zero-shot top-1, average over 26 tasks (%), ViT-B/32 trained on 400M pairs (Ma et al., CVPR 2024: the
@@ -171,18 +173,51 @@ def routing_table(seeds: list[SeedFolder], models: list[Model]) -> str:
     if not routed:
         return "No routing probe was run (`results/<model>/routing.json`, `routing_probe`)."
     rows = [PAPER_ROW, routing_row("uniform"), BEST_EXPERT_ROW]
-    lines = ["| model | task | templates | routing mass on the source's experts | " + " | ".join(rows) + " |"]
+    header = ["model", "task", "templates", "routing mass on the source's experts (ceiling)", *rows]
+    lines = ["| " + " | ".join(header) + " |"]
     lines.append("|---" * (4 + len(rows)) + "|")
     for model in routed:
         per_seed = [read_json(seed.routing_results(model)) for seed in seeds]
         for task, families in per_seed[0].items():
             for family, probed in families.items():
                 values = [seed_probe[task][family] for seed_probe in per_seed]
-                mass = "" if probed["routing_mass"] is None else f"{fmean(v['routing_mass'] for v in values):.2f}"
+                mass = "" if probed["routing_mass"] is None else (
+                    f"{fmean(v['routing_mass'] for v in values):.2f} "
+                    f"({fmean(v['routing_mass_ceiling'] for v in values):.2f})"
+                )  # fmt: skip
                 cells = " | ".join(f"{100 * fmean(v[row] for v in values):.1f}" for row in rows)
                 label = f"{family} ({probed['num_templates']})"
                 lines.append(f"| {model.name} | {task} | {label} | {mass} | {cells} |")
     return "\n".join(lines)
+
+
+def specialisation_table(seeds: list[SeedFolder], scores: Scores, tasks: list[str]) -> str:
+    """For each MODE-n clustered on the captions and each task, the expert whose cluster holds most of the task's
+    source's training pairs, alone, against Dense on that task (the specialisation gain), beside the routed MODE's
+    gain: what the experts learnt, and what routing kept of it. Needs the clusterings' labelled copies with a
+    `source` column (the offline corpus)."""
+    dense = next((model for model in scores if model.name == "dense"), None)
+    routed = [m for m in scores if m.kind == "ensemble" and not m.every_pair and m.router == "auto"]
+    lines = []
+    for model in routed if dense is not None else []:
+        shares = [source_shares(seed.clusters(model.clustering), model.n) for seed in seeds]
+        for t, task in enumerate(tasks):
+            if not all(share and task in share for share in shares):
+                continue
+            experts = [max(range(model.n), key=share[task].__getitem__) for share in shares]
+            results = [read_json(seed.zeroshot_results(model, task))["results"] for seed in seeds]
+            alone = tuple(100 * result[EXPERT_NAME.format(k=k)]["top1"] for result, k in zip(results, experts))
+            base = tuple(values[t] for values in scores[dense][CLIP_ROW])
+            gain = paired_difference(alone, base)
+            routed_gain = paired_difference(tuple(v[t] for v in scores[model][PAPER_ROW]), base)
+            held = fmean(share[task][k] for share, k in zip(shares, experts))
+            lines.append(f"| {model.paper_name} | {task} | {held:.2f} | {fmean(alone):.1f} | {fmean(base):.1f} | "
+                         f"{gain.mean:+.2f} {interval_text(gain)} | {routed_gain.mean:+.2f} "
+                         f"{interval_text(routed_gain)} |")  # fmt: skip
+    if not lines:
+        return "No clustering here says where each task's source went (the offline corpus's `source` column)."
+    header = "| model | task | share of the source in its expert | its expert alone | Dense | expert minus Dense | "
+    return "\n".join([header + "routed minus Dense |", "|---" * 7 + "|", *lines])
 
 
 # ----------------------------------------------------------------------------------------------------- the fork point
@@ -212,8 +247,8 @@ def curve_section(folder: JobFolder, seeds: list[SeedFolder], record: dict) -> s
     start, at_fork, at_end = at(first), at(fork), at(end)
     share = Estimate(tuple(100 * (a - f) / (a - e) for a, f, e in zip(start.values, at_fork.values, at_end.values)))
     over = f"mean ± standard deviation over {len(curves)} seeds" if len(curves) > 1 else "one seed"
-    return f"""The seed's and the dense run's checkpoints, and the last of every other dense run, scored on validation \
-pairs drawn from the training sources' train splits, none of them a training pair, with true captions: the \
+    return f"""The seed's and the dense run's checkpoints, and the last of every other dense run, scored on \
+validation pairs drawn from the training sources' train splits, none of them a training pair, with true captions: the \
 contrastive loss averaged over {sample["pairs"]} pairs in batches of {min(record["batch_size"], sample["pairs"])}, \
 and zero-shot top-1 on their images averaged over {", ".join(sample["top1"])} (a source whose train split is all \
 training pairs has none); {over}. No held-out test image is read.
@@ -371,6 +406,14 @@ interval contains zero, which says no difference was detected, not that there is
 ## Retrieval, recall (%) on held-out image-caption pairs, mean over seeds
 
 {retrieval_table(seeds, list(scores))}
+
+## What each expert learnt: its own cluster's task, against Dense
+
+Each MODE's expert whose cluster holds most of a task's source's training pairs, alone on that task, against Dense \
+(top-1 %, mean over seeds; differences paired seed by seed, mean and 95% interval): the specialisation gain, and \
+how much of it the routed MODE keeps.
+
+{specialisation_table(seeds, scores, tasks)}
 
 ## Routing on prompts the model never saw
 

@@ -90,6 +90,8 @@ def probe_task(model, tokenizer, image_processor, held_out: dict, task: str, sha
             "num_templates": len(templates),
             "weights": routed.tolist(),
             "routing_mass": float(routed @ torch.tensor(shares[task])) if shares and task in shares else None,
+            # all the weight on the expert holding most of the source: where its pairs are split, less than 1
+            "routing_mass_ceiling": max(shares[task]) if shares and task in shares else None,
             **{row: rows[row]["top1"] for row in (PAPER_ROW, routing_row("uniform"), BEST_EXPERT_ROW)},
         }
     return probed

@@ -128,7 +128,7 @@ class StageGraph:
 
     def ensemble_stages(self, seed: SeedFolder, model: Model):
         """Train the experts (expert k on cluster k of the model's clustering), then assemble them into the MODE,
-        routed by the seed CLIP's text tower or by the clustering's encoder (`model.router`)."""
+        routed by the clustering's encoder or by the seed CLIP's text tower (`model.router`)."""
         clusters, experts = seed.clusters(model.clustering), []
         for k in range(model.clustering.experts):
             if model.every_pair:  # Full-n: fork k in its own order (training seed 1000 (s + 1) + k: no other run's)
@@ -142,7 +142,7 @@ class StageGraph:
         output = seed.model(model)
         assembly = AssembleArguments(
             experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output),
-            router=model.router,
+            router=model.router, router_lambda=self.recipe.router_lambda,
         )  # fmt: skip
         command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
         yield Stage(seed.stage(f"assemble-{model.assembly}"), Output(output, model_finished), command)

@@ -47,7 +47,7 @@ ASSEMBLY = "assembly.json"
 ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
 # Which space routes: the seed CLIP's text tower (the centroids re-expressed there when the clustering used another
 # encoder), or the clustering encoder's own, the paper's (its centroids as fitted; the MODE carries that encoder).
-ROUTERS = ("seed-text", "clustering-encoder")
+ROUTERS = ("auto", "seed-text", "clustering-encoder")
 
 
 @dataclass
@@ -61,10 +61,11 @@ class AssembleArguments(HubArguments):
     router_text_model: str = field(metadata={"help": "The seed CLIP: its text tower routes tasks; its processor."})
     output: str = field(metadata={"help": "Directory of the assembled ModeCLIPModel.", "aliases": ["--output_dir"]})
     router: str = field(
-        default="seed-text",
+        default="auto",
         metadata={
-            "help": "Which space routes: seed-text (--router-text-model's text tower, centroids re-expressed in it) "
-            "or clustering-encoder (the clustering's encoder and centroids, as the paper routes).",
+            "help": "Which space routes: clustering-encoder (the clustering's encoder and centroids, as the paper "
+            "routes), seed-text (--router-text-model's text tower, centroids re-expressed in it), or auto: the "
+            "clustering's encoder when it is a sentence encoder, else the seed's text tower.",
             "choices": ROUTERS,
         },
     )
@@ -73,7 +74,13 @@ class AssembleArguments(HubArguments):
         metadata={"help": "Re-express the fine centroids in the router's space even if the clustering used it."},
     )
     routing: str = field(default="paper", metadata={"help": "paper, released or uniform."})
-    router_lambda: float = field(default=0.2, metadata={"help": "Kernel width of the paper's routing."})
+    router_lambda: float = field(
+        default=0.2,
+        metadata={
+            "help": "Kernel width of the paper's routing: 0.2, the paper's, in SimCSE's space; all-MiniLM-L6-v2's "
+            "space routes prompts it never saw at 2.0 (README, routing)."
+        },
+    )
     router_top_k: int | None = field(default=None, metadata={"help": "Keep only the k highest-weighted experts."})
     router_temperature: float = field(default=8.0, metadata={"help": "Softmax temperature of the released routing."})
 
@@ -182,6 +189,15 @@ def clustering_encoder_router(report: dict, processor: CLIPProcessor) -> tuple[C
     return encoder, CLIPProcessor(processor.image_processor, tokenizer)
 
 
+def resolve_router(router: str, report: dict) -> str:
+    """`--router auto`: the paper's router (the clustering's encoder) when the clustering used a sentence encoder,
+    the seed's text tower when it used a CLIP's (then both are the same space) or names none."""
+    if router != "auto":
+        return router
+    sentence_encoder = report.get("encoder") is not None and report.get("pooling") != "projection"
+    return "clustering-encoder" if sentence_encoder else "seed-text"
+
+
 def same_encoder(clustering_encoder: str | None, router_path: str) -> bool:
     if clustering_encoder is None:
         return False
@@ -223,7 +239,7 @@ def assemble(
     router_text_model: str,
     output: str,
     recompute_centroids: bool = False,
-    router_space: str = "seed-text",
+    router_space: str = "auto",
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -241,6 +257,7 @@ def assemble(
     expert_models = load_experts(expert_paths)
     encoder, processor = load_router(router_text_model)
     clustering_encoder = report.get("encoder")
+    router_space = resolve_router(router_space, report)
     if router_space == "clustering-encoder":
         encoder, processor = clustering_encoder_router(report, processor)
     router = encoder.model
