@@ -49,6 +49,14 @@ def test_paired_difference_and_its_interval_by_hand():
         paired_difference((1.0, 2.0), (1.0,))
 
 
+def test_seeds_that_would_resolve_a_difference():
+    # sd 0.2828 (of 1.0 and 0.6): t(4) * sd / sqrt(5) = 0.351 > 0.3, t(5) * sd / sqrt(6) = 0.297: six seeds
+    assert Estimate((1.0, 0.6)).seeds_for(0.3) == 6
+    assert Estimate((1.0, 1.0)).seeds_for(0.3) == 2  # no spread: the least number that has an interval
+    assert Estimate((0.4,)).seeds_for(0.3) is None  # one seed: no spread to go by
+    assert Estimate((0.0, 100.0)).seeds_for(0.3, most=50) is None
+
+
 def test_t_quantiles_match_the_standard_table():
     table = {
         1: 12.706,
@@ -240,15 +248,17 @@ def test_the_report_gives_means_differences_and_orderings_over_seeds(job_folder)
     # MODE-2 - Dense: +1.0, +0.6 -> mean +0.80, half-width 12.706 * 0.2 = 2.5412.
     assert "| mode-minilm-2 | MODE-2 | +0.80 | [-1.74, +3.34] | +1.00, +0.60 |" in report
     # MODE-4 - MODE-2: +2.0, +2.2 -> +2.10, half-width 1.2706: the interval excludes 0.
-    assert "| MODE-4 59.0 > MODE-2 58.6 | +2.10 | [+0.83, +3.37] | yes | yes |" in report
-    # MODE-2 - Full-2: +0.8, +0.2 -> +0.50, half-width 12.706 * 0.3 = 3.8118.
-    assert "| MODE-2 58.6 > Full-2 58.3 | +0.50 | [-3.31, +4.31] | yes | no |" in report
+    assert "| MODE-4 59.0 > MODE-2 58.6 | +2.10 | [+0.83, +3.37] | yes | yes | 4 |" in report
+    # MODE-2 - Dense, as an ordering: sd 0.2828 of +1.0, +0.6; 6 seeds would give t(5) * 0.2828 / sqrt(6) = 0.297.
+    assert "| MODE-2 58.6 > Dense 58.2 | +0.80 | [-1.74, +3.34] | yes | no | 6 |" in report
+    # MODE-2 - Full-2: +0.8, +0.2 -> +0.50, half-width 12.706 * 0.3 = 3.8118; sd 0.4243 needs 11 seeds for 0.3.
+    assert "| MODE-2 58.6 > Full-2 58.3 | +0.50 | [-3.31, +4.31] | yes | no | 11 |" in report
     # Full-2 - Dense: +0.2, +0.4 -> +0.30, half-width 1.2706: no difference detected, as the paper's '~'.
-    assert "| Full-2 58.3 ~ Dense 58.2 | +0.30 | [-0.97, +1.57] | yes | no |" in report
+    assert "| Full-2 58.3 ~ Dense 58.2 | +0.30 | [-0.97, +1.57] | yes | no | 4 |" in report
     # Dense - OneStep-2: -0.5 in both seeds: the opposite of the paper's, with an interval of width 0.
-    assert "| Dense 58.2 > OneStep-2 58.0 | -0.50 | [-0.50, -0.50] | no | yes |" in report
+    assert "| Dense 58.2 > OneStep-2 58.0 | -0.50 | [-0.50, -0.50] | no | yes | 2 |" in report
     # OneStep-2 - Random-2: +1.5, +0.9 -> +1.20, half-width 3.8118.
-    assert "| OneStep-2 58.0 > Random-2 57.7 | +1.20 | [-2.61, +5.01] | yes | no |" in report
+    assert "| OneStep-2 58.0 > Random-2 57.7 | +1.20 | [-2.61, +5.01] | yes | no | 11 |" in report
     # MODE-2's ways of use: paper 61.8, released 1 point below, uniform 0.5 below, the best expert (0) 2 below.
     assert "| mode-minilm-2 | MODE-2 | 61.8 ± 1.1 | 60.8 ± 1.1 | 61.3 ± 1.1 | 59.8 ± 1.1 |" in report
     assert "| dense | 35.0 | 35.0 | 35.0 | 35.0 |" in report  # retrieval: recall 0.3 and 0.4, averaged
@@ -284,10 +294,10 @@ def test_one_seed_gives_no_interval_and_a_missing_model_is_not_run(job_folder, t
     assert "| dense | Dense | 89,600 | 1.00 | 65.0 | 55.0 | 60.0 | 58.2 |" in report
     assert "| mode-minilm-2 | MODE-2 | +1.00 | none (one seed) | +1.00 |" in report
     assert (
-        "| Full-2 58.3 ~ Dense 58.2 | +0.20 | none (one seed) | cannot tell (one seed) | no interval (one seed) |"
+        "| Full-2 58.3 ~ Dense 58.2 | +0.20 | none (one seed) | cannot tell (one seed) | no interval (one seed) |  |"
         in (report)
     )
-    assert "| MODE-4 59.0 > MODE-2 58.6 | not run | | | |" in report
+    assert "| MODE-4 59.0 > MODE-2 58.6 | not run | | | | |" in report
 
 
 def test_a_users_dataset_has_no_curve(job_folder, tmp_path):

@@ -45,12 +45,14 @@ PAPER = {
 }
 # The paper's orderings (a, relation, b): ">" a beats b; "~" no difference (Full-2 58.3 against Dense 58.2).
 ORDERINGS = [
+    ("MODE-2", ">", "Dense"),
     ("MODE-2", ">", "Full-2"),
     ("Full-2", "~", "Dense"),
     ("Dense", ">", "OneStep-2"),
     ("OneStep-2", ">", "Random-2"),
     ("MODE-4", ">", "MODE-2"),
 ]
+RESOLVE = 0.3  # points: the half-width of a 95% interval that resolves the differences of a point or less seen here
 RETRIEVAL_METRICS = ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"]
 
 # Zero-shot top-1 (%) of the comparison's models: {model: {row: [[top-1 per task] per training seed]}}.
@@ -130,17 +132,20 @@ def difference_table(scores: Scores) -> str:
 def orderings_table(scores: Scores) -> str:
     by_paper_name = {model.paper_name: main_averages(scores, model) for model in scores}
     lines = [
-        "| the paper's ordering | here: a minus b | 95% interval | holds here | interval excludes 0 |",
-        "|---" * 5 + "|",
+        "| the paper's ordering | here: a minus b | 95% interval | holds here | interval excludes 0 | "
+        f"seeds for ±{RESOLVE} |",
+        "|---" * 6 + "|",
     ]
     for a, relation, b in ORDERINGS:
         paper = f"{a} {PAPER[a]} {relation} {b} {PAPER[b]}"
         if a not in by_paper_name or b not in by_paper_name:
-            lines.append(f"| {paper} | not run | | | |")
+            lines.append(f"| {paper} | not run | | | | |")
             continue
         difference = paired_difference(by_paper_name[a], by_paper_name[b])
         holds, excludes_zero = ordering_verdict(relation, difference)
-        lines.append(f"| {paper} | {difference.mean:+.2f} | {interval_text(difference)} | {holds} | {excludes_zero} |")
+        needed = difference.seeds_for(RESOLVE)
+        cells = f"{holds} | {excludes_zero} | {'' if needed is None else needed}"
+        lines.append(f"| {paper} | {difference.mean:+.2f} | {interval_text(difference)} | {cells} |")
     return "\n".join(lines)
 
 
@@ -395,7 +400,8 @@ clustering), then their mean and its 95% Student t interval over seeds (K - 1 de
 ### The paper's orderings
 
 A `>` ordering holds here when the mean paired difference a - b is positive; `~` (no difference) when its 95% \
-interval contains zero, which says no difference was detected, not that there is none.
+interval contains zero, which says no difference was detected, not that there is none. `seeds for ±{RESOLVE}`: how \
+many training seeds, with this spread of paired differences, would make the interval ±{RESOLVE} points.
 
 {orderings_table(scores)}
 

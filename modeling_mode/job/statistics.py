@@ -41,6 +41,14 @@ class Estimate:
         half = t_975(len(self.values) - 1) * self.std / math.sqrt(len(self.values))
         return self.mean - half, self.mean + half
 
+    def seeds_for(self, half_width: float, most: int = 1000) -> int | None:
+        """How many seeds would give an interval of this half-width, were their spread this one's: the least K >= 2
+        with t(0.975; K - 1) * std / sqrt(K) <= half_width (None: one value, no spread to go by; or more than
+        `most`)."""
+        if self.std is None:
+            return None
+        return next((k for k in range(2, most + 1) if t_975(k - 1) * self.std / math.sqrt(k) <= half_width), None)
+
     @property
     def excludes_zero(self) -> bool | None:
         return None if self.interval is None else self.interval[0] > 0 or self.interval[1] < 0
