@@ -197,8 +197,10 @@ def curve_points(losses: tuple[float, float, float], last_of: dict[str, float]) 
         for (step, run), loss in zip(steps_and_runs, losses)
     ]
     steps = {"dense-2": 800, "dense-wide": 700}
-    return points + [{"step": steps[run], "run": run, "loss": 1.0, "pairs": 384,
-                      "top1": {"fashion_mnist": top1, "mnist": top1 + 0.2}} for run, top1 in last_of.items()]  # fmt: skip
+    for run, top1 in last_of.items():
+        scores = {"fashion_mnist": top1, "mnist": top1 + 0.2}
+        points.append({"step": steps[run], "run": run, "loss": 1.0, "pairs": 384, "top1": scores})
+    return points
 
 
 @pytest.fixture(scope="module")
@@ -272,9 +274,7 @@ def test_the_report_gives_means_differences_and_orderings_over_seeds(job_folder)
     assert "| Dense, minus the fork | 700 | 60.0 ± 0.0 | +0.00 [+0.00, +0.00] |" in report
     assert "| dense-2, minus Dense | 800 | 60.8 ± 0.4 | +0.75 [-2.43, +3.93] |" in report
     assert "| dense-wide, minus Dense | 700 | 70.5 ± 0.7 | +10.50 [+4.15, +16.85] |" in report
-    assert "dense-2 does not beat Dense beyond its 95% interval; a dense model twice as wide beats Dense by +10.50" in (
-        report
-    )
+    assert "dense-2 does not beat Dense beyond its 95% interval; a dense model twice as wide beats" in report
     # What each expert learnt: MODE-2's expert 0 holds 90% of the digits: 2 points below MODE-2's routed 66.0, 67.6,
     # so 64.0, 65.6 against Dense's 65, 67: -1.0, -1.4 -> -1.20, half-width 2.5412; routed +1.0, +0.6.
     assert "| MODE-2 | digits | 0.90 | 64.8 | 66.0 | -1.20 [-3.74, +1.34] | +0.80 [-1.74, +3.34] |" in report
