@@ -179,6 +179,7 @@ def model_card(
         training=training_rows(training),
         results=results,
         own_results=own_results,
+        changelog=config.get("changelog") or [],
     )
 
 
