@@ -6,12 +6,13 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, make_tokenizer, run_script, save_mode
+from helpers import ROOT, make_tokenizer, run_script, save_mode, write_run
 from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import AutoModel
 
 from modeling_mode import ModeCLIPModel
+from modeling_mode.lib.assembly import assemble
 from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.growth import expert_digests, shrink
@@ -109,3 +110,21 @@ def test_a_published_mode_shrinks_into_a_new_commit_and_its_old_revision_still_l
         loaded = subprocess.run([sys.executable, "-c", load, REPO_ID, revision], env=env, capture_output=True,
                                 text=True, timeout=300)  # fmt: skip
         assert loaded.returncode == 0 and loaded.stdout.split()[-1] == str(experts), loaded.stderr[-3000:]
+
+
+def test_the_seed_travels_with_the_mode_and_stays_when_it_shrinks(tmp_path):
+    run = write_run(tmp_path / "run")  # its experts forked from the seed's checkpoint step_4
+    checkpoint = run["seed"] / "checkpoints" / "step_4"
+    checkpoint.mkdir(parents=True)
+    files = {"trainer_state.json": b'{"step": 4}', "optimizer.bin": b"moments", "model.safetensors": b"weights"}
+    for name, content in files.items():
+        (checkpoint / name).write_bytes(content)
+    experts = [str(path) for path in run["experts"]]
+    mode = tmp_path / "mode"
+    assemble(experts, str(run["clusters"]), str(run["seed"]), str(mode), router_space="seed-text")
+    assert {path.name: path.read_bytes() for path in (mode / "seed").iterdir()} == files
+    shrunk = shrink(str(mode), 0, "gone", str(tmp_path / "shrunk"))
+    assert {path.name: path.read_bytes() for path in (shrunk / "seed").iterdir()} == files
+    without = tmp_path / "without"
+    assemble(experts, str(run["clusters"]), str(run["seed"]), str(without), router_space="seed-text", with_seed=False)
+    assert not (without / "seed").exists()

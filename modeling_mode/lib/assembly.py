@@ -8,6 +8,7 @@ the clustering embedded, read shard by shard as it read them (`clustered_corpus`
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .errors import InputError, check_output_dir, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .training import TRAINING_ARGS, is_finished
+from .training.checkpoints import is_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ The output loads with `AutoModel.from_pretrained(output, trust_remote_code=True)
 push that fails after the model is saved, with status 1.
 """
 ASSEMBLY = "assembly.json"
+SEED_FOLDER = "seed"  # the experts' fork checkpoint, inside the MODE's folder and repo
 ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperature")
 # Which space routes: the seed CLIP's text tower (the centroids re-expressed there when the clustering used another
 # encoder), or the clustering encoder's own, the paper's (its centroids as fitted; the MODE carries that encoder).
@@ -72,6 +75,13 @@ class AssembleArguments(HubArguments):
     recompute_centroids: bool = field(
         default=False,
         metadata={"help": "Re-express the fine centroids in the router's space even if the clustering used it."},
+    )
+    save_seed: bool = field(
+        default=True,
+        metadata={
+            "help": "Save the checkpoint the experts forked from (weights, optimizer, schedule) in OUTPUT/seed/, so "
+            "that the MODE can grow new experts (train/grow.py) wherever it is published; --no-save-seed leaves it out."
+        },
     )
     routing: str = field(default="paper", metadata={"help": "paper, released or uniform."})
     router_lambda: float = field(
@@ -240,6 +250,7 @@ def assemble(
     output: str,
     recompute_centroids: bool = False,
     router_space: str = "auto",
+    with_seed: bool = True,
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -305,7 +316,28 @@ def assemble(
         for part in (model, processor):
             part.save_pretrained(scratch)
         write_json(scratch / ASSEMBLY, record)
+        if with_seed:
+            copy_seed(record["expert_training"], scratch / SEED_FOLDER)
     return model
+
+
+def fork_checkpoint(expert_training: list[dict]) -> str | None:
+    """The checkpoint every expert forked from (weights, optimizer, schedule), if they share one still on disk."""
+    starts = {(record["run"].get("start"), record["run"].get("start_checkpoint")) for record in expert_training}
+    if len(starts) != 1:
+        return None
+    start, checkpoint = starts.pop()
+    return checkpoint if start == "fork" and checkpoint and is_checkpoint(checkpoint) else None
+
+
+def copy_seed(expert_training: list[dict], folder: Path) -> None:
+    """Copy the experts' fork checkpoint into `folder` (the MODE's `seed/`): a MODE that carries its seed can grow
+    new experts forked as its own were (`train/grow.py`), wherever it is published."""
+    checkpoint = fork_checkpoint(expert_training)
+    if checkpoint is None:
+        logger.warning("the experts share no fork checkpoint on this disk: the MODE is saved without its seed/")
+        return
+    shutil.copytree(checkpoint, folder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         args.output,
         recompute_centroids=args.recompute_centroids,
         router_space=args.router,
+        with_seed=args.save_seed,
         **args.router_settings,
     )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")

@@ -3,7 +3,7 @@
 MODE's experts share nothing but the seed they forked from, so one can leave (a data source taken down, a bad crawl)
 while every other keeps its weights exactly: the shrunk MODE's remaining experts are the same tensors, byte for byte
 (`expert_digests` checks it on the saved files), the removed expert's fine centres leave the router, and the routing
-renormalises over the rest. The config's `changelog` says what changed, when and why; the model card lists it.
+renormalises over the rest. The MODE's seed (`seed/`, the checkpoint its experts forked from) stays with it. The config's `changelog` says what changed, when and why; the model card lists it.
 
     python train/shrink.py --model org/mode-clip --remove-expert 2 --reason "source X withdrawn" --output runs/mode-3
 
@@ -24,7 +24,7 @@ from torch import nn
 from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel
 from . import cli
-from .assembly import ASSEMBLY, check_output
+from .assembly import ASSEMBLY, SEED_FOLDER, check_output
 from .errors import InputError, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
@@ -123,7 +123,7 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
     shrunk = without_expert(original, expert, reason)
     before = expert_digests(source)
     with atomic_directory(output) as scratch:
-        copy_processor_files(source, scratch)
+        copy_carried_files(source, scratch)
         shrunk.save_pretrained(scratch)
         if (source / ASSEMBLY).is_file():
             write_json(scratch / ASSEMBLY, assembly_without(read_json(source / ASSEMBLY), expert))
@@ -138,11 +138,13 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
 NOT_CARRIED = {"config.json", "model.safetensors.index.json", "README.md", "eval_results.json", ASSEMBLY}
 
 
-def copy_processor_files(source: Path, destination: Path) -> None:
-    """Copy the MODE's tokenizer(s) and image processor files, as they are (a Hub snapshot's links followed)."""
+def copy_carried_files(source: Path, destination: Path) -> None:
+    """Copy what a changed MODE keeps of the one it came from, as it is (a Hub snapshot's links followed): its
+    tokenizer(s) and image processor files, and its seed (`seed/`, whole), from which it can grow."""
     for path in source.rglob("*"):
         relative = path.relative_to(source)
-        skip = relative.name in NOT_CARRIED or relative.suffix in (".safetensors", ".py")
+        in_seed = relative.parts[0] == SEED_FOLDER
+        skip = not in_seed and (relative.name in NOT_CARRIED or relative.suffix in (".safetensors", ".py"))
         if path.is_file() and not skip and not any(part.startswith(".") for part in relative.parts):
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, destination / relative)
