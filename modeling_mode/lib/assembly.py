@@ -79,8 +79,8 @@ class AssembleArguments(HubArguments):
     save_seed: bool = field(
         default=True,
         metadata={
-            "help": "Save the checkpoint the experts forked from (weights, optimizer, schedule) in OUTPUT/seed/, so "
-            "that the MODE can grow new experts (train/grow.py) wherever it is published; --no-save-seed leaves it out."
+            "help": "Save the checkpoint the experts forked from (weights, optimizer, schedule) in OUTPUT/seed/, "
+            "so that the MODE can grow new experts wherever it is published; --no-save-seed leaves it out."
         },
     )
     routing: str = field(default="paper", metadata={"help": "paper, released or uniform."})

@@ -3,7 +3,8 @@
 MODE's experts share nothing but the seed they forked from, so one can leave (a data source taken down, a bad crawl)
 while every other keeps its weights exactly: the shrunk MODE's remaining experts are the same tensors, byte for byte
 (`expert_digests` checks it on the saved files), the removed expert's fine centres leave the router, and the routing
-renormalises over the rest. The MODE's seed (`seed/`, the checkpoint its experts forked from) stays with it. The config's `changelog` says what changed, when and why; the model card lists it.
+renormalises over the rest. The MODE's seed (`seed/`, the checkpoint its experts forked from) stays with it. The
+config's `changelog` says what changed, when and why; the model card lists it.
 
     python train/shrink.py --model org/mode-clip --remove-expert 2 --reason "source X withdrawn" --output runs/mode-3
 
