@@ -183,6 +183,7 @@ def write_clustering(folder: Path, encoder: str, seed: int = 0) -> Path:
     report = {
         "encoder": encoder,
         "pooling": "mean",
+        "fine_distance_quantiles": {"0.5": 0.12, "0.9": 0.3, "0.99": 0.5},
         "embed_dim": ENCODER_DIM,
         "num_fine_clusters": FINE_CLUSTERS,
         "num_experts": EXPERTS,

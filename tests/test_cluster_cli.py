@@ -87,6 +87,9 @@ def test_saved_corpus_end_to_end_then_resume(tmp_path, corpus):
     assert written["imbalance"] == pytest.approx(max(written["fine_sizes"]) / (118 / 12))
     assert written["fit_imbalance"] <= 10 / (118 / 12)  # balanced fit: 9 or 10 per cluster
     assert written["balance"] == "capacity-capped greedy" and written["caption_column"] == "caption"
+    squared = np.sort(((embeddings[fine >= 0] - tensors["fine_centroids"][fine[fine >= 0]]) ** 2).sum(axis=1))
+    median = written["fine_distance_quantiles"]["0.5"]  # the median's bin: 0.001 wide
+    assert median - 0.0011 <= squared[int(np.ceil(0.5 * len(squared))) - 1] <= median + 1e-4
 
     # The same command again finds the work done and touches nothing; a new clustering reuses the embeddings.
     embedded = list((out / "embeddings").iterdir())
@@ -136,6 +139,7 @@ def test_random_split_ablation(tmp_path, corpus, tiny_clip):
         "--output", tmp_path / "random",
     )  # fmt: skip
     assert report["method"] == "random" and report["assignment"] == "random"
+    assert report["fine_distance_quantiles"] is None  # a random split puts no pair at its nearest centre
     assert sum(report["fine_sizes"]) == 118 and all(size > 0 for size in report["coarse_sizes"])
 
 

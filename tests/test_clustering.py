@@ -13,6 +13,7 @@ from modeling_mode.configuration_mode_clip import text_tower_config
 from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, choose_captions, embed_corpus
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.kmeans import (
+    DistanceHistogram,
     assign_shards,
     balanced_assign,
     balanced_kmeans,
@@ -157,12 +158,21 @@ def test_streamed_assignment_matches_nearest_and_skips_missing_captions(tmp_path
         rows = shards.rows_of(shard)
         shards.write(shard, x[rows.start : rows.stop])
     clusters = fit_clusters(x[np.any(x != 0, axis=1)], 10, 2, progress=False)
-    ids = np.concatenate(list(assign_shards(shards, clusters, batch_rows=128)))
+    distances = DistanceHistogram()
+    ids = np.concatenate(list(assign_shards(shards, clusters, batch_rows=128, distances=distances)))
     assert ids.dtype == np.int32 and len(ids) == 1000
     assert (ids[[3, 500, 999]] == -1).all()
     kept = np.any(x != 0, axis=1)
     # Batches of 128 rows and one search of all: faiss' BLAS may round each otherwise.
     assert_nearest_up_to_ties(x[kept], clusters.fine_centroids, ids[kept], nearest(x[kept], clusters.fine_centroids))
+    # Each captioned pair's squared distance to its centre, counted in bins of 0.001: a level's quantile is the upper
+    # edge of the bin that holds the ceil(level * n)-th smallest distance (1e-4: faiss' float32 inner products)
+    squared = np.sort(((x[kept] - clusters.fine_centroids[ids[kept]]) ** 2).sum(axis=1))
+    assert distances.counts.sum() == kept.sum()
+    for level, edge in distances.quantiles().items():
+        exact = squared[int(np.ceil(float(level) * len(squared))) - 1]
+        assert edge - 0.001 - 1e-4 <= exact <= edge + 1e-4, (level, edge, exact)
+    assert DistanceHistogram().quantiles() is None  # nothing counted: no quantile
 
     other_encoder = fit_clusters(normalised(np.random.default_rng(0).standard_normal((100, 16))), 4, 2, progress=False)
     with pytest.raises(InputError, match="dimension 32 but the centroids 16"):

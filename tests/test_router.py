@@ -138,6 +138,7 @@ def test_assembled_with_the_clustering_encoder_it_routes_with_that_encoder_and_i
     assert (config["router_space"], config["router_pooling"], config["router_text_config"]["model_type"]) == (
         "clustering-encoder", "mean", "bert")  # fmt: skip
     assert (config["centroids_reexpressed"], config["centroid_space"]) == (False, "clustering encoder")
+    assert config["fine_distance_quantiles"] == {"0.5": 0.12, "0.9": 0.3, "0.99": 0.5}  # the clustering's, carried
     processor = AutoProcessor.from_pretrained(output)  # this package's ModeCLIPTokenizer: no remote code runs
     texts = ["a photo of thing 3", "a photo of thing 5"]
     inputs = processor(text=texts, images=[torch.zeros(3, 30, 30)], return_tensors="pt", padding=True)

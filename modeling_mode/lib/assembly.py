@@ -293,6 +293,9 @@ def assemble(
         "centroids_reexpressed": reexpress,
         "centroid_space": "router: mean caption embedding per fine cluster" if reexpress else "clustering encoder",
         "dropped_empty_fine_clusters": dropped,
+        # how far the clustering's pairs lay from their centres, in the centres' space (as fitted only): the yardstick
+        # of new pairs when the MODE grows
+        "fine_distance_quantiles": None if reexpress else report.get("fine_distance_quantiles"),
     }
     model = ModeCLIPModel.from_experts(
         expert_models,

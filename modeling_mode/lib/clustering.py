@@ -35,6 +35,7 @@ from .kmeans import (
     BALANCE,
     NO_CLUSTER,
     Clusters,
+    DistanceHistogram,
     assign_shards,
     faiss_gpus,
     fit_clusters,
@@ -319,10 +320,10 @@ def assign_and_save(
     copy if the corpus makes one; returns the cluster sizes and where the labels are."""
     labels = output / LABELS_DIR
     fine_to_coarse = clusters.fine_to_coarse.astype(np.int32)
-    fine_sizes, missing = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0
+    fine_sizes, missing, distances = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0, DistanceHistogram()
     start = time.perf_counter()
     with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
-        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed)):
+        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed, distances=distances)):
             coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
             keys = corpus.embedded_keys(shards, shard)
             write_labels(labels, shard, corpus.source(shard), keys, shards.rows_of(shard), fine, coarse)
@@ -337,6 +338,8 @@ def assign_and_save(
         "fine_sizes": fine_sizes.tolist(),
         "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
         "num_missing_captions": missing,
+        # each pair's squared distance to its fine centre: how far a new pair may lie and still fit (growing)
+        "fine_distance_quantiles": distances.quantiles(),
         "labels": LABELS_DIR,
         "labelled_copy": labelled_copy,
     }
