@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from helpers import assert_nearest_up_to_ties, normalised
 from hub_server import LocalHub
 from PIL import Image
-from safetensors.numpy import load, load_file
+from safetensors.numpy import load, load_file, save_file
 
 from modeling_mode.lib import cli, clustered_corpus, clustering
 from modeling_mode.lib.clustering import ClusterArguments, read_finished_run
@@ -462,3 +462,31 @@ def test_the_module_runs_as_the_script_does():
     refused = subprocess.run([*module, *flags], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stderr.startswith("error: --one-step and --random"), refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_beside_a_mode_the_pairs_that_fit_its_clusters_get_none(tmp_path, corpus, tiny_clip):
+    """`--beside MODE`: pairs within the MODE's own pairs' distance quantile of one of its fine centres fit it (fine
+    id -1, counted); the others are clustered anew (train/grow.py's first step)."""
+    flags = ["--dataset", corpus, "--caption-column", "text", "--encoder", tiny_clip, "--experts", 2]
+    first = run(*flags, "--fine-clusters", 6, "--output", tmp_path / "first")
+    mode = tmp_path / "mode"  # what a MODE routed with these centres as fitted holds of them
+    mode.mkdir()
+    centres = load_file(tmp_path / "first" / "clusters.safetensors")["fine_centroids"]
+    save_file({"fine_centroids": centres}, mode / "model.safetensors")
+    (mode / "config.json").write_text(json.dumps({"fine_distance_quantiles": first["fine_distance_quantiles"]}))
+    report = run(
+        *flags, "--fine-clusters", 2, "--beside", mode, "--beside-quantile", "0.5", "--output", tmp_path / "new"
+    )
+    embeddings = np.concatenate([np.load(path) for path in sorted((tmp_path / "new" / "embeddings").glob("*.npy"))])
+    fine = np.asarray(load_from_disk(str(tmp_path / "new" / "dataset"))["fine_id"])
+    captioned = np.any(embeddings != 0, axis=1)
+    squared = 2 - 2 * (embeddings @ centres.T).max(axis=1)
+    radius = first["fine_distance_quantiles"]["0.5"]
+    near = np.abs(squared - radius) < 1e-4  # a tie with the radius: float32 rounding may put it either side
+    fits = captioned & (squared <= radius)
+    assert ((fine == -1) == (fits | ~captioned))[~near].all()
+    assert report["num_fitting_pairs"] == (fine[captioned] == -1).sum() > 0
+    assert report["num_missing_captions"] == 2 and sum(report["fine_sizes"]) == 118 - report["num_fitting_pairs"]
+    assert report["settings"]["beside"] == {"mode": str(mode), "quantile": "0.5"}
+    with pytest.raises(InputError, match=r"records no distance quantile 0.7 of its own pairs"):
+        run(*flags, "--fine-clusters", 2, "--beside", mode, "--beside-quantile", "0.7", "--output", tmp_path / "x")

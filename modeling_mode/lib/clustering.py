@@ -36,6 +36,7 @@ from .kmeans import (
     NO_CLUSTER,
     Clusters,
     DistanceHistogram,
+    KnownCentres,
     assign_shards,
     faiss_gpus,
     fit_clusters,
@@ -111,6 +112,17 @@ class ClusterArguments(HubArguments):
         default=False,
         metadata={"help": "With --streaming, keep embeddings/ once the labels are written (default: delete them)."},
     )
+    beside: str | None = field(
+        default=None,
+        metadata={
+            "help": "A MODE folder routed with its clustering's centres (train/grow.py's first step): a pair as close "
+            "to one of its fine centres as its own pairs were (--beside-quantile of their distances) fits it and gets "
+            "no new cluster (-1, counted); the others are clustered. --encoder must be the MODE's router."
+        },
+    )
+    beside_quantile: str = field(
+        default="0.99", metadata={"help": "Which quantile of the MODE's own pairs' distances: 0.5, 0.9 or 0.99."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -144,6 +156,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     output = check_output_dir(args.output)
     # Every check that does not need the captions' embeddings comes before them.
     given = load_given_clusters(args.clusters)
+    known = known_centres(args.beside, args.beside_quantile) if args.beside else None
     corpus = open_corpus(args)
     if corpus.num_rows is not None:  # a streamed corpus is counted while it is embedded: checked then
         check_fit_sample(args, corpus.num_rows, fitting=given is None)
@@ -151,6 +164,11 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
         encoder = CaptionEncoder(args.encoder, args.pooling, accelerator.device, args.max_length)
     if given is not None:
         check_dimension(given, args, encoder)
+    if known is not None and known.centroids.shape[1] != encoder.embed_dim:
+        raise InputError(
+            f"--beside {args.beside}'s fine centres have dimension {known.centroids.shape[1]}, but --encoder "
+            f"{args.encoder} embeds to {encoder.embed_dim}: give the MODE's router as --encoder."
+        )
     shards = EmbeddingShards.create(output / EMBEDDINGS_DIR, embedding_meta(args, corpus, encoder), write=False)
     settings = fit_settings(args, shards)
     if (report := finished_report(output, settings)) is not None:
@@ -177,10 +195,10 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     check_fit_sample(args, shards.num_rows, fitting=given is None)
 
     start = time.perf_counter()
-    clusters = fit_or_load(args, shards, output / CLUSTERS_FILE, settings, given)
+    clusters = fit_or_load(args, shards, output / CLUSTERS_FILE, settings, given, known)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    sizes = assign_and_save(args, corpus, shards, clusters, settings, output)
+    sizes = assign_and_save(args, corpus, shards, clusters, settings, output, known)
     seconds = {
         "embedding": round(embed_seconds, 2),
         "fit": round(fit_seconds, 2),
@@ -275,7 +293,29 @@ def fit_settings(args: ClusterArguments, shards: EmbeddingShards) -> dict:
         "seed": args.seed,
         "embeddings": shards.meta,
         "clusters": args.clusters,
+        **({"beside": {"mode": args.beside, "quantile": args.beside_quantile}} if args.beside else {}),
     }
+
+
+def known_centres(mode: str, quantile: str) -> KnownCentres:
+    """The fine centres of the MODE in the folder `mode` and the squared distance within which `quantile` of its own
+    pairs lay (its config's `fine_distance_quantiles`: a MODE routed with its clustering's centres as fitted)."""
+    from safetensors import safe_open
+
+    folder = Path(mode)
+    with naming_failures("--beside", mode):
+        config = read_json(folder / "config.json")
+        weights = sorted(folder.glob("*.safetensors"))
+        tensors = [safe_open(str(path), framework="numpy") for path in weights]
+        centroids = next(t.get_tensor("fine_centroids") for t in tensors if "fine_centroids" in t.keys())
+    radii = config.get("fine_distance_quantiles") or {}
+    if quantile not in radii:
+        raise InputError(
+            f"--beside {mode} records no distance quantile {quantile} of its own pairs (it has "
+            f"{sorted(radii) or 'none'}): a MODE routed with its clustering's centres as fitted records them "
+            "(train/assemble.py --router clustering-encoder, from a clustering of this version)."
+        )
+    return KnownCentres(np.ascontiguousarray(centroids, dtype=np.float32), float(radii[quantile]))
 
 
 def finished_report(output: Path, settings: dict) -> dict | None:
@@ -288,7 +328,9 @@ def finished_report(output: Path, settings: dict) -> dict | None:
     return report if report.get("settings") == settings else None
 
 
-def fit_or_load(args, shards: EmbeddingShards, path: Path, settings: dict, given: Clusters | None) -> Clusters:
+def fit_or_load(
+    args, shards: EmbeddingShards, path: Path, settings: dict, given: Clusters | None, known: KnownCentres | None
+) -> Clusters:
     """The clusters: --clusters, an earlier fit in `path` with the same settings, or a fit on a sample now.
 
     They are saved to `path` with the run's settings, so the output holds the centres its labels come from.
@@ -298,23 +340,37 @@ def fit_or_load(args, shards: EmbeddingShards, path: Path, settings: dict, given
         if stored == settings:
             logger.info(f"reusing the fit in {path}")
             return clusters
-    clusters = given if given is not None else fit_on_sample(args, shards)
+    clusters = given if given is not None else fit_on_sample(args, shards, known)
     save_clusters(path, clusters, settings)
     return clusters
 
 
-def fit_on_sample(args: ClusterArguments, shards: EmbeddingShards) -> Clusters:
+def fit_on_sample(args: ClusterArguments, shards: EmbeddingShards, known: KnownCentres | None = None) -> Clusters:
     rng = np.random.default_rng(args.seed)
     rows = np.sort(rng.choice(shards.num_rows, size=min(args.fit_sample, shards.num_rows), replace=False))
     sample = shards.gather(rows)
     sample = sample[np.any(sample != 0, axis=1)]  # pairs without a caption have zero rows
+    if known is not None:  # the pairs that fit the MODE's clusters are not this clustering's to fit
+        sample = sample[~known.fits(sample)]
+        if len(sample) < args.fine_clusters:
+            raise InputError(
+                f"only {len(sample)} of the sampled pairs lie farther from --beside {args.beside}'s clusters than "
+                f"its own pairs did (quantile {args.beside_quantile}): too few for {args.fine_clusters} new fine "
+                "clusters. The new pairs fit the MODE as it is; give fewer --fine-clusters to split the rest."
+            )
     return fit_clusters(
         sample, args.fine_clusters, args.experts, args.method, args.iterations, args.seed, args.candidates
     )
 
 
 def assign_and_save(
-    args, corpus: ClusteredCorpus, shards: EmbeddingShards, clusters: Clusters, settings: dict, output: Path
+    args,
+    corpus: ClusteredCorpus,
+    shards: EmbeddingShards,
+    clusters: Clusters,
+    settings: dict,
+    output: Path,
+    known: KnownCentres | None = None,
 ) -> dict:
     """Label every pair (streamed from the shards, a part of the labels table per shard), then write the labelled
     copy if the corpus makes one; returns the cluster sizes and where the labels are."""
@@ -323,12 +379,12 @@ def assign_and_save(
     fine_sizes, missing, distances = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0, DistanceHistogram()
     start = time.perf_counter()
     with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
-        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed, distances=distances)):
+        for shard, fine in enumerate(assign_shards(shards, clusters, args.seed, distances=distances, known=known)):
             coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
             keys = corpus.embedded_keys(shards, shard)
             write_labels(labels, shard, corpus.source(shard), keys, shards.rows_of(shard), fine, coarse)
             fine_sizes += np.bincount(fine[fine >= 0], minlength=clusters.num_fine_clusters)
-            missing += int((fine < 0).sum())
+            missing += int((fine < 0).sum())  # with --beside, the pairs that fit the MODE too: taken out below
             bar.update(len(fine))
     logger.info(f"assigned {shards.num_rows} pairs in {time.perf_counter() - start:.1f} s")
     finish_labels(labels, labels_meta(args, corpus, shards, clusters, settings))
@@ -337,7 +393,8 @@ def assign_and_save(
     return {
         "fine_sizes": fine_sizes.tolist(),
         "coarse_sizes": coarse_sizes.astype(np.int64).tolist(),
-        "num_missing_captions": missing,
+        "num_missing_captions": missing - (known.fitting if known else 0),
+        **({"num_fitting_pairs": known.fitting} if known else {}),  # --beside: they fit the MODE's clusters
         # each pair's squared distance to its fine centre: how far a new pair may lie and still fit (growing)
         "fine_distance_quantiles": distances.quantiles(),
         "labels": LABELS_DIR,

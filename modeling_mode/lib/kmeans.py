@@ -260,14 +260,35 @@ class DistanceHistogram:
         return {level: round(edge, 4) for level, edge in edges.items()}
 
 
+@dataclass
+class KnownCentres:
+    """Another clustering's fine centres (a MODE's) and the squared distance within which its own pairs lay: a new
+    pair that close to one of them fits that clustering, and is left out of this one. `fitting` counts them."""
+
+    centroids: np.ndarray
+    radius: float
+    fitting: int = 0
+
+    def fits(self, x: np.ndarray) -> np.ndarray:
+        """Whether each (unit) row lies within `radius` of a known centre."""
+        similarity = search(x, self.centroids, 1)[0][:, 0]
+        return 2.0 - 2.0 * similarity <= self.radius
+
+
 def assign_shards(
-    shards, clusters: Clusters, seed: int = 0, batch_rows: int = 65536, distances: DistanceHistogram | None = None
+    shards,
+    clusters: Clusters,
+    seed: int = 0,
+    batch_rows: int = 65536,
+    distances: DistanceHistogram | None = None,
+    known: KnownCentres | None = None,
 ) -> Iterator[np.ndarray]:
     """Fine cluster ids (int32, -1 for pairs without a caption) of each embedding shard, in order.
 
     Streams: one shard is mapped at a time and read in batches, so memory does not grow with the corpus. Pairs go to
     their nearest fine centre; with the random method, to a random fine cluster (seeded per shard). `distances`, if
-    given, counts each captioned pair's squared distance to its nearest centre (not with the random method).
+    given, counts each assigned pair's squared distance to its nearest centre (not with the random method). Pairs
+    that fit `known` centres get -1 too, and are counted there.
     """
     if shards.embed_dim != clusters.embed_dim:
         raise InputError(
@@ -281,6 +302,10 @@ def assign_shards(
         for start in range(0, len(embeddings), batch_rows):
             batch = np.array(embeddings[start : start + batch_rows], dtype=np.float32)
             captioned = np.any(batch != 0, axis=1)
+            if known is not None:
+                fitting = captioned & known.fits(batch)
+                known.fitting += int(fitting.sum())
+                captioned &= ~fitting
             if clusters.method == "random":
                 rng = np.random.default_rng([seed, shard, start])
                 found = rng.integers(clusters.num_fine_clusters, size=len(batch))
