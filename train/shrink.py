@@ -2,7 +2,7 @@
 --help shows how."""
 
 from modeling_mode.lib import cli
-from modeling_mode.lib.growth import main
+from modeling_mode.lib.growth import shrink_main
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(shrink_main)

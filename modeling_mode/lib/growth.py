@@ -1,19 +1,41 @@
-"""Change a MODE's experts without retraining the others: take one out (`shrink`).
+"""Change a MODE's experts without retraining the others: new data experts join it (`grow`), or one leaves (`shrink`).
 
-MODE's experts share nothing but the seed they forked from, so one can leave (a data source taken down, a bad crawl)
-while every other keeps its weights exactly: the shrunk MODE's remaining experts are the same tensors, byte for byte
-(`expert_digests` checks it on the saved files), the removed expert's fine centres leave the router, and the routing
-renormalises over the rest. The MODE's seed (`seed/`, the checkpoint its experts forked from) stays with it. The
-config's `changelog` says what changed, when and why; the model card lists it.
+MODE's experts share nothing but the seed they forked from. So new ones can be trained later, from the same seed, on
+new data; and one can leave (a data source taken down, a bad crawl). Either way every other expert keeps its weights
+exactly: the changed MODE's old experts are the same tensors, byte for byte (`expert_digests` checks it on the saved
+files before the output lands), and the router's fine centres gain or lose the changed experts' own. The config's
+`changelog` says what changed, when and why, and `expert_lineage` where each expert's data came from; the model card
+lists both. The MODE's seed (`seed/`, the checkpoint its experts forked from) stays with it.
 
-    python train/shrink.py --model org/mode-clip --remove-expert 2 --reason "source X withdrawn" --output runs/mode-3
+Growing (`python train/grow.py --model org/mode-clip --dataset NEW --new-experts 1 --output runs/mode-grown`):
 
-`mode-shrink` and `python -m modeling_mode.lib.growth` take the same flags.
+1. the new pairs' captions are embedded with the MODE's router, the clustering's encoder (a MODE routed with its
+   clustering's centres as fitted, which records how far its own pairs lay from them);
+2. a pair as close to one of its fine centres as its own pairs were (`--fit-quantile` of their distances) fits the
+   MODE as it is: it is counted and left to the experts that hold such pairs already (retraining them would change
+   them); the others are clustered as the MODE's own pairs were, into new fine clusters and `--new-experts` coarse
+   ones (`train/cluster.py --beside`);
+3. each new expert forks from the MODE's seed (weights, optimizer, schedule) and trains as its siblings did (their
+   recorded settings) on its new cluster (`train/expert.py`, through `--launcher`);
+4. the grown MODE is the old one plus the new experts and their fine centres, saved whole or not at all.
+
+Every step's output sits in `--work-dir` (default OUTPUT-work) and is reused when the command runs again: a grow that
+was killed resumes.
+
+Shrinking (`python train/shrink.py --model org/mode-clip --remove-expert 2 --reason "..." --output runs/mode-3`)
+takes expert 2 and its fine centres out; routing renormalises over the rest.
+
+`mode-grow` and `mode-shrink` take the same flags as the scripts.
 """
 
+import dataclasses
 import hashlib
+import logging
 import os
+import shlex
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,17 +43,23 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from transformers import CLIPModel
 
 from ..configuration_mode_clip import ModeCLIPConfig
-from ..modeling_mode_clip import ModeCLIPModel
+from ..modeling_mode_clip import ModeCLIPModel, _architecture
+from ..tokenization_mode_clip import ROUTER_TOKENIZER
 from . import cli
 from .assembly import ASSEMBLY, SEED_FOLDER, check_output
+from .clustering import ClusterArguments, read_finished_run
 from .errors import InputError, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .publish import exiting_on_push_failure, push_run
+from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
+from .training.checkpoints import is_checkpoint
 
 EXPERT_PREFIX = "experts."
+logger = logging.getLogger(__name__)
 
 
 def local_mode(model: str, revision: str | None = None) -> Path:
@@ -134,8 +162,8 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
     return Path(output)
 
 
-# What a changed MODE does not take from the one it came from: what save_pretrained writes anew, the records of its
-# experts (rewritten), its evaluations (of another model) and its card (pushed anew).
+# What a changed MODE does not take from the one it came from: its weights and config (saved anew, with the remote
+# code, after the carried files), its experts' records (rewritten), its evaluations (of another model) and its card.
 NOT_CARRIED = {"config.json", "model.safetensors.index.json", "README.md", "eval_results.json", ASSEMBLY}
 
 
@@ -145,7 +173,7 @@ def copy_carried_files(source: Path, destination: Path) -> None:
     for path in source.rglob("*"):
         relative = path.relative_to(source)
         in_seed = relative.parts[0] == SEED_FOLDER
-        skip = not in_seed and (relative.name in NOT_CARRIED or relative.suffix in (".safetensors", ".py"))
+        skip = not in_seed and (relative.name in NOT_CARRIED or relative.suffix == ".safetensors")
         if path.is_file() and not skip and not any(part.startswith(".") for part in relative.parts):
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, destination / relative)
@@ -164,6 +192,210 @@ def assembly_without(record: dict, expert: int) -> dict:
     return record
 
 
+# ----------------------------------------------------------------------------------------------------- growing
+
+
+def growth_source(model: str, revision: str | None, seed_checkpoint: str | None) -> tuple[Path, ModeCLIPConfig, Path]:
+    """(the MODE's folder, its config, the seed to fork from), refused before any work if the MODE cannot grow."""
+    source = local_mode(model, revision)
+    with naming_failures("--model", model):
+        config = ModeCLIPConfig.from_pretrained(source)
+    if getattr(config, "router_space", None) != "clustering-encoder" or not getattr(
+        config, "fine_distance_quantiles", None
+    ):
+        raise InputError(
+            f"--model {model} does not route with its clustering's encoder and centres as fitted, or records no "
+            "distances of its pairs to them: new pairs cannot be measured against its clusters. Grow a MODE "
+            "assembled with --router clustering-encoder (the default for a sentence-encoder clustering)."
+        )
+    seed = Path(seed_checkpoint) if seed_checkpoint else source / SEED_FOLDER
+    if not is_checkpoint(seed):
+        given = f"--seed-checkpoint {seed_checkpoint}" if seed_checkpoint else f"--model {model}'s {SEED_FOLDER}/"
+        raise InputError(
+            f"{given} is missing or no training checkpoint: new experts fork from the checkpoint the MODE's experts "
+            "forked from. Give it with --seed-checkpoint (a train/expert.py checkpoint folder)."
+        )
+    return source, config, seed
+
+
+def export_router(source: Path, folder: Path) -> None:
+    """The MODE's router as a sentence encoder of its own folder (weights and tokenizer), for the clustering."""
+    if (folder / "config.json").is_file():
+        return
+    model = ModeCLIPModel.from_pretrained(source)
+    with atomic_directory(folder) as scratch:
+        model.router_text_model.save_pretrained(scratch)
+        for path in (source / ROUTER_TOKENIZER).iterdir():
+            shutil.copyfile(path, scratch / path.name)
+
+
+def expert_settings(source: Path) -> dict:
+    """The settings the MODE's experts trained with (its assembly record's first), to train new ones alike."""
+    record = read_json(source / ASSEMBLY) if (source / ASSEMBLY).is_file() else {}
+    training = record.get("expert_training") or [{}]
+    names = {spec.name for spec in dataclasses.fields(ExpertTrainingArguments)}
+    return {name: value for name, value in training[0].get("args", {}).items() if name in names}
+
+
+def grown(
+    original: ModeCLIPModel, experts: list, centroids: torch.Tensor, fine_to_coarse: list[int], change: dict,
+    lineage: list[dict],
+) -> ModeCLIPModel:  # fmt: skip
+    """`original` with `experts` appended (their fine centres and fine-to-expert map, numbered from 0) and the
+    changelog's `change`; the original's experts are its own modules."""
+    config, n = original.config, original.config.num_experts
+    fields = {
+        **config.to_dict(),
+        "num_experts": n + len(experts),
+        "num_fine_clusters": config.num_fine_clusters + len(fine_to_coarse),
+        "fine_to_coarse": [*config.fine_to_coarse, *(n + k for k in fine_to_coarse)],
+        "changelog": [*getattr(config, "changelog", []), change],
+        "expert_lineage": [*lineage_of(config), *lineage],
+    }
+    centres = torch.cat([original.fine_centroids, centroids.to(original.fine_centroids)])
+    return with_parts(ModeCLIPConfig.from_dict(fields), [*original.experts, *experts], original.router_text_model,
+                      centres)  # fmt: skip
+
+
+def lineage_of(config: ModeCLIPConfig) -> list[dict]:
+    """Each expert's lineage: recorded, or (a MODE as assembled) the assembly's."""
+    return getattr(config, "expert_lineage", None) or [{"added": "assembled"} for _ in range(config.num_experts)]
+
+
+@dataclass
+class GrowArguments(HubArguments):
+    """Flags of `train/grow.py`; `--push_to_hub` pushes the grown MODE as a new commit of `--hub_model_id`."""
+
+    model: str = field(metadata={"help": "The MODE: a folder or a Hub id (with its seed/)."})
+    dataset: str = field(metadata={"help": "The new pairs: a save_to_disk folder, a data folder or a Hub dataset."})
+    output: str = field(metadata={"help": "Folder of the grown MODE (written whole or not at all)."})
+    new_experts: int = field(default=1, metadata={"help": "Coarse clusters of the new pairs: one new expert each."})
+    fine_clusters: int | None = field(
+        default=None, metadata={"help": "Fine clusters of the new pairs (default: the MODE's per expert, times K)."}
+    )
+    fit_quantile: str = field(
+        default="0.99",
+        metadata={"help": "A new pair fits the MODE if as close to a fine centre as this quantile of its own pairs."},
+    )
+    split: str = field(default="train", metadata={"help": "Split of --dataset."})
+    image_column: str = field(default="image", metadata={"help": "Column of the images."})
+    caption_column: str = field(default="caption", metadata={"help": "Column of the captions."})
+    seed_checkpoint: str | None = field(
+        default=None, metadata={"help": "The checkpoint to fork from (default: the MODE's seed/)."}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "The schedule's end (default: as the MODE's experts were trained)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds the clustering and the new experts' training."})
+    revision: str | None = field(default=None, metadata={"help": "The --model Hub revision to start from."})
+    work_dir: str | None = field(default=None, metadata={"help": "The steps' outputs (default: OUTPUT-work)."})
+    launcher: str = field(
+        default=sys.executable,
+        metadata={"help": 'Runs clustering and training, e.g. "accelerate launch --num_processes 8".'},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.new_experts < 1 or (self.fine_clusters is not None and self.fine_clusters < self.new_experts):
+            raise InputError(
+                f"need 1 <= --new-experts <= --fine-clusters, got {self.new_experts} and {self.fine_clusters}."
+            )
+
+
+def grow(args: GrowArguments) -> Path:
+    """Grow the MODE `args.model` by `args.new_experts` experts trained on `args.dataset`'s pairs that do not fit
+    it; save it in `args.output` with its old experts byte-identical. Returns `args.output`."""
+    check_output(args.output)
+    source, config, seed = growth_source(args.model, args.revision, args.seed_checkpoint)
+    work = Path(args.work_dir or f"{args.output.rstrip('/')}-work")
+    settings = expert_settings(source)
+    max_steps = args.max_steps or settings.get("max_steps")
+    if max_steps is None:
+        raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
+    launcher = shlex.split(args.launcher)
+    export_router(source, work / "router")
+    clusters = work / "clusters"
+    fine_clusters = args.fine_clusters or args.new_experts * max(1, config.num_fine_clusters // config.num_experts)
+    clustering = ClusterArguments(
+        dataset=args.dataset, split=args.split, caption_column=args.caption_column, encoder=str(work / "router"),
+        pooling=config.router_pooling, fine_clusters=fine_clusters, experts=args.new_experts, seed=args.seed,
+        output=str(clusters), beside=str(source), beside_quantile=args.fit_quantile,
+    )  # fmt: skip
+    run_step(launcher, "modeling_mode.lib.clustering", clustering)
+    fit, report = read_finished_run(clusters)
+    experts = []
+    for k in range(args.new_experts):
+        training = ExpertTrainingArguments(**{
+            **settings, "dataset": str(clusters / "dataset"), "split": "train", "image_column": args.image_column,
+            "caption_column": args.caption_column, "cluster": str(k), "init": str(seed), "max_steps": max_steps,
+            "output": str(work / "experts" / f"expert-{k}"), "resume": True, "seed": args.seed, "labels": None,
+            "streaming": False, "config": None, "stop_at_step": None,
+        })  # fmt: skip
+        if not is_finished(training.output):
+            run_step(launcher, "modeling_mode.lib.training", training)
+        experts.append(training.output)
+    return save_grown(args, source, fit, report, experts)
+
+
+def run_step(launcher: list[str], module: str, arguments) -> None:
+    """Run one of the library's entry points as its own process (`accelerate launch ... -m MODULE` alike), its output
+    passed on as it comes; a step that refuses its input fails the grow with the step's own error line."""
+    command = [*launcher, "-m", module, *cli.command_line(arguments)]
+    logger.info(" ".join(command))
+    said = None
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as step:
+        for line in step.stderr:
+            if line.startswith("error: "):
+                said = line.removeprefix("error: ").strip()
+            else:
+                sys.stderr.write(line)
+    if step.returncode != 0:
+        raise StepError(said or f"{module} failed (exit {step.returncode}; its output is above).", step.returncode)
+
+
+def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs: list[str]) -> Path:
+    original = ModeCLIPModel.from_pretrained(source)
+    new_experts = [CLIPModel.from_pretrained(path) for path in expert_dirs]
+    if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in new_experts):
+        raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    n, added = original.config.num_experts, len(new_experts)
+    change = {
+        "change": "added experts",
+        "experts": list(range(n, n + added)),
+        "data": args.dataset,
+        "new_pairs": int(sum(report["coarse_sizes"])),
+        "fitting_pairs": int(report.get("num_fitting_pairs", 0)),
+        "fine_clusters": fit.num_fine_clusters,
+        "reason": f"new data: {args.dataset}",
+        "experts_after": n + added,
+        "date": today,
+    }
+    lineage = [{"added": today, "data": args.dataset, "split": args.split, "from_revision": args.revision,
+                "coarse_cluster": k} for k in range(added)]  # fmt: skip
+    model = grown(original, new_experts, torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), change,
+                  lineage)  # fmt: skip
+    before = expert_digests(source)
+    with atomic_directory(args.output) as scratch:
+        copy_carried_files(source, scratch)
+        model.save_pretrained(scratch)
+        record = read_json(source / ASSEMBLY) if (source / ASSEMBLY).is_file() else {}
+        record["expert_training"] = [*record.get("expert_training", []),
+                                     *(read_json(Path(path, TRAINING_ARGS)) for path in expert_dirs)]  # fmt: skip
+        write_json(scratch / ASSEMBLY, record)
+        if expert_digests(scratch)[:n] != before:  # never publish old experts that changed on the way
+            raise RuntimeError(f"the old experts saved in {args.output} are not byte-identical to {args.model}'s.")
+    logger.info(f"{change['fitting_pairs']} new pairs fit the MODE's clusters; {change['new_pairs']} trained "
+                f"{added} new expert(s): {args.output}")  # fmt: skip
+    return Path(args.output)
+
+
+class StepError(RuntimeError):
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
+
+
 @dataclass
 class ShrinkArguments(HubArguments):
     """Flags of `train/shrink.py`; `--push_to_hub` pushes the shrunk MODE as a new commit of `--hub_model_id`."""
@@ -175,7 +407,7 @@ class ShrinkArguments(HubArguments):
     revision: str | None = field(default=None, metadata={"help": "The --model Hub revision to start from."})
 
 
-def main(argv: list[str] | None = None) -> None:
+def shrink_main(argv: list[str] | None = None) -> None:
     args = cli.parse(ShrinkArguments, __doc__, argv)
     output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision)
     print(f"MODE model without expert {args.remove_expert} saved to {output}")
@@ -186,10 +418,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pushed: {commits[0].commit_url}")
 
 
-def command() -> None:
-    """`mode-shrink`, `python -m modeling_mode.lib.growth` and train/shrink.py."""
-    cli.run(main)
+def grow_main(argv: list[str] | None = None) -> None:
+    args = cli.parse(GrowArguments, __doc__, argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        output = grow(args)
+    except StepError as error:  # the step's own error line is above; its exit status is kept
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.returncode)
+    print(f"MODE model grown by {args.new_experts} expert(s) saved to {output}")
+    if args.push_to_hub:
+        message = f"Add {args.new_experts} expert(s) trained on {args.dataset}"
+        with exiting_on_push_failure():
+            commits = push_run(output, args.hub_model_id, private=args.hub_private_repo, commit_message=message)
+        print(f"pushed: {commits[0].commit_url}")
 
 
-if __name__ == "__main__":
-    command()
+def shrink_command() -> None:
+    """`mode-shrink` and train/shrink.py."""
+    cli.run(shrink_main)
+
+
+def grow_command() -> None:
+    """`mode-grow` and train/grow.py."""
+    cli.run(grow_main)
