@@ -68,7 +68,7 @@ def test_the_model_index_holds_the_modes_own_results_under_hub_metric_ids(tmp_pa
     assert index_of(card.data) == expected
     assert index_of(ModelCard(str(card)).data) == expected  # as huggingface_hub reads the pushed README back
     # The table shows every result, baselines included; the local data set by its last path component only.
-    assert f"The rows of `MODE {routing}` are this model as it runs" in card.text
+    assert f"The rows of `MODE {routing}` at revision 0 are this model as it runs" in card.text
     assert "| zero-shot-image-classification | pets | test | top1 | expert 0 | 0.375 |" in card.text
     assert "| image-text-retrieval | org/captions | test | image_to_text_R@1 | MODE released | 0.3 |" in card.text
     assert str(tmp_path) not in str(card)

@@ -129,6 +129,7 @@ def test_zero_shot_cli_gives_the_rigged_accuracies(model_dir, tmp_path, capsys):
     assert routed == {
         "task": "zero-shot-image-classification", "dataset": str(tmp_path / "folder"), "split": "test",
         "metric": "top1", "model": "MODE paper", "value": results["results"]["MODE paper"]["top1"],
+        "revision": 0,  # the MODE as assembled: no change of its experts yet
     }  # fmt: skip
     record = read_json(output.with_suffix(".evaluate.json"))  # evaluate.save's, with its provenance
     assert record["results"] == results["results"] and record["_evaluate_version"] == evaluate.__version__

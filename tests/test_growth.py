@@ -47,6 +47,9 @@ def mode_dir(tmp_path):
 
 def test_shrinking_keeps_the_other_experts_byte_identical_and_routes_over_them(mode_dir, tmp_path):
     original = ModeCLIPModel.from_pretrained(mode_dir).eval()
+    row = {"task": "zero-shot-image-classification", "dataset": "mnist", "split": "test", "metric": "top1",
+           "model": "MODE paper", "value": 0.9}  # fmt: skip
+    (mode_dir / "eval_results.json").write_text(json.dumps([row]))  # an evaluation of the MODE as assembled
     output = shrink(str(mode_dir), 1, "source withdrawn", str(tmp_path / "shrunk"))
     shrunk = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
     assert shrunk.config.num_experts == 2
@@ -68,8 +71,13 @@ def test_shrinking_keeps_the_other_experts_byte_identical_and_routes_over_them(m
     assert (change["change"], change["expert"], change["reason"], change["experts_after"]) == (
         "removed expert", 1, "source withdrawn", 2)  # fmt: skip
     check_mode_dir(output)  # with its tokenizer and image processor: loadable and publishable as it is
-    card = str(model_card(output, "org/mode-clip"))
-    assert "## Changes" in card and "| removed expert | 1 |" in card and "| source withdrawn | 2 |" in card
+    card = model_card(output, "org/mode-clip")
+    assert (
+        "## Changes" in str(card) and "| removed expert | 1 |" in str(card) and "| source withdrawn | 2 |" in str(card)
+    )
+    # the parent's results stay, as revision 0's, and leave the model-index: they measured other experts
+    assert json.loads((output / "eval_results.json").read_text()) == [row | {"revision": 0}]
+    assert "| MODE paper | 0.9 | 0 |" in str(card) and not card.data.eval_results
 
 
 def test_shrinking_twice_keeps_the_whole_changelog(mode_dir, tmp_path):

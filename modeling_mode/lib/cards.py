@@ -18,7 +18,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from ..configuration_mode_clip import ModeCLIPConfig
 from .clustering import read_finished_run
 from .errors import InputError
-from .evaluation import results_name
+from .evaluation import model_revision, results_name
 from .files import read_json
 
 # The card templates: package data of `hub_cards`, found by its spec (its scripts are not imported), beside its
@@ -148,6 +148,9 @@ def model_card(
     assembly = published_record(model_dir / "assembly.json", default={})
     clustering, training = assembly.get("clustering"), assembly.get("expert_training") or []
     results = published_record(model_dir / "eval_results.json", default=[])
+    revision = model_revision(config)  # rows without one are of the MODE as it was when they were written
+    results = [{"revision": revision} | row for row in results]
+    current = [row for row in results if row["revision"] == revision]
     recorded = {record["run"].get("base_model") for record in training} - {None}
     base_model = base_model or (recorded.pop() if len(recorded) == 1 else None)
     model_name, own_results = repo_id.split("/")[-1], results_name(config)
@@ -159,7 +162,7 @@ def model_card(
         base_model=base_model,
         tags=["clip", "mode", "mixture-of-data-experts", "zero-shot-image-classification", "custom_code"],
         model_name=model_name,
-        eval_results=eval_results(results, own_results) or None,
+        eval_results=eval_results(current, own_results) or None,
     )
     return ModelCard.from_template(
         card_data,
@@ -180,6 +183,8 @@ def model_card(
         results=results,
         own_results=own_results,
         changelog=config.get("changelog") or [],
+        lineage=config.get("expert_lineage") or [],
+        revision=revision,
     )
 
 

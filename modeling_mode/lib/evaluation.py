@@ -627,7 +627,9 @@ def write_results(results: dict, arguments: EvaluationArguments) -> str:
     with atomic_path(evaluate_record(output)) as partial:
         evaluate.save(str(partial), **{key: results[key] for key in ("task", "model", "dataset", "split", "results")})
     if arguments.model_results is not None:
-        add_to_eval_results(arguments.model_results, card_rows(results))
+        config = Path(arguments.model) / "config.json"
+        revision = model_revision(read_json(config) if config.is_file() else {})
+        add_to_eval_results(arguments.model_results, [row | {"revision": revision} for row in card_rows(results)])
     write_json(output, results)
     return table
 
@@ -659,6 +661,12 @@ def add_to_eval_results(path: Path, rows: list[dict]) -> None:
     with FileLock(path.with_name(f".{path.name}.lock")):  # another evaluator of this model may be adding its rows
         earlier = read_json(path) if path.is_file() else []
         write_json(path, [row for row in earlier if evaluation(row) not in replaced] + rows)
+
+
+def model_revision(config: dict) -> int:
+    """Which version of a MODE this is: 0 as assembled, then one more per change of its experts (its changelog's
+    length: `growth`). Evaluation rows record it, so that a changed MODE's card tells its results from its parent's."""
+    return len(config.get("changelog") or [])
 
 
 def results_name(config: dict) -> str:

@@ -52,6 +52,7 @@ from . import cli
 from .assembly import ASSEMBLY, SEED_FOLDER, check_output
 from .clustering import ClusterArguments, read_finished_run
 from .errors import InputError, naming_failures
+from .evaluation import model_revision
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .publish import exiting_on_push_failure, push_run
@@ -59,6 +60,7 @@ from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
 from .training.checkpoints import is_checkpoint
 
 EXPERT_PREFIX = "experts."
+EVAL_RESULTS = "eval_results.json"
 logger = logging.getLogger(__name__)
 
 
@@ -153,6 +155,7 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
     before = expert_digests(source)
     with atomic_directory(output) as scratch:
         copy_carried_files(source, scratch)
+        carry_eval_results(source, scratch, model_revision(original.config.to_dict()))
         shrunk.save_pretrained(scratch)
         if (source / ASSEMBLY).is_file():
             write_json(scratch / ASSEMBLY, assembly_without(read_json(source / ASSEMBLY), expert))
@@ -162,9 +165,17 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
     return Path(output)
 
 
-# What a changed MODE does not take from the one it came from: its weights and config (saved anew, with the remote
-# code, after the carried files), its experts' records (rewritten), its evaluations (of another model) and its card.
-NOT_CARRIED = {"config.json", "model.safetensors.index.json", "README.md", "eval_results.json", ASSEMBLY}
+# What a changed MODE does not take from the one it came from as it is: its weights and config (saved anew, with the
+# remote code, after the carried files), its experts' records and evaluations (rewritten) and its card.
+NOT_CARRIED = {"config.json", "model.safetensors.index.json", "README.md", EVAL_RESULTS, ASSEMBLY}
+
+
+def carry_eval_results(source: Path, destination: Path, revision: int) -> None:
+    """The parent's evaluation rows, each marked with the revision it measured (the parent's, unless marked): the
+    card shows them as history, and takes only the new revision's rows into its model-index."""
+    if (source / EVAL_RESULTS).is_file():
+        rows = [{"revision": revision} | row for row in read_json(source / EVAL_RESULTS)]
+        write_json(destination / EVAL_RESULTS, rows)
 
 
 def copy_carried_files(source: Path, destination: Path) -> None:
@@ -378,6 +389,7 @@ def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs
     before = expert_digests(source)
     with atomic_directory(args.output) as scratch:
         copy_carried_files(source, scratch)
+        carry_eval_results(source, scratch, model_revision(original.config.to_dict()))
         model.save_pretrained(scratch)
         record = read_json(source / ASSEMBLY) if (source / ASSEMBLY).is_file() else {}
         record["expert_training"] = [*record.get("expert_training", []),
