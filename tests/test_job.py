@@ -296,11 +296,14 @@ def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
     more_seeds = {"name": "offline-mix", "seed_steps": 600, "seeds": 3}
     record_settings(recorded, more_seeds, Sources(launcher=("accelerate", "launch")))
     assert json.loads(recorded.read_text())["seeds"] == 3
-    with pytest.raises(InputError, match=r"other settings \(seed_steps, sources.dataset\): resume it with those"):
+    refusal = (
+        r"other settings \(seed_steps: 600 there, 900 now; sources.dataset: None there, 'org/pairs' now\): resume"
+    )
+    with pytest.raises(InputError, match=refusal):
         record_settings(recorded, {"name": "offline-mix", "seed_steps": 900}, Sources(dataset="org/pairs"))
     # A recipe field added since the job started, absent from its record, resumes at its default value only.
     record_settings(recorded, {**more_seeds, "validation_per_source": 200}, Sources(launcher=("python",)))
-    with pytest.raises(InputError, match=r"other settings \(validation_per_source\)"):
+    with pytest.raises(InputError, match=r"other settings \(validation_per_source: 200 there, 1000 now\)"):
         record_settings(tmp_path / "recipe.json", {**more_seeds, "validation_per_source": 1000}, Sources())
 
 

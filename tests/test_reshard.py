@@ -91,7 +91,7 @@ def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corp
     before = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")}
     assert run_reshard(dataset, labels, tmp_path / "out", shard_size=4) == manifest  # finished: nothing rewritten
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")} == before
-    with pytest.raises(InputError, match="holds a reshard made with other settings"):
+    with pytest.raises(InputError, match=r"reshard made with other settings \(shard_size: 4 there, 5 now\): give"):
         run_reshard(dataset, labels, tmp_path / "out", shard_size=5)
 
 

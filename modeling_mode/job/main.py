@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from ..lib import cli
-from ..lib.errors import InputError, check_output_dir
+from ..lib.errors import check_output_dir
 from ..lib.files import read_json, write_json
+from ..lib.settings import check_same_settings
 from .arguments import JobArguments, Sources, check_sources, default_encoder
 from .data import count_pairs
 from .layout import JobFolder
@@ -79,14 +80,11 @@ def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
         return {key: value for key, value in record.items() if key not in ("sources", "seeds")} | named
 
     if path.exists():
-        before, now = flat(read_json(path)), flat(settings)
         # A field added since the job started: recorded with the value the job ran with.
-        before, now = ADDED_LATER | before, ADDED_LATER | now
-        if changed := sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)):
-            raise InputError(
-                f"{path.parent} holds a job started with other settings ({', '.join(changed)}): resume it with "
-                "those, or give another --output."
-            )
+        before, now = ADDED_LATER | flat(read_json(path)), ADDED_LATER | flat(settings)
+        check_same_settings(
+            before, now, f"{path.parent} holds a job started", "resume it with those, or give another --output."
+        )
     write_json(path, settings)
 
 

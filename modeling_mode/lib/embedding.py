@@ -25,6 +25,7 @@ from .data import usable_captions
 from .data_files import caption_of, read_samples
 from .errors import InputError
 from .files import atomic_path, write_text
+from .settings import check_same_settings
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +159,10 @@ class EmbeddingShards:
         shards = cls(folder, meta)
         if shards.meta_path.exists():
             found = json.loads(shards.meta_path.read_text())
-            changed = {key: (found.get(key), value) for key, value in meta.items() if found.get(key) != value}
-            if changed:
-                details = "; ".join(
-                    f"{key}: {_brief(old)} there, {_brief(new)} now" for key, (old, new) in changed.items()
-                )
-                raise InputError(
-                    f"{folder} holds embeddings made with other settings ({details}). "
-                    "Use a new --output, or delete that folder to recompute."
-                )
+            check_same_settings(
+                {key: found.get(key) for key in meta}, meta, f"{folder} holds embeddings made",
+                "use a new --output, or delete that folder to recompute.",
+            )  # fmt: skip
         if write:
             shards.write_meta()
         return shards
@@ -231,11 +227,6 @@ class EmbeddingShards:
             at = np.flatnonzero(shard_of == shard)
             out[at] = self.read(int(shard))[rows[at] - self.offsets[shard]]
         return out
-
-
-def _brief(value) -> str:
-    """A setting as an error message shows it: a list of data files by its length, not its thousands of entries."""
-    return f"{len(value)} data files" if isinstance(value, list) else repr(value)
 
 
 def shard_captions(dataset, caption_column: str, shards: EmbeddingShards, shard: int, seed: int) -> list[str | None]:

@@ -35,6 +35,7 @@ from .data_files import write_tar_sample
 from .errors import InputError, check_output_dir
 from .files import atomic_path, read_json, write_json
 from .labels_table import LabelsTable
+from .settings import check_same_settings
 
 logger = logging.getLogger(__name__)
 # train/reshard.py's --help (and `mode-reshard`'s, `python -m modeling_mode.lib.reshard`'s).
@@ -157,11 +158,11 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
     }
     manifest_path = Path(args.output, MANIFEST)
     earlier = read_json(manifest_path) if manifest_path.is_file() else None
-    if earlier is not None and earlier["settings"] != settings:
-        raise InputError(
-            f"--output {args.output!r} holds a reshard made with other settings ({earlier['settings']}): give "
-            "another --output."
-        )
+    if earlier is not None:
+        check_same_settings(
+            earlier["settings"], settings, f"--output {args.output!r} holds a reshard made",
+            "give another --output, or the flags it was made with.",
+        )  # fmt: skip
     if earlier is not None and earlier.get("finished"):
         logger.info(f"{args.output} holds this reshard, finished: nothing to do.")
         return earlier
