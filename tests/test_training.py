@@ -390,7 +390,10 @@ def inputs(tmp_path_factory) -> dict[str, str]:
             {"--image-column": "caption"},
             r"Column 'caption' \(--image-column\) holds List\(Value\('string'\)\), not images",
         ),
-        ({"--cluster": "5"}, r"Cluster 5 has no pairs: the dataset's clusters are \[0, 1\]"),
+        (
+            {"--cluster": "5"},
+            r"--cluster 5: --dataset '.*clustered''s column 'coarse_id' has 2 clusters \(ids 0 to 1\)",
+        ),
         (
             {"--cluster": "1", "--dataset": "{unclustered}"},
             r"no column 'coarse_id' \(--cluster-column\).*clustering step",

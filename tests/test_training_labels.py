@@ -227,9 +227,12 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
         ),
         ([tmp_path / "renamed", renamed_labels, *streamed], r"pair 's0/x0002' of data file .* is not in the labels"),
     ]
+    out_of_range = r"--cluster 5: --labels '.*' has 2 clusters \(ids 0 to 1\)"  # the table's experts, not a batch
+    cases += [([dataset, labels, *streamed, "--cluster", "5"], out_of_range), ([saved, tmp_path / "saved-labels",
+              "--cluster", "5"], out_of_range)]  # fmt: skip
     for (corpus, table, *flags), message in cases:
         capsys.readouterr()
-        argv = ["--dataset", corpus, "--labels", table, *flags, "--config", "tiny", "--cluster", "0", "--batch-size"]
+        argv = ["--dataset", corpus, "--labels", table, "--config", "tiny", "--cluster", "0", *flags, "--batch-size"]
         argv += ["2", "--max-steps", "2", *QUIET, "--output", tmp_path / "run", "--resume"]
         status, stderr = expert_command(monkeypatch, capsys, *argv)
         lines = [line for line in stderr if not line.startswith("train:")]  # a pair is read once the steps began

@@ -30,6 +30,13 @@ from .arguments import ExpertTrainingArguments
 from .labelled import LabelledStream
 
 
+def check_cluster_id(cluster: int | None, num_experts: int, source: str) -> None:
+    """Refuse an expert's --cluster that the clustering has not: say which ids it has."""
+    if cluster is not None and cluster >= num_experts:
+        ids = f"ids 0 to {num_experts - 1}" if num_experts > 0 else "no cluster id"
+        raise InputError(f"--cluster {cluster}: {source} has {num_experts} clusters ({ids}).")
+
+
 class TrainingData:
     """The run's pairs, checked up front, and the iterator of this process's micro-batches from a given step."""
 
@@ -61,6 +68,7 @@ class TrainingData:
                 "saved dataset: train on it without --streaming (its rows are joined with the table by index)."
             )
         stream = LabelledStream(args, accelerator.process_index, accelerator.num_processes)
+        check_cluster_id(self.cluster, stream.corpus.table.meta["num_experts"], f"--labels {args.labels!r}")
         if sum(stream.batch_counts()) == 0:
             raise InputError(
                 f"Process {accelerator.process_index}'s data files hold no full batch of {args.batch_size} of this "
@@ -84,10 +92,13 @@ class TrainingData:
         if args.labels:  # joined by row, refused unless of these pairs
             corpus = InMemoryCorpus.joined(self.pairs, args.dataset, args.split, args.labels, args.caption_column)
             coarse_ids = corpus.ids("coarse_id")
+            check_cluster_id(self.cluster, corpus.table.meta["num_experts"], f"--labels {args.labels!r}")
         if self.cluster is None:
             coarse_ids = np.zeros(len(self.pairs), dtype=np.int64)
         elif not args.labels:
             coarse_ids = cluster_ids(self.pairs, args.cluster_column)
+            experts = int(coarse_ids.max()) + 1 if len(coarse_ids) else 0
+            check_cluster_id(self.cluster, experts, f"--dataset {args.dataset!r}'s column {args.cluster_column!r}")
         captioned = caption_mask(self.pairs, args.caption_column)
         if not captioned.any():
             raise InputError(
