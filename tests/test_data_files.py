@@ -1,5 +1,6 @@
 """Data files of a web-scale corpus (webdataset tar shards, parquet files), read a file and a few columns at a time."""
 
+import re
 import tarfile
 
 import pyarrow as pa
@@ -43,6 +44,24 @@ def test_captions_decode_text_and_json_lists():
     assert caption_of(b"a dog") == "a dog"
     assert caption_of(b'["a dog", "a pup"]') == ["a dog", "a pup"]
     assert caption_of("as read") == "as read" and caption_of(None) is None
+    assert caption_of(["a dog", None]) == ["a dog", None]  # one of its captions missing
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (b"\xff\xfe a dog", "pair 'k' has a caption that is not UTF-8 text"),
+        (7, "pair 'k' has a caption of type int ('7'): a caption is text"),
+        (b'{"caption": "a dog"}', None),  # a JSON object is text: its own field is named elsewhere (issue 21)
+        (["a dog", 3], "pair 'k' has a caption of type list"),
+    ],
+)
+def test_a_caption_that_is_no_text_is_refused_naming_its_pair(value, message):
+    if message is None:
+        assert caption_of(value, "pair 'k'") == '{"caption": "a dog"}'
+        return
+    with pytest.raises(InputError, match=re.escape(message)):
+        caption_of(value, "pair 'k'")
 
 
 def test_bad_corpora_are_named(tmp_path):

@@ -2,9 +2,12 @@
 clustered exactly as in memory, labelled in the labels table (no copy), resumable per data file."""
 
 import importlib.util
+import io
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +273,39 @@ def cut_in_half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+def edited_file(file: int, tar_edit=None, parquet_edit=None):
+    """A copy of the corpus whose data file `file` is rewritten: a tar shard's (member, bytes) list by `tar_edit`, a
+    parquet file's table by `parquet_edit`; a case for one format only skips the other."""
+
+    def change(tmp_path, corpus):
+        edit = tar_edit if corpus[1] == "txt" else parquet_edit
+        if edit is None:
+            pytest.skip("a case of the other data file format")
+        copy = tmp_path / "copy"
+        shutil.copytree(corpus[0], copy)
+        victim = sorted(copy.iterdir())[file]
+        if corpus[1] == "txt":
+            with tarfile.open(victim) as tar:
+                members = [(member, tar.extractfile(member).read()) for member in tar]
+            with tarfile.open(victim, "w") as tar:
+                for member, data in edit(members):
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+        else:
+            pq.write_table(edit(pq.read_table(victim)), victim)
+        return {"--dataset": copy}
+
+    return change
+
+
+def not_utf8(members):
+    return [(member, b"\xff\xfe caption" if member.name.endswith(".txt") else data) for member, data in members]
+
+
+def captions_as_numbers(table):
+    return table.set_column(1, "caption", pa.array(range(table.num_rows), pa.int64()))
+
+
 # case: (the flags it changes, given the tmp_path and the corpus; the error line; whether work starts before it)
 BAD_INPUTS = {
     "caption column not there": (missing_caption_column, r"The data files have no caption column", False),
@@ -283,6 +319,26 @@ BAD_INPUTS = {
     "a later file truncated": (
         damaged_file(3, cut_in_half),
         r"data file '.*-0+3\.(tar|parquet)' cannot be read",
+        True,
+    ),
+    "duplicate keys in a shard": (
+        edited_file(1, tar_edit=lambda members: members + members[:2]),
+        r"data file '.*-0+1\.tar' holds key '.*' twice: a shard's sample keys must be unique",
+        True,
+    ),
+    "an empty data file": (
+        edited_file(2, tar_edit=lambda members: [], parquet_edit=lambda table: table.slice(0, 0)),
+        r"data file '.*-0+2\.(tar|parquet)' holds no sample",
+        True,
+    ),
+    "a caption that is not UTF-8": (
+        edited_file(1, tar_edit=not_utf8),
+        r"pair '.*' of data file '.*-0+1\.tar' has a caption that is not UTF-8 text",
+        True,
+    ),
+    "a caption column of numbers": (
+        edited_file(1, parquet_edit=captions_as_numbers),
+        r"pair '0' of data file '.*-0+1\.parquet' has a caption of type int \('0'\): a caption is text",
         True,
     ),
     "more fine clusters than pairs": (
@@ -303,7 +359,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, corpus, encoder, caps
         cli.run(lambda: run("--streaming", *[item for pair in flags.items() for item in pair]))
     assert exited.value.code == 2
     stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr and re.search(r"error: .*" + error, stderr.strip().splitlines()[-1])
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and re.search(r"error: .*" + error, line) and len(line) <= 500, line
     if work_starts:  # found while reading the files: the embedding pass ran, the folder is no finished run
         with pytest.raises(InputError, match="no finished clustering run"):
             read_finished_run(flags["--output"])

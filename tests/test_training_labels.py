@@ -152,7 +152,7 @@ def test_a_resumed_stream_restarts_where_it_stood_without_reading_what_it_had(tm
     )
     Path(file).write_bytes(bytes(Path(file).stat().st_size))
     assert streamed_batches(stream, 1, read, num_workers) == epoch[read:]
-    with pytest.raises(InputError, match=f"data file '{re.escape(file)}' lacks pairs"):
+    with pytest.raises(InputError, match=f"data file '{re.escape(file)}' holds no sample"):
         streamed_batches(stream, 1, 0, num_workers)
 
 

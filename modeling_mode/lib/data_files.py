@@ -50,8 +50,13 @@ def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
     as bytes, so images that are not asked for are skipped, never decoded or held; its key is the webdataset key.
     """
     reader = _parquet_samples if file.endswith(".parquet") else _tar_samples
+    empty = True
     with _named_failures(file):
-        yield from reader(file, columns)
+        for sample in reader(file, columns):
+            empty = False
+            yield sample
+    if empty:  # a shard that a download or a conversion left empty: no sample to cluster, train on or label
+        raise InputError(f"data file {file!r} holds no sample.")
 
 
 def columns_of(file: str) -> list[str]:
@@ -82,14 +87,24 @@ def _named_failures(file: str) -> Iterator[None]:
         raise InputError(f"data file {file!r} cannot be read ({type(error).__name__}: {error}).") from error
 
 
-def caption_of(value):
-    """A caption as read from a data file: text of a `txt` member, a JSON list or string, or a parquet value."""
+def caption_of(value, where: str = "a pair"):
+    """A caption as read from a data file: text of a `txt` member, a JSON list or string, or a parquet value (None:
+    none). Anything else is refused, naming `where` it was: bytes that are not UTF-8, a number, a mapping."""
     if isinstance(value, bytes):
-        text = value.decode("utf-8", errors="replace")
         try:
-            return json.loads(text) if text.lstrip().startswith(("[", '"')) else text
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"{where} has a caption that is not UTF-8 text ({error}).") from error
+        try:
+            value = json.loads(text) if text.lstrip().startswith(("[", '"')) else text
         except ValueError:
             return text
+    texts = value if isinstance(value, list) else [value]
+    if not all(text is None or isinstance(text, str) for text in texts):
+        raise InputError(
+            f"{where} has a caption of type {type(value).__name__} ({str(value)[:40]!r}): a caption is text, or a "
+            "list of texts (--caption-column)."
+        )
     return value
 
 
@@ -124,11 +139,15 @@ def _tar_members(file: str) -> Iterator[tuple[str, str, tarfile.TarFile, tarfile
 
 
 def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
-    sample = {}
+    sample, seen = {}, set()
     for key, extension, tar, member in _tar_members(file):
         if sample and sample["__key__"] != key:
             yield sample
             sample = {}
+        if not sample:
+            if key in seen:  # its members apart: two samples of one key, which no labels table can tell apart
+                raise InputError(f"data file {file!r} holds key {key!r} twice: a shard's sample keys must be unique.")
+            seen.add(key)
         sample.setdefault("__key__", key)
         if columns is None or extension in columns:
             sample[extension] = tar.extractfile(member).read()

@@ -290,7 +290,10 @@ def data_file_captions(file: str, caption_column: str, shard: int, seed: int) ->
     """A data file's keys and the caption embedded for each of its pairs, the file being embedding shard `shard`:
     only its caption column is read (`data_files.read_samples`: images are skipped)."""
     samples = list(read_samples(file, [caption_column]))
-    values = [caption_of(sample.get(caption_column)) for sample in samples]  # a tar sample may lack it
+    values = [  # a tar sample may lack it
+        caption_of(sample.get(caption_column), f"pair {sample['__key__']!r} of data file {file!r}")
+        for sample in samples
+    ]
     return [sample["__key__"] for sample in samples], choose_shard_captions(values, shard, seed)
 
 

@@ -128,7 +128,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
         """The transform of one pair (pixels, caption), augmented by a generator of its own: the same on a resume."""
         key = sample["__key__"]
         where, table = f"pair {key!r} of data file {file!r}", self.corpus.table.folder
-        image, caption = sample.get(self.image_column), caption_of(sample.get(self.caption_column))
+        image, caption = sample.get(self.image_column), caption_of(sample.get(self.caption_column), where)
         if image is None:
             raise InputError(f"{where} has no image in {self.image_column!r} (--image-column).")
         if not usable_captions(caption):
