@@ -375,6 +375,19 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     }
 
 
+def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, tmp_path, monkeypatch, capsys):
+    """`train/expert.py args.json`, as transformers' example scripts take their arguments."""
+    flags = {"dataset": inputs["clustered"], "config": "tiny", "max_steps": 2, "output": str(tmp_path / "run")}
+    (tmp_path / "args.json").write_text(json.dumps(flags | {"bf16": True}))
+    status, stderr = expert_command(monkeypatch, capsys, tmp_path / "args.json")
+    assert status == 2 and stderr == [f"error: {tmp_path / 'args.json'}: Some keys are not used by the "
+                                      "HfArgumentParser: ['bf16']"]  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "args.json").write_text(json.dumps(flags))
+    args = cli.parse(ExpertTrainingArguments, "", [str(tmp_path / "args.json")])
+    assert (args.dataset, args.config, args.max_steps, args.output) == tuple(flags.values())
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -399,6 +412,10 @@ def inputs(tmp_path_factory) -> dict[str, str]:
             r"no column 'coarse_id' \(--cluster-column\).*clustering step",
         ),
         ({"--cluster": "one"}, r"--cluster must be a coarse cluster id"),
+        (
+            {"--model_name_or_path": "org/clip"},
+            r"unrecognized arguments: --model_name_or_path org/clip \(--help lists",
+        ),
         ({"--config": None, "--init": "{missing}"}, r"--init '.*missing' does not exist"),
         ({"--config": None, "--init": "{empty-dir}"}, r"Unknown --init .*neither a checkpoint"),
         ({"--config": None, "--init": "{truncated}"}, r"--init '.*truncated-clip': the directory could not be loaded"),

@@ -18,13 +18,24 @@ BAD_INPUT = 2
 
 
 def parse(arguments_class, description: str, argv: list[str] | None = None):
-    """The `arguments_class` dataclass filled from `argv` (default: the command line); `--help` shows `description`.
+    """The `arguments_class` dataclass filled from `argv` (default: the command line), or from the one JSON file it
+    names (`script.py args.json`, as transformers' example scripts take); `--help` shows `description`.
 
-    A check in the dataclass's `__post_init__` that raises InputError ends the script as any bad input does.
+    A flag the script does not take, and a check in the dataclass's `__post_init__` that raises InputError, end the
+    script as any bad input does: one line, exit status 2.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     # Raw: the description is the script's docstring, whose usage lines must keep their breaks.
     parser = HfArgumentParser(arguments_class, description=description, formatter_class=RawDescriptionHelpFormatter)
-    (arguments,) = parser.parse_args_into_dataclasses(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        try:
+            (arguments,) = parser.parse_json_file(argv[0])
+        except (OSError, ValueError, TypeError) as error:  # unreadable, not JSON, a key the script does not take
+            raise InputError(f"{argv[0]}: {' '.join(str(error).split())}") from None
+        return arguments
+    arguments, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)} (--help lists the flags this script takes).")
     return arguments
 
 
