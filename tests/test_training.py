@@ -377,7 +377,8 @@ def inputs(tmp_path_factory) -> dict[str, str]:
 
 def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, tmp_path, monkeypatch, capsys):
     """`train/expert.py args.json`, as transformers' example scripts take their arguments."""
-    flags = {"dataset": inputs["clustered"], "config": "tiny", "max_steps": 2, "output": str(tmp_path / "run")}
+    flags = {"dataset": inputs["clustered"], "config": "tiny", "max_steps": 2, "warmup_steps": 1}
+    flags["output"] = str(tmp_path / "run")
     (tmp_path / "args.json").write_text(json.dumps(flags | {"bf16": True}))
     status, stderr = expert_command(monkeypatch, capsys, tmp_path / "args.json")
     assert status == 2 and stderr == [f"error: {tmp_path / 'args.json'}: Some keys are not used by the "
@@ -385,7 +386,7 @@ def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, t
     assert not (tmp_path / "run").exists()
     (tmp_path / "args.json").write_text(json.dumps(flags))
     args = cli.parse(ExpertTrainingArguments, "", [str(tmp_path / "args.json")])
-    assert (args.dataset, args.config, args.max_steps, args.output) == tuple(flags.values())
+    assert (args.dataset, args.config, args.max_steps, args.warmup_steps, args.output) == tuple(flags.values())
 
 
 @pytest.mark.parametrize(
@@ -431,6 +432,7 @@ def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, t
         ({"--batch-size": "0"}, r"--batch-size must be at least 1, got 0"),
         ({"--batch-size": "64"}, r"fewer than one global batch of 64"),
         ({"--warmup-steps": "-1"}, r"--warmup-steps must be at least 0, got -1"),
+        ({"--warmup-steps": "2000"}, r"--warmup-steps 2000 is more than --max-steps 2: the schedule would end before"),
         ({"--learning-rate": "0"}, r"--learning-rate must be positive, got 0.0"),
         ({"--learning-rate": "nan"}, r"--learning-rate must be positive, got nan"),
         ({"--stop-at-step": "0"}, r"--stop-at-step must be in \[1, --max-steps=2\], got 0"),
@@ -441,7 +443,8 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(
     inputs, tmp_path, monkeypatch, capsys, flags, message
 ):
     output = tmp_path / "run"
-    argv = {"--dataset": inputs["clustered"], "--config": "tiny", "--max-steps": "2", "--output": output, **flags}
+    argv = {"--dataset": inputs["clustered"], "--config": "tiny", "--max-steps": "2", "--warmup-steps": "1"}
+    argv |= {"--output": output, **flags}
     argv = [str(part).format(**inputs) for flag, value in argv.items() if value is not None for part in (flag, value)]
     status, stderr = expert_command(monkeypatch, capsys, *argv, "--num-workers", "0", "--report-to", "none")
     assert status == 2 and len(stderr) == 1, stderr
@@ -476,8 +479,9 @@ def test_an_unreadable_image_stops_the_run_with_one_line_naming_its_row(tmp_path
     output = tmp_path / "run"
     # In DataLoader workers, whose errors the loader re-raises with the worker's traceback in the message.
     argv = (
-        f"--dataset {tmp_path / 'pairs'} --config tiny --max-steps 1 --batch-size 4 --num-workers 2 --output {output}"
+        f"--dataset {tmp_path / 'pairs'} --config tiny --max-steps 1 --warmup-steps 0 --batch-size 4 --num-workers 2"
     )
+    argv += f" --output {output}"
     status, stderr = expert_command(monkeypatch, capsys, *argv.split(), "--report-to", "none")
     assert (
         status == 2 and stderr[-1] == "error: --dataset row 2: column 'image' holds bytes PIL cannot read as an image."

@@ -186,6 +186,15 @@ class ExpertTrainingArguments:
             raise InputError(f"--cluster must be a coarse cluster id (0, 1, ...) or 'all', got {self.cluster!r}.")
         self.trackers()  # refuses a tracker that is not installed
 
+    def check_schedule(self) -> None:
+        """Refuse a warm-up that the schedule ends before (the default 2000 steps against a short run): a run to train
+        would never reach its learning rate. Checked when a run starts: arguments built for other uses may not."""
+        if self.warmup_steps > self.max_steps:
+            raise InputError(
+                f"--warmup-steps {self.warmup_steps} is more than --max-steps {self.max_steps}: the schedule would "
+                "end before its learning rate warmed up; give fewer --warmup-steps."
+            )
+
     @property
     def cluster_id(self) -> int | None:
         """The coarse cluster an expert trains on; None for the seed, which trains on all of them."""

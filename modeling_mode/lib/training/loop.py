@@ -35,6 +35,7 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     changes nothing. `on_checkpoint(step, path)` is called on every process after each checkpoint is complete.
     """
     check_output_dir(args.output)
+    args.check_schedule()
     # --torch-compile: Accelerate compiles the model last in `prepare` (around DDP, whose graph TorchDynamo then splits
     # at the gradient buckets); its checkpoints hold the model's own parameter names. Without it, `accelerate
     # config`'s dynamo settings apply, as Accelerate's default.
