@@ -2,11 +2,13 @@
 
 import re
 import tarfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from modeling_mode.lib.data import load_pairs
 from modeling_mode.lib.data_files import caption_of, list_data_files, read_samples, write_tar_sample
 from modeling_mode.lib.errors import InputError
 
@@ -27,6 +29,24 @@ def test_tar_shards_give_webdataset_keys_and_only_the_asked_members(tmp_path):
     assert captions == [{"__key__": "a", "txt": b"a a"}, {"__key__": "b", "txt": b"a b"}]  # no image bytes held
     whole = list(read_samples(files[1]))
     assert whole[1] == {"__key__": "d", "jpg": b"\xff\xd8d", "txt": b"a d"}
+
+
+def test_a_dataset_may_name_its_files_as_open_clip_and_webdataset_do(tmp_path):
+    """--dataset as one data file, a brace pattern (`x-{00000..00099}.tar`, `x-{a,b}.tar`) or a glob."""
+    for shard in range(4):
+        write_shard(tmp_path / f"shard-{shard:02d}.tar", [f"k{shard}-{i}" for i in range(3)])
+    names = lambda files: [Path(file).name for file in files]  # noqa: E731
+    assert names(list_data_files(str(tmp_path / "shard-{01..03}.tar"))) == ["shard-01.tar", "shard-02.tar",
+                                                                             "shard-03.tar"]  # fmt: skip
+    assert names(list_data_files(str(tmp_path / "shard-{02,00}.tar"))) == ["shard-02.tar", "shard-00.tar"]
+    assert names(list_data_files(str(tmp_path / "shard-0[13].tar"))) == ["shard-01.tar", "shard-03.tar"]
+    assert names(list_data_files(str(tmp_path / "shard-02.tar"))) == ["shard-02.tar"]
+    pairs = load_pairs(str(tmp_path / "shard-{00..01}.tar"))  # datasets' webdataset loader, on those files
+    assert sorted(pairs["__key__"]) == [f"k{shard}-{i}" for shard in range(2) for i in range(3)]
+    with pytest.raises(InputError, match=r"names 1 data files that do not exist, e.g. '.*shard-04.tar'"):
+        list_data_files(str(tmp_path / "shard-{00..04}.tar"))
+    with pytest.raises(InputError, match=r"matches no data file"):
+        load_pairs(str(tmp_path / "other-*.tar"))
 
 
 def test_parquet_reads_only_the_asked_columns_keyed_by_row(tmp_path):

@@ -5,10 +5,12 @@ columns a step needs, is what lets clustering read captions without ever holding
 files, a crashed run resume at file granularity, and every pair be named by (file, key) in a labels table.
 """
 
+import glob
 import io
 import json
 import os
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +24,48 @@ from .errors import InputError
 DATA_EXTENSIONS = (".parquet", ".tar")
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """open_clip's and webdataset's shard patterns: `x-{00000..00099}.tar` (a range, zero-padded as written) and
+    `x-{a,b}.tar` (a list), any number of them, in order."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail, body = pattern[: match.start()], pattern[match.end() :], match.group(1)
+    if numbers := re.fullmatch(r"(\d+)\.\.(\d+)", body):
+        first, last = numbers.groups()
+        width = len(first) if first.startswith("0") else 0
+        choices = [str(number).zfill(width) for number in range(int(first), int(last) + 1)]
+    else:
+        choices = body.split(",")
+    return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
+
+
+def pattern_files(source: str) -> list[str] | None:
+    """The data files that `source` names itself, if it does: one data file, a brace pattern or a glob (in order);
+    None for a folder or a Hub id. A local pattern names only files that exist."""
+    if not source.endswith(DATA_EXTENSIONS) or os.path.isdir(source):
+        return None
+    files = expand_braces(source)
+    if "://" in source:
+        return files
+    if any(char in source for char in "*?["):
+        files = sorted({match for file in files for match in glob.glob(file, recursive=True)})
+        if not files:
+            raise InputError(f"--dataset {source!r} matches no data file.")
+    if missing := [file for file in files if not os.path.isfile(file)]:
+        raise InputError(
+            f"--dataset {source!r} names {len(missing)} data files that do not exist, e.g. {missing[0]!r}."
+        )
+    return files
+
+
 def list_data_files(source: str, split: str = "train") -> list[str]:
-    """The corpus's data files in a fixed order: a local folder's `*.parquet` or `*.tar` files (sorted, any depth),
-    or the files `datasets` resolves for a Hub dataset's split (hf:// URLs, read through fsspec)."""
-    if os.path.isdir(source):
+    """The corpus's data files in a fixed order: those `source` names itself (`pattern_files`: one file, a brace
+    pattern, a glob), a local folder's `*.parquet` or `*.tar` files (sorted, any depth), or the files `datasets`
+    resolves for a Hub dataset's split (hf:// URLs, read through fsspec)."""
+    if (named := pattern_files(source)) is not None:
+        files = named
+    elif os.path.isdir(source):
         files = sorted(str(path) for path in Path(source).rglob("*") if path.suffix in DATA_EXTENSIONS)
     else:
         from datasets import load_dataset_builder

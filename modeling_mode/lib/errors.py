@@ -16,9 +16,11 @@ class InputError(ValueError):
 
 
 def check_source(what: str, path: str) -> None:
-    """Refuse a local path that does not exist; a Hub id (org/name) is left for its loader to find or not."""
+    """Refuse a local path that does not exist; a Hub id (org/name) is left for its loader to find or not, and a
+    pattern of data files (`data_files.pattern_files`) for its expansion to check."""
     looks_local = not HUB_ID.fullmatch(path) or path.startswith((".", "~"))
-    if looks_local and not os.path.exists(path):
+    is_pattern = path.endswith((".tar", ".parquet")) and any(char in path for char in "{*?[")
+    if looks_local and not is_pattern and not os.path.exists(path):
         raise InputError(f"{what} {path!r} does not exist (and is not a Hub id of the form org/name).")
 
 
