@@ -17,6 +17,7 @@ from modeling_mode.lib.evaluation import (
     ZeroShotArguments,
     classification_metrics,
     image_batches,
+    metric_record,
     recall_at_k,
     strings_from,
     write_results,
@@ -252,3 +253,15 @@ def test_results_interrupted_while_saving_leave_no_json(tmp_path, monkeypatch):
     write_results(results, arguments)
     assert json.loads(output.read_text()) == results | {"model": str(model), "dataset": "org/data", "split": "test"}
     assert output.with_suffix(".md").read_text().startswith("| model")
+
+
+def test_the_metric_record_needs_no_git_and_says_nothing_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    """`evaluate.save` ran git in the current directory: outside a checkout it printed `fatal: not a git repository`
+    into every log, and without git it failed after the metrics were computed."""
+    results = {"task": "t", "model": "m", "dataset": "d", "split": "test", "results": {"CLIPModel": {"top1": 0.5}}}
+    monkeypatch.chdir(tmp_path)  # not a checkout
+    record = metric_record(results)
+    assert record["results"] == results["results"] and record["_evaluate_version"] == evaluate.__version__
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    assert metric_record(results)["_git_commit_hash"] is None
+    assert "fatal" not in capfd.readouterr().err

@@ -13,8 +13,11 @@ import importlib.util
 import numbers
 import os
 import reprlib
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -26,7 +29,7 @@ from ..configuration_mode_clip import ROUTINGS
 from ..modeling_mode_clip import ModeCLIPModel
 from . import cli
 from .errors import InputError, check_output_file, check_weight_files, naming_failures
-from .files import atomic_path, read_json, write_json, write_text
+from .files import read_json, write_json, write_text
 
 # The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
 # provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
@@ -607,7 +610,7 @@ def markdown_table(results: dict) -> str:
 
 
 def evaluate_record(output: Path) -> Path:
-    """Where `evaluate.save` writes the metric record of the results JSON `output`."""
+    """Where the metric record of the results JSON `output` goes (`write_evaluate_record`)."""
     return output.with_suffix(".evaluate.json")
 
 
@@ -618,20 +621,42 @@ def write_results(results: dict, arguments: EvaluationArguments) -> str:
     and the versions) and, for a local model, its eval_results.json rows. The results JSON, which the main job and
     report read, is written last: its presence means everything else is complete.
     """
-    import evaluate
-
     results = {**results, "model": arguments.model, "dataset": arguments.dataset, "split": arguments.split}
     output = Path(arguments.output)
     table = markdown_table(results)
     write_text(output.with_suffix(".md"), table + "\n")
-    with atomic_path(evaluate_record(output)) as partial:
-        evaluate.save(str(partial), **{key: results[key] for key in ("task", "model", "dataset", "split", "results")})
+    write_json(evaluate_record(output), metric_record(results))
     if arguments.model_results is not None:
         config = Path(arguments.model) / "config.json"
         revision = model_revision(read_json(config) if config.is_file() else {})
         add_to_eval_results(arguments.model_results, [row | {"revision": revision} for row in card_rows(results)])
     write_json(output, results)
     return table
+
+
+def metric_record(results: dict) -> dict:
+    """The metric values with their provenance, in `evaluate.save`'s format (time, versions, commit), except that the
+    commit is this package's, found without git's complaints: `evaluate.save` runs git in the current directory,
+    which outside a checkout prints an error into every log, and without git fails after the metrics are computed."""
+    import evaluate
+
+    record = {key: results[key] for key in ("task", "model", "dataset", "split", "results")}
+    return record | {
+        "_timestamp": datetime.now().isoformat(),
+        "_git_commit_hash": package_commit(),
+        "_evaluate_version": evaluate.__version__,
+        "_python_version": sys.version,
+        "_interpreter_path": sys.executable,
+    }
+
+
+def package_commit() -> str | None:
+    """The git commit of this package's checkout, or None (an installed wheel, or no git on the machine)."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def card_rows(results: dict) -> list[dict]:
