@@ -1,5 +1,6 @@
 """Data files of a web-scale corpus (webdataset tar shards, parquet files), read a file and a few columns at a time."""
 
+import json
 import re
 import tarfile
 from pathlib import Path
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modeling_mode.lib.data import load_pairs
-from modeling_mode.lib.data_files import caption_of, list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.data_files import caption_of, columns_of, list_data_files, read_samples, write_tar_sample
 from modeling_mode.lib.errors import InputError
 
 
@@ -47,6 +48,21 @@ def test_a_dataset_may_name_its_files_as_open_clip_and_webdataset_do(tmp_path):
         list_data_files(str(tmp_path / "shard-{00..04}.tar"))
     with pytest.raises(InputError, match=r"matches no data file"):
         load_pairs(str(tmp_path / "other-*.tar"))
+
+
+def test_a_field_of_a_json_member_is_a_column_laion_style(tmp_path):
+    """`--caption-column json.caption`: the `caption` field of each sample's `json` member, as LAION's shards hold it."""
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for key, meta in [("a", {"caption": "a dog", "width": 4}), ("b", {"caption": ["a pup", "puppy"]}), ("c", {})]:
+            write_tar_sample(tar, {"__key__": key, "jpg": b"\xff\xd8", "json": json.dumps(meta).encode()})
+    file = str(tmp_path / "00000.tar")
+    assert {"json.caption", "json.width"} <= set(columns_of(file))
+    captions = [caption_of(sample.get("json.caption")) for sample in read_samples(file, ["json.caption"])]
+    assert captions == ["a dog", ["a pup", "puppy"], None]  # the field missing: no caption
+    with tarfile.open(tmp_path / "00001.tar", "w") as tar:
+        write_tar_sample(tar, {"__key__": "d", "jpg": b"\xff\xd8", "json": b"[1, 2]"})
+    with pytest.raises(InputError, match=r"pair 'd': its 'json' member is no JSON object \('json.caption'\)"):
+        list(read_samples(str(tmp_path / "00001.tar"), ["json.caption"]))
 
 
 def test_parquet_reads_only_the_asked_columns_keyed_by_row(tmp_path):

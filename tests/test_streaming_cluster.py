@@ -3,6 +3,7 @@ clustered exactly as in memory, labelled in the labels table (no copy), resumabl
 
 import importlib.util
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -367,3 +368,26 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, corpus, encoder, caps
         assert (flags["--output"] / "embeddings" / "shard-00000.npy").is_file()  # a re-run resumes from here
     else:  # checked before any work: nothing was written
         assert not Path(flags["--output"]).exists()
+
+
+def test_a_json_members_field_is_clustered_as_a_caption_column(tmp_path, encoder):
+    """LAION-style shards: `--caption-column json.caption` clusters each sample's `json` member's `caption` field,
+    exactly as the same captions in `txt` members."""
+    from modeling_mode.lib.data_files import write_tar_sample
+
+    for member in ("json", "txt"):
+        (tmp_path / member).mkdir()
+        for shard in range(2):
+            with tarfile.open(tmp_path / member / f"{shard:05d}.tar", "w") as tar:
+                for row in range(shard * 60, shard * 60 + 60):
+                    caption = f"a photo of a {['dog', 'car', 'tree', 'boat'][row % 4]} number {row}"
+                    value = json.dumps({"caption": caption, "width": 32}) if member == "json" else caption
+                    write_tar_sample(tar, {"__key__": f"p{row:04d}", "jpg": image_bytes(row), member: value.encode()})
+    common = ["--streaming", "--encoder", encoder]
+    as_json = run("--dataset", tmp_path / "json", "--caption-column", "json.caption", *common, "--output",
+                  tmp_path / "out-json")  # fmt: skip
+    as_text = run("--dataset", tmp_path / "txt", "--caption-column", "txt", *common, "--output", tmp_path / "out-txt")
+    assert as_json["num_missing_captions"] == 0 and as_json["fine_sizes"] == as_text["fine_sizes"]
+    _, json_rows = table_rows(tmp_path / "out-json")
+    _, text_rows = table_rows(tmp_path / "out-txt")
+    assert [row["fine_id"] for row in json_rows] == [row["fine_id"] for row in text_rows]

@@ -107,11 +107,14 @@ def columns_of(file: str) -> list[str]:
             with fsspec.open(file, "rb") as stream:
                 return pq.ParquetFile(stream).schema_arrow.names
         columns, first = [], None
-        for key, extension, _tar, _member in _tar_members(file):
+        for key, extension, tar, member in _tar_members(file):
             if first is not None and key != first:
                 break
             first = key
             columns.append(extension)
+            if extension == "json" or extension.endswith(".json"):  # its fields are columns too (`json_field`)
+                content = json.loads(tar.extractfile(member).read() or b"null")
+                columns += [f"{extension}.{name}" for name in content] if isinstance(content, dict) else []
         return columns
 
 
@@ -178,21 +181,46 @@ def _tar_members(file: str) -> Iterator[tuple[str, str, tarfile.TarFile, tarfile
             raise tarfile.ReadError(f"it ends after {tar.offset} bytes, without an end-of-archive block: truncated")
 
 
+def json_field(column: str) -> tuple[str, str] | None:
+    """(member, field) of a column that names a field of a tar sample's JSON member, LAION-style: `json.caption` is
+    the `caption` field of the `json` member (`x.json.caption` of the `x.json` member); None for any other column."""
+    member, _, name = column.rpartition(".")
+    return (member, name) if member == "json" or member.endswith(".json") else None
+
+
+def with_json_fields(sample: dict, columns: list[str] | None) -> dict:
+    """`sample` with each asked-for JSON field (`json_field`) that is not a member itself: None where its JSON member
+    or the field is missing; a member that is no JSON object is refused, naming the pair."""
+    for column in columns or []:
+        if column in sample or (named := json_field(column)) is None or named[0] not in sample:
+            continue
+        try:
+            content = json.loads(sample[named[0]])
+        except (ValueError, UnicodeDecodeError):
+            content = None
+        if not isinstance(content, dict):
+            raise InputError(f"pair {sample['__key__']!r}: its {named[0]!r} member is no JSON object ({column!r}).")
+        value = content.get(named[1])
+        sample[column] = value.encode() if isinstance(value, str) else json.dumps(value).encode() if value else None
+    return sample
+
+
 def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
     sample, seen = {}, set()
+    members = None if columns is None else {*columns, *(named[0] for c in columns if (named := json_field(c)))}
     for key, extension, tar, member in _tar_members(file):
         if sample and sample["__key__"] != key:
-            yield sample
+            yield with_json_fields(sample, columns)
             sample = {}
         if not sample:
             if key in seen:  # its members apart: two samples of one key, which no labels table can tell apart
                 raise InputError(f"data file {file!r} holds key {key!r} twice: a shard's sample keys must be unique.")
             seen.add(key)
         sample.setdefault("__key__", key)
-        if columns is None or extension in columns:
+        if members is None or extension in members:
             sample[extension] = tar.extractfile(member).read()
     if sample:
-        yield sample
+        yield with_json_fields(sample, columns)
 
 
 def write_tar_sample(tar: tarfile.TarFile, sample: dict) -> None:

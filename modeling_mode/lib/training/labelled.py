@@ -21,7 +21,7 @@ import torch
 
 from ..clustered_corpus import StreamedCorpus
 from ..data import NO_CLUSTER, check_columns, stream_filter, usable_captions
-from ..data_files import caption_of, read_samples
+from ..data_files import caption_of, columns_of
 from ..errors import InputError
 
 
@@ -57,9 +57,7 @@ class LabelledStream(torch.utils.data.IterableDataset):
         self.image_column, self.caption_column = args.image_column, args.caption_column
         self.corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
         self.columns = [args.image_column, args.caption_column]
-        first_file = self.corpus.files[0]
-        first = next(read_samples(first_file, None if first_file.endswith(".tar") else self.columns))
-        check_columns(first.keys(), *self.columns, None)
+        check_columns(columns_of(self.corpus.files[0]), *self.columns, None)
         # Each process reads its own data files; how many of each one's pairs the run takes, from the table alone.
         self.files = list(enumerate(self.corpus.files))[process_index::num_processes]
         keep = self.keeps()
