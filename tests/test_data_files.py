@@ -51,7 +51,7 @@ def test_a_dataset_may_name_its_files_as_open_clip_and_webdataset_do(tmp_path):
 
 
 def test_a_field_of_a_json_member_is_a_column_laion_style(tmp_path):
-    """`--caption-column json.caption`: the `caption` field of each sample's `json` member, as LAION's shards hold it."""
+    """`--caption-column json.caption`: the `caption` field of each sample's `json` member, as LAION shards hold it."""
     with tarfile.open(tmp_path / "00000.tar", "w") as tar:
         for key, meta in [("a", {"caption": "a dog", "width": 4}), ("b", {"caption": ["a pup", "puppy"]}), ("c", {})]:
             write_tar_sample(tar, {"__key__": key, "jpg": b"\xff\xd8", "json": json.dumps(meta).encode()})
