@@ -113,3 +113,16 @@ def test_records_are_read_by_the_one_json_reader_then_made_publishable(tmp_path)
     record.write_text("{not json")
     with pytest.raises(InputError, match=r"assembly.json is not valid JSON"):
         published_record(record)
+
+
+def test_the_card_rounds_scores_and_names_the_hub_datasets_trained_on(tmp_path):
+    make_mode(num_experts=2, num_fine_clusters=4).config.save_pretrained(tmp_path)
+    row = {"task": "zero-shot-image-classification", "dataset": "mnist", "split": "test", "metric": "top1",
+           "model": "MODE paper", "value": 0.7310000000000001}  # fmt: skip
+    (tmp_path / "eval_results.json").write_text(json.dumps([row]))
+    (tmp_path / "local-pairs").mkdir()
+    for dataset, datasets in [("org/pairs", ["org/pairs"]), (str(tmp_path / "local-pairs"), None)]:
+        (tmp_path / "assembly.json").write_text(json.dumps({"clustering": {"dataset": dataset}}))
+        card = model_card(tmp_path, "org/mode-clip")
+        assert card.data.datasets == datasets  # a local folder names nothing others can find
+    assert "| top1 | MODE paper | 0.731 | 0 |" in card.text and card.data.eval_results[0].metric_value == 0.731

@@ -375,14 +375,24 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     }
 
 
+def test_transformers_names_of_the_same_flags_are_taken():
+    args = cli.parse(ExpertTrainingArguments, "", "--dataset d --output o --max-steps 9 --bf16".split())
+    assert args.mixed_precision == "bf16" and not args.bf16  # recorded once, as --mixed-precision
+    args = cli.parse(ExpertTrainingArguments, "", "--dataset d --output o --max-steps 9 --fp16 true".split())
+    assert args.mixed_precision == "fp16"
+    flags = "--dataset_name d --output_dir o --max_steps 9 --model_name_or_path openai/clip-vit-base-patch32"
+    args = cli.parse(ExpertTrainingArguments, "", flags.split())
+    assert (args.dataset, args.output, args.init) == ("d", "o", "openai/clip-vit-base-patch32")
+
+
 def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, tmp_path, monkeypatch, capsys):
     """`train/expert.py args.json`, as transformers' example scripts take their arguments."""
     flags = {"dataset": inputs["clustered"], "config": "tiny", "max_steps": 2, "warmup_steps": 1}
     flags["output"] = str(tmp_path / "run")
-    (tmp_path / "args.json").write_text(json.dumps(flags | {"bf16": True}))
+    (tmp_path / "args.json").write_text(json.dumps(flags | {"num_train_epochs": 3}))
     status, stderr = expert_command(monkeypatch, capsys, tmp_path / "args.json")
     assert status == 2 and stderr == [f"error: {tmp_path / 'args.json'}: Some keys are not used by the "
-                                      "HfArgumentParser: ['bf16']"]  # fmt: skip
+                                      "HfArgumentParser: ['num_train_epochs']"]  # fmt: skip
     assert not (tmp_path / "run").exists()
     (tmp_path / "args.json").write_text(json.dumps(flags))
     args = cli.parse(ExpertTrainingArguments, "", [str(tmp_path / "args.json")])
@@ -413,10 +423,9 @@ def test_flags_may_come_in_one_json_file_and_an_unknown_key_is_refused(inputs, t
             r"no column 'coarse_id' \(--cluster-column\).*clustering step",
         ),
         ({"--cluster": "one"}, r"--cluster must be a coarse cluster id"),
-        (
-            {"--model_name_or_path": "org/clip"},
-            r"unrecognized arguments: --model_name_or_path org/clip \(--help lists",
-        ),
+        ({"--num_train_epochs": "3"}, r"unrecognized arguments: --num_train_epochs 3 \(--help lists"),
+        ({"--bf16": "true", "--fp16": "true"}, r"--bf16 and --fp16 name different precisions: give one"),
+        ({"--bf16": "true", "--mixed-precision": "fp16"}, r"--bf16 and --mixed-precision fp16 name different"),
         ({"--config": None, "--init": "{missing}"}, r"--init '.*missing' does not exist"),
         ({"--config": None, "--init": "{empty-dir}"}, r"Unknown --init .*neither a checkpoint"),
         ({"--config": None, "--init": "{truncated}"}, r"--init '.*truncated-clip': the directory could not be loaded"),

@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 
 from ..configuration_mode_clip import ModeCLIPConfig
 from .clustering import read_finished_run
-from .errors import InputError
+from .errors import HUB_ID, InputError
 from .evaluation import model_revision, results_name
 from .files import read_json
 
@@ -106,6 +106,23 @@ def training_rows(records: list[dict]) -> list[tuple[str, str]]:
     return rows
 
 
+def rounded(value):
+    """A score as the card shows it: 4 decimals (an accuracy's 0.7310000000000001 is 0.731)."""
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def hub_datasets(clustering: dict | None, lineage: list[dict]) -> list[str] | None:
+    """The Hub datasets the experts trained on, for the card's `datasets:` metadata: the clustering's and any grown
+    expert's data, where it is a Hub id (a local folder names nothing others can find)."""
+    names = [(clustering or {}).get("dataset"), *(entry.get("data") for entry in lineage)]
+    found = [
+        name
+        for name in dict.fromkeys(names)
+        if isinstance(name, str) and "/" in name and HUB_ID.fullmatch(name) and not os.path.exists(name)
+    ]
+    return found or None
+
+
 def hub_metric(key: str) -> tuple[str, str]:
     """The Hub's metric id and a readable name for an evaluator's metric key, e.g. `top1`: accuracy, "top-1
     accuracy"; `text_to_image_R@5`: recall, "text-to-image recall@5". A key of no known form stands for itself."""
@@ -149,7 +166,7 @@ def model_card(
     clustering, training = assembly.get("clustering"), assembly.get("expert_training") or []
     results = published_record(model_dir / "eval_results.json", default=[])
     revision = model_revision(config)  # rows without one are of the MODE as it was when they were written
-    results = [{"revision": revision} | row for row in results]
+    results = [{"revision": revision} | row | {"value": rounded(row["value"])} for row in results]
     current = [row for row in results if row["revision"] == revision]
     recorded = {record["run"].get("base_model") for record in training} - {None}
     base_model = base_model or (recorded.pop() if len(recorded) == 1 else None)
@@ -162,6 +179,7 @@ def model_card(
         base_model=base_model,
         tags=["clip", "mode", "mixture-of-data-experts", "zero-shot-image-classification", "custom_code"],
         model_name=model_name,
+        datasets=hub_datasets(clustering, config.get("expert_lineage") or []),
         eval_results=eval_results(current, own_results) or None,
     )
     return ModelCard.from_template(

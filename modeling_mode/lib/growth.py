@@ -433,6 +433,7 @@ def shrink_main(argv: list[str] | None = None) -> None:
 def grow_main(argv: list[str] | None = None) -> None:
     args = cli.parse(GrowArguments, __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its every request at INFO would bury the steps' lines
     try:
         output = grow(args)
     except StepError as error:  # the step's own error line is above; its exit status is kept

@@ -393,6 +393,7 @@ class PushArguments:
 def main(argv: list[str] | None = None) -> None:
     args = cli.parse(PushArguments, __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its every request at INFO would bury what was pushed
     with exiting_on_push_failure():
         commits = push_run(
             args.model_dir,

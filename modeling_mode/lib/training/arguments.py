@@ -63,7 +63,8 @@ class ExpertTrainingArguments:
         metadata={
             "help": "Start from: a checkpoint of this script (checkpoints/step_N, or a run directory: its last "
             "checkpoint) -> weights, optimizer state and schedule position; a CLIPModel directory or Hub id -> "
-            "weights only."
+            "weights only.",
+            "aliases": ["--model_name_or_path", "--model-name-or-path"],
         },
     )
     config: str | None = field(
@@ -124,6 +125,8 @@ class ExpertTrainingArguments:
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, fp16 or bf16; by default that of `accelerate config` / launch."}
     )
+    bf16: bool = field(default=False, metadata={"help": "--mixed-precision bf16, as transformers spells it."})
+    fp16: bool = field(default=False, metadata={"help": "--mixed-precision fp16, as transformers spells it."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward."})
     torch_compile: bool = field(
         default=False,
@@ -180,6 +183,13 @@ class ExpertTrainingArguments:
                 raise InputError(f"--{flag.replace('_', '-')} must be {requirement}, got {getattr(self, flag)!r}.")
         if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.max_steps:
             raise InputError(f"--stop-at-step must be in [1, --max-steps={self.max_steps}], got {self.stop_at_step}.")
+        if self.bf16 or self.fp16:  # transformers' flags: one precision, agreeing with --mixed-precision if given
+            precision = "bf16" if self.bf16 else "fp16"
+            if (self.bf16 and self.fp16) or self.mixed_precision not in (None, precision):
+                given = [flag for flag, on in (("--bf16", self.bf16), ("--fp16", self.fp16)) if on]
+                given += [f"--mixed-precision {self.mixed_precision}"] if self.mixed_precision else []
+                raise InputError(f"{' and '.join(given)} name different precisions: give one.")
+            self.mixed_precision, self.bf16, self.fp16 = precision, False, False
         if self.init and self.config:
             raise InputError("Pass either --init (pretrained or seed weights) or --config (random weights), not both.")
         if self.cluster != "all" and not re.fullmatch(r"\d+", str(self.cluster)):
