@@ -1,14 +1,18 @@
 """The labels table: one parquet part per data file (or embedding shard), complete once labels.json is written."""
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.labels_table import (
+    LabelsTable,
     check_labels_match,
     clear_labels,
     describe_files,
     finish_labels,
     labels_for,
+    part_path,
     read_labels,
     read_meta,
     write_labels,
@@ -77,7 +81,8 @@ def test_a_saved_dataset_is_labelled_by_row_index(tmp_path):
     folder = tmp_path / "labels"
     write_labels(folder, 0, "", ["0", "1"], [0, 1], [1, 0], [1, 0])
     write_labels(folder, 1, "", ["2"], [2], [1], [1])
-    meta = finish_labels(folder, {"dataset": "saved", "split": "train", "num_rows": 3, "data_files": []})
+    meta = {"dataset": "saved", "split": "train", "caption_column": "caption", "num_rows": 3, "data_files": []}
+    meta = finish_labels(folder, meta | {"num_experts": 2, "num_fine_clusters": 2, "clusters_settings": {}})
     assert labels_for(folder, "") == {"0": 1, "1": 0, "2": 1}
     check_labels_match(meta, "saved", "train", [], num_rows=3)
     with pytest.raises(InputError, match="labels 3 pairs, --dataset 'saved' has 4"):
@@ -101,3 +106,41 @@ def test_a_table_of_another_corpus_is_refused(corpus, tmp_path):
     open(files[1], "ab").write(b"grown")
     with pytest.raises(InputError, match="b.tar' has 25 bytes but had 20"):
         check_labels_match(meta, "corpus", "train", files)
+
+
+def edited(folder, part: int, column: str, row: int, value):
+    """The table with one value of one part changed, as a hand edit would."""
+    table = pq.read_table(part_path(folder, part))
+    values = table[column].to_pylist()
+    values[row] = value
+    changed = pa.array(values, table[column].type)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, changed), part_path(folder, part))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: (f / "labels.json").write_text('{"dataset": "corpus", "split"'), r"labels.json is not valid JSON"),
+        (lambda f: (f / "labels.json").write_text('{"dataset": "corpus"}'), r"lacks the fields \['split', "),
+        (lambda f: (f / "part-00001.parquet").unlink(), r"part-00001.parquet is missing"),
+        (lambda f: (f / "part-00001.parquet").write_bytes(b"PAR1 cut"), r"part-00001.parquet cannot be read"),
+        (lambda f: edited(f, 0, "coarse_id", 0, 7), r"part-00000.parquet row 0 \(key 'k0'\): fine id 3, coarse id 7 "),
+        (lambda f: edited(f, 1, "fine_id", 0, 99), r"part-00001.parquet row 0 \(key 'k2'\): fine id 99, coarse id 0"),
+        (lambda f: edited(f, 1, "coarse_id", 0, -3), r"row 0 \(key 'k2'\): fine id 0, coarse id -3 outside"),
+        (lambda f: edited(f, 0, "coarse_id", 1, 0), r"row 1 \(key 'k1'\): fine id -1, coarse id 0 outside"),
+        (
+            lambda f: edited(f, 1, "fine_id", 0, 3),
+            r"part-00001.parquet row 0: fine cluster 3 in coarse cluster 0, else",
+        ),
+        (lambda f: edited(f, 0, "key", 1, "k0"), r"part-00000.parquet holds key 'k0' twice"),
+    ],
+)
+def test_a_table_is_checked_whole_before_any_use(corpus, edit, message):
+    """A labels table travels (pushed, downloaded): one damaged or edited by hand is refused, naming the file and
+    the first bad row, before anything reads it."""
+    folder, files = corpus
+    finish_labels(folder, meta_of(files))
+    LabelsTable(folder)  # as written: whole and consistent
+    edit(folder)
+    with pytest.raises(InputError, match=message):
+        LabelsTable(folder)

@@ -97,15 +97,74 @@ def clear_labels(folder) -> None:
         part.unlink()
 
 
+# labels.json's fields and their types: a table that travels (pushed, downloaded) is checked before any use.
+META_FIELDS = {"dataset": str, "split": str, "caption_column": str, "num_rows": int, "data_files": list,
+               "num_experts": int, "num_fine_clusters": int, "num_parts": int}  # fmt: skip
+
+
 def read_meta(folder) -> dict:
-    """`labels.json` of a complete table; InputError when `folder` holds none (not a table, or an unfinished one)."""
+    """`labels.json` of a complete table, its fields checked; InputError when `folder` holds none (not a table, or an
+    unfinished one) or one that is not a table's."""
     path = Path(folder) / LABELS_JSON
     if not path.is_file():
         raise InputError(
             f"{folder} holds no complete labels table ({LABELS_JSON} of train/cluster.py is missing): "
             "run or resume the clustering first."
         )
-    return read_json(path)
+    try:
+        meta = read_json(path)
+    except ValueError as error:
+        raise InputError(f"{path} is not valid JSON ({error}): the labels table is damaged.") from None
+    wrong = [
+        name for name, kind in META_FIELDS.items() if not isinstance(meta, dict) or type(meta.get(name)) is not kind
+    ]
+    if wrong:
+        raise InputError(f"{path} lacks the fields {wrong}, or has them of other types: it is no labels table's.")
+    files_ok = all(isinstance(f, dict) and isinstance(f.get("path"), str) and type(f.get("size")) is int
+                   for f in meta["data_files"])  # fmt: skip
+    counts_ok = meta["num_experts"] >= 1 and meta["num_fine_clusters"] >= meta["num_experts"] and meta["num_rows"] >= 0
+    if not files_ok or not counts_ok:
+        raise InputError(f"{path}: its data_files, num_experts or num_fine_clusters are not a clustering's.")
+    if meta["data_files"] and meta["num_parts"] != len(meta["data_files"]):
+        raise InputError(f"{path} lists {len(meta['data_files'])} data files but {meta['num_parts']} parts.")
+    return meta
+
+
+def check_table(folder, meta: dict) -> None:
+    """Check every part of a table before any use, one part in memory at a time: it exists and opens, has the
+    table's schema, the rows labels.json counts; fine ids in [0, m) and coarse ids in [0, n), both -1 for a pair
+    without a caption; each fine cluster in one coarse cluster; keys unique within a part (a data file's keys).
+    InputError naming the part and its first bad row."""
+    fine_to_coarse, rows = {}, 0
+    for part in range(meta["num_parts"]):
+        path = part_path(folder, part)
+        table = read_part(folder, part)
+        if table.schema.remove_metadata() != SCHEMA:
+            raise InputError(f"{path} has columns {table.schema.names} of other types than a labels table's.")
+        fine, coarse = (table[name].to_numpy(zero_copy_only=False) for name in ("fine_id", "coarse_id"))
+        bad = ((fine < -1) | (fine >= meta["num_fine_clusters"]) | (coarse < -1) | (coarse >= meta["num_experts"])
+               | ((fine == -1) != (coarse == -1)))  # fmt: skip
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{path} row {row} (key {table['key'][row].as_py()!r}): fine id {fine[row]}, coarse id {coarse[row]} "
+                f"outside the clustering's {meta['num_fine_clusters']} fine and {meta['num_experts']} coarse clusters."
+            )
+        for fine_id, coarse_id in np.unique(np.stack([fine, coarse], axis=1)[fine >= 0], axis=0).tolist():
+            if fine_to_coarse.setdefault(fine_id, coarse_id) != coarse_id:
+                row = int(np.flatnonzero((fine == fine_id) & (coarse == coarse_id))[0])
+                raise InputError(
+                    f"{path} row {row}: fine cluster {fine_id} in coarse cluster {coarse_id}, elsewhere in "
+                    f"{fine_to_coarse[fine_id]}: the table was edited."
+                )
+        keys = table["key"].to_pylist()
+        if len(set(keys)) != len(keys):
+            seen = set()
+            duplicate = next(key for key in keys if key in seen or seen.add(key))
+            raise InputError(f"{path} holds key {duplicate!r} twice: a data file's keys are unique.")
+        rows += table.num_rows
+    if rows != meta["num_rows"]:
+        raise InputError(f"{folder}: its parts hold {rows} rows, its {LABELS_JSON} counts {meta['num_rows']}.")
 
 
 def read_labels(folder) -> tuple[dict, Iterator[pa.Table]]:
@@ -127,6 +186,7 @@ class LabelsTable:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.meta = read_meta(folder)
+        check_table(folder, self.meta)  # whole, before any use: a table travels, and may have been edited
         self.part_of = {file["path"]: part for part, file in enumerate(self.meta["data_files"])}
 
     @classmethod
@@ -219,4 +279,9 @@ def read_part(folder, part: int, columns: list[str] | None = None) -> pa.Table:
     path = part_path(folder, part)
     if not path.is_file():
         raise InputError(f"{path} is missing: the labels table {folder} is incomplete; run the clustering again.")
-    return pq.read_table(path, columns=columns)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): the labels table is damaged."
+        ) from None
