@@ -194,7 +194,10 @@ class LabelsTable:
         """The labels table of a finished clustering run (`report`: its clusters.json), checked to be that run's:
         InputError for a table missing, unfinished or of another run."""
         table = cls(Path(clusters) / LABELS_DIR)
-        if table.meta["clusters_settings"] != report.get("settings"):
+        counts = ("num_experts", "num_fine_clusters")
+        if table.meta["clusters_settings"] != report.get("settings") or any(
+            table.meta[count] != report.get(count) for count in counts
+        ):
             raise InputError(f"{table.folder} is the labels table of another clustering run than {clusters}.")
         return table
 
