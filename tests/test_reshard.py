@@ -29,7 +29,7 @@ from PIL import Image as PILImage
 
 from modeling_mode.lib.data_files import list_data_files, read_samples
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.reshard import MANIFEST
+from modeling_mode.lib.reshard import MANIFEST, check_finished_reshard
 
 REPO = Path(__file__).resolve().parents[1]
 RESHARD = REPO / "train/reshard.py"
@@ -126,6 +126,9 @@ def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
         run_reshard(dataset, labels, tmp_path / "killed", crash_after_three, shard_size=3)
     killed = tmp_path / "killed"
     assert not json.loads((killed / MANIFEST).read_text()).get("finished")
+    cluster = next(path.parent for path in finished)  # an expert on a cluster's shards, while some are missing
+    with pytest.raises(InputError, match=rf"--dataset '{cluster}' is a cluster of the reshard .* not finished"):
+        check_finished_reshard(str(cluster))
     assert {p for p in killed.rglob("*.tar")} == set(finished)  # a shard under its own name is complete
     kept = {path: path.stat().st_mtime_ns for path in finished}
     rewritten = []
@@ -136,6 +139,7 @@ def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
     assert sorted(path.relative_to(killed) for path in killed.rglob("*") if path.is_file()) == names  # no scratch
     for name in names:
         assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+    check_finished_reshard(str(cluster))  # finished now: read as any data files
 
 
 def reshard_command(monkeypatch, capsys, *argv) -> tuple[int, list[str]]:

@@ -312,6 +312,8 @@ BAD_INPUTS = {
     "caption column not there": (missing_caption_column, r"The data files have no caption column", False),
     "no data files": (no_data_files, r"--dataset '.*empty' holds no data files \(.parquet or .tar\)", False),
     "dataset not there": (lambda t, _: {"--dataset": t / "nowhere"}, r"--dataset '.*nowhere' does not exist", False),
+    "a split of local files": (lambda t, _: {"--split": "test"}, r"is local data files, which hold one split", False),
+    "a negative seed": (lambda t, _: {"--seed": -1}, r"--seed must be at least 0, got -1", False),
     "first file no data file": (
         damaged_file(0, lambda data: b"garbage " * 100),
         r"data file '.*-0+\.(tar|parquet)' cannot be read",

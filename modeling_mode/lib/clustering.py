@@ -134,6 +134,8 @@ class ClusterArguments(HubArguments):
             value = getattr(self, flag)
             if value is not None and value < 1:  # max_length may be None: the encoder's own limit
                 raise InputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if self.seed < 0:  # numpy's generators refuse it, after the embeddings' folder is made
+            raise InputError(f"--seed must be at least 0, got {self.seed}")
 
     @property
     def method(self) -> str:

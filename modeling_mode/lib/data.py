@@ -24,7 +24,7 @@ from datasets.distributed import split_dataset_by_node
 from datasets.utils.file_utils import is_local_path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .data_files import pattern_files
+from .data_files import list_data_files, pattern_files
 from .errors import InputError, naming_failures
 
 # Coarse id of the pairs without a usable caption (the clustering's -1, and any a training run finds): no run,
@@ -59,7 +59,8 @@ def is_saved_dataset(source: str) -> bool:
 
 
 def _load_split(source: str, split: str, streaming: bool) -> Dataset | IterableDataset:
-    if (files := pattern_files(source)) is not None:  # one data file, a shard pattern or a glob, as `split`
+    if pattern_files(source) is not None:  # one data file, a shard pattern or a glob: the split 'train'
+        files = list_data_files(source, split)
         builder = "webdataset" if files[0].endswith(".tar") else "parquet"
         return load_dataset(builder, data_files={split: files}, split=split, streaming=streaming)
     if not is_saved_dataset(source):

@@ -63,7 +63,13 @@ def list_data_files(source: str, split: str = "train") -> list[str]:
     """The corpus's data files in a fixed order: those `source` names itself (`pattern_files`: one file, a brace
     pattern, a glob), a local folder's `*.parquet` or `*.tar` files (sorted, any depth), or the files `datasets`
     resolves for a Hub dataset's split (hf:// URLs, read through fsspec)."""
-    if (named := pattern_files(source)) is not None:
+    local = (named := pattern_files(source)) is not None or os.path.isdir(source)
+    if local and split != "train":  # a split recorded but never applied would label one set as another
+        raise InputError(
+            f"--dataset {source!r} is local data files, which hold one split, 'train': --split {split!r} names "
+            "nothing there (it picks a split of a Hub dataset or a saved DatasetDict)."
+        )
+    if named is not None:
         files = named
     elif os.path.isdir(source):
         files = sorted(str(path) for path in Path(source).rglob("*") if path.suffix in DATA_EXTENSIONS)

@@ -114,6 +114,17 @@ class ShardPlan:
         return -(-int(self.totals[cluster]) // self.shard_size)
 
 
+def check_finished_reshard(dataset: str) -> None:
+    """Refuse to read one cluster's shards (`OUTPUT/cluster-K`) of a reshard that has not finished: its shards are
+    some of the cluster's pairs, not all (a killed run is resumed by running it again)."""
+    manifest = Path(dataset).parent / MANIFEST
+    if Path(dataset).is_dir() and manifest.is_file() and not read_json(manifest).get("finished"):
+        raise InputError(
+            f"--dataset {dataset!r} is a cluster of the reshard {str(manifest.parent)!r}, which has not finished: "
+            "run train/reshard.py again to complete it."
+        )
+
+
 def clustered(coarse_ids) -> np.ndarray:
     coarse_ids = np.asarray(coarse_ids)
     return coarse_ids[coarse_ids != NO_CLUSTER]

@@ -26,6 +26,7 @@ from ..data import (
     load_pairs,
 )
 from ..errors import InputError
+from ..reshard import check_finished_reshard
 from .arguments import ExpertTrainingArguments
 from .labelled import LabelledStream
 
@@ -47,6 +48,7 @@ class TrainingData:
         self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
         self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = None
         self.normalize_pixels = None  # set by `micro_batches`, which knows the image processor; used by `to_device`
+        check_finished_reshard(args.dataset)
         if args.labels and args.streaming:
             self.labelled_stream = self.open_labelled_stream()
             return
