@@ -67,6 +67,7 @@ def test_shrinking_keeps_the_other_experts_byte_identical_and_routes_over_them(m
         ours = shrunk(**inputs, pixel_values=pixels, expert_weights=torch.tensor([0.0, 1.0])).logits_per_image
         theirs = original(**inputs, pixel_values=pixels, expert_weights=torch.tensor([0.0, 0.0, 1.0])).logits_per_image
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # the same expert, the same logits
+    assert len(shrunk.config.expert_lineage) == 2  # one entry per expert left
     (change,) = shrunk.config.changelog
     assert (change["change"], change["expert"], change["reason"], change["experts_after"]) == (
         "removed expert", 1, "source withdrawn", 2)  # fmt: skip

@@ -125,6 +125,7 @@ def without_expert(model: ModeCLIPModel, expert: int, reason: str) -> ModeCLIPMo
         "num_fine_clusters": len(fine_to_coarse),
         "fine_to_coarse": fine_to_coarse,
         "changelog": [*getattr(config, "changelog", []), change],
+        "expert_lineage": [entry for k, entry in enumerate(lineage_of(config)) if k != expert],
     }
     return with_parts(ModeCLIPConfig.from_dict(fields), experts, model.router_text_model, model.fine_centroids[keep])
 
