@@ -211,6 +211,8 @@ def test_a_mode_grows_by_an_expert_forked_from_its_seed_the_old_experts_byte_ide
     grow_main([str(arg) for arg in argv])
     assert {path: path.stat().st_mtime_ns for path in work} == work
     assert expert_digests(grown)[2] == expert_digests(tmp_path / "grown")[2]
+    with pytest.raises(InputError, match=r"holds a grow made with other settings \(new_experts: 1 there, 2 now"):
+        grow_main([str(arg) for arg in argv] + ["--new-experts", "2"])  # the last of a flag given twice counts
 
 
 def encoder_routed_mode(path: Path) -> Path:

@@ -56,11 +56,13 @@ from .evaluation import model_revision
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .publish import exiting_on_push_failure, push_run
+from .settings import check_same_settings
 from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
 from .training.checkpoints import is_checkpoint
 
 EXPERT_PREFIX = "experts."
 EVAL_RESULTS = "eval_results.json"
+GROW_SETTINGS = "grow.json"  # in the work folder: what its steps are made from
 logger = logging.getLogger(__name__)
 
 
@@ -325,6 +327,7 @@ def grow(args: GrowArguments) -> Path:
     if max_steps is None:
         raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
     launcher = shlex.split(args.launcher)
+    record_grow_settings(work, args, seed, max_steps)
     export_router(source, work / "router")
     clusters = work / "clusters"
     fine_clusters = args.fine_clusters or args.new_experts * max(1, config.num_fine_clusters // config.num_experts)
@@ -347,6 +350,23 @@ def grow(args: GrowArguments) -> Path:
             run_step(launcher, "modeling_mode.lib.training", training)
         experts.append(training.output)
     return save_grown(args, source, fit, report, experts)
+
+
+def record_grow_settings(work: Path, args: GrowArguments, seed: Path, max_steps: int) -> None:
+    """Record what the work folder's steps are made from; refuse to resume them with anything else."""
+    settings = {
+        "model": args.model, "revision": args.revision, "seed_checkpoint": str(seed), "dataset": args.dataset,
+        "split": args.split, "image_column": args.image_column, "caption_column": args.caption_column,
+        "new_experts": args.new_experts, "fine_clusters": args.fine_clusters, "fit_quantile": args.fit_quantile,
+        "max_steps": max_steps, "seed": args.seed,
+    }  # fmt: skip
+    path = work / GROW_SETTINGS
+    if path.is_file():
+        check_same_settings(read_json(path), settings, f"--work-dir {str(work)!r} holds a grow made",
+                            "give another --work-dir (or --output), or the flags it was made with.")  # fmt: skip
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
 
 
 def run_step(launcher: list[str], module: str, arguments) -> None:
