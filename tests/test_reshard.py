@@ -9,10 +9,13 @@ import io
 import json
 import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, Features, Image, Sequence, Value
 from helpers import (
@@ -160,7 +163,15 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
     make_tar_corpus(tmp_path / "grown" / "more", shard_sizes=(2,))
     parquet = make_parquet_corpus(tmp_path / "parquet")
     parquet_labels = label_corpus(parquet, tmp_path / "parquet-labels", str(tmp_path / "parquet"))
+    edited = tmp_path / "edited-labels"  # the corpus's own table, one coarse id changed by hand
+    shutil.copytree(labels, edited)
+    part = pq.read_table(edited / "part-00000.parquet")
+    coarse = part["coarse_id"].to_pylist()
+    coarse[0] = 7
+    part = part.set_column(part.schema.get_field_index("coarse_id"), "coarse_id", pa.array(coarse, pa.int32()))
+    pq.write_table(part, edited / "part-00000.parquet")
     cases = [
+        (dataset, edited, [], r"part-00000.parquet row 0 \(key 's0/00000'\): fine id \d+, coarse id 7 outside"),
         (dataset, other_labels, [], r"data file '.*00000.tar' of --dataset .* is missing from the labels table"),
         (str(tmp_path / "grown"), grown_labels, [], r"data file '.*more/00000.tar' .* is missing from the labels"),
         (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"has no column \['text'\]"),
