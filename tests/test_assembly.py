@@ -110,6 +110,15 @@ def test_an_unfinished_expert_is_refused_by_name(inputs, tmp_path):
     assert not (tmp_path / "mode").exists()
 
 
+def test_experts_of_another_clustering_are_refused(inputs, tmp_path):
+    """An expert whose record names another clustering's labelled pairs trained on that clustering's ids."""
+    other = write_clustering(tmp_path / "other", encoder="another/encoder", seed=1)
+    expert = write_expert(tmp_path / "expert-of-other", 1, inputs["seed"], other)
+    with pytest.raises(InputError, match=rf"Expert '.*expert-of-other' trained on the clustering '{other}', not on"):
+        assemble_run(inputs, tmp_path / "mode", experts=[inputs["experts"][0], expert])
+    assert not (tmp_path / "mode").exists()
+
+
 def test_an_unfinished_clustering_is_refused(inputs, tmp_path):
     clusters = tmp_path / "clusters"
     shutil.copytree(inputs["clusters"], clusters)

@@ -11,10 +11,12 @@ from fresh_python import LABELS, assert_loads_without_package
 from helpers import (
     EMBED_DIM,
     ENCODER_DIM,
+    EXPERTS,
     make_image_processor,
     make_tokenizer,
     tiny_clip_config,
     write_clustering,
+    write_expert,
     write_run,
 )
 from transformers import AutoProcessor, AutoTokenizer, BertConfig, BertModel, CLIPModel, CLIPProcessor
@@ -130,7 +132,7 @@ def test_assembled_with_the_clustering_encoder_it_routes_with_that_encoder_and_i
     run = write_run(tmp_path / "run")
     clusters = write_clustering(tmp_path / "clusters", encoder=str(encoder))
     output = tmp_path / "mode"
-    experts = [str(path) for path in run["experts"]]
+    experts = [str(write_expert(tmp_path / f"expert-{k}", k, run["seed"], clusters)) for k in range(EXPERTS)]
     model = assemble(experts, str(clusters), str(run["seed"]), str(output))
     fit, _ = read_finished_run(clusters)
     assert torch.equal(model.fine_centroids, torch.from_numpy(fit.fine_centroids))  # as fitted

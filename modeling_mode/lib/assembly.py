@@ -125,9 +125,18 @@ def check_router_settings(num_experts: int, router_settings: dict) -> None:
         raise InputError(f"Routing flags: {error}") from error
 
 
-def expert_runs(paths: list[str], num_experts: int) -> list[str]:
+def trained_on_clustering(record: dict) -> Path | None:
+    """The clustering run whose labelled copy (`dataset/`) or labels table (`labels/`) an expert trained on, where
+    its record names one; None for other data (e.g. a reshard's cluster)."""
+    for path in (record.get("args", {}).get("dataset"), record.get("args", {}).get("labels")):
+        if path and Path(path).name in ("dataset", "labels") and (Path(path).parent / "clusters.json").is_file():
+            return Path(path).parent
+    return None
+
+
+def expert_runs(paths: list[str], num_experts: int, clusters: str | None = None) -> list[str]:
     """The finished expert runs, ordered by the cluster each trained on (its training_args.json says which); every
-    cluster exactly once."""
+    cluster exactly once, and none trained on another clustering than `clusters`."""
     by_cluster = {}
     for path in paths:
         if not os.path.isdir(path):
@@ -140,6 +149,12 @@ def expert_runs(paths: list[str], num_experts: int) -> list[str]:
             raise InputError(
                 f"Expert {path!r} is not finished: resume it (train/expert.py --resume with its flags) and assemble "
                 "once it has saved its final model."
+            )
+        other = trained_on_clustering(record)
+        if clusters is not None and other is not None and other.resolve() != Path(clusters).resolve():
+            raise InputError(
+                f"Expert {path!r} trained on the clustering {str(other)!r}, not on --clusters {clusters!r}: its "
+                "cluster ids are another clustering's."
             )
         cluster = record["run"]["cluster"]
         if cluster is None:
@@ -264,7 +279,7 @@ def assemble(
     check_output(output)
     fit, report = read_finished_run(clusters)
     check_router_settings(fit.num_experts, router_settings)
-    expert_paths = expert_runs(experts, fit.num_experts)
+    expert_paths = expert_runs(experts, fit.num_experts, clusters)
     expert_models = load_experts(expert_paths)
     encoder, processor = load_router(router_text_model)
     clustering_encoder = report.get("encoder")
