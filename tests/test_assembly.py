@@ -51,6 +51,10 @@ def inputs(tmp_path_factory):
 
 
 def assemble_run(inputs, output, experts=None, clusters=None, router=None, **router_settings):
+    """`assemble` of `inputs`' run, or of experts forked from its seed onto `clusters` (another clustering)."""
+    if experts is None and clusters is not None:
+        folder = Path(output).parent / f"experts-of-{Path(clusters).name}"
+        experts = [write_expert(folder / f"expert-{k}", k, inputs["seed"], Path(clusters)) for k in range(EXPERTS)]
     experts = [str(path) for path in experts or inputs["experts"]]
     clusters, router = str(clusters or inputs["clusters"]), str(router or inputs["seed"])
     return assemble(experts, clusters, router, str(output), router_space="seed-text", **router_settings)
