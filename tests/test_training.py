@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -680,13 +681,27 @@ def test_assembled_mode_loads_from_the_hub_format_and_classifies(pipeline_runs, 
     assert len(scores) == 3 and sum(s["score"] for s in scores) == pytest.approx(1.0, abs=1e-4)
 
 
+def experts_on(clusters: Path, experts: list, tmp_path: Path) -> list[str]:
+    """The pipeline's experts as if trained on `clusters` (a clustering written here with other centroids): copies
+    whose records name its labelled pairs, as the assembly requires."""
+    copies = []
+    for expert in experts:
+        copy = tmp_path / f"on-{Path(expert).name}"
+        shutil.copytree(expert, copy)
+        record = json.loads((copy / "training_args.json").read_text())
+        record["args"]["dataset"] = str(clusters / "dataset")
+        (copy / "training_args.json").write_text(json.dumps(record))
+        copies.append(str(copy))
+    return copies
+
+
 @pytest.mark.slow
 def test_assembly_keeps_centroids_already_in_the_routers_space(pipeline_runs, tmp_path):
     seed = pipeline_runs["seed"]
     router_dim = CaptionEncoder(str(seed), device="cpu").embed_dim
     centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, router_dim))
     clusters = write_clusters(tmp_path / "clusters", pipeline_runs["dataset"], str(seed), centroids)
-    experts = [str(e) for e in pipeline_runs["experts"]]
+    experts = experts_on(clusters, pipeline_runs["experts"], tmp_path)
     mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"), router_space="seed-text")
     assert not mode.config.centroids_reexpressed
     torch.testing.assert_close(mode.fine_centroids, centroids)
@@ -699,7 +714,7 @@ def test_assembly_drops_fine_clusters_that_no_pair_was_labelled_with(pipeline_ru
     pairs.save_to_disk(tmp_path / "pairs")
     centroids = torch.nn.functional.normalize(torch.randn(FINE_CLUSTERS, 8), dim=-1)
     clusters = write_clusters(tmp_path / "clusters", str(tmp_path / "pairs"), "another/encoder", centroids)
-    seed, experts = pipeline_runs["seed"], [str(e) for e in pipeline_runs["experts"]]
+    seed, experts = pipeline_runs["seed"], experts_on(clusters, pipeline_runs["experts"], tmp_path)
     mode = assemble(experts, str(clusters), str(seed), str(tmp_path / "mode"), router_space="seed-text")
     expected_map = (torch.arange(FINE_CLUSTERS) // (FINE_CLUSTERS // EXPERTS))[1:].tolist()
     assert mode.config.dropped_empty_fine_clusters == [0] and mode.config.fine_to_coarse == expected_map
