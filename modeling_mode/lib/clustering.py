@@ -307,9 +307,14 @@ def known_centres(mode: str, quantile: str) -> KnownCentres:
     folder = Path(mode)
     with naming_failures("--beside", mode):
         config = read_json(folder / "config.json")
-        weights = sorted(folder.glob("*.safetensors"))
-        tensors = [safe_open(str(path), framework="numpy") for path in weights]
-        centroids = next(t.get_tensor("fine_centroids") for t in tensors if "fine_centroids" in t.keys())
+        centroids = None
+        for path in sorted(folder.glob("*.safetensors")):  # each file opened in turn, and closed
+            with safe_open(str(path), framework="numpy") as weights:
+                if "fine_centroids" in weights.keys():
+                    centroids = weights.get_tensor("fine_centroids")
+                    break
+        if centroids is None:
+            raise InputError(f"--beside {mode} holds no fine_centroids: it is not a MODE's folder.")
     radii = config.get("fine_distance_quantiles") or {}
     if quantile not in radii:
         raise InputError(

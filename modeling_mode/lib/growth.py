@@ -440,15 +440,19 @@ class ShrinkArguments(HubArguments):
     revision: str | None = field(default=None, metadata={"help": "The --model Hub revision to start from."})
 
 
+def push_next_commit(output: Path, args: HubArguments, message: str) -> None:
+    """Push the changed MODE in `output` as the next commit of `--hub_model_id`, saying what changed."""
+    with exiting_on_push_failure():
+        commits = push_run(output, args.hub_model_id, private=args.hub_private_repo, commit_message=message)
+    print(f"pushed: {commits[0].commit_url}")
+
+
 def shrink_main(argv: list[str] | None = None) -> None:
     args = cli.parse(ShrinkArguments, __doc__, argv)
     output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision)
     print(f"MODE model without expert {args.remove_expert} saved to {output}")
     if args.push_to_hub:
-        message = f"Remove expert {args.remove_expert}: {args.reason}"
-        with exiting_on_push_failure():
-            commits = push_run(output, args.hub_model_id, private=args.hub_private_repo, commit_message=message)
-        print(f"pushed: {commits[0].commit_url}")
+        push_next_commit(output, args, f"Remove expert {args.remove_expert}: {args.reason}")
 
 
 def grow_main(argv: list[str] | None = None) -> None:
@@ -462,10 +466,7 @@ def grow_main(argv: list[str] | None = None) -> None:
         sys.exit(error.returncode)
     print(f"MODE model grown by {args.new_experts} expert(s) saved to {output}")
     if args.push_to_hub:
-        message = f"Add {args.new_experts} expert(s) trained on {args.dataset}"
-        with exiting_on_push_failure():
-            commits = push_run(output, args.hub_model_id, private=args.hub_private_repo, commit_message=message)
-        print(f"pushed: {commits[0].commit_url}")
+        push_next_commit(output, args, f"Add {args.new_experts} expert(s) trained on {args.dataset}")
 
 
 def shrink_command() -> None:
