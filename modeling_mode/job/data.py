@@ -8,7 +8,10 @@ from .recipes import Recipe
 
 
 def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
-    if sources.dataset is None:
+    growth = {}
+    if sources.dataset is None and recipe.arriving_source is not None:
+        growth = build_growth_pairs(recipe, folder)
+    elif sources.dataset is None:
         build_offline_pairs(recipe, folder.offline_pairs)
     zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in sources.zeroshot.items()}
     if not zeroshot:
@@ -22,7 +25,7 @@ def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
     else:
         retrieval = build_offline_retrieval_set(recipe, folder.offline_retrieval)
     pairs = {"dataset": training_pairs(folder, sources), "split": sources.split}
-    write_json(folder.sources, {"pairs": pairs, "zeroshot": zeroshot, "retrieval": retrieval})
+    write_json(folder.sources, {"pairs": pairs, **growth, "zeroshot": zeroshot, "retrieval": retrieval})
 
 
 def training_pairs(folder: JobFolder, sources: Sources) -> str:
@@ -35,6 +38,26 @@ def build_offline_pairs(recipe: Recipe, path) -> None:
 
     train = [load(split="train", count=recipe.train_per_source, seed=recipe.seed) for load in SOURCES.values()]
     caption_pairs(train, recipe.caption_noise, recipe.seed, recipe.caption_attributes).save_to_disk(path)
+
+
+def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> dict:
+    """The growth experiment's pairs: `pairs` of every source but the arriving one, `arriving` of that one alone (each
+    with its own caption noise), and `all`, the two together: what retraining from scratch would train on."""
+    import datasets
+
+    from ..lib.corpus import SOURCES, caption_pairs
+
+    def pairs_of(names: list[str]) -> datasets.Dataset:
+        train = [SOURCES[name](split="train", count=recipe.train_per_source, seed=recipe.seed) for name in names]
+        return caption_pairs(train, recipe.caption_noise, recipe.seed, recipe.caption_attributes)
+
+    old = pairs_of([name for name in SOURCES if name != recipe.arriving_source])
+    arriving = pairs_of([recipe.arriving_source])
+    old.save_to_disk(folder.offline_pairs)
+    arriving.save_to_disk(folder.offline_arriving_pairs)
+    datasets.concatenate_datasets([old, arriving]).save_to_disk(folder.offline_all_pairs)
+    return {name: {"dataset": str(path), "split": "train"} for name, path in
+            [("arriving", folder.offline_arriving_pairs), ("all", folder.offline_all_pairs)]}  # fmt: skip
 
 
 def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
@@ -63,7 +86,7 @@ def count_pairs(recipe: Recipe, sources: Sources) -> int:
     if sources.dataset is None:
         from ..lib.corpus import SOURCES
 
-        return len(SOURCES) * recipe.train_per_source
+        return (len(SOURCES) - (recipe.arriving_source is not None)) * recipe.train_per_source
     from ..lib.data import load_pairs
 
     return len(load_pairs(sources.dataset, sources.split))

@@ -80,6 +80,12 @@ ENSEMBLE_ROWS = [*(routing_row(routing) for routing in ROUTINGS), BEST_EXPERT_RO
 PAPER_ROW = routing_row("paper")
 
 
+# The job's sets of training pairs, by name: a comparison's models all train on "pairs"; the growth experiment's
+# MODE-n and its seed on "pairs" (the sources but the arriving one), the new experts on "arriving" (that source's
+# alone), and retraining from scratch on "all" (the two together).
+DATA = ("pairs", "arriving", "all")
+
+
 @dataclass(frozen=True)
 class Clustering:
     """A clustering of the training pairs into `experts` coarse clusters, in `clusters/<name>/`."""
@@ -88,6 +94,7 @@ class Clustering:
     experts: int
     method: str = "two-level"  # `kmeans.METHODS`: two-level (MODE), one-step, random
     seed_text: bool = False  # in the seed CLIP's text space (SeedText-n), not the job's caption encoder's
+    data: str = "pairs"  # which training pairs it splits (`DATA`)
 
 
 @dataclass(frozen=True)
@@ -95,11 +102,12 @@ class Model:
     """One model of the comparison: how it is made, what the paper calls it, the result row that stands for it, and
     the optimizer steps of all the training that went into it (the seed's included).
 
-    kind 'seed': the seed run itself; 'dense': one CLIP forked from the seed and trained on all pairs to step
+    kind 'seed': a seed run; 'dense': one CLIP forked from the seed and trained on all pairs to step
     `max_steps` (with `width_factor` > 1: a wider CLIP trained the same way from random weights); 'ensemble':
     `clustering.experts` experts forked from the seed (expert k on cluster k, or with `every_pair` on all pairs, each
     in its own order), assembled into a MODE routed in the space `router` says (`assembly.ROUTERS`: the clustering
-    encoder's, as the paper routes, or the seed CLIP's text space)."""
+    encoder's, as the paper routes, or the seed CLIP's text space); 'grow': the MODE `parent` grown by new experts on
+    the arriving pairs (`growth.grow`); 'shrink': `parent` without the experts it was grown by (`growth.shrink`)."""
 
     name: str  # its folder under models/ (the seed: seed/) and results/
     kind: str
@@ -112,6 +120,9 @@ class Model:
     every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
     router: str = "auto"  # `assembly.ROUTERS`; auto: the clustering's own space (the paper's router for MiniLM's)
     width_factor: int = 1  # a dense run this many times as wide as the recipe's model, from random weights
+    data: str = "pairs"  # a seed's or dense run's training pairs (`DATA`)
+    fork_from: str = "seed"  # the seed run (a model of kind 'seed') it forks from
+    parent: str | None = None  # a grown or shrunk MODE's: the model it changes
 
     @property
     def ensemble(self) -> str:
@@ -127,7 +138,9 @@ class Model:
 
 def comparison(recipe: Recipe) -> list[Model]:
     """The models of one training seed's comparison, in the report's order: the seed, the dense baselines, MODE-n,
-    then the paper's controls and ablations."""
+    then the paper's controls and ablations (a growth recipe's: `growth_comparison`)."""
+    if recipe.arriving_source is not None:
+        return growth_comparison(recipe)
     fork, per_expert = recipe.seed_steps, recipe.expert_steps
     minilm = {n: Clustering(f"minilm-{n}", n) for n in recipe.experts}
 
@@ -158,6 +171,31 @@ def comparison(recipe: Recipe) -> list[Model]:
     models.append(ensemble(Clustering(f"random-{n}", n, "random"), f"Random-{n}", n))
     models.append(ensemble(Clustering("seedtext-2", 2, seed_text=True), "SeedText-2", 2))
     return models
+
+
+def growth_comparison(recipe: Recipe) -> list[Model]:
+    """The growth experiment's models, in the report's order: MODE-n trained without the arriving source's pairs, then
+    grown by `new_experts` experts on them, then shrunk back; against retraining on all pairs (a seed, MODE-m with as
+    many experts as the grown one, and Dense with MODE-m's pairs) and the seed fine-tuned on the arriving pairs alone,
+    for as many steps as the new experts took (what a dense model forgets)."""
+    fork, per_expert, added = recipe.seed_steps, recipe.expert_steps, recipe.new_experts
+    n = recipe.experts[0]
+    m, new_steps, all_steps = n + added, fork + added * per_expert, fork + (n + added) * per_expert
+    before = Model(f"mode-minilm-{n}", "ensemble", f"MODE-{n}, before growing", PAPER_ROW, fork + n * per_expert, n,
+                   clustering=Clustering(f"minilm-{n}", n))  # fmt: skip
+    grown = Model(f"{before.name}-grown", "grow", f"MODE-{n} grown to {m}", PAPER_ROW, all_steps, m,
+                  parent=before.name)  # fmt: skip
+    shrunk = Model(f"{grown.name}-shrunk", "shrink", f"MODE-{m} shrunk back to {n}", PAPER_ROW, all_steps, n,
+                   parent=grown.name)  # fmt: skip
+    forgetting = Model("dense-new", "dense", "Seed fine-tuned on the new source alone", CLIP_ROW, new_steps,
+                       max_steps=new_steps, data="arriving")  # fmt: skip
+    at_once = Model(f"mode-all-minilm-{m}", "ensemble", f"MODE-{m}, all sources at once", PAPER_ROW, all_steps, m,
+                    clustering=Clustering(f"all-minilm-{m}", m, data="all"), fork_from="seed-all")  # fmt: skip
+    dense_all = Model(f"dense-all-{m}", "dense", f"Dense, all sources, MODE-{m}'s pairs", CLIP_ROW, all_steps,
+                      max_steps=all_steps, data="all", fork_from="seed-all")  # fmt: skip
+    seed = Model("seed", "seed", "Seed, without the new source", CLIP_ROW, fork)
+    seed_all = Model("seed-all", "seed", "Seed, all sources", CLIP_ROW, fork, data="all")
+    return [seed, before, grown, shrunk, forgetting, seed_all, at_once, dense_all]
 
 
 def validation_models(recipe: Recipe, wide: bool = True) -> list[Model]:
@@ -196,7 +234,7 @@ def routing_weights(results: dict, routing: str = "paper") -> list[float]:
 DATA_STAGE, CURVE_STAGE = "data", "curve"
 # Each stage's phase in the report's wall time, by its name's first word; the rest are evaluations.
 PHASES = {"data": "data", "cluster": "clustering", "seed": "training", "expert": "training", "dense": "training",
-          "assemble": "assembly", "curve": "validation curve"}  # fmt: skip
+          "assemble": "assembly", "grow": "training", "shrink": "assembly", "curve": "validation curve"}  # fmt: skip
 
 
 def phase_of(stage: str) -> str:
@@ -215,9 +253,13 @@ class SeedFolder:
     def seed_run(self) -> Path:
         return self.path / "seed"
 
-    def fork(self, recipe: Recipe) -> Path:
-        """The seed's checkpoint that every other model forks from."""
-        return self.seed_run / "checkpoints" / f"step_{recipe.seed_steps}"
+    def run(self, name: str) -> Path:
+        """The folder of the model called `name`: the seed run's (`seed`), or its folder under models/."""
+        return self.seed_run if name == "seed" else self.path / "models" / name
+
+    def fork(self, recipe: Recipe, seed_run: str = "seed") -> Path:
+        """The checkpoint of the seed run `seed_run` that the models forking from it start from."""
+        return self.run(seed_run) / "checkpoints" / f"step_{recipe.seed_steps}"
 
     def clusters(self, clustering: Clustering) -> Path:
         return self.path / "clusters" / clustering.name
@@ -226,7 +268,11 @@ class SeedFolder:
         return self.path / "experts" / model.ensemble / f"expert-{k}"
 
     def model(self, model: Model) -> Path:
-        return self.seed_run if model.kind == "seed" else self.path / "models" / model.name
+        return self.run(model.name)
+
+    def grow_work(self, model: Model) -> Path:
+        """A grown MODE's steps' outputs (its clustering and new experts: `growth.grow`'s --work-dir)."""
+        return self.path / "grow-work" / model.name
 
     def zeroshot_results(self, model: Model, task: str) -> Path:
         return self.path / "results" / model.name / f"zeroshot-{task}.json"
@@ -264,6 +310,8 @@ class JobFolder:
     offline_pairs = property(lambda self: self.path / "data" / "pairs")
     offline_classification = property(lambda self: self.path / "data" / "eval")
     offline_retrieval = property(lambda self: self.path / "data" / "retrieval")
+    offline_arriving_pairs = property(lambda self: self.path / "data" / "arriving-pairs")  # a growth recipe's
+    offline_all_pairs = property(lambda self: self.path / "data" / "all-pairs")
 
     def seed(self, seed: int) -> SeedFolder:
         return SeedFolder(self.path / f"seed-{seed}", seed)

@@ -24,11 +24,12 @@ import sys
 from pathlib import Path
 
 from ..lib import cli
-from ..lib.errors import check_output_dir
+from ..lib.errors import InputError, check_output_dir
 from ..lib.files import read_json, write_json
 from ..lib.settings import check_same_settings
 from .arguments import JobArguments, Sources, check_sources, default_encoder
 from .data import count_pairs
+from .growth_report import write_growth_report
 from .layout import JobFolder
 from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
 from .report import write_report, write_validation_report
@@ -55,6 +56,12 @@ def run(
     encoder = encoder or default_encoder()
     check_sources(sources, encoder)
     check_recipe(recipe, count_pairs(recipe, sources))
+    if recipe.arriving_source is not None and (sources.dataset is not None or validation_only):
+        raise InputError(
+            f"recipe {name} holds {recipe.arriving_source}'s pairs back from the offline corpus and grows its MODE by "
+            "them: it runs on the offline corpus, without --dataset or --validation-only (its schedule is the "
+            "converged recipe's, placed so). Grow a MODE of your own data with train/grow.py."
+        )
     config = clip_config(recipe) if sources.init is None else None
     folder.path.mkdir(parents=True, exist_ok=True)
     record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
@@ -67,7 +74,7 @@ def run(
     if validation_only:
         return write_validation_report(folder.path)
     runner.run_all(graph.evaluation(), "evaluation")  # each evaluator adds its rows to its eval_results.json
-    return write_report(folder.path)
+    return (write_growth_report if recipe.arriving_source else write_report)(folder.path)
 
 
 def record_settings(path: Path, recipe: dict, sources: Sources) -> None:

@@ -45,6 +45,10 @@ class Recipe:
     # sit farther from the caption centres and 0.2 routes them nearly uniformly. 2.0 was chosen from 0.2, 0.5, 1 and
     # 2 on the routing mass of the project's own templates (README, routing), then checked on templates it never saw.
     router_lambda: float = 2.0
+    # The growth experiment: this source's pairs arrive after MODE-n was trained on the others' (issue "a MODE that
+    # grows"); the comparison becomes `layout.growth_comparison`: MODE-n grown by `new_experts` experts on them.
+    arriving_source: str | None = None
+    new_experts: int = 1
 
     @property
     def total_steps(self) -> int:
@@ -59,7 +63,7 @@ class Recipe:
 SIZE_LISTS = ("experts", "full_experts", "onestep_experts")  # the recipe's lists of ensemble sizes n
 # Fields added after jobs were recorded without them, each with the value that those jobs ran with: such a job
 # resumes with that value, and is refused with another (`main.record_settings`).
-ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2}
+ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2, "arriving_source": None, "new_experts": 1}
 
 OFFLINE_MIX = Recipe(
     fine_clusters=64,
@@ -76,21 +80,24 @@ OFFLINE_MIX = Recipe(
     retrieval_per_source=200,
     caption_noise=0.1,
 )
+# The paper's regime at small scale: a model small enough that capacity binds, on few enough pairs (4,500) that the
+# seed converges: 32 epochs, the experts forking at epoch 27 (step 950) for 5 more epochs' steps (175), as the paper's
+# MODE forks MetaCLIP. Chosen on validation pairs only (`--validation-only`, README).
+CONVERGED = dict(
+    train_per_source=1500,
+    model=dict(width=64, layers=2, heads=2, image_size=32, patch_size=8),
+    seed_steps=950,
+    expert_steps=175,
+    validation_per_source=1000,
+)
 # The built-in recipes: each the default one with its overrides.
 RECIPES = {
     "offline-mix": {},
     "offline-mix-attributes": dict(caption_attributes=True),
-    # The paper's regime at small scale: a model small enough that capacity binds, on few enough pairs (4,500) that
-    # the seed converges: 32 epochs, the experts forking at epoch 27 (step 950) for 5 more epochs' steps (175), as
-    # the paper's MODE forks MetaCLIP. Chosen on validation pairs only (`--validation-only`, README).
-    "offline-mix-converged": dict(
-        train_per_source=1500,
-        model=dict(width=64, layers=2, heads=2, image_size=32, patch_size=8),
-        seed_steps=950,
-        expert_steps=175,
-        validation_per_source=1000,
-        seeds=8,
-    ),
+    "offline-mix-converged": dict(CONVERGED, seeds=8),
+    # MODE-2 on Fashion-MNIST and MNIST, grown by one expert when easy-VQA's pairs arrive, in the converged regime.
+    "offline-grow": dict(CONVERGED, experts=(2,), full_experts=(), onestep_experts=(), arriving_source="easy_vqa",
+                         new_experts=1, seeds=3),  # fmt: skip
 }
 # The same stages, on a few hundred pairs and one size of each ensemble: minutes, mostly process start-up.
 SMOKE = dict(
@@ -153,6 +160,8 @@ def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
     if not isinstance(recipe.caption_attributes, bool):
         raise InputError(f"recipe field caption_attributes must be true or false, got {recipe.caption_attributes!r}.")
     check_ensemble_sizes(recipe)
+    if recipe.arriving_source is not None:
+        check_growth(recipe)
     if num_pairs is not None and num_pairs < max(recipe.fine_clusters, recipe.batch_size):
         raise InputError(
             f"the training pairs are {num_pairs}: fewer than the recipe's fine_clusters ({recipe.fine_clusters}) or "
@@ -179,6 +188,23 @@ def check_ensemble_sizes(recipe: Recipe) -> None:
         raise InputError(
             f"recipe field full_experts lists {unknown}, not MODE sizes (experts={list(recipe.experts)}): Full-n is "
             "MODE-n's control, its forks trained on MODE-n's clustering."
+        )
+
+
+def check_growth(recipe: Recipe) -> None:
+    """The growth experiment holds one of the offline corpus's sources back and grows the first MODE size by it."""
+    from ..lib.corpus import SOURCES
+
+    if recipe.arriving_source not in SOURCES or len(SOURCES) < 2:
+        raise InputError(
+            f"recipe field arriving_source must name one of the offline corpus's sources {sorted(SOURCES)}, got "
+            f"{recipe.arriving_source!r}."
+        )
+    n = recipe.experts[0]
+    if not (isinstance(recipe.new_experts, int) and 1 <= recipe.new_experts <= recipe.fine_clusters - n):
+        raise InputError(
+            f"recipe field new_experts must be an integer from 1 to fine_clusters - experts[0] "
+            f"({recipe.fine_clusters - n}), got {recipe.new_experts!r}."
         )
 
 

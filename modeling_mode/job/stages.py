@@ -7,12 +7,14 @@ through the sources' launcher); the data, curve and evaluation stages run in the
 start-up as a script, ~5 s, cost more than its evaluating on the default recipe).
 """
 
+import shlex
 from functools import partial
 
 from ..lib.assembly import AssembleArguments
 from ..lib.clustering import ClusterArguments
 from ..lib.evaluation import RetrievalArguments, ZeroShotArguments, evaluate_retrieval, evaluate_zero_shot
 from ..lib.files import read_json
+from ..lib.growth import GrowArguments, shrink
 from ..lib.training import ExpertTrainingArguments
 from .arguments import Sources
 from .data import prepare_data, training_pairs
@@ -37,10 +39,11 @@ from .recipes import Recipe
 from .routing_probe import write_routing_probe
 from .runner import Stage, module_command
 
-CLUSTERING, TRAINING, ASSEMBLY = (
+CLUSTERING, TRAINING, ASSEMBLY, GROWTH = (
     "modeling_mode.lib.clustering",
     "modeling_mode.lib.training",
     "modeling_mode.lib.assembly",
+    "modeling_mode.lib.growth",
 )
 
 
@@ -68,7 +71,7 @@ class StageGraph:
             for model in self.models:
                 yield from self.model_evaluations(seed, model, sets)
             for model in self.models:
-                if model.main_row == PAPER_ROW:  # a routed ensemble: its routing on templates it never saw
+                if model.kind == "ensemble" and model.main_row == PAPER_ROW:  # its routing on unseen templates
                     yield self.routing_stage(seed, model, sets)
 
     def prepare_data(self) -> None:
@@ -77,48 +80,54 @@ class StageGraph:
     # ------------------------------------------------------------------------------------------- one training seed
 
     def seed_training(self, seed: SeedFolder):
-        """The seed CLIP and the dense runs, the fork-point curve of them all, then each ensemble with what it needs
-        first."""
+        """The seed runs and the dense runs, the fork-point curve of them (when there is a Dense), then each ensemble
+        with what it needs first, and the MODEs that change another."""
         for model in self.models:
             if model.kind == "seed":
-                yield self.training_stage(seed, model.name, self.seed_arguments(seed))
+                yield self.training_stage(seed, model.name, self.seed_arguments(seed, model))
             elif model.kind == "dense":
                 yield self.training_stage(seed, model.name, self.dense_arguments(seed, model))
-        yield self.curve_stage(seed)
+        if any(model.name == "dense" for model in self.models):
+            yield self.curve_stage(seed)
         done = set()  # clusterings and experts that an earlier model had made
         for model in self.models:
             if model.kind == "ensemble":
                 stages = [self.clustering_stage(seed, model.clustering), *self.ensemble_stages(seed, model)]
                 yield from (stage for stage in stages if stage.name not in done)
                 done |= {stage.name for stage in stages}
+            elif model.kind == "grow":
+                yield self.grow_stage(seed, model)
+            elif model.kind == "shrink":
+                yield self.shrink_stage(seed, model)
 
-    def seed_arguments(self, seed: SeedFolder) -> ExpertTrainingArguments:
-        """The seed run: all pairs, from `--init` or random weights, stopped at the fork (its schedule goes on)."""
+    def seed_arguments(self, seed: SeedFolder, model: Model) -> ExpertTrainingArguments:
+        """A seed run: its pairs, from `--init` or random weights, stopped at the fork (its schedule goes on)."""
         start = {"init": self.sources.init} if self.sources.init else {"config": str(self.folder.clip_config)}
-        return self.expert_arguments(
-            seed.seed, dataset=self.pairs, output=str(seed.seed_run), stop_at_step=self.recipe.seed_steps, **start
-        )
+        return self.expert_arguments(seed.seed, dataset=self.data(model.data), output=str(seed.model(model)),
+                                     stop_at_step=self.recipe.seed_steps, **start)  # fmt: skip
 
     def dense_arguments(self, seed: SeedFolder, model: Model) -> ExpertTrainingArguments:
         """A dense run on all pairs to `model.max_steps`: forked from the seed, or (a wider model) trained as the seed
         was, from random weights, with the seed's training seed."""
         if model.width_factor == 1:
-            return self.forked(seed, seed.seed, max_steps=model.max_steps, output=str(seed.model(model)))
-        return self.expert_arguments(seed.seed, dataset=self.pairs, output=str(seed.model(model)),
+            return self.forked(seed, seed.seed, model.fork_from, max_steps=model.max_steps,
+                               output=str(seed.model(model)), dataset=self.data(model.data))  # fmt: skip
+        return self.expert_arguments(seed.seed, dataset=self.data(model.data), output=str(seed.model(model)),
                                      config=str(self.folder.wide_clip_config), max_steps=model.max_steps)  # fmt: skip
 
-    def forked(self, seed: SeedFolder, training_seed: int, **fields) -> ExpertTrainingArguments:
-        """A run forked from the seed's fork checkpoint (weights, optimizer, schedule position), on all pairs unless
-        `fields` say otherwise. With the seed's --seed and --max-steps (Dense), it goes on as the seed run would
-        have: the same learning rate at each step and the same batches (a step's batch is drawn from seed and step)."""
+    def forked(self, seed: SeedFolder, training_seed: int, seed_run: str, **fields) -> ExpertTrainingArguments:
+        """A run forked from the fork checkpoint of the seed run `seed_run` (weights, optimizer, schedule position), on
+        the job's pairs unless `fields` say otherwise. With the seed's --seed and --max-steps (Dense), it goes on as
+        the seed run would have: the same learning rate at each step and the same batches (a step's batch is drawn
+        from seed and step)."""
         return self.expert_arguments(
-            training_seed, **{"dataset": self.pairs, "init": str(seed.fork(self.recipe))} | fields
+            training_seed, **{"dataset": self.pairs, "init": str(seed.fork(self.recipe, seed_run))} | fields
         )
 
     def clustering_stage(self, seed: SeedFolder, clustering: Clustering) -> Stage:
         output = seed.clusters(clustering)
         arguments = ClusterArguments(
-            dataset=self.pairs, split=self.sources.split, caption_column=self.sources.caption_column,
+            dataset=self.data(clustering.data), split=self.sources.split, caption_column=self.sources.caption_column,
             fine_clusters=self.recipe.fine_clusters, seed=seed.seed, output=str(output),
             encoder=str(seed.seed_run) if clustering.seed_text else self.encoder, experts=clustering.experts,
             one_step=clustering.method == "one-step", random=clustering.method == "random",
@@ -135,17 +144,43 @@ class StageGraph:
                 training_seed, every_pair = 1000 * (seed.seed + 1) + k, {"out_of_cluster_ratio": 1.0}
             else:
                 training_seed, every_pair = seed.seed, {}
-            arguments = self.forked(seed, training_seed, dataset=str(clusters / "dataset"), cluster=str(k),
-                                    output=str(seed.expert(model, k)), **every_pair)  # fmt: skip
+            arguments = self.forked(seed, training_seed, model.fork_from, dataset=str(clusters / "dataset"),
+                                    cluster=str(k), output=str(seed.expert(model, k)), **every_pair)  # fmt: skip
             experts.append(arguments.output)
             yield self.training_stage(seed, f"expert-{model.ensemble}-{k}", arguments)
         output = seed.model(model)
         assembly = AssembleArguments(
-            experts=experts, clusters=str(clusters), router_text_model=str(seed.seed_run), output=str(output),
+            experts=experts, clusters=str(clusters), router_text_model=str(seed.run(model.fork_from)),
+            output=str(output),
             router=model.router, router_lambda=self.recipe.router_lambda,
         )  # fmt: skip
         command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
         yield Stage(seed.stage(f"assemble-{model.assembly}"), Output(output, model_finished), command)
+
+    def grow_stage(self, seed: SeedFolder, model: Model) -> Stage:
+        """The MODE `model.parent` grown by the recipe's new experts on the arriving pairs, as a user grows one:
+        `growth`'s entry point (train/grow.py), its clustering and training through the sources' launcher."""
+        arguments = GrowArguments(
+            model=str(seed.run(model.parent)), dataset=self.data("arriving"), output=str(seed.model(model)),
+            new_experts=self.recipe.new_experts, caption_column=self.sources.caption_column, seed=seed.seed,
+            work_dir=str(seed.grow_work(model)), launcher=shlex.join(self.sources.launcher),
+        )  # fmt: skip
+        command = module_command(GROWTH, arguments)
+        return Stage(seed.stage(f"grow-{model.name}"), Output(seed.model(model), model_finished), command)
+
+    def shrink_stage(self, seed: SeedFolder, model: Model) -> Stage:
+        """The grown MODE `model.parent` without the experts it was grown by, the last first."""
+        parent, steps = seed.run(model.parent), seed.grow_work(model)
+        remove = list(range(model.n + self.recipe.new_experts - 1, model.n - 1, -1))
+        outputs = [steps / f"without-{k}" for k in remove[:-1]] + [seed.model(model)]
+        reason = "the growth experiment: the arriving source's experts leave"
+
+        def shrink_all():
+            for expert, source, output in zip(remove, [parent, *outputs], outputs):
+                if not model_finished(output):
+                    shrink(str(source), expert, reason, str(output))
+
+        return Stage(seed.stage(f"shrink-{model.name}"), Output(seed.model(model), model_finished), shrink_all)
 
     def curve_stage(self, seed: SeedFolder) -> Stage:
         """Every checkpoint of the seed run and of Dense (the seed's schedule to its end), and the last of each other
@@ -164,6 +199,11 @@ class StageGraph:
     @property
     def pairs(self) -> str:
         return training_pairs(self.folder, self.sources)
+
+    def data(self, name: str) -> str:
+        """The training pairs called `name` (`layout.DATA`): the job's, or the growth experiment's others."""
+        return {"pairs": self.pairs, "arriving": str(self.folder.offline_arriving_pairs),
+                "all": str(self.folder.offline_all_pairs)}[name]  # fmt: skip
 
     def expert_arguments(self, training_seed: int, **fields) -> ExpertTrainingArguments:
         """A training stage's arguments: the recipe's schedule and the sources' columns, and `fields`.

@@ -477,3 +477,7 @@ def shrink_command() -> None:
 def grow_command() -> None:
     """`mode-grow` and train/grow.py."""
     cli.run(grow_main)
+
+
+if __name__ == "__main__":  # `python -m modeling_mode.lib.growth` grows, as train/grow.py does (the job's grow stage)
+    grow_command()
