@@ -19,9 +19,11 @@ from modeling_mode.job.layout import JobFolder, Output
 from modeling_mode.job.main import record_settings, run
 from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
 from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
-from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, TRAINING, StageGraph
+from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
 from modeling_mode.lib import cli
+from modeling_mode.lib.assembly import AssembleArguments
 from modeling_mode.lib.cards import model_card
+from modeling_mode.lib.clustering import ClusterArguments
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint
@@ -268,6 +270,8 @@ SMOKE_MODEL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8)
         ({"learning_rate": 0}, r"learning_rate and router_lambda must be > 0 .*got 0, 2.0"),
         ({"router_lambda": -1.0}, r"learning_rate and router_lambda must be > 0 .*got 0.001, -1.0"),
         ({"model": dict(SMOKE_MODEL, depth=2)}, r"is not a model size: .*'depth'"),
+        ({"arriving_source": "cifar10"}, r"arriving_source must name one of the offline corpus's sources"),
+        ({"arriving_source": "mnist", "new_experts": 0}, r"new_experts must be an integer from 1 to .* \(4\), got 0"),
     ],
 )
 def test_recipe_errors_are_found_before_any_work(tmp_path, fields, message):
@@ -328,9 +332,7 @@ def test_the_jobs_progress_shows_the_running_stages_own_bar():
 
 
 def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
-    from modeling_mode.lib.assembly import AssembleArguments
     from modeling_mode.lib.cli import parse
-    from modeling_mode.lib.clustering import ClusterArguments
 
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
     graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
@@ -386,3 +388,64 @@ def test_the_attribute_corpus_variant_reaches_the_captions(tmp_path):
 def test_the_seeds_flag_overrides_the_recipes():
     arguments = cli.parse(JobArguments, "", ["--output", "job", "--seeds", "3"])
     assert (arguments.seeds, cli.parse(JobArguments, "", ["--output", "job"]).seeds) == (3, None)
+
+
+def test_the_growth_experiments_runs_fork_from_their_own_seed_and_train_on_their_own_pairs(tmp_path):
+    from modeling_mode.lib.growth import GrowArguments
+
+    recipe = dataclasses.replace(load_recipe("offline-grow")[1], **SMOKE, seeds=1)
+    job = tmp_path / "job"
+    graph = StageGraph(JobFolder(job), recipe, Sources(), "an/encoder")
+    modules = {TRAINING: ExpertTrainingArguments, CLUSTERING: ClusterArguments, GROWTH: GrowArguments,
+               ASSEMBLY: AssembleArguments}  # fmt: skip
+    stages = {stage.name.partition("/")[2]: stage for stage in graph.training()}
+    parsed = {name: cli.parse(modules[stage.action[2]], "", [str(part) for part in stage.action[3:]])
+              for name, stage in stages.items() if not callable(stage.action)}  # fmt: skip
+    pairs, arriving, every = (str(job / "data" / name) for name in ("pairs", "arriving-pairs", "all-pairs"))
+    fork, fork_all = (str(job / "seed-0" / run / "checkpoints" / "step_6") for run in ("seed", "models/seed-all"))
+    assert (parsed["seed"].dataset, parsed["seed-all"].dataset) == (pairs, every)
+    schedule = {name: (parsed[name].dataset, parsed[name].init, parsed[name].max_steps) for name in parsed
+                if name.startswith("dense")}  # fmt: skip
+    assert schedule == {"dense-new": (arriving, fork, 6 + 3), "dense-all-3": (every, fork_all, 6 + 3 * 3)}
+    assert (parsed["cluster-minilm-2"].dataset, parsed["cluster-all-minilm-3"].dataset) == (pairs, every)
+    assert {parsed[f"expert-all-minilm-3-{k}"].init for k in range(3)} == {fork_all}
+    assert {parsed[f"expert-minilm-2-{k}"].init for k in range(2)} == {fork}
+    assert parsed["assemble-all-minilm-3"].router_text_model == str(job / "seed-0" / "models" / "seed-all")
+    grow = parsed["grow-mode-minilm-2-grown"]
+    assert (grow.model, grow.dataset, grow.new_experts, grow.seed) == (
+        str(job / "seed-0" / "models" / "mode-minilm-2"), arriving, 1, 0)  # fmt: skip
+    assert callable(stages["shrink-mode-minilm-2-grown-shrunk"].action)  # in the job's process: seconds
+    names = list(stages)  # each after what it needs
+    assert names.index("assemble-minilm-2") < names.index("grow-mode-minilm-2-grown") < names.index(
+        "shrink-mode-minilm-2-grown-shrunk")  # fmt: skip
+    with pytest.raises(InputError, match="runs on the offline corpus, without --dataset or --validation-only"):
+        run("offline-grow", tmp_path / "refused", smoke=True, validation_only=True)
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_the_growth_experiment_grows_shrinks_back_and_reports(tmp_path):
+    from modeling_mode.lib.growth import expert_digests
+
+    output = tmp_path / "grow"
+    command = [sys.executable, str(ROOT / "train" / "job.py"), "--recipe", "offline-grow", "--smoke", "--seeds", "1",
+               "--output", str(output)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = {name: load_from_disk(str(output / "data" / name)) for name in ("pairs", "arriving-pairs", "all-pairs")}
+    assert set(data["arriving-pairs"]["source"]) == {"easy_vqa"} and "easy_vqa" not in set(data["pairs"]["source"])
+    assert len(data["all-pairs"]) == len(data["pairs"]) + len(data["arriving-pairs"]) == 3 * 150
+    models = output / "seed-0" / "models"
+    before, grown, shrunk = (expert_digests(models / name) for name in
+                             ("mode-minilm-2", "mode-minilm-2-grown", "mode-minilm-2-grown-shrunk"))  # fmt: skip
+    assert len(grown) == 3 and grown[:2] == before == shrunk
+    changes = json.loads((models / "mode-minilm-2-grown-shrunk" / "config.json").read_text())["changelog"]
+    assert [change["change"] for change in changes] == ["added experts", "removed expert"]
+    scores = {name: json.loads((output / "seed-0" / "results" / name / "zeroshot-mnist.json").read_text())["results"]
+              for name in ("mode-minilm-2", "mode-minilm-2-grown-shrunk")}  # fmt: skip
+    assert scores["mode-minilm-2"] == scores["mode-minilm-2-grown-shrunk"]  # the same experts and centres: exactly
+    report = (output / "report.md").read_text()
+    assert "# A MODE that grows, on the `offline-grow` recipe (smoke run)" in report
+    assert "byte-identical to the MODE before growing (SHA-256 of their tensors): yes" in report
+    assert "the largest top-1 difference between the two over seeds and sets: 0.00 points" in report
+    assert all(f"| {name} |" in report for name in ("dense-new", "mode-all-minilm-3", "dense-all-3", "seed-all"))

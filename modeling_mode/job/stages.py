@@ -70,6 +70,8 @@ class StageGraph:
         for seed in self.folder.seeds(self.recipe):
             for model in self.models:
                 yield from self.model_evaluations(seed, model, sets)
+            if self.recipe.arriving_source is not None:
+                continue  # the growth report reads no routing probe
             for model in self.models:
                 if model.kind == "ensemble" and model.main_row == PAPER_ROW:  # its routing on unseen templates
                     yield self.routing_stage(seed, model, sets)
