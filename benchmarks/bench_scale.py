@@ -20,7 +20,9 @@ part-way can be completed with the stages it lacks):
   order rotated), in one child process; the streamed read once with the shard evicted from the page cache
   (posix_fadvise: read from disk) and once with it cached. The median of the per-shard ratios; goal >= 0.8. Run with
   --encoder on --embed-shards shards, and with --subset-encoder (all-MiniLM-L6-v2) on --subset-shards.
-- expert: `train/reshard.py` on the whole corpus' labels; then pairs/s delivered to an expert of cluster 0 by
+- expert: `train/reshard.py` on the whole corpus' labels, its bytes per corpus byte of the pairs it writes (goal
+  <= 1.05), and again with two processes (`accelerate launch`, gloo): the wall-time ratio and whether the bytes are
+  the same; then pairs/s delivered to an expert of cluster 0 by
   `TrainingData.micro_batches` (the data path without the step: --expert-batches batches of --expert-batch-size,
   --num-workers loader workers, tiny-CLIP image processing) in two layouts: (a) the original shards joined with the
   labels table (`--streaming --labels --cluster 0`), (b) the cluster's resharded shards (`--streaming --cluster all`);
@@ -404,7 +406,15 @@ def expert_stage(args) -> dict:
     flags = ["--dataset", corpus_folder(args), "--labels", labels, "--shard-size", args.reshard_size]
     results = {"reshard": measured("train/reshard.py", [*flags, "--output", resharded], args, "reshard")}
     results["reshard"]["output_bytes"] = disk_bytes(resharded)
+    manifest = json.loads((resharded / "manifest.json").read_text())
+    clustered = sum(cluster["pairs"] for cluster in manifest["clusters"].values())
+    # The corpus's bytes of the pairs that have a cluster (the others are left out), as a share of its tar bytes.
+    results["reshard"]["bytes_per_corpus_byte"] = round(
+        disk_bytes(resharded) / (tar_bytes(corpus_folder(args)) * clustered / args.pairs), 4
+    )
     print(json.dumps(results["reshard"]), flush=True)
+    results["reshard_two_processes"] = reshard_two_processes(args, flags, resharded)
+    print(json.dumps(results["reshard_two_processes"]), flush=True)
 
     cluster_dir = resharded / f"cluster-{EXPERT_CLUSTER}"
     cluster_pairs = json.loads((resharded / "manifest.json").read_text())["clusters"][str(EXPERT_CLUSTER)]["pairs"]
@@ -436,6 +446,30 @@ def expert_stage(args) -> dict:
     results["b_resharded"]["key_check"] = child("key_check", args, cluster_dir=cluster_dir, labels=labels)
     print(json.dumps(results["b_resharded"]["key_check"]), flush=True)
     return results
+
+
+def reshard_two_processes(args, flags: list, one_process: Path) -> dict:
+    """The same reshard by two gloo processes (`accelerate launch`): its wall time against one process's, and whether
+    it wrote the same bytes."""
+    output = args.data / "runs" / "resharded-2"
+    shutil.rmtree(output, ignore_errors=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    command = [*launch, str(REPO / "train/reshard.py"), *map(str, flags), "--output", str(output)]
+    print(f"[{time.strftime('%H:%M:%S')}] reshard, 2 processes", flush=True)
+    start = time.perf_counter()
+    log = args.data / "logs" / "reshard-2.log"
+    with open(log, "wb") as file:
+        done = subprocess.run(command, stdout=file, stderr=subprocess.STDOUT, env={**child_env(args),
+                              "ACCELERATE_USE_CPU": "true"}, cwd=REPO)  # fmt: skip
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"the 2-process reshard failed (exit status {done.returncode}):\n{log.read_text()[-3000:]}")
+    names = sorted(path.relative_to(one_process) for path in one_process.rglob("*") if path.is_file())
+    same = names == sorted(path.relative_to(output) for path in output.rglob("*") if path.is_file()) and all(
+        (output / name).read_bytes() == (one_process / name).read_bytes() for name in names
+    )
+    return {"seconds": round(seconds, 1), "same_bytes_as_one_process": same}
 
 
 def expert_data_path(flags: list[str], batches: int) -> dict:
@@ -536,6 +570,14 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
         run = expert["reshard"]
         row("reshard: wall s / peak RSS MB / bytes written",
             f"{run['seconds']} / {run['peak_rss_mb']} / {run['output_bytes']}")  # fmt: skip
+        if "bytes_per_corpus_byte" in run:
+            ratio = run["bytes_per_corpus_byte"]
+            row("reshard: bytes written per corpus byte of the clustered pairs", f"{ratio:.3f}", "<= 1.05",
+                ratio <= 1.05)  # fmt: skip
+        if two := expert.get("reshard_two_processes"):
+            row("reshard: 1 process's wall time / 2 processes' (same bytes)",
+                f"{run['seconds'] / two['seconds']:.2f} ({two['same_bytes_as_one_process']})", "same bytes: True",
+                two["same_bytes_as_one_process"])  # fmt: skip
         for layout in ("a_original_shards_with_labels", "b_resharded"):
             data, steps = expert[layout]["data_path"], expert[layout]["end_to_end"]
             row(f"expert of cluster {EXPERT_CLUSTER}, {layout}: pairs/s delivered (data path, batch "

@@ -4,7 +4,10 @@ as the pipeline writes them, and the scripts run in this process. conftest.py ho
 import importlib.util
 import io
 import json
+import os
 import runpy
+import socket
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -334,6 +337,18 @@ def labelled_tar_corpus(root: Path) -> tuple[str, list[str], str]:
     """(the corpus folder, its data files, its labels table) of `make_tar_corpus`."""
     files = make_tar_corpus(root / "corpus")
     return str(root / "corpus"), files, str(label_corpus(files, root / "labels", str(root / "corpus")))
+
+
+def launch_two_cpu_processes(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch` of two CPU processes on gloo (hf-notes: --cpu would start only one): `args` are the script
+    (or `-m MODULE`) and its flags."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *flags, "--main_process_port", str(port), *args]
+    return subprocess.run(list(map(str, command)), capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def run_reshard(dataset, labels, output, on_shard=None, **flags) -> dict:

@@ -3,9 +3,7 @@ two processes giving the same clusters as one, and the flags train/job.py passes
 
 import importlib.util
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
-from helpers import assert_nearest_up_to_ties, normalised
+from helpers import assert_nearest_up_to_ties, launch_two_cpu_processes, normalised
 from hub_server import LocalHub
 from PIL import Image
 from safetensors.numpy import load, load_file, save_file
@@ -342,12 +340,6 @@ def test_labels_of_a_crashed_run_never_reach_another_run(tmp_path, corpus, tiny_
     np.testing.assert_array_equal(labels["coarse_id"], np.where(fine >= 0, clusters.fine_to_coarse[fine], -1))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # The two runs embed the same shards with other thread counts (default vs OMP_NUM_THREADS=1), so float32 sums are
 # reduced in another order: values agree to a few ulps (1.5e-7 seen), not bit for bit. 1e-5 is far above that and
 # far below the gap between two captions' embeddings.
@@ -359,16 +351,7 @@ def test_two_cpu_processes_give_the_same_clusters_as_one(tmp_path, corpus, tiny_
     flags = ["--dataset", corpus, "--encoder", tiny_clip, "--fine-clusters", 8, "--experts", 2, "--shard-rows", 16]
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # float32 on the CPU as below, even where a GPU is
     run(*flags, "--output", tmp_path / "one")
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(SCRIPT),
-    ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        launch + [str(a) for a in flags] + ["--output", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = launch_two_cpu_processes(SCRIPT, *flags, "--output", tmp_path / "two", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (one_clusters, one), (two_clusters, two) = (read_finished_run(tmp_path / name) for name in ("one", "two"))
     assert (one["num_processes"], two["num_processes"]) == (1, 2)

@@ -20,11 +20,11 @@ import pytest
 from datasets import Dataset, Features, Image, Sequence, Value
 from helpers import (
     EXPERTS,
-    FINE_CLUSTERS,
     caption_for,
     cluster_of,
     label_corpus,
     labelled_tar_corpus,
+    launch_two_cpu_processes,
     make_tar_corpus,
     run_reshard,
 )
@@ -32,7 +32,8 @@ from PIL import Image as PILImage
 
 from modeling_mode.lib.data_files import list_data_files, read_samples
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.reshard import MANIFEST, check_finished_reshard
+from modeling_mode.lib.labels_table import LabelsTable
+from modeling_mode.lib.reshard import MANIFEST, ShardPlan, check_finished_reshard, fine_ids
 
 REPO = Path(__file__).resolve().parents[1]
 RESHARD = REPO / "train/reshard.py"
@@ -78,6 +79,7 @@ def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corp
     dataset, files, labels = tar_corpus
     manifest = run_reshard(dataset, labels, tmp_path / "out", shard_size=4)
     sources = {sample["__key__"]: sample for file in files for sample in read_samples(file)}
+    row_of = {key: row for row, key in enumerate(sources)}
     for cluster in range(EXPERTS):
         shards = shards_of(tmp_path / "out", cluster)
         samples = [sample for shard in shards for sample in shard]
@@ -85,8 +87,10 @@ def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corp
         assert [len(shard) for shard in shards[:-1]] == [4] * (len(shards) - 1) and 0 < len(shards[-1]) <= 4
         for sample in samples:
             source = sources[sample["__key__"].split("/", 1)[1]]
-            assert sample["jpg"] == source["jpg"] and sample["txt"] == source["txt"]  # the members, as they were
-            assert int(sample["coarse_id.cls"]) == cluster and 0 <= int(sample["fine_id.cls"]) < FINE_CLUSTERS
+            assert sample.keys() == source.keys()  # the members, as they were: the ids are beside the shards
+            assert sample["jpg"] == source["jpg"] and sample["txt"] == source["txt"]
+        ids = np.concatenate([fine_ids(str(tmp_path / "out"), cluster, s) for s in range(len(shards))])
+        assert ids.tolist() == [cluster_of(row_of[s["__key__"].split("/", 1)[1]])[0] for s in samples]
         assert manifest["clusters"][str(cluster)] == {"pairs": len(samples), "shards": len(shards)}
     without = sum(cluster_of(row)[1] < 0 for row in range(len(sources)))
     assert manifest["finished"] and manifest["pairs_without_cluster"] == without > 0
@@ -104,7 +108,7 @@ def test_parquet_pairs_become_image_and_caption_members_that_datasets_reads(tmp_
     run_reshard(str(tmp_path / "corpus"), str(labels), tmp_path / "out", shard_size=3)
     (samples,) = [[s for shard in shards_of(tmp_path / "out", 1) for s in shard]]
     assert [s["__key__"] for s in samples] == expected_keys(files, 1)
-    assert {name for s in samples for name in s} == {"__key__", "png", "json", "coarse_id.cls", "fine_id.cls"}
+    assert {name for s in samples for name in s} == {"__key__", "png", "json"}
     row = int(samples[0]["__key__"].split("/")[1])  # the first file's: its rows are the corpus's
     assert json.loads(samples[0]["json"]) == [caption_for(row), f"pair {row}, another caption"]
     assert PILImage.open(io.BytesIO(samples[0]["png"])).getpixel((0, 0)) == (row, row, row)
@@ -112,7 +116,7 @@ def test_parquet_pairs_become_image_and_caption_members_that_datasets_reads(tmp_
     from datasets import load_dataset  # the resharded cluster, as an expert streams it
 
     stream = load_dataset(str(tmp_path / "out" / "cluster-1"), split="train", streaming=True)
-    assert [(e["__key__"], e["coarse_id.cls"]) for e in stream] == [(s["__key__"], 1) for s in samples]
+    assert [e["__key__"] for e in stream] == [s["__key__"] for s in samples]
 
 
 def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
@@ -143,6 +147,24 @@ def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
     for name in names:
         assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     check_finished_reshard(str(cluster))  # finished now: read as any data files
+
+
+@pytest.mark.slow
+def test_two_processes_write_disjoint_shards_and_the_same_bytes_as_one(tar_corpus, tmp_path):
+    dataset, files, labels = tar_corpus
+    run_reshard(dataset, labels, tmp_path / "one", shard_size=3)
+    table = LabelsTable(labels)
+    plan = ShardPlan.from_table(table, 3)
+    shares = [plan.shards_of_process(process, 2) for process in range(2)]
+    assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == plan.all_shards()
+    flags = ["--dataset", dataset, "--labels", labels, "--shard-size", 3, "--output", tmp_path / "two"]
+    done = launch_two_cpu_processes(RESHARD, *flags, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    names = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
+    assert sorted(path.relative_to(two) for path in two.rglob("*") if path.is_file()) == names  # no scratch left
+    for name in names:
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
 
 
 def reshard_command(monkeypatch, capsys, *argv) -> tuple[int, list[str]]:

@@ -8,7 +8,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from helpers import (
     QUIET,
     assert_same_weights,
     expert_command,
+    launch_two_cpu_processes,
     make_pairs,
     reset_accelerate_state,
     tiny_clip_config,
@@ -92,14 +92,9 @@ def python(*args, env=None, check=True) -> subprocess.CompletedProcess:
 
 
 def launch_two_processes(*args) -> subprocess.CompletedProcess:
-    """`accelerate launch` of two CPU processes on gloo (hf-notes: --cpu would start only one)."""
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    flags = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split()
-    flags += ["--main_process_port", port]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    return python("-m", "accelerate.commands.launch", *flags, *args, env=env)
+    result = launch_two_cpu_processes(*args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def run_args(run_dir) -> dict:

@@ -5,15 +5,21 @@ an expert reads its own share of the corpus only, instead of streaming all of it
 `list_data_files` order, each file's pairs in its order), `--shard-size` to a shard: shard s holds the cluster's pairs
 s * shard_size to (s + 1) * shard_size - 1, so which pairs each shard holds follows from the labels table alone.
 A pair's sample keeps its members (a tar source) or becomes `jpg`/`png`/... (its image, in its own format) and `txt`
-(its caption; a list of captions: `json`) for a parquet source; `coarse_id.cls` and `fine_id.cls` carry its ids
-(webdataset's class-label members: `datasets` reads them as ints). Its `__key__` is the labels table's key prefixed
+(its caption; a list of captions: `json`) for a parquet source. Its `__key__` is the labels table's key prefixed
 by the data file's index in the table (`00003/KEY`): keys are only unique within a data file (a parquet file's are
-row indexes), and a webdataset reader merges consecutive samples with the same key.
+row indexes), and a webdataset reader merges consecutive samples with the same key. The pairs' ids add no member: the
+coarse id is the folder's K, and the fine ids are `OUTPUT/fine_ids/cluster-K/shard-NNNNN.npy`, one per sample in the
+shard's order (`fine_ids`). Two small members a sample would cost two tar headers and padded blocks, 1 KB a pair.
+
+Spread over processes (`accelerate launch train/reshard.py`, torchrun): each process writes the shards whose first
+pair lies in its share of the data files (`ShardPlan.owner`), reading those files and, for a shard that runs on past
+them, the next ones. Which pairs a shard holds does not depend on who writes it: the output is the same bytes.
 
 Resumable per output shard: each shard is written under a scratch name and renamed once it holds its planned pairs,
 so a shard that is there is complete; a re-run reads only the data files that hold pairs of missing shards and writes
 only those shards. `manifest.json` says with which settings the output is written (before the first shard) and,
-rewritten last with `finished`, what it holds: the output is complete only then.
+rewritten last with `finished` by the main process once every process's shards are there, what it holds: the output
+is complete only then.
 """
 
 import io
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from accelerate import PartialState
 from PIL import Image, UnidentifiedImageError
 
 from . import cli
@@ -54,6 +61,7 @@ without a cluster are left out. A killed run resumes where it stopped when run a
 it had written are kept, the others written. OUTPUT/manifest.json, written last, says the output is complete.
 """
 MANIFEST = "manifest.json"
+FINE_IDS = "fine_ids"  # OUTPUT/fine_ids/cluster-K/shard-NNNNN.npy
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif"}  # PIL format -> member extension, where it is not the lowercase
 
 
@@ -113,6 +121,23 @@ class ShardPlan:
     def num_shards(self, cluster: int) -> int:
         return -(-int(self.totals[cluster]) // self.shard_size)
 
+    def all_shards(self) -> set[tuple[int, int]]:
+        return {(cluster, shard) for cluster in range(len(self.totals)) for shard in range(self.num_shards(cluster))}
+
+    def shards_of_process(self, process: int, num_processes: int) -> set[tuple[int, int]]:
+        """The shards process `process` writes: those whose first pair lies in its share of the data files, the
+        files whose clustered pairs start in the `process`-th of `num_processes` equal parts of the corpus's."""
+        per_file = self.counts.sum(axis=1)
+        first_pair = np.cumsum(per_file) - per_file
+        file_owner = np.minimum(first_pair * num_processes // max(1, int(per_file.sum())), num_processes - 1)
+        shards = set()
+        for cluster in range(len(self.totals)):
+            ends = self.before[:, cluster] + self.counts[:, cluster]  # the cluster's pairs up to each file's end
+            starts = np.arange(self.num_shards(cluster)) * self.shard_size
+            owners = file_owner[np.searchsorted(ends, starts, side="right")]
+            shards.update((cluster, int(shard)) for shard in np.flatnonzero(owners == process))
+        return shards
+
 
 def check_finished_reshard(dataset: str) -> None:
     """Refuse to read one cluster's shards (`OUTPUT/cluster-K`) of a reshard that has not finished: its shards are
@@ -134,27 +159,42 @@ def shard_path(output: str, cluster: int, shard: int) -> Path:
     return Path(output, f"cluster-{cluster}", f"shard-{shard:05d}.tar")
 
 
+def fine_ids_path(output: str, cluster: int, shard: int) -> Path:
+    return Path(output, FINE_IDS, f"cluster-{cluster}", f"shard-{shard:05d}.npy")
+
+
+def fine_ids(output: str, cluster: int, shard: int) -> np.ndarray:
+    """The fine cluster id of each pair of an output shard, in the shard's order."""
+    return np.load(fine_ids_path(output, cluster, shard))
+
+
 class ShardWriter:
-    """One output shard being filled: written under a scratch name, renamed into place once it holds `size` pairs."""
+    """One output shard being filled: written under a scratch name, renamed into place once it holds `size` pairs
+    (its fine ids written first: a shard in place has them)."""
 
-    def __init__(self, path: Path, size: int):
-        self.size, self.written, self.path = size, 0, path
+    def __init__(self, output: str, cluster: int, shard: int, size: int):
+        self.size, self.path, self.ids = size, shard_path(output, cluster, shard), []
+        self.ids_path = fine_ids_path(output, cluster, shard)
         self.files = ExitStack()
-        self.tar = self.files.enter_context(tarfile.open(self.files.enter_context(atomic_path(path)), "w"))
+        self.tar = self.files.enter_context(tarfile.open(self.files.enter_context(atomic_path(self.path)), "w"))
 
-    def add(self, sample: dict) -> bool:
+    def add(self, sample: dict, fine_id: int) -> bool:
         """Write one sample; returns whether the shard is complete (then it is closed and in place)."""
         write_tar_sample(self.tar, sample)
-        self.written += 1
-        if self.written == self.size:
+        self.ids.append(fine_id)
+        if len(self.ids) == self.size:
+            with atomic_path(self.ids_path) as partial, open(partial, "wb") as file:
+                np.save(file, np.asarray(self.ids, dtype=np.int32))
             self.files.close()  # closes the tar, then renames it into place
-        return self.written == self.size
+        return len(self.ids) == self.size
 
 
 def reshard(args: ReshardArguments, on_shard=None) -> dict:
-    """Write each cluster's pairs to its own shards (see the module's docstring); returns the manifest.
+    """Write each cluster's pairs to its own shards (see the module's docstring), this process's share of them;
+    returns the manifest.
 
     `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
+    state = PartialState()  # one process, or one of `accelerate launch`'s (torchrun's)
     check_output_dir(args.output, "--output")
     corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
     meta = corpus.table.meta
@@ -178,13 +218,18 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
         logger.info(f"{args.output} holds this reshard, finished: nothing to do.")
         return earlier
     plan = ShardPlan.from_table(corpus.table, args.shard_size)
+    if state.num_processes > 1 and state.is_main_process and not manifest_path.is_file():
+        write_json(manifest_path, {"settings": settings})  # before any process's first shard
+    state.wait_for_everyone()
 
     def open_shard(cluster: int, shard: int) -> ShardWriter:
         if not manifest_path.is_file():  # before the first shard: a re-run must use the same settings
             write_json(manifest_path, {"settings": settings})
-        return ShardWriter(shard_path(args.output, cluster, shard), plan.shard_pairs(cluster, shard))
+        return ShardWriter(args.output, cluster, shard, plan.shard_pairs(cluster, shard))
 
-    write_shards(args, corpus, plan, open_shard, on_shard)
+    mine = plan.shards_of_process(state.process_index, state.num_processes)
+    write_shards(args, corpus, plan, mine, open_shard, on_shard)
+    state.wait_for_everyone()  # every process's shards are there
     manifest = {
         "settings": settings,
         "finished": True,
@@ -194,6 +239,10 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
         },
         "pairs_without_cluster": int(meta["num_rows"] - plan.totals.sum()),
     }
+    if not state.is_main_process:
+        return manifest
+    if missing := sorted(s for s in plan.all_shards() if not shard_path(args.output, *s).is_file()):
+        raise RuntimeError(f"{len(missing)} output shards are missing, e.g. {shard_path(args.output, *missing[0])}.")
     write_json(manifest_path, manifest)  # last: the output is complete
     logger.info(
         f"Wrote the {int(plan.totals.sum())} pairs of {len(manifest['clusters'])} clusters to {args.output}; "
@@ -202,17 +251,15 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
     return manifest
 
 
-def write_shards(args: ReshardArguments, corpus: StreamedCorpus, plan: ShardPlan, open_shard, on_shard) -> None:
-    """The one pass: every data file that holds pairs of a shard not yet written is read, and those shards written.
-    A cluster's pairs come in the order of its shards, so each cluster has one shard open at a time."""
-    done = {
-        (cluster, shard)
-        for cluster in range(len(plan.totals))
-        for shard in range(plan.num_shards(cluster))
-        if shard_path(args.output, cluster, shard).is_file()
-    }
+def write_shards(
+    args: ReshardArguments, corpus: StreamedCorpus, plan: ShardPlan, mine: set, open_shard, on_shard
+) -> None:
+    """The one pass: every data file that holds pairs of a shard of `mine` not yet written is read, and those shards
+    written. A cluster's pairs come in the order of its shards, so each cluster has one shard open at a time."""
+    done = {shard for shard in mine if shard_path(args.output, *shard).is_file()}
     if done:
-        logger.info(f"Resuming: {len(done)} output shards are already written.")
+        logger.info(f"Resuming: {len(done)} of this process's {len(mine)} output shards are already written.")
+    done |= plan.all_shards() - mine  # other processes' shards
     files = corpus.files
     columns = [args.image_column, args.caption_column] if files[0].endswith(".parquet") else None
     open_shards = {}  # cluster -> (shard, its writer)
@@ -221,21 +268,22 @@ def write_shards(args: ReshardArguments, corpus: StreamedCorpus, plan: ShardPlan
         if not pending:
             continue
         logger.info(f"Data file {index + 1}/{len(files)}: {file}")
-        for cluster, shard, sample in shard_samples(corpus, index, columns, plan, args):
+        for cluster, shard, sample, fine_id in shard_samples(corpus, index, columns, plan, args):
             if (cluster, shard) not in pending:
                 continue
             if open_shards.get(cluster, (None,))[0] != shard:
                 open_shards[cluster] = (shard, open_shard(cluster, shard))
             writer = open_shards[cluster][1]
-            if writer.add(sample):
+            if writer.add(sample, fine_id):
                 done.add((cluster, shard))
                 if on_shard is not None:
                     on_shard(writer.path)
 
 
 def shard_samples(corpus: StreamedCorpus, index: int, columns, plan: ShardPlan, args: ReshardArguments):
-    """(cluster, output shard, sample to write) of each clustered pair of data file `index`, joined with its part of
-    the labels table by key (`StreamedCorpus.labelled_samples`, which refuses a file and a table that disagree)."""
+    """(cluster, output shard, sample to write, fine id) of each clustered pair of data file `index`, joined with its
+    part of the labels table by key (`StreamedCorpus.labelled_samples`, which refuses a file and a table that
+    disagree)."""
     file = corpus.files[index]
     position = plan.before[index].copy()  # each cluster's pairs written before this one
     for sample, coarse_id, fine_id in corpus.labelled_samples(index, columns):
@@ -245,10 +293,8 @@ def shard_samples(corpus: StreamedCorpus, index: int, columns, plan: ShardPlan, 
         position[coarse_id] += 1
         members = dict(sample) if columns is None else parquet_members(sample, file, args)
         key = sample["__key__"]
-        members.update(
-            {"__key__": f"{index:05d}/{key}", "coarse_id.cls": b"%d" % coarse_id, "fine_id.cls": b"%d" % fine_id}
-        )
-        yield coarse_id, shard, members
+        members["__key__"] = f"{index:05d}/{key}"
+        yield coarse_id, shard, members, fine_id
 
 
 def parquet_members(sample: dict, file: str, args: ReshardArguments) -> dict:
