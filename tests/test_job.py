@@ -309,6 +309,9 @@ def test_a_job_resumes_only_with_the_settings_it_started_with(tmp_path):
     record_settings(recorded, {**more_seeds, "validation_per_source": 200}, Sources(launcher=("python",)))
     with pytest.raises(InputError, match=r"other settings \(validation_per_source: 200 there, 1000 now\)"):
         record_settings(tmp_path / "recipe.json", {**more_seeds, "validation_per_source": 1000}, Sources())
+    # The caption encoder shapes every clustering: a job clustered with one resumes with it only.
+    with pytest.raises(InputError, match=r"other settings \(encoder: None there, 'other/encoder' now\)"):
+        record_settings(recorded, more_seeds, Sources(), encoder="other/encoder")
 
 
 def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing_script(tmp_path):

@@ -53,8 +53,7 @@ def run(
     name, recipe = load_recipe(recipe_name)
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
     folder = JobFolder(check_output_dir(output))
-    encoder = encoder or default_encoder()
-    check_sources(sources, encoder)
+    check_sources(sources, encoder or default_encoder())
     check_recipe(recipe, count_pairs(recipe, sources))
     if recipe.arriving_source is not None and (sources.dataset is not None or validation_only):
         raise InputError(
@@ -64,12 +63,12 @@ def run(
         )
     config = clip_config(recipe) if sources.init is None else None
     folder.path.mkdir(parents=True, exist_ok=True)
-    record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources)
+    record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources, encoder)
     if config is not None:
         write_json(folder.clip_config, config)
     if config is not None and validation_only:
         write_json(folder.wide_clip_config, clip_config(recipe, width_factor=2))
-    graph, runner = StageGraph(folder, recipe, sources, encoder, validation_only), Runner(folder)
+    graph, runner = StageGraph(folder, recipe, sources, encoder or default_encoder(), validation_only), Runner(folder)
     runner.run_all(graph.training(), "training stages")
     if validation_only:
         return write_validation_report(folder.path)
@@ -77,18 +76,20 @@ def run(
     return (write_growth_report if recipe.arriving_source else write_report)(folder.path)
 
 
-def record_settings(path: Path, recipe: dict, sources: Sources) -> None:
-    """Write the job's recipe and sources; refuse to resume a job that was started with others. Any launcher may
-    resume a job, and any number of training seeds: each seed's folder depends on the other settings only."""
-    settings = json.loads(json.dumps({**recipe, "sources": dataclasses.asdict(sources)}))  # tuples as JSON lists
+def record_settings(path: Path, recipe: dict, sources: Sources, encoder: str | None = None) -> None:
+    """Write the job's recipe, sources and caption encoder (`--encoder`; None: the default all-MiniLM-L6-v2, wherever
+    it is installed); refuse to resume a job that was started with others. Any launcher may resume a job, and any
+    number of training seeds: each seed's folder depends on the other settings only."""
+    settings = json.loads(json.dumps({**recipe, "encoder": encoder, "sources": dataclasses.asdict(sources)}))
 
     def flat(record: dict) -> dict:
         named = {f"sources.{key}": value for key, value in record.get("sources", {}).items() if key != "launcher"}
         return {key: value for key, value in record.items() if key not in ("sources", "seeds")} | named
 
     if path.exists():
-        # A field added since the job started: recorded with the value the job ran with.
-        before, now = ADDED_LATER | flat(read_json(path)), ADDED_LATER | flat(settings)
+        # A field added since the job started: recorded with the value the job ran with. A job recorded before its
+        # encoder was resumes with the one given now: which one it clustered with is not known.
+        before, now = ADDED_LATER | {"encoder": encoder} | flat(read_json(path)), ADDED_LATER | flat(settings)
         check_same_settings(
             before, now, f"{path.parent} holds a job started", "resume it with those, or give another --output."
         )

@@ -96,8 +96,15 @@ RECIPES = {
     "offline-mix-attributes": dict(caption_attributes=True),
     "offline-mix-converged": dict(CONVERGED, seeds=8),
     # MODE-2 on Fashion-MNIST and MNIST, grown by one expert when easy-VQA's pairs arrive, in the converged regime.
-    "offline-grow": dict(CONVERGED, experts=(2,), full_experts=(), onestep_experts=(), arriving_source="easy_vqa",
-                         new_experts=1, seeds=3),  # fmt: skip
+    "offline-grow": dict(
+        CONVERGED,
+        experts=(2,),
+        full_experts=(),
+        onestep_experts=(),
+        arriving_source="easy_vqa",
+        new_experts=1,
+        seeds=3,
+    ),
 }
 # The same stages, on a few hundred pairs and one size of each ensemble: minutes, mostly process start-up.
 SMOKE = dict(
