@@ -199,10 +199,13 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
         (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"has no column \['text'\]"),
         (dataset, tmp_path / "parquet", [], r"holds no complete labels table"),
         (dataset, labels, ["--shard-size", "0"], r"--shard-size must be at least 1, got 0"),
+        # The output where the corpus's next listing would take its shards for data files: in its folder, by pattern.
+        (dataset, labels, ["--output", f"{dataset}/resharded"], r"--output '.*/resharded' is inside --dataset"),
+        (f"{dataset}/*.tar", labels, ["--output", f"{dataset}/resharded"], r"is inside --dataset '.*/\*\.tar'"),
     ]
     for corpus, table, flags, message in cases:
-        output = tmp_path / "out"
-        argv = ["--dataset", corpus, "--labels", table, "--output", output, *flags]
+        output = Path(flags[flags.index("--output") + 1]) if "--output" in flags else tmp_path / "out"
+        argv = ["--dataset", corpus, "--labels", table, "--output", tmp_path / "out", *flags]  # the last --output wins
         status, stderr = reshard_command(monkeypatch, capsys, *argv)
         assert status == 2 and len(stderr) == 1, stderr
         assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]

@@ -155,7 +155,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     Each process embeds its own shards; the main process then fits (or reuses a fit) and labels every pair. A folder
     that already holds a finished run with these settings is left as it is.
     """
-    output = check_output_dir(args.output)
+    output = check_output_dir(args.output, dataset=args.dataset)
     # Every check that does not need the captions' embeddings comes before them.
     given = load_given_clusters(args.clusters)
     known = known_centres(args.beside, args.beside_quantile) if args.beside else None

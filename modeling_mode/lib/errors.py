@@ -51,13 +51,28 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     return path
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:
-    """Refuse, before any work, an output directory that is a file or lies inside one."""
+def check_output_dir(path: str | os.PathLike, flag: str = "--output", dataset: str | None = None) -> Path:
+    """Refuse, before any work, an output directory that is a file or lies inside one, or (`dataset`: the run's
+    --dataset) one inside the corpus's folder, whose next listing would take the outputs for data files."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a file: give a directory.")
     _check_writable_folder(path, flag, path)
+    root = dataset_folder(dataset) if dataset else None
+    if root is not None and path.resolve().is_relative_to(root):
+        raise InputError(
+            f"{flag} {str(path)!r} is inside --dataset {dataset!r}: its files would be read as the corpus's by the "
+            "next run on it. Give a folder outside the corpus."
+        )
     return path
+
+
+def dataset_folder(dataset: str) -> Path | None:
+    """The local folder a --dataset lists its data files from (a folder, or a pattern's fixed part); None for a Hub
+    id or a single file."""
+    fixed = re.split(r"[*?\[{]", dataset, maxsplit=1)[0]
+    folder = Path(fixed if fixed == dataset else os.path.dirname(fixed) or ".")
+    return folder.resolve() if folder.is_dir() else None
 
 
 def _check_writable_folder(folder: Path, flag: str, named: Path) -> None:

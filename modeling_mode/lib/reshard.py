@@ -195,7 +195,7 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
 
     `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
     state = PartialState()  # one process, or one of `accelerate launch`'s (torchrun's)
-    check_output_dir(args.output, "--output")
+    check_output_dir(args.output, "--output", args.dataset)
     corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
     meta = corpus.table.meta
     settings = {
