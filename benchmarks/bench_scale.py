@@ -465,8 +465,12 @@ def reshard_two_processes(args, flags: list, one_process: Path) -> dict:
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"the 2-process reshard failed (exit status {done.returncode}):\n{log.read_text()[-3000:]}")
-    names = sorted(path.relative_to(one_process) for path in one_process.rglob("*") if path.is_file())
-    same = names == sorted(path.relative_to(output) for path in output.rglob("*") if path.is_file()) and all(
+
+    def files(folder: Path) -> list[Path]:  # all but the lock, which names the process that wrote the others
+        return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
+
+    names = files(one_process)
+    same = names == files(output) and all(
         (output / name).read_bytes() == (one_process / name).read_bytes() for name in names
     )
     return {"seconds": round(seconds, 1), "same_bytes_as_one_process": same}

@@ -32,6 +32,7 @@ from PIL import Image as PILImage
 
 from modeling_mode.lib.data_files import list_data_files, read_samples
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.files import LOCK, writing_lock
 from modeling_mode.lib.labels_table import LabelsTable
 from modeling_mode.lib.reshard import MANIFEST, ShardPlan, check_finished_reshard, fine_ids
 
@@ -70,6 +71,11 @@ def shards_of(output: Path, cluster: int) -> list[list[dict]]:
     return [list(read_samples(str(path))) for path in sorted((output / f"cluster-{cluster}").glob("*.tar"))]
 
 
+def output_files(output: Path) -> list[Path]:
+    """A reshard's files, relative to its folder: all but its lock, which names the process that wrote them."""
+    return sorted(path.relative_to(output) for path in output.rglob("*") if path.is_file() and path.name != LOCK)
+
+
 @pytest.fixture(scope="module")
 def tar_corpus(tmp_path_factory) -> tuple[str, list[str], str]:
     return labelled_tar_corpus(tmp_path_factory.mktemp("tar-corpus"))
@@ -95,9 +101,9 @@ def test_each_clusters_shards_hold_exactly_its_pairs_with_their_members(tar_corp
     without = sum(cluster_of(row)[1] < 0 for row in range(len(sources)))
     assert manifest["finished"] and manifest["pairs_without_cluster"] == without > 0
     assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
-    before = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")}
+    before = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*") if path.name != LOCK}
     assert run_reshard(dataset, labels, tmp_path / "out", shard_size=4) == manifest  # finished: nothing rewritten
-    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*")} == before
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "out").rglob("*") if path.name != LOCK} == before
     with pytest.raises(InputError, match=r"reshard made with other settings \(shard_size: 4 there, 5 now\): give"):
         run_reshard(dataset, labels, tmp_path / "out", shard_size=5)
 
@@ -142,8 +148,8 @@ def test_a_killed_reshard_resumes_and_ends_identical(tar_corpus, tmp_path):
     run_reshard(dataset, labels, killed, rewritten.append, shard_size=3)
     assert {path: path.stat().st_mtime_ns for path in finished} == kept and not set(rewritten) & set(finished)
     uninterrupted = tmp_path / "uninterrupted"
-    names = sorted(path.relative_to(uninterrupted) for path in uninterrupted.rglob("*") if path.is_file())
-    assert sorted(path.relative_to(killed) for path in killed.rglob("*") if path.is_file()) == names  # no scratch
+    names = output_files(uninterrupted)
+    assert output_files(killed) == names  # no scratch
     for name in names:
         assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
     check_finished_reshard(str(cluster))  # finished now: read as any data files
@@ -160,9 +166,11 @@ def test_two_processes_write_disjoint_shards_and_the_same_bytes_as_one(tar_corpu
     flags = ["--dataset", dataset, "--labels", labels, "--shard-size", 3, "--output", tmp_path / "two"]
     done = launch_two_cpu_processes(RESHARD, *flags, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    for process in range(2):
+        assert f"Process {process} of 2 writes {len(shares[process])} of the {len(plan.all_shards())}" in done.stderr
     one, two = tmp_path / "one", tmp_path / "two"
-    names = sorted(path.relative_to(one) for path in one.rglob("*") if path.is_file())
-    assert sorted(path.relative_to(two) for path in two.rglob("*") if path.is_file()) == names  # no scratch left
+    names = output_files(one)
+    assert output_files(two) == names  # no scratch left
     for name in names:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
 
@@ -210,3 +218,11 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
         assert status == 2 and len(stderr) == 1, stderr
         assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
         assert not output.exists()
+    busy = tmp_path / "busy"
+    with writing_lock(busy):  # another run is writing there
+        status, stderr = reshard_command(monkeypatch, capsys, "--dataset", dataset, "--labels", labels,
+                                         "--output", busy)  # fmt: skip
+    assert status == 2 and len(stderr) == 1, stderr
+    refusal = r"error: --output '.*busy' is being written by process \d+ on .*, started .*: wait for it to end, or"
+    assert re.fullmatch(refusal + r" give another --output\.", stderr[0]), stderr[0]
+    assert not busy.exists()  # the other run wrote nothing: its lock went with it

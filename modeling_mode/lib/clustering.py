@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from . import cli
 from .clustered_corpus import ClusteredCorpus, InMemoryCorpus, StreamedCorpus
 from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards
 from .errors import InputError, check_output_dir, naming_failures
-from .files import read_json, write_json
+from .files import read_json, write_json, writing_lock
 from .hub import HubArguments
 from .kmeans import (
     BALANCE,
@@ -156,6 +157,11 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     that already holds a finished run with these settings is left as it is.
     """
     output = check_output_dir(args.output, dataset=args.dataset)
+    with writing_lock(output) if accelerator.is_main_process else nullcontext():  # one run at a time writes there
+        return run_clustering(args, accelerator, output)
+
+
+def run_clustering(args: ClusterArguments, accelerator: Accelerator, output: Path) -> dict | None:
     # Every check that does not need the captions' embeddings comes before them.
     given = load_given_clusters(args.clusters)
     known = known_centres(args.beside, args.beside_quantile) if args.beside else None

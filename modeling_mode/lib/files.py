@@ -1,11 +1,16 @@
 """Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one."""
 
+import fcntl
 import json
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import InputError
 
 
 @contextmanager
@@ -48,3 +53,33 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(partial, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def writing_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[None]:
+    """Hold `folder`/.lock while a run writes into `folder`: a second run into it meanwhile is refused, with a line
+    naming the first (its process, machine and start). The lock goes with the process, however it ends; the file
+    stays beside the run's outputs."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / LOCK, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another run"
+            raise InputError(
+                f"{flag} {str(folder)!r} is being written by {holder}: wait for it to end, or give another {flag}."
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        file.flush()
+        try:
+            yield
+        finally:  # a run refused before writing anything leaves no folder (still holding the lock: no race)
+            if os.listdir(folder) == [LOCK]:
+                os.unlink(Path(folder) / LOCK)
+                os.rmdir(folder)

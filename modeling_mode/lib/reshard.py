@@ -27,12 +27,12 @@ import json
 import logging
 import posixpath
 import tarfile
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from accelerate import PartialState
+from accelerate import Accelerator
 from PIL import Image, UnidentifiedImageError
 
 from . import cli
@@ -40,7 +40,7 @@ from .clustered_corpus import StreamedCorpus
 from .data import NO_CLUSTER
 from .data_files import write_tar_sample
 from .errors import InputError, check_output_dir
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, read_json, write_json, writing_lock
 from .labels_table import LabelsTable
 from .settings import check_same_settings
 
@@ -194,8 +194,13 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
     returns the manifest.
 
     `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
-    state = PartialState()  # one process, or one of `accelerate launch`'s (torchrun's)
+    state = Accelerator()  # one process, or one of `accelerate launch`'s (torchrun's), as the clustering's
     check_output_dir(args.output, "--output", args.dataset)
+    with writing_lock(args.output) if state.is_main_process else nullcontext():  # one run at a time writes there
+        return write_reshard(args, state, on_shard)
+
+
+def write_reshard(args: ReshardArguments, state: Accelerator, on_shard) -> dict:
     corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
     meta = corpus.table.meta
     settings = {
@@ -228,6 +233,8 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
         return ShardWriter(args.output, cluster, shard, plan.shard_pairs(cluster, shard))
 
     mine = plan.shards_of_process(state.process_index, state.num_processes)
+    logger.info(f"Process {state.process_index} of {state.num_processes} writes {len(mine)} of the "
+                f"{len(plan.all_shards())} output shards.")  # fmt: skip
     write_shards(args, corpus, plan, mine, open_shard, on_shard)
     state.wait_for_everyone()  # every process's shards are there
     manifest = {
