@@ -37,6 +37,7 @@ from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.files import LOCK
 from modeling_mode.lib.labels_table import read_labels
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "cluster.py"
@@ -134,6 +135,7 @@ def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_pa
     # No copy, no image: the run wrote a few bytes per pair, none of them an image's.
     written = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
     assert sorted(path.name for path in written if path.parent == tmp_path / "out") == [
+        LOCK,  # the run's lock: which process wrote the folder
         "clusters.json",
         "clusters.safetensors",
     ]
