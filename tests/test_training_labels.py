@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from accelerate import Accelerator
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from helpers import (
     EXPERTS,
     QUIET,
     assert_same_weights,
     cluster_of,
     expert_command,
+    jpeg,
     label_corpus,
     labelled_tar_corpus,
     make_pairs,
@@ -238,3 +239,61 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
         lines = [line for line in stderr if not line.startswith("train:")]  # a pair is read once the steps began
         assert status == 2 and len(lines) == 1 and lines[0] == stderr[-1], stderr
         assert re.fullmatch(f"error: .*{message}.*", lines[0]), lines[0]
+
+
+def rewritten_shard(corpus: Path, edit) -> None:
+    """Rewrite the corpus's second tar shard: `edit` maps its [(member, bytes)] to the new ones."""
+    shard = sorted(corpus.glob("*.tar"))[1]
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in edit(members):
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def not_utf8(members: list) -> list:
+    return [(member, b"\xff caption" if member.name.endswith(".txt") else data) for member, data in members]
+
+
+def numbers_as_captions(corpus: Path) -> None:
+    """A parquet corpus (real images) whose caption column holds integers."""
+    for path in corpus.glob("*.tar"):
+        path.unlink()
+    images = [{"bytes": jpeg(i), "path": None} for i in range(12)]
+    Dataset.from_dict({"image": images, "caption": list(range(12))}).to_parquet(corpus / "train-00000.parquet")
+
+
+# case: (what it does to a copy of the tar corpus, the error line, with or without --labels)
+STREAMED_BAD_INPUTS = {
+    "a truncated shard": (lambda c: (s := sorted(c.glob("*.tar"))[1]).write_bytes(s.read_bytes()[:5000]),
+                          r"data file '.*00001.tar' cannot be read \(ReadError: "),
+    "not a tar file": (lambda c: sorted(c.glob("*.tar"))[1].write_bytes(b"garbage " * 100),
+                       r"data file '.*00001.tar' cannot be read \(ReadError: invalid header\)"),
+    "an empty shard": (lambda c: rewritten_shard(c, lambda members: []), r"data file '.*00001.tar' holds no sample"),
+    "a key twice in a shard": (lambda c: rewritten_shard(c, lambda members: members + members[:2]),
+                               r"data file '.*00001.tar' holds key 's1/00007' twice"),
+    "a caption that is not UTF-8": (lambda c: rewritten_shard(c, not_utf8),
+                                    r"pair 's1/00007' of data file '.*00001.tar' has a caption that is not UTF-8"),
+    "a sample without its image": (lambda c: rewritten_shard(c, lambda members: members[1:]),
+                                   r"pair 's1/00007' of data file '.*00001.tar': column 'jpg' holds NoneType"),
+    "a parquet caption column of numbers": (numbers_as_captions,
+                                            r"pair '0' of data file '.*-00000.parquet' has a caption of type int"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", STREAMED_BAD_INPUTS)
+def test_a_streamed_experts_bad_data_is_one_line_naming_the_file_and_pair(tmp_path, monkeypatch, capsys, case):
+    edit, message = STREAMED_BAD_INPUTS[case]
+    corpus = tmp_path / "corpus"
+    make_tar_corpus(corpus)
+    edit(corpus)
+    columns = ["--image-column", "image", "--caption-column", "caption"] if "parquet" in case else []
+    argv = ["--streaming", "--dataset", corpus, "--image-column", "jpg", "--caption-column", "txt", *columns]
+    argv += ["--config", "tiny", "--batch-size", "2", "--max-steps", "12", *QUIET, "--output", tmp_path / "run"]
+    capsys.readouterr()
+    status, stderr = expert_command(monkeypatch, capsys, *argv)
+    lines = [line for line in stderr if not line.startswith("train:")]  # a pair is read once the steps began
+    assert status == 2 and lines[-1] == stderr[-1] and "Traceback" not in "\n".join(stderr), stderr
+    assert re.fullmatch(f"error: .*{message}.*", lines[-1]) and len(lines[-1]) <= 500, lines[-1]
+    assert not is_finished(tmp_path / "run")

@@ -24,7 +24,7 @@ from datasets.distributed import split_dataset_by_node
 from datasets.utils.file_utils import is_local_path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .data_files import list_data_files, pattern_files
+from .data_files import caption_of, json_field, list_data_files, pattern_files, read_samples
 from .errors import InputError, naming_failures
 
 # Coarse id of the pairs without a usable caption (the clustering's -1, and any a training run finds): no run,
@@ -38,17 +38,61 @@ ORIENTATION = ExifTags.Base.Orientation
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations turning the image a quarter: width and height swap
 
 
-def load_pairs(source: str, split: str = "train", streaming: bool = False) -> Dataset | IterableDataset:
+def load_pairs(
+    source: str, split: str = "train", streaming: bool = False, columns: list[str] | None = None, caption_column=None
+) -> Dataset | IterableDataset:
     """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...).
 
+    Local data files streamed are read by the project's own reader (`data_file_stream`), keeping only `columns`, the
+    captions of `caption_column` checked to be text.
     Raises InputError naming the source for one that does not exist or cannot be loaded, a split it does not have,
     and (when not streaming) a split without rows.
     """
+    local_files = pattern_files(source) is not None or (os.path.isdir(source) and not is_saved_dataset(source))
+    if streaming and local_files:
+        return data_file_stream(list_data_files(source, split), columns, caption_column)
     with naming_failures("--dataset", source):
         dataset = _load_split(source, split, streaming)
     if not streaming and len(dataset) == 0:
         raise InputError(f"--dataset {source!r} split {split!r} has no rows.")
     return dataset
+
+
+def data_file_stream(files: list[str], columns: list[str] | None = None, caption_column=None) -> IterableDataset:
+    """A stream of `files`' pairs (`columns` of them; all when None) read by `data_files.read_samples`, as clustering,
+    resharding and --labels streams read them: a truncated or empty file, a key twice in a shard, a caption that is
+    not text stop the run with the file and pair named (`datasets`' webdataset loader passes over the first three).
+    One shard per file, so that processes and workers read their own files. Image bytes become the {"bytes", "path"}
+    of the Image feature, a `txt` caption text, a `cls` member its integer."""
+    columns = None if columns is None else tuple(columns)  # a list in gen_kwargs would be taken for shards
+    kwargs = {"files": files, "columns": columns, "caption_column": caption_column}
+    return IterableDataset.from_generator(_decoded_samples, gen_kwargs=kwargs)
+
+
+def _decoded_samples(files: list[str], columns: tuple[str, ...] | None, caption_column: str | None):
+    for file in files:
+        for sample in read_samples(file, None if columns is None else list(columns)):
+            where = f"pair {sample['__key__']!r} of data file {file!r}"
+            absent = dict.fromkeys(columns or [])  # a member a sample lacks: None, as `datasets` gives it
+            decoded = {name: caption_of(value, where) if name == caption_column else _decoded(name, value)
+                       for name, value in sample.items()}  # fmt: skip
+            yield absent | decoded | {"__url__": file}
+
+
+def _decoded(name: str, value):
+    """A tar member's bytes (or a parquet value) as `datasets`' webdataset loader gives it, but images undecoded."""
+    if name == "__key__" or not isinstance(value, bytes):
+        return value
+    extension = name.rpartition(".")[2]
+    if extension == "cls":
+        return int(value)
+    if extension in ("txt", "json") or json_field(name):
+        text = value.decode("utf-8", errors="replace")
+        try:
+            return json.loads(text) if extension == "json" else text
+        except ValueError:
+            return text
+    return {"bytes": value, "path": None}  # an image member: decoded later, when the transform opens it
 
 
 def is_saved_dataset(source: str) -> bool:
@@ -402,7 +446,9 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         process_index: int,
         num_processes: int,
     ):
-        stream = stream.decode(False).filter(has_caption, input_columns=[transform.caption_column])
+        if stream.features is not None:  # a stream of data files (`data_file_stream`) has its images undecoded already
+            stream = stream.decode(False)
+        stream = stream.filter(has_caption, input_columns=[transform.caption_column])
         if cluster is not None:
             stream = stream.filter(
                 stream_filter(cluster, out_of_cluster_ratio, seed),
@@ -420,7 +466,8 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.process_index}/{worker.id if worker else 0}")
         self.stream.set_epoch(self.epoch)
         for example in self.stream:
-            yield self.transform(example, rng, "a streamed pair")
+            where = f"pair {example['__key__']!r} of data file {example['__url__']!r}" if "__url__" in example else ""
+            yield self.transform(example, rng, where or "a streamed pair")
 
 
 class PairCollator:

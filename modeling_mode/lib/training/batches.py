@@ -52,9 +52,10 @@ class TrainingData:
         if args.labels and args.streaming:
             self.labelled_stream = self.open_labelled_stream()
             return
-        self.pairs = load_pairs(args.dataset, args.split, args.streaming)
-        columns = self.pairs.column_names or list(next(iter(self.pairs)).keys())
         cluster_column = None if self.cluster is None or args.labels else args.cluster_column
+        needed = [args.image_column, args.caption_column, *([cluster_column] if cluster_column else [])]
+        self.pairs = load_pairs(args.dataset, args.split, args.streaming, needed, args.caption_column)
+        columns = self.pairs.column_names or list(next(iter(self.pairs)).keys())
         check_columns(columns, args.image_column, args.caption_column, cluster_column)
         check_column_types(self.pairs.features, args.image_column, args.caption_column)
         if not args.streaming:  # a stream drops the pairs without a caption as they come (StreamingPairs)
