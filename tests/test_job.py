@@ -452,3 +452,22 @@ def test_the_growth_experiment_grows_shrinks_back_and_reports(tmp_path):
     assert "byte-identical to the MODE before growing (SHA-256 of their tensors): yes" in report
     assert "the largest top-1 difference between the two over seeds and sets: 0.00 points" in report
     assert all(f"| {name} |" in report for name in ("dense-new", "mode-all-minilm-3", "dense-all-3", "seed-all"))
+
+
+def test_held_out_sets_are_checked_before_any_work(tmp_path):
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    images = [Image.new("RGB", (8, 8), (i, i, i)) for i in range(3)]
+    unlabelled = Dataset.from_dict({"image": images, "text": ["a", "b", "c"]}).cast_column("image", ImageFeature())
+    unlabelled.save_to_disk(tmp_path / "set")
+    # A retrieval set without the caption column, a zero-shot set without labels: each refused before training.
+    cases = [
+        (Sources(retrieval=(str(tmp_path / "set"), "test")), r"--retrieval-dataset .*set: .*'caption'"),
+        (Sources(zeroshot={"shapes": (str(tmp_path / "set"), "test")}), r"--zeroshot-dataset shapes=.*: the dataset has 0 class-label"),
+    ]
+    for sources, message in cases:
+        with pytest.raises(InputError, match=message):
+            run("offline-mix", tmp_path / "job", sources, smoke=True)
+        assert not (tmp_path / "job").exists()

@@ -2,7 +2,10 @@
 
 import shlex
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..lib.errors import InputError, check_source
 from .recipes import RECIPES
@@ -129,6 +132,34 @@ def check_sources(sources: Sources, encoder: str) -> None:
         strings_from(value, "classnames")
     for value in sources.templates.values():
         prompt_templates(strings_from(value, TEMPLATES))
+
+
+def check_held_out_sets(sources: Sources) -> None:
+    """Check the held-out sets the sources name as their evaluations will (columns, labels, class names, templates,
+    captions), before the job trains anything: a set that lacks a column fails now, not after hours of training."""
+    from ..lib.evaluation import RetrievalArguments, ZeroShotArguments, retrieval_inputs, zero_shot_inputs
+
+    with tempfile.TemporaryDirectory() as scratch:
+        output = str(Path(scratch) / "results.json")  # what the arguments check: the stages write elsewhere
+        for task, (dataset, split) in sources.zeroshot.items():
+            prompts = dict(templates=sources.templates.get(task), classnames=sources.classnames.get(task))
+            with naming_set(f"--zeroshot-dataset {task}={dataset}"):
+                zero_shot_inputs(ZeroShotArguments(model=scratch, dataset=dataset, split=split, output=output,
+                                                   **prompts))  # fmt: skip
+        if sources.retrieval:
+            dataset, split = sources.retrieval
+            with naming_set(f"--retrieval-dataset {dataset}"):
+                retrieval_inputs(RetrievalArguments(model=scratch, dataset=dataset, split=split, output=output,
+                                                    caption_column=sources.caption_column))  # fmt: skip
+
+
+@contextmanager
+def naming_set(flag: str):
+    """An evaluation's refusal of a held-out set, prefixed with the job's flag that named the set."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"{flag}: {error}") from error
 
 
 def default_encoder() -> str:

@@ -27,7 +27,7 @@ from ..lib import cli
 from ..lib.errors import InputError, check_output_dir
 from ..lib.files import read_json, write_json
 from ..lib.settings import check_same_settings
-from .arguments import JobArguments, Sources, check_sources, default_encoder
+from .arguments import JobArguments, Sources, check_held_out_sets, check_sources, default_encoder
 from .data import count_pairs
 from .growth_report import write_growth_report
 from .layout import JobFolder
@@ -54,6 +54,7 @@ def run(
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
     folder = JobFolder(check_output_dir(output))
     check_sources(sources, encoder or default_encoder())
+    check_held_out_sets(sources)
     check_recipe(recipe, count_pairs(recipe, sources))
     if recipe.arriving_source is not None and (sources.dataset is not None or validation_only):
         raise InputError(

@@ -376,8 +376,9 @@ class RetrievalArguments(EvaluationArguments):
     caption_column: str = field(default="caption", metadata={"help": "a caption or a list of captions per image"})
 
 
-def evaluate_zero_shot(arguments: ZeroShotArguments) -> str:
-    """eval/zeroshot.py: check every input before the model loads, score the model, write the results; the table."""
+def zero_shot_inputs(arguments: ZeroShotArguments):
+    """Every input of a zero-shot evaluation but the model, checked: (dataset, image column, labels, class names,
+    templates). The main job checks its held-out sets with it before its first stage."""
     import datasets
 
     templates = prompt_templates(strings_from(arguments.templates, TEMPLATES) if arguments.templates else None)
@@ -385,6 +386,18 @@ def evaluate_zero_shot(arguments: ZeroShotArguments) -> str:
     dataset, image_column = load_split(arguments)
     label_column = arguments.label_column or column_of_type(dataset, datasets.ClassLabel, "--label-column")
     labels, classnames = class_labels(dataset, label_column, classnames)
+    return dataset, image_column, labels, classnames, templates
+
+
+def retrieval_inputs(arguments: RetrievalArguments):
+    """Every input of a retrieval evaluation but the model, checked: (dataset, image column, captions per image)."""
+    dataset, image_column = load_split(arguments)
+    return dataset, image_column, captions_per_image(dataset, arguments.caption_column)
+
+
+def evaluate_zero_shot(arguments: ZeroShotArguments) -> str:
+    """eval/zeroshot.py: check every input before the model loads, score the model, write the results; the table."""
+    dataset, image_column, labels, classnames, templates = zero_shot_inputs(arguments)
     model, tokenizer, image_processor = load_model(arguments.model, arguments.device, arguments.trust_remote_code)
 
     images = image_batches(dataset, image_column, arguments.batch_size)
@@ -394,8 +407,7 @@ def evaluate_zero_shot(arguments: ZeroShotArguments) -> str:
 
 def evaluate_retrieval(arguments: RetrievalArguments) -> str:
     """eval/retrieval.py: check every input before the model loads, score the model, write the results; the table."""
-    dataset, image_column = load_split(arguments)
-    captions = captions_per_image(dataset, arguments.caption_column)
+    dataset, image_column, captions = retrieval_inputs(arguments)
     model, tokenizer, image_processor = load_model(arguments.model, arguments.device, arguments.trust_remote_code)
 
     images = image_batches(dataset, image_column, arguments.batch_size)
