@@ -463,9 +463,10 @@ def test_held_out_sets_are_checked_before_any_work(tmp_path):
     unlabelled = Dataset.from_dict({"image": images, "text": ["a", "b", "c"]}).cast_column("image", ImageFeature())
     unlabelled.save_to_disk(tmp_path / "set")
     # A retrieval set without the caption column, a zero-shot set without labels: each refused before training.
+    held_out = (str(tmp_path / "set"), "test")
     cases = [
-        (Sources(retrieval=(str(tmp_path / "set"), "test")), r"--retrieval-dataset .*set: .*'caption'"),
-        (Sources(zeroshot={"shapes": (str(tmp_path / "set"), "test")}), r"--zeroshot-dataset shapes=.*: the dataset has 0 class-label"),
+        (Sources(retrieval=held_out), r"--retrieval-dataset .*set: .*'caption'"),
+        (Sources(zeroshot={"shapes": held_out}), r"--zeroshot-dataset shapes=.*set: the dataset has 0 class-label"),
     ]
     for sources, message in cases:
         with pytest.raises(InputError, match=message):
