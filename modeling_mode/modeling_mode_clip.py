@@ -305,11 +305,15 @@ class ModeCLIPModel(PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         expert_weights: torch.Tensor | None = None,
+        router_input_ids: torch.Tensor | None = None,
+        router_attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling:
         """Each expert's L2-normalised text embedding times sqrt(w_k), concatenated, as `pooler_output`.
 
         With the same weights on both sides, image . text = sum_k w_k cos_k: a routed MODE is one dual encoder.
-        `expert_weights` (non-negative, summing to one within 1e-2) defaults to uniform.
+        `expert_weights` (non-negative, summing to one within 1e-2) defaults to uniform. The router's ids, which the
+        MODE's tokenizer gives beside the experts' (`model.get_text_features(**tokenizer(...))`), are not read: the
+        weights are given, not routed.
         """
         return self._weighted_features(
             lambda expert: expert.get_text_features(input_ids=input_ids, attention_mask=attention_mask),

@@ -26,7 +26,7 @@ from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.clustering import ClusterArguments
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.training import ExpertTrainingArguments, is_finished, latest_checkpoint
+from modeling_mode.lib.training import ExpertTrainingArguments
 from modeling_mode.lib.training.optimization import learning_rate_at
 from modeling_mode.lib.training.record import read_record
 
@@ -47,25 +47,6 @@ def test_corpus_captions_come_from_labels_with_the_stated_noise():
     assert 0.15 < sum(pairs["noisy"]) / len(pairs) < 0.3  # 25% swapped, a few onto an identical caption
     held_out = classification_set(SOURCES["easy_vqa"](split="test", count=50, seed=0))
     assert held_out.features["label"].names[0] == "black circle" and len(held_out) == 50
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The smoke job, killed in its seed's training right after the step-4 checkpoint, then run again to the end."""
-    output = tmp_path_factory.mktemp("job") / "offline-mix"
-    command = [sys.executable, str(ROOT / "train" / "job.py"), "--output", str(output), "--smoke"]
-    killer = f"{sys.executable} {ROOT / 'tests' / 'killing_launcher.py'} 4"
-    killed = subprocess.run(command + ["--launcher", killer], capture_output=True, text=True, timeout=900)
-    assert killed.returncode != 0 and "stage seed-0/seed failed" in killed.stderr, killed.stderr[-3000:]
-    seed = output / "seed-0" / "seed"
-    assert not is_finished(seed) and latest_checkpoint(seed).endswith("step_4")
-    first = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "seed: train: 100%|" in first.stderr  # the job's bar shows each stage's own
-    timings = json.loads((output / "timings.json").read_text())
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    return output, timings, again.stdout + again.stderr
 
 
 SMOKE_MODELS = {"dense", "dense-2", "full-2", "mode-minilm-2", "mode-minilm-2-seedtext-router", "mode-onestep-2",
