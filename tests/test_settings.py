@@ -1,8 +1,9 @@
-"""The one refusal of outputs made with other settings (`lib.settings`): the differing fields only, shortened."""
+"""Refusals of outputs: made with other settings (`lib.settings`: the differing fields only, shortened), or by another
+tool (`errors.check_output_dir`)."""
 
 import pytest
 
-from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.errors import OUTPUT_KINDS, InputError, check_output_dir
 from modeling_mode.lib.settings import MAX_LINE, check_same_settings, differences
 
 FILES = [f"/data/web/shard-{i:05d}.tar" for i in range(40_000)]  # a web corpus's data files
@@ -34,3 +35,16 @@ def test_a_refusal_is_one_line_within_the_limit_naming_the_fix():
     assert line.startswith("--output 'runs/r' holds a reshard made with other settings (field_0: 'xxx")
     assert line.endswith("): give another --output.")  # the fix is never cut
     assert "'xxx...' there" in line or "..." in line
+
+
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+def test_a_tool_refuses_an_output_folder_of_another_tool(tmp_path, kind):
+    for other, markers in OUTPUT_KINDS.items():
+        folder = tmp_path / other.replace(" ", "-")
+        (folder / markers[0]).mkdir(parents=True, exist_ok=True)  # a file or a folder: its name says what it is
+        if other == kind:
+            assert check_output_dir(folder, kind=kind) == folder  # its own: a re-run resumes there
+        else:
+            with pytest.raises(InputError, match=rf"--output '.*' holds {other} \({markers[0]}\), not {kind}: give"):
+                check_output_dir(folder, kind=kind)
+    assert check_output_dir(tmp_path / "new", kind=kind) == tmp_path / "new"

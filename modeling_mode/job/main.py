@@ -52,7 +52,7 @@ def run(
     sources = sources or Sources()
     name, recipe = load_recipe(recipe_name)
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
-    folder = JobFolder(check_output_dir(output))
+    folder = JobFolder(check_output_dir(output, kind="a main job"))
     check_sources(sources, encoder or default_encoder())
     check_held_out_sets(sources)
     check_recipe(recipe, count_pairs(recipe, sources))

@@ -156,7 +156,7 @@ def cluster(args: ClusterArguments, accelerator: Accelerator) -> dict | None:
     Each process embeds its own shards; the main process then fits (or reuses a fit) and labels every pair. A folder
     that already holds a finished run with these settings is left as it is.
     """
-    output = check_output_dir(args.output, dataset=args.dataset)
+    output = check_output_dir(args.output, dataset=args.dataset, kind="a clustering run")
     with writing_lock(output) if accelerator.is_main_process else nullcontext():  # one run at a time writes there
         return run_clustering(args, accelerator, output)
 

@@ -51,13 +51,32 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output") -> Path:
     return path
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--output", dataset: str | None = None) -> Path:
-    """Refuse, before any work, an output directory that is a file or lies inside one, or (`dataset`: the run's
-    --dataset) one inside the corpus's folder, whose next listing would take the outputs for data files."""
+# The files each tool leaves at the top of its output folder, by which another tool knows the folder is not its own.
+OUTPUT_KINDS = {
+    "a clustering run": ("clusters.json", "clusters.safetensors", "embeddings", "labels"),
+    "a training run": ("training_args.json", "checkpoints"),
+    "a reshard": ("manifest.json",),
+    "a main job": ("recipe.json", "timings.json"),
+}
+
+
+def check_output_dir(
+    path: str | os.PathLike, flag: str = "--output", dataset: str | None = None, kind: str | None = None
+) -> Path:
+    """Refuse, before any work, an output directory that is a file or lies inside one; (`dataset`: the run's
+    --dataset) one inside the corpus's folder, whose next listing would take the outputs for data files; and (`kind`:
+    the tool's, of `OUTPUT_KINDS`) one that holds another tool's output."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a file: give a directory.")
     _check_writable_folder(path, flag, path)
+    for other, markers in OUTPUT_KINDS.items():
+        found = next((name for name in markers if (path / name).exists()), None) if path.is_dir() else None
+        if kind is not None and other != kind and found:
+            raise InputError(
+                f"{flag} {str(path)!r} holds {other} ({found}), not {kind}: give an empty folder (or, to resume, one "
+                f"that {kind} of these settings wrote)."
+            )
     root = dataset_folder(dataset) if dataset else None
     if root is not None and path.resolve().is_relative_to(root):
         raise InputError(

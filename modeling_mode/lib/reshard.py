@@ -195,7 +195,7 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
 
     `on_shard(path)` is called after each output shard is complete (a test's fault hook)."""
     state = Accelerator()  # one process, or one of `accelerate launch`'s (torchrun's), as the clustering's
-    check_output_dir(args.output, "--output", args.dataset)
+    check_output_dir(args.output, "--output", args.dataset, kind="a reshard")
     with writing_lock(args.output) if state.is_main_process else nullcontext():  # one run at a time writes there
         return write_reshard(args, state, on_shard)
 

@@ -34,7 +34,7 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     Every input is checked before the first step. `--resume` of a run already finished at this run's last step
     changes nothing. `on_checkpoint(step, path)` is called on every process after each checkpoint is complete.
     """
-    check_output_dir(args.output, dataset=args.dataset)
+    check_output_dir(args.output, dataset=args.dataset, kind="a training run")
     args.check_schedule()
     # --torch-compile: Accelerate compiles the model last in `prepare` (around DDP, whose graph TorchDynamo then splits
     # at the gradient buckets); its checkpoints hold the model's own parameter names. Without it, `accelerate
