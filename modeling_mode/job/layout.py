@@ -107,7 +107,8 @@ class Model:
     `clustering.experts` experts forked from the seed (expert k on cluster k, or with `every_pair` on all pairs, each
     in its own order), assembled into a MODE routed in the space `router` says (`assembly.ROUTERS`: the clustering
     encoder's, as the paper routes, or the seed CLIP's text space); 'grow': the MODE `parent` grown by new experts on
-    the arriving pairs (`growth.grow`); 'shrink': `parent` without the experts it was grown by (`growth.shrink`)."""
+    the arriving pairs (`growth.grow`; with `max_steps`, their schedule's end); 'shrink': `parent` without the experts
+    it was grown by (`growth.shrink`)."""
 
     name: str  # its folder under models/ (the seed: seed/) and results/
     kind: str
@@ -115,7 +116,7 @@ class Model:
     main_row: str
     steps: int
     n: int | None = None
-    max_steps: int | None = None  # a dense run's schedule end
+    max_steps: int | None = None  # a dense run's schedule end; a grown MODE's new experts' (None: their siblings')
     clustering: Clustering | None = None  # an ensemble's: its experts' clusters and its routing's centres
     every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
     router: str = "auto"  # `assembly.ROUTERS`; auto: the clustering's own space (the paper's router for MiniLM's)
@@ -187,6 +188,10 @@ def growth_comparison(recipe: Recipe) -> list[Model]:
                   parent=before.name)  # fmt: skip
     shrunk = Model(f"{grown.name}-shrunk", "shrink", f"MODE-{m} shrunk back to {n}", PAPER_ROW, all_steps, n,
                    parent=grown.name)  # fmt: skip
+    # The fork's schedule ends soon after it (the paper's 5 of 32 epochs): little for data the seed never saw. The same
+    # new experts on a schedule stretched to twice the fork, so that they train as many steps as the seed did.
+    grown_long = Model(f"{grown.name}-long", "grow", f"MODE-{n} grown to {m}, new experts as long as the seed",
+                       PAPER_ROW, before.steps + added * fork, m, max_steps=2 * fork, parent=before.name)  # fmt: skip
     forgetting = Model("dense-new", "dense", "Seed fine-tuned on the new source alone", CLIP_ROW, new_steps,
                        max_steps=new_steps, data="arriving")  # fmt: skip
     at_once = Model(f"mode-all-minilm-{m}", "ensemble", f"MODE-{m}, all sources at once", PAPER_ROW, all_steps, m,
@@ -195,7 +200,7 @@ def growth_comparison(recipe: Recipe) -> list[Model]:
                       max_steps=all_steps, data="all", fork_from="seed-all")  # fmt: skip
     seed = Model("seed", "seed", "Seed, without the new source", CLIP_ROW, fork)
     seed_all = Model("seed-all", "seed", "Seed, all sources", CLIP_ROW, fork, data="all")
-    return [seed, before, grown, shrunk, forgetting, seed_all, at_once, dense_all]
+    return [seed, before, grown, shrunk, forgetting, seed_all, at_once, dense_all, grown_long]
 
 
 def validation_models(recipe: Recipe, wide: bool = True) -> list[Model]:

@@ -165,6 +165,7 @@ class StageGraph:
         arguments = GrowArguments(
             model=str(seed.run(model.parent)), dataset=self.data("arriving"), output=str(seed.model(model)),
             new_experts=self.recipe.new_experts, caption_column=self.sources.caption_column, seed=seed.seed,
+            max_steps=model.max_steps,
             work_dir=str(seed.grow_work(model)), launcher=shlex.join(self.sources.launcher),
         )  # fmt: skip
         command = module_command(GROWTH, arguments)
