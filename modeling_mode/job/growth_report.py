@@ -109,7 +109,7 @@ def goals(seeds: list[SeedFolder], scores: Scores, tasks: list[str], old: list[i
         if grown not in scores:
             continue
         weights = new_expert_weights(seeds, grown, tasks, before.n)
-        verdicts.append(f"`{grown.name}` ({grown.paper_name}):")
+        verdicts.append(f"\n`{grown.name}` ({grown.paper_name}):\n")
         for t, task in enumerate(tasks):
             against = paired_difference(task_values(scores, grown, t), task_values(scores, at_once, t))
             if against.interval is None:
@@ -123,7 +123,7 @@ def goals(seeds: list[SeedFolder], scores: Scores, tasks: list[str], old: list[i
                 f"{interval_text(against)}, {within} ±{WITHIN:g} (the interval); − before growing {change.mean:+.2f} "
                 f"{interval_text(change)}; routing weight on the new expert(s) {weights[t]:.2f}."
             )
-    return "\n".join(verdicts)
+    return "\n".join(verdicts).strip()
 
 
 def write_growth_report(path: str | Path) -> Path:
@@ -138,7 +138,7 @@ def write_growth_report(path: str | Path) -> Path:
     grown, before = by_role["grown"], by_role["before"]
     settings = ", ".join(f"{k}={v}" for k, v in record.items() if k != "sources")
     left_out = f" Left out, as some seed has no results for them: {', '.join(incomplete)}." if incomplete else ""
-    growing = recipe.new_experts * recipe.expert_steps * batch
+    growing, growing_long = ((by_role[g].steps - before.steps) * batch for g in ("grown", "grown-long"))
     retraining = by_role["all-at-once"].steps * batch
     report = f"""# A MODE that grows, on the `{record["name"]}` recipe{" (smoke run)" if record["smoke"] else ""}
 
@@ -160,7 +160,8 @@ clustering. Mean ± standard deviation over seeds; differences paired seed by se
 ## Zero-shot top-1 (%) on the held-out test images
 
 Pairs seen count every training step's, the seed's included, in global batches of {batch}. Taking in the new \
-source cost growing {growing:,} pairs, retraining {retraining:,}: {growing / retraining:.2f} of it.
+source cost growing {growing:,} pairs ({growing_long:,} with the new experts as long as the seed), retraining \
+{retraining:,}: {growing / retraining:.2f} ({growing_long / retraining:.2f}) of it.
 
 {accuracy_table(scores, tasks, old, recipe, batch)}
 
