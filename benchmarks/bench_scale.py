@@ -522,7 +522,7 @@ def key_check(cluster_dir: str, labels: str) -> dict:
     args = ExpertTrainingArguments(
         cluster_dir, "-", 1, streaming=True, image_column="jpg", caption_column="txt", report_to="none"
     )
-    pairs = TrainingData(args, Accelerator(cpu=True)).pairs.decode(False).select_columns(["__key__"])
+    pairs = TrainingData(args, Accelerator(cpu=True)).pairs  # the data files' stream, images not decoded
     seen = [example["__key__"] for example in pairs]
     distinct = set(seen)
     return {
