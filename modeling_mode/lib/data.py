@@ -24,7 +24,7 @@ from datasets.distributed import split_dataset_by_node
 from datasets.utils.file_utils import is_local_path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .data_files import caption_of, json_field, list_data_files, pattern_files, read_samples
+from .data_files import caption_of, columns_of, json_field, list_data_files, pattern_files, read_samples
 from .errors import InputError, naming_failures
 
 # Coarse id of the pairs without a usable caption (the clustering's -1, and any a training run finds): no run,
@@ -93,6 +93,15 @@ def _decoded(name: str, value):
         except ValueError:
             return text
     return {"bytes": value, "path": None}  # an image member: decoded later, when the transform opens it
+
+
+def stream_columns(pairs: IterableDataset, source: str, split: str) -> list[str]:
+    """The columns of a stream: as declared, a local corpus's first data file's, or its first pair's."""
+    if pairs.column_names is not None:
+        return pairs.column_names
+    if pattern_files(source) is not None or os.path.isdir(source):
+        return columns_of(list_data_files(source, split)[0])
+    return list(next(iter(pairs)).keys())
 
 
 def is_saved_dataset(source: str) -> bool:
