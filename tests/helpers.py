@@ -310,6 +310,21 @@ def make_tar_corpus(folder: Path, shard_sizes=(7, 9, 5, 8)) -> list[str]:
     return list_data_files(str(folder))
 
 
+def rewrite_tar(shard: Path, edit) -> None:
+    """Rewrite a tar shard in place: `edit` maps its [(member, bytes)] to the new ones (sizes follow the bytes)."""
+    with tarfile.open(shard) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in edit(members):
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def not_utf8(members: list) -> list:
+    """A tar edit: every `txt` member's bytes made invalid UTF-8."""
+    return [(member, b"\xff\xfe caption" if member.name.endswith(".txt") else data) for member, data in members]
+
+
 def label_corpus(files: list[str], labels: Path, dataset: str) -> Path:
     """The labels table a clustering of `files` would write, with `cluster_of`'s ids."""
     row = 0

@@ -398,7 +398,7 @@ def test_the_growth_experiments_runs_fork_from_their_own_seed_and_train_on_their
     grow = parsed["grow-mode-minilm-2-grown"]
     assert (grow.model, grow.dataset, grow.new_experts, grow.seed) == (
         str(job / "seed-0" / "models" / "mode-minilm-2"), arriving, 1, 0)  # fmt: skip
-    assert callable(stages["shrink-mode-minilm-2-grown-shrunk"].action)  # in the job's process: seconds
+    assert callable(stages["shrink-mode-minilm-2-grown-shrunk"].action)  # run in the job's process, not a command
     names = list(stages)  # each after what it needs
     assert names.index("assemble-minilm-2") < names.index("grow-mode-minilm-2-grown") < names.index(
         "shrink-mode-minilm-2-grown-shrunk")  # fmt: skip

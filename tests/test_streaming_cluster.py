@@ -2,7 +2,6 @@
 clustered exactly as in memory, labelled in the labels table (no copy), resumable per data file."""
 
 import importlib.util
-import io
 import json
 import re
 import shutil
@@ -25,6 +24,8 @@ from helpers import (
     caption_lists,
     image_bytes,
     make_tokenizer,
+    not_utf8,
+    rewrite_tar,
     tiny_clip_config,
     write_tar_corpus,
 )
@@ -288,21 +289,12 @@ def edited_file(file: int, tar_edit=None, parquet_edit=None):
         shutil.copytree(corpus[0], copy)
         victim = sorted(copy.iterdir())[file]
         if corpus[1] == "txt":
-            with tarfile.open(victim) as tar:
-                members = [(member, tar.extractfile(member).read()) for member in tar]
-            with tarfile.open(victim, "w") as tar:
-                for member, data in edit(members):
-                    member.size = len(data)
-                    tar.addfile(member, io.BytesIO(data))
+            rewrite_tar(victim, edit)
         else:
             pq.write_table(edit(pq.read_table(victim)), victim)
         return {"--dataset": copy}
 
     return change
-
-
-def not_utf8(members):
-    return [(member, b"\xff\xfe caption" if member.name.endswith(".txt") else data) for member, data in members]
 
 
 def captions_as_numbers(table):

@@ -22,6 +22,8 @@ from helpers import (
     labelled_tar_corpus,
     make_pairs,
     make_tar_corpus,
+    not_utf8,
+    rewrite_tar,
     run_reshard,
     train_here,
 )
@@ -242,18 +244,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
 
 
 def rewritten_shard(corpus: Path, edit) -> None:
-    """Rewrite the corpus's second tar shard: `edit` maps its [(member, bytes)] to the new ones."""
-    shard = sorted(corpus.glob("*.tar"))[1]
-    with tarfile.open(shard) as tar:
-        members = [(member, tar.extractfile(member).read()) for member in tar]
-    with tarfile.open(shard, "w") as tar:
-        for member, data in edit(members):
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-
-
-def not_utf8(members: list) -> list:
-    return [(member, b"\xff caption" if member.name.endswith(".txt") else data) for member, data in members]
+    """Rewrite the corpus's second tar shard (`helpers.rewrite_tar`)."""
+    rewrite_tar(sorted(corpus.glob("*.tar"))[1], edit)
 
 
 def numbers_as_captions(corpus: Path) -> None:

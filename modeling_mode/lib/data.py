@@ -48,8 +48,7 @@ def load_pairs(
     Raises InputError naming the source for one that does not exist or cannot be loaded, a split it does not have,
     and (when not streaming) a split without rows.
     """
-    local_files = pattern_files(source) is not None or (os.path.isdir(source) and not is_saved_dataset(source))
-    if streaming and local_files:
+    if streaming and is_local_data_files(source):
         return data_file_stream(list_data_files(source, split), columns, caption_column)
     with naming_failures("--dataset", source):
         dataset = _load_split(source, split, streaming)
@@ -99,9 +98,14 @@ def stream_columns(pairs: IterableDataset, source: str, split: str) -> list[str]
     """The columns of a stream: as declared, a local corpus's first data file's, or its first pair's."""
     if pairs.column_names is not None:
         return pairs.column_names
-    if pattern_files(source) is not None or os.path.isdir(source):
+    if is_local_data_files(source):
         return columns_of(list_data_files(source, split)[0])
     return list(next(iter(pairs)).keys())
+
+
+def is_local_data_files(source: str) -> bool:
+    """Whether `source` names local data files: a file, a pattern, or a folder that is no `save_to_disk` one."""
+    return pattern_files(source) is not None or (os.path.isdir(source) and not is_saved_dataset(source))
 
 
 def is_saved_dataset(source: str) -> bool:

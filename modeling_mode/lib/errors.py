@@ -70,9 +70,9 @@ def check_output_dir(
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a file: give a directory.")
     _check_writable_folder(path, flag, path)
-    for other, markers in OUTPUT_KINDS.items():
-        found = next((name for name in markers if (path / name).exists()), None) if path.is_dir() else None
-        if kind is not None and other != kind and found:
+    others = {other: markers for other, markers in OUTPUT_KINDS.items() if other != kind} if kind else {}
+    for other, markers in others.items():
+        if found := next((name for name in markers if (path / name).exists()), None):
             raise InputError(
                 f"{flag} {str(path)!r} holds {other} ({found}), not {kind}: give an empty folder (or, to resume, one "
                 f"that {kind} of these settings wrote)."
