@@ -25,7 +25,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLI
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
 from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
-from modeling_mode.lib.data_files import list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.data_files import list_data_files, read_samples, relative_names, write_tar_sample
 from modeling_mode.lib.files import write_json
 from modeling_mode.lib.kmeans import Clusters, save_clusters
 from modeling_mode.lib.labels_table import describe_files, finish_labels, write_labels
@@ -327,19 +327,19 @@ def not_utf8(members: list) -> list:
 
 def label_corpus(files: list[str], labels: Path, dataset: str) -> Path:
     """The labels table a clustering of `files` would write, with `cluster_of`'s ids."""
-    row = 0
-    for part, file in enumerate(files):
+    row, names = 0, relative_names(dataset, files)
+    for part, (file, name) in enumerate(zip(files, names)):
         keys = [sample["__key__"] for sample in read_samples(file, [] if file.endswith(".parquet") else ["txt"])]
         rows = np.arange(row, row + len(keys))
         ids = np.asarray([cluster_of(i) for i in rows]).reshape(-1, 2)
-        write_labels(labels, part, file, keys, rows, ids[:, 0], ids[:, 1])
+        write_labels(labels, part, name, keys, rows, ids[:, 0], ids[:, 1])
         row += len(keys)
     meta = {
         "dataset": dataset,
         "split": "train",
         "caption_column": "txt",
         "num_rows": row,
-        "data_files": describe_files(files),
+        "data_files": describe_files(files, names),
         "num_experts": EXPERTS,
         "num_fine_clusters": FINE_CLUSTERS,
         "clusters_settings": {"seed": 0},

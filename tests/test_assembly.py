@@ -2,11 +2,14 @@
 seed's CLIPProcessor with the model, and re-expresses centroids from the captions the clustering embedded."""
 
 import hashlib
+import http.server
 import io
 import json
 import re
 import shutil
+import sys
 import tarfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -268,8 +271,9 @@ def streamed(inputs, tmp_path_factory) -> Path:
 def test_a_streaming_clustering_reexpresses_centroids_from_its_data_files(inputs, streamed, tmp_path):
     """With no labelled copy, the captions come from the tar shards, chosen as the streaming clustering chose them
     and joined by key with its labels table: the same centroids as from the in-memory clustering of those pairs."""
+    corpus = str(streamed / "corpus")
     modes = {
-        name: assemble_run(inputs, tmp_path / name, clusters=streamed / name, recompute_centroids=True)
+        name: assemble_run(inputs, tmp_path / name, clusters=streamed / name, recompute_centroids=True, dataset=corpus)
         for name in ("streamed", "in-memory")
     }
     configs = [modes[name].config for name in modes]
@@ -309,13 +313,90 @@ def test_a_data_file_changed_since_the_streaming_clustering_is_refused_by_name(i
     before anything is written."""
     shard = streamed / "corpus" / "shard-03.tar"
     same_size = reordered(shard)
-    assert len(same_size) == shard.stat().st_size  # only the join by key can tell
+    assert len(same_size) == shard.stat().st_size  # only its content tells
     for data, error in [
-        (same_size, r"data file '.*shard-03\.tar' is not the one the labels table .* was made from \(its pair 0 is "
-                    r"'pair-0091', the table's 'pair-0090'\): it changed since the clustering"),
+        (same_size, r"data file '.*shard-03\.tar' is not the one the labels table .* was made from: as many bytes, "
+                    r"other content"),
         (shard.read_bytes()[:-2048], r"data file '.*shard-03\.tar' has \d+ bytes but had \d+ when .* was made"),
-        (None, r"a data file of the clustering .* is gone \(.*No such file or directory: '.*shard-03\.tar'\)"),
+        (None, r"the labels table .* labels other data files too \(\['shard-03.tar'\]"),
     ]:  # fmt: skip
         with changed(shard, data), pytest.raises(InputError, match=error) as refused:
-            assemble_run(inputs, tmp_path / "mode", clusters=streamed / "streamed", recompute_centroids=True)
+            assemble_run(
+                inputs, tmp_path / "mode", clusters=streamed / "streamed", recompute_centroids=True,
+                dataset=str(streamed / "corpus"),
+            )  # fmt: skip
         assert not (tmp_path / "mode").exists() and len(str(refused.value)) <= 500  # one readable line
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 that answers every request with a tar shard, and counts them."""
+
+    def __init__(self, body: bytes):
+        self.requests, self.body = [], body
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.slow
+def test_a_hostile_labels_table_chooses_no_file_and_no_address(inputs, streamed, tmp_path):
+    """A labels table travels: one edited to name a tar file outside the corpus (absolute, or climbing out with ..)
+    or a URL is refused, naming the entry, before anything is read: the outside file is never opened (an audit hook
+    watches every open) and the server never asked. Which files are read is --dataset's to say."""
+    outside = tmp_path / "outside" / "evil.tar"
+    outside.parent.mkdir()
+    shutil.copyfile(streamed / "corpus" / "shard-00.tar", outside)  # a real shard, to be taken for the corpus's
+    clusters = shutil.copytree(streamed / "streamed", tmp_path / "clusters")
+    opened = []
+    sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args else None)
+    with CountingServer(outside.read_bytes()) as server:
+        for name, why in [
+            (str(outside), "it is an absolute path"),
+            ("../outside/evil.tar", r"it climbs out of the corpus \(\.\.\)"),
+            ("../" * 12 + str(outside).lstrip("/"), r"it climbs out of the corpus \(\.\.\)"),
+            (f"{server.url}/track.tar", "it is a URL"),
+            ("hf://datasets/org/other@main/evil.tar", "it is a URL"),
+        ]:
+            meta = json.loads((streamed / "streamed" / "labels" / "labels.json").read_text())
+            meta["data_files"][0]["path"] = name
+            write_json(clusters / "labels" / "labels.json", meta)
+            opened.clear()
+            with pytest.raises(InputError, match=f"data file 0 is named '.*', and {why}: a labels table names"):
+                assemble_run(
+                    inputs, tmp_path / "mode", clusters=clusters, recompute_centroids=True,
+                    dataset=str(streamed / "corpus"),
+                )  # fmt: skip
+            assert not any("evil.tar" in path for path in opened), name
+        assert server.requests == []
+    assert not (tmp_path / "mode").exists()
+
+
+@pytest.mark.slow
+def test_re_expressing_a_streaming_clustering_needs_its_corpus_as_a_flag(inputs, streamed, tmp_path):
+    """The corpus a streaming clustering read is given, never taken from its records; a copy of it anywhere will do
+    (the table names files relative to the corpus root)."""
+    with pytest.raises(InputError, match=r"is a streaming clustering of --dataset '.*corpus': reading its captions"):
+        assemble_run(inputs, tmp_path / "mode", clusters=streamed / "streamed", recompute_centroids=True)
+    copy = shutil.copytree(streamed / "corpus", tmp_path / "a" / "copy")
+    mode = assemble_run(
+        inputs, tmp_path / "mode", clusters=streamed / "streamed", recompute_centroids=True, dataset=str(copy)
+    )
+    assert mode.config.centroids_reexpressed

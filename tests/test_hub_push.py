@@ -11,6 +11,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from fresh_python import assert_loads_without_package
@@ -37,7 +39,7 @@ from modeling_mode.lib.clustering import read_finished_run
 from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.kmeans import Clusters, save_clusters
-from modeling_mode.lib.labels_table import check_labels_match, labels_for, read_labels, read_meta
+from modeling_mode.lib.labels_table import check_labels_match, labels_for, part_path, read_labels, read_meta
 from modeling_mode.lib.publish import PushError, push_run
 
 REPO_ID = "org/mode-clip"
@@ -414,7 +416,7 @@ def test_a_streaming_clusterings_labels_table_is_pushed_without_local_paths(
 ):
     """A streaming run has no labelled copy: its labels table goes instead, each data file named by its path relative
     to the corpus' root. Downloaded, its parts load with `datasets` and hold the run's ids, and it is a labels table
-    of the corpus read as `--dataset .` from the corpus' root."""
+    of a copy of the corpus anywhere."""
     push_run(run_dir, REPO_ID, api=api, clusters_dir=streamed_clusters)
 
     files = hub.files(f"{REPO_ID}-clusters", repo_type="dataset")
@@ -441,11 +443,11 @@ def test_a_streaming_clusterings_labels_table_is_pushed_without_local_paths(
     )
     assert read_finished_run(downloaded)[1]["settings"] == meta["clusters_settings"]  # still one run's files
 
-    monkeypatch.chdir(streamed_clusters.parent / "corpus")  # a copy of the corpus, wherever it lies
-    check_labels_match(meta, ".", "train", list_data_files("."))
-    assert labels_for(downloaded / "labels", "shard-03.tar") == labels_for(
-        streamed_clusters / "labels", str(Path("shard-03.tar").resolve())
-    )
+    copy = shutil.copytree(streamed_clusters.parent / "corpus", tmp_path / "elsewhere" / "copy")  # wherever it lies
+    copied = list_data_files(str(copy))
+    check_labels_match(meta, str(copy), "train", copied, [Path(file).name for file in copied])
+    name = "shard-03.tar"
+    assert labels_for(downloaded / "labels", name) == labels_for(streamed_clusters / "labels", name)
 
     card = DatasetCard(files["README.md"].decode())
     assert card.data.configs == [
@@ -456,12 +458,32 @@ def test_a_streaming_clusterings_labels_table_is_pushed_without_local_paths(
     assert "its path relative to the corpus' root" in text and "data/*.parquet" not in text
 
 
-def test_a_streaming_clustering_without_its_labels_table_is_refused_before_any_request(
-    hub, api, run_dir, streamed_clusters, tmp_path
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda labels: (labels / "labels.json").unlink(), r"holds no complete labels table"),  # half copied
+        (lambda labels: (labels / "part-00002.parquet").write_bytes(b"PAR1"), r"part-00002.parquet cannot be read"),
+        (lambda labels: (labels / "part-00004.parquet").unlink(), r"part-00004.parquet is missing"),
+        (lambda labels: edited_part(labels, 1, "fine_id", 99), r"part-00001.parquet row 0 .*: fine id 99, coarse"),
+    ],
+    ids=["unfinished", "truncated-part", "missing-part", "fine-id-out-of-range"],
+)
+def test_a_streaming_clustering_with_a_damaged_labels_table_is_refused_before_any_request(
+    hub, api, run_dir, streamed_clusters, tmp_path, damage, message
 ):
+    """Everything a push publishes is checked before its first commit: a damaged table leaves no commit at all."""
     clusters = tmp_path / "clusters"
     shutil.copytree(streamed_clusters, clusters)
-    (clusters / "labels" / "labels.json").unlink()  # a table never finished, or half copied
-    with pytest.raises(InputError, match=r"holds no complete labels table"):
-        push_run(run_dir, REPO_ID, api=api, clusters_dir=clusters)
+    damage(clusters / "labels")
+    with pytest.raises(InputError, match=message):
+        push_run(run_dir, REPO_ID, api=api, experts=True, clusters_dir=clusters)
     assert hub.requests == [] and not hub.repos
+
+
+def edited_part(labels: Path, part: int, column: str, value) -> None:
+    """Part `part` of a labels table with its first row's `column` set to `value`, as a hand edit would."""
+    table = pq.read_table(part_path(labels, part))
+    values = table[column].to_pylist()
+    values[0] = value
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(values, pa.int32())),
+                   part_path(labels, part))  # fmt: skip

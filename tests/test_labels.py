@@ -4,6 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from modeling_mode.lib.data_files import fingerprint
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.labels_table import (
     LabelsTable,
@@ -21,14 +22,18 @@ from modeling_mode.lib.labels_table import (
 
 @pytest.fixture
 def corpus(tmp_path):
-    """Two data files (their bytes do not matter here, only their paths and sizes) and a table labelling them."""
+    """Two data files (their bytes do not matter here, only their names, sizes and content) and a table labelling them,
+    the files named relative to the corpus root."""
     files = [str(tmp_path / "a.tar"), str(tmp_path / "b.tar")]
     for file, size in zip(files, (10, 20), strict=True):
         open(file, "wb").write(b"x" * size)
     folder = tmp_path / "labels"
-    write_labels(folder, 0, files[0], ["k0", "k1"], [0, 1], [3, -1], [1, -1])
-    write_labels(folder, 1, files[1], ["k2"], [2], [0], [0])
+    write_labels(folder, 0, "a.tar", ["k0", "k1"], [0, 1], [3, -1], [1, -1])
+    write_labels(folder, 1, "b.tar", ["k2"], [2], [0], [0])
     return folder, files
+
+
+NAMES = ["a.tar", "b.tar"]
 
 
 def meta_of(files, num_rows=3):
@@ -37,7 +42,7 @@ def meta_of(files, num_rows=3):
         "split": "train",
         "caption_column": "txt",
         "num_rows": num_rows,
-        "data_files": describe_files(files),
+        "data_files": describe_files(files, NAMES[: len(files)]),
         "num_experts": 2,
         "num_fine_clusters": 4,
         "clusters_settings": {},
@@ -50,18 +55,18 @@ def test_a_table_is_complete_once_finished_and_reads_back(corpus):
         read_meta(folder)
     meta = finish_labels(folder, meta_of(files))
     assert meta["num_parts"] == 2 and meta["data_files"] == [
-        {"path": files[0], "size": 10},
-        {"path": files[1], "size": 20},
+        {"path": "a.tar", "size": 10, "fingerprint": fingerprint(files[0])},
+        {"path": "b.tar", "size": 20, "fingerprint": fingerprint(files[1])},
     ]
     found, parts = read_labels(folder)
     assert found == meta
     rows = [row for part in parts for row in part.to_pylist()]
     assert rows == [
-        {"source": files[0], "key": "k0", "row": 0, "fine_id": 3, "coarse_id": 1},
-        {"source": files[0], "key": "k1", "row": 1, "fine_id": -1, "coarse_id": -1},
-        {"source": files[1], "key": "k2", "row": 2, "fine_id": 0, "coarse_id": 0},
+        {"source": "a.tar", "key": "k0", "row": 0, "fine_id": 3, "coarse_id": 1},
+        {"source": "a.tar", "key": "k1", "row": 1, "fine_id": -1, "coarse_id": -1},
+        {"source": "b.tar", "key": "k2", "row": 2, "fine_id": 0, "coarse_id": 0},
     ]
-    assert labels_for(folder, files[1]) == {"k2": 0}
+    assert labels_for(folder, "b.tar") == {"k2": 0}
     with pytest.raises(InputError, match="'elsewhere.tar' is not in the labels table"):
         labels_for(folder, "elsewhere.tar")
     clear_labels(folder)
@@ -84,28 +89,49 @@ def test_a_saved_dataset_is_labelled_by_row_index(tmp_path):
     meta = {"dataset": "saved", "split": "train", "caption_column": "caption", "num_rows": 3, "data_files": []}
     meta = finish_labels(folder, meta | {"num_experts": 2, "num_fine_clusters": 2, "clusters_settings": {}})
     assert labels_for(folder, "") == {"0": 1, "1": 0, "2": 1}
-    check_labels_match(meta, "saved", "train", [], num_rows=3)
+    check_labels_match(meta, "saved", "train", [], [], num_rows=3)
     with pytest.raises(InputError, match="labels 3 pairs, --dataset 'saved' has 4"):
-        check_labels_match(meta, "saved", "train", [], num_rows=4)
+        check_labels_match(meta, "saved", "train", [], [], num_rows=4)
 
 
 def test_a_table_of_another_corpus_is_refused(corpus, tmp_path):
     folder, files = corpus
     meta = finish_labels(folder, meta_of(files))
-    check_labels_match(meta, "corpus", "train", files)
+    check_labels_match(meta, "corpus", "train", files, NAMES)
     with pytest.raises(InputError, match="does not label split 'test'"):
-        check_labels_match(meta, "corpus", "test", files)
+        check_labels_match(meta, "corpus", "test", files, NAMES)
     with pytest.raises(InputError, match="was made from data files"):
-        check_labels_match(meta, "saved", "train", [], num_rows=3)
+        check_labels_match(meta, "saved", "train", [], [], num_rows=3)
     new = str(tmp_path / "c.tar")
     open(new, "wb").write(b"y")
-    with pytest.raises(InputError, match="c.tar' of --dataset 'corpus' is missing from the labels table"):
-        check_labels_match(meta, "corpus", "train", [*files, new])
+    with pytest.raises(InputError, match=r"c.tar' \('c.tar' in --dataset 'corpus'\) is missing from the labels table"):
+        check_labels_match(meta, "corpus", "train", [*files, new], [*NAMES, "c.tar"])
     with pytest.raises(InputError, match="labels other data files too"):
-        check_labels_match(meta, "corpus", "train", files[:1])
+        check_labels_match(meta, "corpus", "train", files[:1], NAMES[:1])
+    open(files[1], "r+b").write(b"y")  # one byte rewritten in place: as many bytes, other content
+    with pytest.raises(InputError, match="b.tar' is not the one the labels table .* as many bytes, other content"):
+        check_labels_match(meta, "corpus", "train", files, NAMES)
     open(files[1], "ab").write(b"grown")
     with pytest.raises(InputError, match="b.tar' has 25 bytes but had 20"):
-        check_labels_match(meta, "corpus", "train", files)
+        check_labels_match(meta, "corpus", "train", files, NAMES)
+
+
+def test_a_fingerprint_samples_a_big_file_and_reads_all_of_a_small_one(tmp_path):
+    """Up to 1.1 MiB a file is hashed whole; above, its first and last blocks and 16 between (what a 500 MB shard
+    costs: 1.1 MiB read, not 500 MB). A change in a sampled block, or of the size, changes it."""
+    small, big = tmp_path / "small.tar", tmp_path / "big.tar"
+    small.write_bytes(bytes(1 << 20))
+    big.write_bytes(bytes(10 << 20))
+    before = fingerprint(str(small)), fingerprint(str(big))
+    with open(small, "r+b") as stream:
+        stream.seek(700_000)
+        stream.write(b"edit")
+    with open(big, "r+b") as stream:
+        stream.seek((10 << 20) - 1)  # in the last block
+        stream.write(b"!")
+    assert fingerprint(str(small)) != before[0] and fingerprint(str(big)) != before[1]
+    big.write_bytes(bytes((10 << 20) + 1))
+    assert fingerprint(str(big)) != before[1]
 
 
 def edited(folder, part: int, column: str, row: int, value):

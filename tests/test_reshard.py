@@ -202,7 +202,7 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
     pq.write_table(part, edited / "part-00000.parquet")
     cases = [
         (dataset, edited, [], r"part-00000.parquet row 0 \(key 's0/00000'\): fine id \d+, coarse id 7 outside"),
-        (dataset, other_labels, [], r"data file '.*00000.tar' of --dataset .* is missing from the labels table"),
+        (dataset, other_labels, [], r"'.*00002.tar' \('00002.tar' in --dataset .*\) is missing from the labels"),
         (str(tmp_path / "grown"), grown_labels, [], r"data file '.*more/00000.tar' .* is missing from the labels"),
         (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"has no column \['text'\]"),
         (dataset, tmp_path / "parquet", [], r"holds no complete labels table"),

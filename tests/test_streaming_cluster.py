@@ -35,7 +35,7 @@ from transformers import CLIPModel
 
 from modeling_mode.lib import cli
 from modeling_mode.lib.clustering import read_finished_run
-from modeling_mode.lib.data_files import list_data_files
+from modeling_mode.lib.data_files import fingerprint, list_data_files
 from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import LOCK
@@ -112,12 +112,13 @@ def table_rows(folder: Path) -> tuple[dict, list[dict]]:
 def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_path, corpus, encoder, in_memory):
     report = streaming(corpus, encoder, tmp_path / "out")
     files = list_data_files(str(corpus[0]))
+    names = [Path(file).name for file in files]  # relative to the corpus root
 
     meta, rows = table_rows(tmp_path / "out")
     assert [row["row"] for row in rows] == list(range(180))
     assert [(row["source"], row["key"]) for row in rows[29:31]] == [
-        (files[0], "pair-0029" if files[0].endswith(".tar") else "29"),
-        (files[1], "pair-0030" if files[0].endswith(".tar") else "0"),
+        (names[0], "pair-0029" if files[0].endswith(".tar") else "29"),
+        (names[1], "pair-0030" if files[0].endswith(".tar") else "0"),
     ]
     # The same fit sample rows, the same captions embedded alike: the same ids, exactly.
     labelled = load_from_disk(in_memory / "dataset")
@@ -131,7 +132,11 @@ def test_streaming_clusters_as_in_memory_and_writes_the_labels_table_only(tmp_pa
     assert read_finished_run(tmp_path / "out")[1] == report
     assert (report["streaming"], report["num_data_files"], report["labels"]) == (True, FILES, "labels")
     assert report["labelled_copy"] is None and report["embeddings"] is None  # deleted by default
-    assert meta["data_files"] == [{"path": file, "size": Path(file).stat().st_size} for file in files]
+    assert meta["data_files"] == [
+        {"path": name, "size": Path(file).stat().st_size, "fingerprint": fingerprint(file)}
+        for file, name in zip(files, names)
+    ]
+    assert meta["corpus_root"] == str(corpus[0])
     assert (meta["num_rows"], meta["num_experts"], meta["clusters_settings"]) == (180, 2, report["settings"])
     # No copy, no image: the run wrote a few bytes per pair, none of them an image's.
     written = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
@@ -160,8 +165,11 @@ def test_a_hub_datasets_files_are_streamed_alike(tmp_path, encoder, in_memory, m
         done = subprocess.run(command, env=hub.client_env(tmp_path / "hf"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     meta, rows = table_rows(tmp_path / "out")
-    assert [file["path"].rsplit("/", 1)[-1] for file in meta["data_files"]] == [f"shard-{f:02d}.tar" for f in range(6)]
-    assert rows[0]["source"].startswith("hf://datasets/org/corpus@") and rows[0]["key"] == "pair-0000"
+    # Named relative to the repo at the commit the clustering read; their content hash as the Hub keeps it.
+    assert [file["path"] for file in meta["data_files"]] == [f"data/shard-{f:02d}.tar" for f in range(6)]
+    assert meta["corpus_root"].startswith("hf://datasets/org/corpus@")
+    assert all(file["fingerprint"].startswith("hub:") for file in meta["data_files"]), meta["data_files"][0]
+    assert (rows[0]["source"], rows[0]["key"]) == ("data/shard-00.tar", "pair-0000")
     assert [row["fine_id"] for row in rows] == load_from_disk(in_memory / "dataset")["fine_id"]
 
 
@@ -185,6 +193,27 @@ def test_each_process_embeds_its_own_files(tmp_path, encoder):
     assert embed_data_files(files, "txt", caption_encoder, shards, rank=1, world_size=2) == 3 * PER_FILE
     assert sorted(path.name for path in shards.folder.glob("*.npy")) == [f"shard-{s:05d}.npy" for s in (1, 3, 5)]
     assert shards.read_keys(3) == [f"pair-{row:04d}" for row in range(90, 120)]
+
+
+def test_a_data_file_edited_in_place_since_a_finished_run_is_named_not_taken_for_clustered(tmp_path, corpus, encoder):
+    """Captions rewritten in place keep a tar's size (tar pads to 10 KB records): the re-run names the file by its
+    fingerprint, rather than calling the clustering up to date or relabelling what experts trained on."""
+    copy = shutil.copytree(corpus[0], tmp_path / "corpus")
+    streaming((copy, corpus[1]), encoder, tmp_path / "out")
+    shard = sorted(copy.iterdir())[2]
+    before = shard.stat().st_size
+    if corpus[1] == "txt":
+        rewrite_tar(shard, lambda members: [(m, d.replace(b"a", b"o") if m.name.endswith(".txt") else d)
+                                            for m, d in members])  # fmt: skip
+    else:
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 1  # one bit of its pages: parquet's own checksums are optional
+        shard.write_bytes(bytes(data))
+    assert shard.stat().st_size == before
+    with pytest.raises(InputError, match=rf"holds a finished clustering of embeddings made with other settings "
+                                         rf"\(data_files: .* first differing at \[2\]: {{'path': "
+                                         rf"'{shard.name}', 'size': {before}, 'finger"):  # fmt: skip
+        streaming((copy, corpus[1]), encoder, tmp_path / "out")
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
     grown = make_tar_corpus(tmp_path / "grown", shard_sizes=(7, 9))  # labelled, then a shard added
     grown_labels = label_corpus(grown, tmp_path / "grown-labels", str(tmp_path / "grown"))
     make_tar_corpus(tmp_path / "grown" / "more", shard_sizes=(2,))
-    renamed = make_tar_corpus(tmp_path / "renamed", shard_sizes=(7, 9))  # one pair's key is not the table's
+    renamed = make_tar_corpus(tmp_path / "renamed", shard_sizes=(7, 9))  # one pair's key renamed: the same size
     renamed_labels = label_corpus(renamed, tmp_path / "renamed-labels", str(tmp_path / "renamed"))
     with tarfile.open(renamed[0]) as tar:
         members = [(member, tar.extractfile(member).read()) for member in tar]
@@ -220,7 +220,10 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
     bigger = make_pairs(tmp_path / "bigger", n=48, clustered=False)
     streamed = ["--streaming", "--image-column", "jpg", "--caption-column", "txt"]
     cases = [
-        ([dataset, other_labels, *streamed], r"data file '.*00000.tar' of --dataset .* is missing from the labels"),
+        (
+            [dataset, other_labels, *streamed],
+            r"'.*00002.tar' \('00002.tar' in --dataset .*\) is missing from the labels",
+        ),
         ([tmp_path / "grown", grown_labels, *streamed], r"data file '.*more/00000.tar' .* is missing from the labels"),
         ([dataset, labels, *streamed[:3], "--caption-column", "text"], r"no column 'text' \(--caption-column\)"),
         ([bigger, tmp_path / "saved-labels"], r"labels 40 pairs, --dataset '.*bigger' has 48"),
@@ -228,7 +231,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
             [tmp_path / "original", tmp_path / "saved-labels", "--streaming"],
             r"is a saved dataset: train on it without",
         ),
-        ([tmp_path / "renamed", renamed_labels, *streamed], r"pair 's0/x0002' of data file .* is not in the labels"),
+        ([tmp_path / "renamed", renamed_labels, *streamed], r"data file .*00000.tar' is not the one .* other content"),
     ]
     out_of_range = r"--cluster 5: --labels '.*' has 2 clusters \(ids 0 to 1\)"  # the table's experts, not a batch
     cases += [([dataset, labels, *streamed, "--cluster", "5"], out_of_range), ([saved, tmp_path / "saved-labels",

@@ -63,6 +63,14 @@ class AssembleArguments(HubArguments):
     )
     router_text_model: str = field(metadata={"help": "The seed CLIP: its text tower routes tasks; its processor."})
     output: str = field(metadata={"help": "Directory of the assembled ModeCLIPModel.", "aliases": ["--output_dir"]})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "The corpus a --streaming clustering read (its folder, pattern, file or Hub id, or a copy of it "
+            "anywhere): re-expressing its centroids reads the captions from there. Its labels table only names "
+            "the files, relative to the corpus root; it never says where to read."
+        },
+    )
     router: str = field(
         default="auto",
         metadata={
@@ -266,6 +274,7 @@ def assemble(
     recompute_centroids: bool = False,
     router_space: str = "auto",
     with_seed: bool = True,
+    dataset: str | None = None,
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -295,7 +304,7 @@ def assemble(
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     if reexpress:
-        corpus = clustering_corpus(clusters, report)
+        corpus = clustering_corpus(clusters, report, dataset)
         corpus.check_unchanged(Path(clusters), report)
         centroids, has_captions = caption_centroids(encoder, corpus, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
@@ -369,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         recompute_centroids=args.recompute_centroids,
         router_space=args.router,
         with_seed=args.save_seed,
+        dataset=args.dataset,
         **args.router_settings,
     )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")

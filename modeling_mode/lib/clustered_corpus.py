@@ -27,7 +27,7 @@ import numpy as np
 from datasets import Dataset
 
 from .data import NO_CLUSTER, cluster_ids, is_saved_dataset, load_pairs
-from .data_files import columns_of, list_data_files, read_samples
+from .data_files import columns_of, corpus_root, list_data_files, read_samples, relative_names
 from .embedding import (
     CaptionEncoder,
     EmbeddingShards,
@@ -102,6 +102,7 @@ class InMemoryCorpus(ClusteredCorpus):
     `fine_id` and `coarse_id` columns (the clustering's labelled copy), or from `table`."""
 
     streaming = False
+    root = ""  # no data files: a Dataset's rows are named by their index
 
     def __init__(self, dataset: Dataset, caption_column: str, shard_rows: int | None = None, **table_and_seed):
         super().__init__(caption_column, **table_and_seed)
@@ -138,7 +139,7 @@ class InMemoryCorpus(ClusteredCorpus):
         of these pairs: webdataset shards loaded whole must also have the table's keys, row by row."""
         table = LabelsTable(labels)
         files = [] if is_saved_dataset(source) else list_data_files(source, split)
-        table.check_matches(source, split, files, len(pairs))
+        table.check_matches(source, split, files, relative_names(source, files) if files else [], len(pairs))
         corpus = cls(pairs, caption_column, table=table)
         corpus.check_keys(source)
         return corpus
@@ -250,14 +251,17 @@ class InMemoryCorpus(ClusteredCorpus):
 
 class StreamedCorpus(ClusteredCorpus):
     """A corpus' data files, one part each, joined with the labels table by (data file, key) as each is read. The
-    files are read for the columns asked for only: a caption column alone leaves every image unread."""
+    files are read for the columns asked for only: a caption column alone leaves every image unread.
+
+    `files` are where the data files are read (as --dataset lists them), `names` what the labels table calls them:
+    their paths relative to the corpus root (`data_files.relative_names`)."""
 
     streaming = True
     num_rows = None  # known once every file is read
 
-    def __init__(self, files: list[str], caption_column: str, **table_and_seed):
+    def __init__(self, files: list[str], names: list[str], root: str, caption_column: str, **table_and_seed):
         super().__init__(caption_column, **table_and_seed)
-        self.files = files
+        self.files, self.names, self.root = files, names, root
 
     @classmethod
     def load(cls, source: str, split: str, caption_column: str, caption_seed: int) -> "StreamedCorpus":
@@ -270,38 +274,51 @@ class StreamedCorpus(ClusteredCorpus):
                 f"The data files have no caption column {caption_column!r} (--caption-column; in tar shards, a "
                 f"member extension): {files[0]!r} has {columns}."
             )
-        return cls(files, caption_column, caption_seed=caption_seed)
+        root = corpus_root(source, files)
+        return cls(files, relative_names(source, files), root, caption_column, caption_seed=caption_seed)
 
     @classmethod
-    def of_run(cls, clusters: str | os.PathLike, report: dict) -> "StreamedCorpus":
-        """A finished streaming clustering's data files, at the paths it recorded (a Hub file's path names the commit
-        it was read at), with its labels table; the files are not looked at until read (`check_unchanged`)."""
+    def of_run(cls, clusters: str | os.PathLike, report: dict, dataset: str | None) -> "StreamedCorpus":
+        """A finished streaming clustering's corpus: --dataset `dataset`'s data files (the corpus where it was
+        clustered, or a copy of it anywhere), checked against the run's labels table, with the run's caption choice.
+        Its table is never asked where to read: it names files only relative to the corpus root."""
         table = LabelsTable.of_run(clusters, report)
+        if dataset is None:
+            raise InputError(
+                f"{clusters} is a streaming clustering of --dataset {table.meta['dataset']!r}: reading its captions "
+                "again needs that corpus, given as --dataset (here or at a copy of it)."
+            )
         seed = report.get("settings", {}).get("embeddings", {}).get("caption_seed")
-        return cls(table.files, table.meta["caption_column"], table=table, caption_seed=seed)
+        return cls.joined(dataset, table.meta["split"], table, table.meta["caption_column"], caption_seed=seed)
 
     @classmethod
-    def joined(cls, source: str, split: str, labels: str | os.PathLike, caption_column: str) -> "StreamedCorpus":
-        """--dataset `source`'s data files joined with the labels table in `labels`, checked to be of them."""
-        table = LabelsTable(labels)
+    def joined(
+        cls, source: str, split: str, labels: "str | os.PathLike | LabelsTable", caption_column: str, caption_seed=None
+    ) -> "StreamedCorpus":
+        """--dataset `source`'s data files joined with a labels table (or the one in folder `labels`), checked to be
+        of them (names, sizes, content fingerprints), in the table's order: part p is file p."""
+        table = labels if isinstance(labels, LabelsTable) else LabelsTable(labels)
         with naming_failures("--dataset", source):
             files = list_data_files(source, split)
-        table.check_matches(source, split, files)
-        return cls(files, caption_column, table=table)
+        names = relative_names(source, files)
+        table.check_matches(source, split, files, names)
+        by_name = dict(zip(names, files))
+        files, root = [by_name[name] for name in table.names], corpus_root(source, files)
+        return cls(files, table.names, root, caption_column, table=table, caption_seed=caption_seed)
 
     @property
     def num_parts(self) -> int:
         return len(self.files)
 
     def source(self, part: int) -> str:
-        return self.files[part]
+        return self.names[part]
 
     @cached_property
     def data_files(self) -> list[dict]:
-        return describe_files(self.files)  # once: the embeddings' layout and labels.json record the same sizes
+        return describe_files(self.files, self.names)  # once: the embeddings' layout and labels.json record the same
 
     def layout(self) -> dict:
-        return {"data_files": self.data_files}  # paths and sizes: a file that changed is not taken for embedded
+        return {"data_files": self.data_files}  # names, sizes, fingerprints: a changed file is not taken for embedded
 
     def embed(self, encoder: CaptionEncoder, shards: EmbeddingShards, rank: int, world_size: int, batch_size: int):
         return embed_data_files(
@@ -312,12 +329,9 @@ class StreamedCorpus(ClusteredCorpus):
         return shards.read_keys(part)
 
     def check_unchanged(self, folder: Path, report: dict) -> None:
-        """Each data file is there, as big as when it was clustered (its order is checked as it is read)."""
+        """The clustering says which captions it embedded (the data files were checked against its table when
+        joined, `of_run`; their keys' order is checked as each is read)."""
         embedding_settings(folder, report, ())
-        try:
-            self.table.check_matches(self.table.meta["dataset"], self.table.meta["split"], self.files)
-        except OSError as error:  # fsspec's own message names the file
-            raise InputError(f"a data file of the clustering {folder} is gone ({error}): cluster again.") from error
 
     def clustered_captions(self, part: int) -> tuple[list[str | None], np.ndarray]:
         """Data file `part`'s captions as the clustering chose them (`embedding.embed_data_files`), and their fine
@@ -325,7 +339,7 @@ class StreamedCorpus(ClusteredCorpus):
         in order, not merely as a set."""
         file = self.files[part]
         keys, chosen = data_file_captions(file, self.caption_column, part, self.caption_seed)
-        ids = self.table.part(self.table.part_index(file), columns=["key", "fine_id"])
+        ids = self.table.part(self.table.part_index(self.names[part]), columns=["key", "fine_id"])
         labelled_keys = ids["key"].to_pylist()
         if keys != labelled_keys:
             raise InputError(
@@ -336,17 +350,14 @@ class StreamedCorpus(ClusteredCorpus):
 
     def coarse_ids_by_key(self, part: int) -> dict[str, int]:
         """{key: coarse_id} of data file `part`'s pairs, from the table alone: the file is not read."""
-        return self.table.labels_for(self.files[part])
+        return self.table.labels_for(self.names[part])
 
     def labelled_samples(self, part: int, columns: list[str] | None) -> Iterator[tuple[dict, int, int]]:
         """(sample, coarse_id, fine_id) of each pair of data file `part` (`data_files.read_samples` of `columns`),
         joined with its part of the table by key. A pair the table lacks, or one it has but the file not, is refused:
         the table would be of another version of the file."""
         file, where = self.files[part], f"the labels table {self.table.folder}"
-        table_part = self.table.part_index(file)
-        ids = self.table.part(table_part)
-        if (sources := set(ids["source"].to_pylist())) != {file}:
-            raise InputError(f"part {table_part} of {where} labels {sorted(sources)}, not {file!r}.")
+        ids = self.table.part(self.table.part_index(self.names[part]))  # its `source` checked with the table
         by_key = dict(zip(ids["key"].to_pylist(), zip(ids["coarse_id"].to_pylist(), ids["fine_id"].to_pylist())))
         for sample in read_samples(file, columns):
             key = sample["__key__"]
@@ -357,11 +368,11 @@ class StreamedCorpus(ClusteredCorpus):
             raise InputError(f"data file {file!r} lacks pairs {sorted(by_key)[:3]} of {where}.")
 
 
-def clustering_corpus(clusters: str | os.PathLike, report: dict) -> ClusteredCorpus:
+def clustering_corpus(clusters: str | os.PathLike, report: dict, dataset: str | None = None) -> ClusteredCorpus:
     """A finished clustering's pairs with their ids (`report`: its clusters.json), in the parts it embedded: a
-    streaming run's data files with its labels table, else its labelled copy."""
+    streaming run's corpus, --dataset `dataset` (`StreamedCorpus.of_run`), else its labelled copy."""
     if report.get("streaming"):
-        return StreamedCorpus.of_run(clusters, report)
+        return StreamedCorpus.of_run(clusters, report, dataset)
     return InMemoryCorpus.labelled_copy(clusters, report)
 
 

@@ -47,6 +47,7 @@ from .kmeans import (
     save_clusters,
 )
 from .labels_table import LABELS_DIR, clear_labels, finish_labels, write_labels
+from .settings import check_same_settings
 
 logger = logging.getLogger(__name__)
 # train/cluster.py's --help (and `mode-cluster`'s, `python -m modeling_mode.lib.clustering`'s).
@@ -332,13 +333,20 @@ def known_centres(mode: str, quantile: str) -> KnownCentres:
 
 
 def finished_report(output: Path, settings: dict) -> dict | None:
-    """The report of the finished run in `output` if it was made with `settings`, else None: the same test of
-    "finished" (`read_finished_run`) that every reader of a clustering output uses."""
+    """The report of the finished run in `output` if it was made with `settings`, else None (the same test of
+    "finished", `read_finished_run`, that every reader of a clustering output uses). Another fit of the same
+    embeddings may replace it (other k, method, ...); a run of other embeddings may not (another encoder, corpus, or a
+    data file changed since, named): experts may have trained on its labels."""
     try:
         _, report = read_finished_run(output)
     except InputError:
         return None
-    return report if report.get("settings") == settings else None
+    check_same_settings(
+        report.get("settings", {}).get("embeddings", {}), settings["embeddings"],
+        f"--output {str(output)!r} holds a finished clustering of embeddings made",
+        "give another --output, or the corpus, encoder and flags it was made from.",
+    )  # fmt: skip
+    return report if report["settings"] == settings else None
 
 
 def fit_or_load(
@@ -422,7 +430,8 @@ def labels_meta(args, corpus: ClusteredCorpus, shards: EmbeddingShards, clusters
         "split": args.split,
         "caption_column": args.caption_column,
         "num_rows": shards.num_rows,
-        "data_files": corpus.data_files,
+        "data_files": corpus.data_files,  # named relative to the corpus root, which is recorded but never read
+        "corpus_root": corpus.root,
         "num_experts": clusters.num_experts,
         "num_fine_clusters": clusters.num_fine_clusters,
         "clusters_settings": settings,

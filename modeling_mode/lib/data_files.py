@@ -6,6 +6,7 @@ files, a crashed run resume at file granularity, and every pair be named by (fil
 """
 
 import glob
+import hashlib
 import io
 import json
 import os
@@ -86,6 +87,77 @@ def list_data_files(source: str, split: str = "train") -> list[str]:
     if len(formats) > 1:
         raise InputError(f"--dataset {source!r} mixes data file formats {sorted(formats)}: use one.")
     return files
+
+
+def corpus_root(source: str, files: list[str]) -> str:
+    """The folder a corpus's data files are named relative to (`relative_names`): a local folder itself; the folder
+    of a single file, a pattern or a glob (where the pattern's fixed part ends); a Hub dataset's repo at the commit its
+    files were read at (`hf://datasets/org/name@commit`)."""
+    if os.path.isdir(source):
+        return source
+    if hub := re.match(r"hf://datasets/[^@]+@[^/]+(?=/)", files[0]):
+        return hub.group(0)
+    return posixpath.dirname(re.split(r"[*?\[{]", source)[0]) or "."
+
+
+def relative_names(source: str, files: list[str]) -> list[str]:
+    """Each of `source`'s data files (`list_data_files`) named relative to the corpus root, in POSIX form: what a
+    labels table records. The same corpus copied elsewhere, or read from the Hub and from a clone of its repo, has the
+    same names; no name can point outside the corpus."""
+    root = corpus_root(source, files)
+    if "://" in root:
+        return [file[len(root) :].lstrip("/") for file in files]
+    return [Path(os.path.relpath(file, root)).as_posix() for file in files]
+
+
+def unsafe_name(name) -> str | None:
+    """Why a data file name read from a labels table cannot be a corpus's relative name (None when it can): it must
+    not be empty, absolute, a URL, climb out of the corpus (`..`) or name anything but a data file. A table travels;
+    what it names must never choose which file is opened or which address is fetched."""
+    if not isinstance(name, str) or not name:
+        return "it is not a file name"
+    if "://" in name or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", name):
+        return "it is a URL"
+    if name.startswith("/"):
+        return "it is an absolute path"
+    if "\\" in name:
+        return "it is not in POSIX form (a backslash)"
+    if ".." in name.split("/"):
+        return "it climbs out of the corpus (..)"
+    if not name.endswith(DATA_EXTENSIONS):
+        return f"it is no data file ({' or '.join(DATA_EXTENSIONS)})"
+    return None
+
+
+FINGERPRINT_BLOCK = 1 << 16  # bytes of each sampled block
+FINGERPRINT_BLOCKS = 16  # evenly spaced blocks, besides the first and the last
+
+
+def fingerprint(file: str) -> str:
+    """A content fingerprint of one data file that costs the same whatever its size: the store's own content hash
+    where it keeps one (a Hub file's LFS sha256 or git blob id), else a BLAKE2b of its size, its first and last
+    64 KiB and 16 evenly spaced 64 KiB blocks (the whole file up to 1.1 MiB).
+
+    It tells a file replaced, regenerated, re-encoded or cut from the one clustered; an edit of a big file that keeps
+    its size and misses every sampled block (1.1 MiB of a 500 MB shard) can pass, and is caught when the file is read
+    only if it changes the file's keys."""
+    filesystem, path = fsspec.core.url_to_fs(file)
+    info = filesystem.info(path)
+    if stored := (info.get("lfs") or {}).get("sha256") or info.get("blob_id"):
+        return f"hub:{stored}"
+    size = int(info["size"])
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    if size <= (FINGERPRINT_BLOCKS + 2) * FINGERPRINT_BLOCK:
+        blocks = [(0, size)]
+    else:  # the first block, FINGERPRINT_BLOCKS between, the last
+        last = size - FINGERPRINT_BLOCK
+        steps = FINGERPRINT_BLOCKS + 1
+        blocks = [(last * step // steps, FINGERPRINT_BLOCK) for step in range(steps + 1)]
+    with filesystem.open(path, "rb") as stream:
+        for offset, length in blocks:
+            stream.seek(offset)
+            digest.update(stream.read(length))
+    return f"blake2b:{digest.hexdigest()}"
 
 
 def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:

@@ -2,14 +2,16 @@
 
 A clustering run (train/cluster.py) writes `OUTPUT/labels/`:
 - `part-NNNNN.parquet`, one per data file of the corpus in `data_files.list_data_files` order (NNNNN is the file's
-  index there), or one per embedding shard for a saved `datasets` Dataset. Columns: `source` (the data file's path
-  as listed; "" for a saved dataset), `key` (the pair's `__key__` as `data_files.read_samples` gives it; the row
-  index for a saved dataset), `row` (int64, the pair's position in the whole corpus), `fine_id` and `coarse_id`
-  (int32; -1 for a pair without a usable caption).
+  index there), or one per embedding shard for a saved `datasets` Dataset. Columns: `source` (the data file's name
+  relative to the corpus root, `data_files.relative_names`; "" for a saved dataset), `key` (the pair's `__key__` as
+  `data_files.read_samples` gives it; the row index for a saved dataset), `row` (int64, the pair's position in the
+  whole corpus), `fine_id` and `coarse_id` (int32; -1 for a pair without a usable caption).
 - `labels.json`, written last: the table is complete when it is there. It says which corpus the table is of
-  (`dataset`, `split`, `caption_column`, `num_rows`, `data_files` [{"path", "size"}]), `num_experts`,
-  `num_fine_clusters`, the clustering's `settings` (`clusters_settings`) and `num_parts`.
+  (`dataset`, `split`, `caption_column`, `num_rows`, `data_files` [{"path": name, "size", "fingerprint"}]),
+  `num_experts`, `num_fine_clusters`, the clustering's `settings` (`clusters_settings`) and `num_parts`.
 
+A table travels (pushed, downloaded): it is checked whole before any use (`LabelsTable`), and it names data files
+only relative to the corpus root: which files are read is always the --dataset a user gives, never the table.
 A few bytes per pair: the `source` column is dictionary-encoded by parquet, so it costs next to nothing per row.
 This module is the table's files; a corpus is joined with its table, in memory or streamed, by `clustered_corpus`.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .data_files import fingerprint, unsafe_name
 from .errors import InputError
 from .files import atomic_path, read_json, write_json
 
@@ -43,13 +46,14 @@ def part_path(folder: str | os.PathLike, part: int) -> Path:
     return Path(folder) / f"part-{part:05d}.parquet"
 
 
-def describe_files(files: list[str]) -> list[dict]:
-    """[{"path", "size"}] of data files (local paths or fsspec URLs such as hf://): what `labels.json` records so
-    that a table is never used with another corpus."""
+def describe_files(files: list[str], names: list[str]) -> list[dict]:
+    """[{"path", "size", "fingerprint"}] of data files (local paths or fsspec URLs such as hf://), each named by its
+    path relative to the corpus root (`data_files.relative_names`): what `labels.json` records so that a table is
+    never used with another corpus, nor with a file changed since, whatever its size (`data_files.fingerprint`)."""
     described = []
-    for file in files:
+    for file, name in zip(files, names, strict=True):
         filesystem, path = fsspec.core.url_to_fs(file)
-        described.append({"path": file, "size": int(filesystem.size(path))})
+        described.append({"path": name, "size": int(filesystem.size(path)), "fingerprint": fingerprint(file)})
     return described
 
 
@@ -121,10 +125,19 @@ def read_meta(folder) -> dict:
     if wrong:
         raise InputError(f"{path} lacks the fields {wrong}, or has them of other types: it is no labels table's.")
     files_ok = all(isinstance(f, dict) and isinstance(f.get("path"), str) and type(f.get("size")) is int
-                   for f in meta["data_files"])  # fmt: skip
+                   and isinstance(f.get("fingerprint"), str) for f in meta["data_files"])  # fmt: skip
     counts_ok = meta["num_experts"] >= 1 and meta["num_fine_clusters"] >= meta["num_experts"] and meta["num_rows"] >= 0
     if not files_ok or not counts_ok:
-        raise InputError(f"{path}: its data_files, num_experts or num_fine_clusters are not a clustering's.")
+        raise InputError(
+            f"{path}: its data_files ([{{path, size, fingerprint}}]), num_experts or num_fine_clusters are not a "
+            "clustering's (a table of an older version: cluster again)."
+        )
+    for number, file in enumerate(meta["data_files"]):
+        if why := unsafe_name(file["path"]):  # before anything could open it, or fetch it
+            raise InputError(
+                f"{path}: data file {number} is named {file['path'][:100]!r}, and {why}: a labels table names its "
+                "data files relative to the corpus root."
+            )
     if meta["data_files"] and meta["num_parts"] != len(meta["data_files"]):
         raise InputError(f"{path} lists {len(meta['data_files'])} data files but {meta['num_parts']} parts.")
     return meta
@@ -157,6 +170,9 @@ def check_table(folder, meta: dict) -> None:
                     f"{path} row {row}: fine cluster {fine_id} in coarse cluster {coarse_id}, elsewhere in "
                     f"{fine_to_coarse[fine_id]}: the table was edited."
                 )
+        sources = set(table["source"].unique().to_pylist())
+        if sources - {meta["data_files"][part]["path"] if meta["data_files"] else ""}:
+            raise InputError(f"{path} labels pairs of {sorted(sources)[:2]}, not of its data file: it was edited.")
         keys = table["key"].to_pylist()
         if len(set(keys)) != len(keys):
             seen = set()
@@ -202,8 +218,9 @@ class LabelsTable:
         return table
 
     @property
-    def files(self) -> list[str]:
-        """The data files the table labels, part p labelling file p (none for a saved dataset)."""
+    def names(self) -> list[str]:
+        """The data files the table labels, by their names relative to the corpus root, part p labelling file p (none
+        for a saved dataset). Names only: which files are read is --dataset's to say, never a table's."""
         return [file["path"] for file in self.meta["data_files"]]
 
     @property
@@ -219,8 +236,8 @@ class LabelsTable:
             yield self.part(part, columns)
 
     def part_index(self, source: str) -> int:
-        """The part of one data file (`source` as `list_data_files` gives it); InputError naming a data file the
-        table does not cover."""
+        """The part of one data file (`source`: its name relative to the corpus root); InputError naming a data file
+        the table does not cover."""
         if source not in self.part_of:
             raise InputError(
                 f"data file {source!r} is not in the labels table {self.folder} (it labels {len(self.part_of)} files "
@@ -229,8 +246,8 @@ class LabelsTable:
         return self.part_of[source]
 
     def labels_for(self, source: str) -> dict[str, int]:
-        """{key: coarse_id} of one data file's pairs (`source` as `list_data_files` gives it); for a saved dataset
-        (source "") the whole table's, keyed by row index. InputError naming a data file the table does not cover."""
+        """{key: coarse_id} of one data file's pairs (`source`: its name relative to the corpus root); for a saved
+        dataset (source "") the whole table's, keyed by row index. InputError naming a data file the table lacks."""
         parts = range(self.num_parts) if source == "" and not self.part_of else [self.part_index(source)]
         labels = {}
         for part in parts:
@@ -238,9 +255,11 @@ class LabelsTable:
             labels.update(zip(table["key"].to_pylist(), table["coarse_id"].to_pylist(), strict=True))
         return labels
 
-    def check_matches(self, dataset: str, split: str, files: list[str], num_rows: int | None = None) -> None:
+    def check_matches(
+        self, dataset: str, split: str, files: list[str], names: list[str], num_rows: int | None = None
+    ) -> None:
         """`check_labels_match` of this table."""
-        check_labels_match(self.meta, dataset, split, files, num_rows)
+        check_labels_match(self.meta, dataset, split, files, names, num_rows)
 
 
 def labels_for(folder, source: str) -> dict[str, int]:
@@ -248,33 +267,43 @@ def labels_for(folder, source: str) -> dict[str, int]:
     return LabelsTable(folder).labels_for(source)
 
 
-def check_labels_match(meta: dict, dataset: str, split: str, files: list[str], num_rows: int | None = None) -> None:
+def check_labels_match(
+    meta: dict, dataset: str, split: str, files: list[str], names: list[str], num_rows: int | None = None
+) -> None:
     """Refuse a labels table made from another corpus than `dataset`'s `split` read as `files` (its data files as
-    `list_data_files` gives them; empty for a saved dataset, whose `num_rows` is then compared).
+    `list_data_files` gives them, named `names` relative to the corpus root; both empty for a saved dataset, whose
+    `num_rows` is then compared).
 
-    A data file the table lacks is named, as is one whose size changed; a table of other files or rows is refused.
+    A data file the table lacks is named, as is one whose size or content (`data_files.fingerprint`) changed; a table
+    of other files or rows is refused.
     """
     where = f"the labels table of --dataset {meta['dataset']!r} (split {meta['split']!r})"
     if split != meta["split"]:
         raise InputError(f"{where} does not label split {split!r} of --dataset {dataset!r}.")
     if num_rows is not None and num_rows != meta["num_rows"]:
         raise InputError(f"{where} labels {meta['num_rows']} pairs, --dataset {dataset!r} has {num_rows}.")
-    sizes = {file["path"]: file["size"] for file in meta["data_files"]}
-    if bool(files) != bool(sizes):
-        made_of = "data files" if sizes else "a saved dataset"
+    recorded = {file["path"]: file for file in meta["data_files"]}
+    if bool(files) != bool(recorded):
+        made_of = "data files" if recorded else "a saved dataset"
         raise InputError(f"{where} was made from {made_of}, not from --dataset {dataset!r} as read now.")
-    for file in files:
-        if file not in sizes:
-            raise InputError(f"data file {file!r} of --dataset {dataset!r} is missing from {where}.")
-    for described in describe_files(files):
-        if described["size"] != sizes[described["path"]]:
-            raise InputError(
-                f"data file {described['path']!r} has {described['size']} bytes but had {sizes[described['path']]} "
-                f"when {where} was made: it changed since; cluster again."
-            )
-    if len(files) != len(sizes):
-        extra = sorted(set(sizes) - set(files))
+    for file, name in zip(files, names, strict=True):
+        if name not in recorded:
+            raise InputError(f"data file {file!r} ({name!r} in --dataset {dataset!r}) is missing from {where}.")
+    if len(files) != len(recorded):
+        extra = sorted(set(recorded) - set(names))
         raise InputError(f"{where} labels other data files too ({extra[:3]}...): it is of another corpus.")
+    for file, now in zip(files, describe_files(files, names)):
+        then = recorded[now["path"]]
+        if now["size"] != then["size"]:
+            raise InputError(
+                f"data file {file!r} has {now['size']} bytes but had {then['size']} when {where} was made: it "
+                "changed since; cluster again."
+            )
+        if now["fingerprint"] != then["fingerprint"]:
+            raise InputError(
+                f"data file {file!r} is not the one {where} was made from: as many bytes, other content (fingerprint "
+                f"{now['fingerprint'][:20]}..., then {then['fingerprint'][:20]}...); cluster again."
+            )
 
 
 def read_part(folder, part: int, columns: list[str] | None = None) -> pa.Table:

@@ -19,6 +19,7 @@ root.
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import safe_open
@@ -41,7 +39,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from ..modeling_mode_clip import ModeCLIPModel
 from . import cli
 from .cards import TEMPLATES, dataset_card, mode_config, model_card, published_record, without_local_paths
-from .clustered_corpus import ClusteredCorpus, clustering_corpus
+from .clustered_corpus import InMemoryCorpus
 from .clustering import read_finished_run
 from .errors import InputError, check_weight_files, naming_failures
 from .files import read_json, write_json
@@ -217,12 +215,14 @@ CLUSTER_FILES = ("clusters.safetensors", "clusters.json")
 @dataclass
 class ClusteredData:
     """A finished clustering run's pairs with their ids, centroids and card, checked and ready to push as a dataset
-    repo: the labelled copy of its pairs or, for a streaming run, which writes none, its labels table."""
+    repo: the labelled copy of its pairs (`pairs`) or, for a streaming run, which writes none, its labels table
+    (`table`, checked whole; no data file it names is read)."""
 
     folder: Path
     repo_id: str
     card: DatasetCard
-    corpus: ClusteredCorpus
+    pairs: datasets.Dataset | None
+    table: LabelsTable | None
 
     @classmethod
     def check(cls, clusters_dir, repo_id: str, license: str = "other") -> "ClusteredData":
@@ -230,17 +230,20 @@ class ClusteredData:
         must load) or, streamed, its complete labels table."""
         folder = Path(clusters_dir)
         _, report = read_finished_run(folder)
-        corpus = clustering_corpus(folder, report)
-        labels = published_labels(corpus.table.meta) if corpus.streaming else None
-        return cls(folder, repo_id, dataset_card(folder, repo_id, license, labels=labels), corpus)
+        if report.get("streaming"):
+            table = LabelsTable.of_run(folder, report)
+            card = dataset_card(folder, repo_id, license, labels=published_labels(table.meta))
+            return cls(folder, repo_id, card, None, table)
+        pairs = InMemoryCorpus.labelled_copy(folder, report).dataset
+        return cls(folder, repo_id, dataset_card(folder, repo_id, license), pairs, None)
 
     def push(self, api, **commit_options):
         """The labels, the centroids and the run's report, in one commit."""
         with tempfile.TemporaryDirectory() as folder:
-            if self.corpus.streaming:
-                write_published_table(self.corpus.table, Path(folder))
+            if self.table is not None:
+                write_published_table(self.table, Path(folder))
             else:
-                write_parquet_shards(self.corpus.dataset, Path(folder))
+                write_parquet_shards(self.pairs, Path(folder))
             for name in CLUSTER_FILES:
                 (Path(folder) / name).write_bytes((self.folder / name).read_bytes())
             return commit_folder(api, folder, self.repo_id, card=self.card, repo_type="dataset", **commit_options)
@@ -255,42 +258,24 @@ def write_parquet_shards(pairs: datasets.Dataset, folder: Path) -> None:
 
 
 def write_published_table(table: LabelsTable, folder: Path) -> None:
-    """`labels/` as published: each part with its `source` column, and labels.json with its data files, named as
-    `published_data_files` says."""
-    names = published_data_files(table.meta)
+    """`labels/` as published: its parts as they are (every data file is named relative to the corpus root already),
+    and labels.json with `published_labels`."""
     (folder / LABELS_DIR).mkdir()
-    for part, name in enumerate(names):  # part p labels data file p
-        ids = table.part(part)
-        source = pa.array([name] * ids.num_rows, pa.string())
-        ids = ids.set_column(ids.schema.get_field_index("source"), "source", source)
-        pq.write_table(ids, part_path(folder / LABELS_DIR, part))
+    for part in range(table.num_parts):
+        shutil.copyfile(part_path(table.folder, part), part_path(folder / LABELS_DIR, part))
     write_json(folder / LABELS_DIR / LABELS_JSON, published_labels(table.meta))
 
 
-def published_data_files(labels: dict) -> list[str]:
-    """The labels table's data files as published, in order. A Hub corpus' files keep their hf:// URL (public, and
-    pinned to the commit the clustering read); a local corpus' are named by their path relative to the corpus root:
-    unique where bare file names may not be, and exactly what `list_data_files` gives for `--dataset .` from the root
-    of a copy of the corpus, so the published table joins with that copy wherever it lies (train/expert.py
-    --labels, train/reshard.py)."""
-    return [
-        file["path"] if is_url(file["path"]) else Path(os.path.relpath(file["path"], labels["dataset"])).as_posix()
-        for file in labels["data_files"]
-    ]
-
-
 def published_labels(labels: dict) -> dict:
-    """labels.json as published: its data files named by `published_data_files`, a local corpus by its folder's name,
-    and every other local path cut to its last component (`without_local_paths`, as the centroids' settings are)."""
-    files = [{**file, "path": name} for file, name in zip(labels["data_files"], published_data_files(labels))]
-    local = not all(is_url(file["path"]) for file in labels["data_files"])
-    corpus = Path(os.path.abspath(labels["dataset"])).name if local else labels["dataset"]
-    return without_local_paths({**labels, "dataset": corpus, "data_files": files})
-
-
-def is_url(path: str) -> bool:
-    """Whether a data file's path is a URL (hf://, s3://, ...) rather than a local path."""
-    return fsspec.core.split_protocol(path)[0] is not None
+    """labels.json as published: a local corpus named by its folder's name, and every other local path cut to its
+    last component (`without_local_paths`, as the centroids' settings are). Its data files keep their names, relative
+    to the corpus root: the published table joins with a copy of the corpus wherever it lies (train/expert.py
+    --labels, train/reshard.py --dataset COPY)."""
+    root = labels.get("corpus_root") or ""
+    if "://" in root:  # a Hub corpus: its id and the commit it was read at are public
+        return without_local_paths(labels)
+    local_name = Path(os.path.abspath(labels["dataset"])).name
+    return without_local_paths({**labels, "dataset": local_name, "corpus_root": Path(os.path.abspath(root)).name})
 
 
 def push_clustered_dataset(api, clusters_dir, repo_id, *, license="other", **commit_options):
