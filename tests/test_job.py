@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from modeling_mode.job.arguments import JobArguments, Sources, check_sources
-from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set
+from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set, refresh_held_out_sets
 from modeling_mode.job.layout import JobFolder, Output
 from modeling_mode.job.main import record_settings, run
 from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
@@ -26,6 +26,7 @@ from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.clustering import ClusterArguments
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.files import read_json, write_json
 from modeling_mode.lib.training import ExpertTrainingArguments
 from modeling_mode.lib.training.optimization import learning_rate_at
 from modeling_mode.lib.training.record import read_record
@@ -420,6 +421,34 @@ def test_the_growth_data_hold_the_arriving_source_apart(tmp_path):
     assert list(data["all-pairs"]["caption"]) == [*data["pairs"]["caption"], *data["arriving-pairs"]["caption"]]
     assert sets == {"arriving": {"dataset": str(tmp_path / "data" / "arriving-pairs"), "split": "train"},
                     "all": {"dataset": str(tmp_path / "data" / "all-pairs"), "split": "train"}}  # fmt: skip
+
+
+def test_a_job_resumes_with_a_corrected_held_out_set_unless_a_finished_evaluation_read_the_old_one(tmp_path):
+    """The held-out sets are read by the evaluations only: a job whose retrieval stage failed on a wrong set resumes
+    with the right one, its training kept, and its data stage's record names the new set. Once an evaluation of a set
+    has finished, changing the set is refused, naming the stages that would be redone."""
+    job = JobFolder(tmp_path / "job")
+    recipe = dataclasses.replace(load_recipe("offline-mix")[1], seeds=1)
+    wrong, right = ("org/captioned", "test"), ("org/captioned-v2", "test")
+    record = {"name": "offline-mix", **dataclasses.asdict(recipe)}
+    job.path.mkdir()
+    record_settings(job.recipe, record, Sources(dataset="org/pairs", retrieval=wrong, zeroshot={"cars": wrong}))
+    write_json(job.sources, {"pairs": {"dataset": "org/pairs", "split": "train"}, "retrieval": {"dataset": wrong[0]},
+                             "zeroshot": {"cars": {"dataset": wrong[0], "split": "test"}}})  # fmt: skip
+    (job.path / "seed-0" / "results" / "mode-minilm-2").mkdir(parents=True)
+    (job.path / "seed-0" / "results" / "mode-minilm-2" / "zeroshot-cars.json").write_text("{}")
+
+    corrected = Sources(dataset="org/pairs", retrieval=right, zeroshot={"cars": wrong})
+    record_settings(job.recipe, record, corrected)  # no retrieval had finished
+    refresh_held_out_sets(job, recipe, corrected)
+    assert read_json(job.sources)["retrieval"] == {"dataset": right[0], "split": "test", "caption_column": "caption"}
+    assert read_json(job.sources)["pairs"]["dataset"] == "org/pairs"
+    refusal = (r"held-out sets changed \(sources.zeroshot.cars: .*\): 1 finished evaluations read the old ones and would "
+               r"be redone \(seed-0/results/mode-minilm-2/zeroshot-cars.json\): delete them")  # fmt: skip
+    with pytest.raises(InputError, match=refusal):
+        record_settings(job.recipe, record, Sources(dataset="org/pairs", retrieval=right, zeroshot={"cars": right}))
+    with pytest.raises(InputError, match=r"other settings \(sources.dataset: 'org/pairs' there, 'org/other' now\)"):
+        record_settings(job.recipe, record, Sources(dataset="org/other", retrieval=right, zeroshot={"cars": wrong}))
 
 
 def test_held_out_sets_are_checked_before_any_work(tmp_path):

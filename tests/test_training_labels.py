@@ -4,6 +4,8 @@ cluster ids on the fly, by row (random access) or by (data file, key) (streamed)
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from accelerate import Accelerator
 from datasets import Dataset, load_from_disk
 from helpers import (
+    EXPERT,
     EXPERTS,
     QUIET,
     assert_same_weights,
@@ -27,6 +30,8 @@ from helpers import (
     run_reshard,
     train_here,
 )
+from hub_server import LocalHub
+from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 
 from modeling_mode.lib.clustered_corpus import InMemoryCorpus
@@ -291,4 +296,27 @@ def test_a_streamed_experts_bad_data_is_one_line_naming_the_file_and_pair(tmp_pa
     lines = [line for line in stderr if not line.startswith("train:")]  # a pair is read once the steps began
     assert status == 2 and lines[-1] == stderr[-1] and "Traceback" not in "\n".join(stderr), stderr
     assert re.fullmatch(f"error: .*{message}.*", lines[-1]) and len(lines[-1]) <= 500, lines[-1]
+    assert not is_finished(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_hub_datasets_shards_are_streamed_by_the_same_reader(tmp_path, monkeypatch):
+    """A Hub dataset of tar shards (on a Hub at 127.0.0.1) streamed by a plain --streaming expert is read by the
+    project's reader too: a truncated shard is one line naming its hf:// file, exit status 2, no finished model
+    (`datasets`' webdataset loader passed over it). A subprocess: `datasets` reads the Hub's address at import."""
+    corpus = tmp_path / "repo" / "data"
+    make_tar_corpus(corpus)
+    (shard := sorted(corpus.glob("*.tar"))[1]).write_bytes(shard.read_bytes()[:5000])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # a Hub on 127.0.0.1, and nowhere else
+    with LocalHub() as hub:
+        api = HfApi(endpoint=hub.url, token="hf_test")
+        api.create_repo("org/corpus", repo_type="dataset")
+        api.upload_folder(folder_path=tmp_path / "repo", repo_id="org/corpus", repo_type="dataset")
+        argv = ["--streaming", "--dataset", "org/corpus", "--image-column", "jpg", "--caption-column", "txt"]
+        argv += ["--config", "tiny", "--batch-size", "2", "--max-steps", "12", *QUIET, "--output", tmp_path / "run"]
+        command = [sys.executable, str(EXPERT), *map(str, argv)]
+        done = subprocess.run(command, env=hub.client_env(tmp_path / "hf"), capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.fullmatch(r"error: data file 'hf://datasets/org/corpus@\w+/data/00001.tar' cannot be read .*", lines[0])
     assert not is_finished(tmp_path / "run")

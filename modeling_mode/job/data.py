@@ -1,7 +1,9 @@
 """The job's data stage: build what the sources leave to the offline corpus (real images that install without the
 Hub, `lib.corpus`), and write `data/sources.json`, where every set the later stages read is."""
 
-from ..lib.files import write_json
+from pathlib import Path
+
+from ..lib.files import read_json, write_json
 from .arguments import Sources
 from .layout import JobFolder
 from .recipes import Recipe
@@ -13,8 +15,21 @@ def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
         growth = build_growth_pairs(recipe, folder)
     elif sources.dataset is None:
         build_offline_pairs(recipe, folder.offline_pairs)
+    pairs = {"dataset": training_pairs(folder, sources), "split": sources.split}
+    write_json(folder.sources, {"pairs": pairs, **growth, **held_out_sets(folder, recipe, sources)})
+
+
+def held_out_sets(folder: JobFolder, recipe: Recipe, sources: Sources, earlier: dict | None = None) -> dict:
+    """sources.json's `zeroshot` and `retrieval`: the sets `sources` name, else the offline corpus's, built here
+    unless `earlier` (the sources.json of an earlier data stage) lists them already."""
     zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in sources.zeroshot.items()}
-    if not zeroshot:
+    built = earlier and all(
+        Path(held_out["dataset"]).parent == folder.offline_classification for held_out in earlier["zeroshot"].values()
+    )
+    if not zeroshot and built:
+        zeroshot = {task: {key: held_out[key] for key in ("dataset", "split")}
+                    for task, held_out in earlier["zeroshot"].items()}  # fmt: skip
+    elif not zeroshot:
         zeroshot = build_offline_classification_sets(recipe, folder.offline_classification)
     for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
         for task, value in per_task.items():
@@ -22,10 +37,22 @@ def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
     if sources.retrieval:
         dataset, split = sources.retrieval
         retrieval = {"dataset": dataset, "split": split, "caption_column": sources.caption_column}
+    elif earlier and earlier["retrieval"]["dataset"] == str(folder.offline_retrieval):
+        retrieval = earlier["retrieval"]
     else:
         retrieval = build_offline_retrieval_set(recipe, folder.offline_retrieval)
-    pairs = {"dataset": training_pairs(folder, sources), "split": sources.split}
-    write_json(folder.sources, {"pairs": pairs, **growth, "zeroshot": zeroshot, "retrieval": retrieval})
+    return {"zeroshot": zeroshot, "retrieval": retrieval}
+
+
+def refresh_held_out_sets(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
+    """A job resumed with corrected held-out sets (`main.record_settings` let it): sources.json names them from now
+    on; its training pairs stay as the data stage wrote them."""
+    if not folder.sources.is_file():
+        return  # the data stage has not run: it will write them
+    earlier = read_json(folder.sources)
+    updated = {**earlier, **held_out_sets(folder, recipe, sources, earlier)}
+    if updated != earlier:
+        write_json(folder.sources, updated)
 
 
 def training_pairs(folder: JobFolder, sources: Sources) -> str:

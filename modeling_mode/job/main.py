@@ -26,9 +26,9 @@ from pathlib import Path
 from ..lib import cli
 from ..lib.errors import InputError, check_output_dir
 from ..lib.files import read_json, write_json
-from ..lib.settings import check_same_settings
+from ..lib.settings import check_same_settings, differences
 from .arguments import JobArguments, Sources, check_held_out_sets, check_sources, default_encoder
-from .data import count_pairs
+from .data import count_pairs, refresh_held_out_sets
 from .growth_report import write_growth_report
 from .layout import JobFolder
 from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
@@ -65,6 +65,7 @@ def run(
     config = clip_config(recipe) if sources.init is None else None
     folder.path.mkdir(parents=True, exist_ok=True)
     record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources, encoder)
+    refresh_held_out_sets(folder, recipe, sources)
     if config is not None:
         write_json(folder.clip_config, config)
     if config is not None and validation_only:
@@ -77,10 +78,15 @@ def run(
     return (write_growth_report if recipe.arriving_source else write_report)(folder.path)
 
 
+# Sources that only the evaluations read: a job may resume with them corrected (`check_held_out_change`).
+HELD_OUT = ("sources.zeroshot", "sources.templates", "sources.classnames", "sources.retrieval")
+
+
 def record_settings(path: Path, recipe: dict, sources: Sources, encoder: str | None = None) -> None:
     """Write the job's recipe, sources and caption encoder (`--encoder`; None: the default all-MiniLM-L6-v2, wherever
     it is installed); refuse to resume a job that was started with others. Any launcher may resume a job, and any
-    number of training seeds: each seed's folder depends on the other settings only."""
+    number of training seeds: each seed's folder depends on the other settings only. Held-out sets may change while
+    no finished evaluation has read the ones they replace."""
     settings = json.loads(json.dumps({**recipe, "encoder": encoder, "sources": dataclasses.asdict(sources)}))
 
     def flat(record: dict) -> dict:
@@ -92,9 +98,36 @@ def record_settings(path: Path, recipe: dict, sources: Sources, encoder: str | N
         # encoder was resumes with the one given now: which one it clustered with is not known.
         before, now = ADDED_LATER | {"encoder": encoder} | flat(read_json(path)), ADDED_LATER | flat(settings)
         check_same_settings(
-            before, now, f"{path.parent} holds a job started", "resume it with those, or give another --output."
-        )
+            {key: value for key, value in before.items() if key not in HELD_OUT},
+            {key: value for key, value in now.items() if key not in HELD_OUT},
+            f"{path.parent} holds a job started", "resume it with those, or give another --output.",
+        )  # fmt: skip
+        check_held_out_change(path.parent, before, now)
     write_json(path, settings)
+
+
+def check_held_out_change(job: Path, before: dict, now: dict) -> None:
+    """Refuse held-out sets changed since the job started if a finished evaluation read one they replace: name
+    the stages that would be redone. (None finished, as when a job failed at the stage a wrong set broke: it resumes
+    with the corrected one, its training kept.)"""
+    tasks = set()
+    for key in ("sources.zeroshot", "sources.templates", "sources.classnames"):
+        old, new = before.get(key) or {}, now.get(key) or {}
+        tasks |= {task for task in old.keys() | new.keys() if old.get(task) != new.get(task)}
+    outputs = [pattern for task in sorted(tasks) for pattern in (f"zeroshot-{task}.json", "routing.json")]
+    if before.get("sources.retrieval") != now.get("sources.retrieval"):
+        outputs.append("retrieval.json")
+    finished = sorted({path for name in outputs for path in job.glob(f"seed-*/results/*/{name}")})
+    if finished:
+        changed = "; ".join(differences(
+            {key: before.get(key) for key in HELD_OUT}, {key: now.get(key) for key in HELD_OUT}
+        ))  # fmt: skip
+        shown = ", ".join(str(path.relative_to(job)) for path in finished[:3])
+        raise InputError(
+            f"{job} holds a job whose held-out sets changed ({changed[:200]}): {len(finished)} finished evaluations "
+            f"read the old ones and would be redone ({shown}{', ...' if len(finished) > 3 else ''}): delete them to "
+            "resume with the new sets, or give another --output."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

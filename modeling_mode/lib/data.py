@@ -24,7 +24,16 @@ from datasets.distributed import split_dataset_by_node
 from datasets.utils.file_utils import is_local_path
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .data_files import caption_of, columns_of, json_field, list_data_files, pattern_files, read_samples
+from .data_files import (
+    DATA_EXTENSIONS,
+    caption_of,
+    columns_of,
+    hub_data_files,
+    json_field,
+    list_data_files,
+    pattern_files,
+    read_samples,
+)
 from .errors import InputError, naming_failures
 
 # Coarse id of the pairs without a usable caption (the clustering's -1, and any a training run finds): no run,
@@ -43,13 +52,13 @@ def load_pairs(
 ) -> Dataset | IterableDataset:
     """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...).
 
-    Local data files streamed are read by the project's own reader (`data_file_stream`), keeping only `columns`, the
-    captions of `caption_column` checked to be text.
+    Data files streamed, local or a Hub dataset's (`streamed_data_files`), are read by the project's own reader
+    (`data_file_stream`), keeping only `columns`, the captions of `caption_column` checked to be text.
     Raises InputError naming the source for one that does not exist or cannot be loaded, a split it does not have,
     and (when not streaming) a split without rows.
     """
-    if streaming and is_local_data_files(source):
-        return data_file_stream(list_data_files(source, split), columns, caption_column)
+    if streaming and (files := streamed_data_files(source, split)):
+        return data_file_stream(files, columns, caption_column)
     with naming_failures("--dataset", source):
         dataset = _load_split(source, split, streaming)
     if not streaming and len(dataset) == 0:
@@ -95,12 +104,25 @@ def _decoded(name: str, value):
 
 
 def stream_columns(pairs: IterableDataset, source: str, split: str) -> list[str]:
-    """The columns of a stream: as declared, a local corpus's first data file's, or its first pair's."""
+    """The columns of a stream: as declared, its first data file's, or its first pair's."""
     if pairs.column_names is not None:
         return pairs.column_names
-    if is_local_data_files(source):
-        return columns_of(list_data_files(source, split)[0])
+    if files := streamed_data_files(source, split):
+        return columns_of(files[0])
     return list(next(iter(pairs)).keys())
+
+
+def streamed_data_files(source: str, split: str) -> list[str] | None:
+    """The data files that a stream of `source` reads with the project's reader (`data_file_stream`): local ones, or
+    a Hub dataset's parquet files or webdataset shards (hf:// URLs, at the commit resolved now). None for a saved
+    dataset, or a Hub dataset of other files, which `datasets` streams."""
+    if is_saved_dataset(source):
+        return None
+    if is_local_data_files(source):
+        return list_data_files(source, split)
+    with naming_failures("--dataset", source):
+        files = hub_data_files(source, split)
+    return files if files and all(file.endswith(DATA_EXTENSIONS) for file in files) else None
 
 
 def is_local_data_files(source: str) -> bool:

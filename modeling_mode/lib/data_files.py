@@ -75,12 +75,7 @@ def list_data_files(source: str, split: str = "train") -> list[str]:
     elif os.path.isdir(source):
         files = sorted(str(path) for path in Path(source).rglob("*") if path.suffix in DATA_EXTENSIONS)
     else:
-        from datasets import load_dataset_builder
-
-        data_files = load_dataset_builder(source).config.data_files or {}
-        if split not in data_files:
-            raise InputError(f"--dataset {source!r} has no split {split!r} in data files; it has {list(data_files)}.")
-        files = sorted(str(file) for file in data_files[split] if file.endswith(DATA_EXTENSIONS))
+        files = [file for file in hub_data_files(source, split) if file.endswith(DATA_EXTENSIONS)]
     if not files:
         raise InputError(f"--dataset {source!r} holds no data files ({' or '.join(DATA_EXTENSIONS)}).")
     formats = {posixpath.splitext(file)[1] for file in files}
@@ -158,6 +153,16 @@ def fingerprint(file: str) -> str:
             stream.seek(offset)
             digest.update(stream.read(length))
     return f"blake2b:{digest.hexdigest()}"
+
+
+def hub_data_files(source: str, split: str) -> list[str]:
+    """Every file `datasets` resolves for a Hub dataset's split, sorted (hf:// URLs at the commit it resolved)."""
+    from datasets import load_dataset_builder
+
+    data_files = load_dataset_builder(source).config.data_files or {}
+    if split not in data_files:
+        raise InputError(f"--dataset {source!r} has no split {split!r} in data files; it has {list(data_files)}.")
+    return sorted(str(file) for file in data_files[split])
 
 
 def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
