@@ -5,8 +5,8 @@ texture and a little noise, quality 90) and captions, and gives batches of rando
 (scale 0.9-1, bicubic) with tokenised captions (CLIP's BPE, 77 tokens), as one DataLoader worker does, here in this
 process (a DataLoader without workers, torch on one thread as in a worker):
 
-- ours: `StreamingPairs`, the dataset of `train/expert.py --streaming`, with `PairTransform` and `PairCollator`: uint8
-  crops, which `PixelNormalizer` turns into float pixels later, on the training device.
+- ours: `PlainStream`, the dataset of `train/expert.py --streaming` on data files, with `PairTransform` and
+  `PairCollator`: uint8 crops, which `PixelNormalizer` turns into float pixels later, on the training device.
 - before: the same loader with the transform this project had before: the image decoded at full size, PIL's resize,
   float32 normalisation in the worker.
 - open_clip: open_clip_train's own `get_wds_dataset` (webdataset, torchvision's RandomResizedCrop, ToTensor and
@@ -47,14 +47,14 @@ from transformers import CLIPTokenizer
 from modeling_mode.lib.data import (
     PairCollator,
     PairTransform,
-    StreamingPairs,
     crop_box,
-    load_pairs,
     pick_caption,
     read_image,
 )
+from modeling_mode.lib.data_files import list_data_files
 from modeling_mode.lib.files import write_json
 from modeling_mode.lib.processors import pil_image_processor
+from modeling_mode.lib.training.labelled import PlainStream
 
 CROP, CONTEXT, SHARDS = 224, 77, 4
 
@@ -119,7 +119,10 @@ def project_loader(transform_class, folder: str, batch_size: int, shuffle_buffer
     """A reader of one epoch of the shards through the project's streamed loader, with the given transform."""
     transform = transform_class(pil_image_processor(CROP), "jpg", "txt")
     collator = PairCollator(clip_tokenizer(), CONTEXT)
-    stream = StreamingPairs(load_pairs(folder, streaming=True), transform, None, "", 0.0, 0, shuffle_buffer, 0, 1)
+    flags = SimpleNamespace(seed=0, shuffle_buffer=shuffle_buffer, batch_size=batch_size, num_workers=0,
+                            image_column="jpg", caption_column="txt", cluster_id=None)  # fmt: skip
+    stream = PlainStream(flags, list_data_files(folder), process_index=0, num_processes=1)
+    stream.transform = transform
     return lambda: DataLoader(stream, batch_size=batch_size, drop_last=True, collate_fn=collator, num_workers=0)
 
 

@@ -443,8 +443,8 @@ def test_a_job_resumes_with_a_corrected_held_out_set_unless_a_finished_evaluatio
     refresh_held_out_sets(job, recipe, corrected)
     assert read_json(job.sources)["retrieval"] == {"dataset": right[0], "split": "test", "caption_column": "caption"}
     assert read_json(job.sources)["pairs"]["dataset"] == "org/pairs"
-    refusal = (r"held-out sets changed \(sources.zeroshot.cars: .*\): 1 finished evaluations read the old ones and would "
-               r"be redone \(seed-0/results/mode-minilm-2/zeroshot-cars.json\): delete them")  # fmt: skip
+    refusal = (r"held-out sets changed \(sources.zeroshot.cars: .*\): 1 finished evaluations read the old ones and "
+               r"would be redone \(seed-0/results/mode-minilm-2/zeroshot-cars.json\): delete them")  # fmt: skip
     with pytest.raises(InputError, match=refusal):
         record_settings(job.recipe, record, Sources(dataset="org/pairs", retrieval=right, zeroshot={"cars": right}))
     with pytest.raises(InputError, match=r"other settings \(sources.dataset: 'org/pairs' there, 'org/other' now\)"):

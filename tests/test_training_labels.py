@@ -164,6 +164,62 @@ def test_a_resumed_stream_restarts_where_it_stood_without_reading_what_it_had(tm
         streamed_batches(stream, 1, 0, num_workers)
 
 
+def plain_epoch(stream, epoch: int, where=(), num_workers: int = 0) -> tuple[list[list[int]], list[tuple]]:
+    """The pairs (their corpus indices) of each batch of a plain stream's epoch, started at `where` (a position), and
+    the stream's position after each batch, as the run keeps them."""
+    stream.start(epoch, *where)
+    loader = DataLoader(stream, batch_size=stream.batch_size, drop_last=True, num_workers=num_workers, collate_fn=list)
+    batches, positions = [], []
+    for batch in loader:
+        stream.advance(*batch[-1][2])
+        batches.append([pair_index(caption) for _, caption, _ in batch])
+        positions.append(stream.position())
+    return batches, positions
+
+
+# With 2 workers: slow (worker processes).
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_resumed_plain_stream_restarts_where_it_stood_without_reading_what_it_had(tmp_path, num_workers):
+    """Without a labels table no file's count is known before it is read: each batch says where its worker stood.
+    From the position after any batch, the stream gives the rest of the uninterrupted epoch, and a data file its
+    worker had finished is not opened again."""
+    make_tar_corpus(tmp_path / "corpus")
+    args = stream_args(str(tmp_path / "corpus"), None, cluster="all", num_workers=num_workers, shuffle_buffer=3)
+    stream = TrainingData(args, Accelerator(cpu=True)).plain_stream
+    stream.transform = PairTransform(pil_image_processor(30), args.image_column, args.caption_column)
+    epoch, positions = plain_epoch(stream, 1, num_workers=num_workers)
+    assert sorted(pair for batch in epoch for pair in batch) != list(range(29))  # drop_last: some pairs left over
+    assert epoch != plain_epoch(stream, 0, num_workers=num_workers)[0]  # each epoch its own order
+    for read in range(1, len(epoch) + 1):
+        assert plain_epoch(stream, 1, positions[read - 1], num_workers)[0] == epoch[read:], read
+
+    # Once worker 0 has finished the first data file it reads in epoch 1, a resumed stream does not open it: it is
+    # unreadable now (zeros, the same size), and the stream still gives the rest of the epoch.
+    first = stream.worker_files(0)[stream.file_order(0)[0]][1]
+    read = next(r for r in range(1, len(epoch)) if positions[r - 1][0][0][0] >= 1)
+    Path(first).write_bytes(bytes(Path(first).stat().st_size))
+    assert plain_epoch(stream, 1, positions[read - 1], num_workers)[0] == epoch[read:]
+    with pytest.raises(InputError, match=f"data file '{re.escape(first)}' holds no sample"):
+        plain_epoch(stream, 1, num_workers=num_workers)
+
+
+@pytest.mark.slow
+def test_a_plain_streamed_expert_on_tar_shards_resumes_to_the_same_weights(tmp_path):
+    dataset = tmp_path / "corpus"
+    make_tar_corpus(dataset)
+    flags = f"--dataset {dataset} --streaming --image-column jpg --caption-column txt --cluster all".split()
+    flags += "--config tiny --batch-size 2 --shuffle-buffer 4 --max-steps 18 --checkpoint-every 4".split()
+    train_here(*flags, *QUIET, "--output", tmp_path / "uninterrupted")
+    train_here(*flags, *QUIET, "--output", tmp_path / "resumed", "--stop-at-step", "4")
+    train_here(*flags, *QUIET, "--output", tmp_path / "resumed", "--resume")
+    assert_same_weights(tmp_path / "resumed", tmp_path / "uninterrupted", atol=1e-6)  # as the --labels stream's
+    state = json.loads((tmp_path / "resumed/checkpoints/step_4/trainer_state.json").read_text())
+    [(epoch, read, resume_at, turn)] = state["stream_positions"]
+    assert (epoch, read, turn, len(resume_at)) == (0, 4, 0, 1) and resume_at[0][1] > 0  # within its file
+    state = json.loads((tmp_path / "resumed/checkpoints/step_16/trainer_state.json").read_text())
+    assert state["stream_positions"][0][0] == 1  # 29 pairs make 14 batches: step 16 is in epoch 1
+
+
 def test_batches_are_taken_from_the_workers_in_turn():
     assert worker_turns([3, 1, 2], 0) == ([0, 0, 0], 0)
     assert worker_turns([3, 1, 2], 2) == ([1, 1, 0], 2)
@@ -276,7 +332,7 @@ STREAMED_BAD_INPUTS = {
     "a caption that is not UTF-8": (lambda c: rewritten_shard(c, not_utf8),
                                     r"pair 's1/00007' of data file '.*00001.tar' has a caption that is not UTF-8"),
     "a sample without its image": (lambda c: rewritten_shard(c, lambda members: members[1:]),
-                                   r"pair 's1/00007' of data file '.*00001.tar': column 'jpg' holds NoneType"),
+                                   r"pair 's1/00007' of data file '.*00001.tar' has no image in 'jpg'"),
     "a parquet caption column of numbers": (numbers_as_captions,
                                             r"pair '0' of data file '.*-00000.parquet' has a caption of type int"),
 }  # fmt: skip

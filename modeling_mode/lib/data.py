@@ -74,10 +74,11 @@ def data_file_stream(files: list[str], columns: list[str] | None = None, caption
     of the Image feature, a `txt` caption text, a `cls` member its integer."""
     columns = None if columns is None else tuple(columns)  # a list in gen_kwargs would be taken for shards
     kwargs = {"files": files, "columns": columns, "caption_column": caption_column}
-    return IterableDataset.from_generator(_decoded_samples, gen_kwargs=kwargs)
+    return IterableDataset.from_generator(decoded_samples, gen_kwargs=kwargs)
 
 
-def _decoded_samples(files: list[str], columns: tuple[str, ...] | None, caption_column: str | None):
+def decoded_samples(files: list[str], columns: tuple[str, ...] | None, caption_column: str | None):
+    """Each pair of `files` as `data_file_stream` gives it: read by `read_samples`, its members decoded."""
     for file in files:
         for sample in read_samples(file, None if columns is None else list(columns)):
             where = f"pair {sample['__key__']!r} of data file {file!r}"
@@ -515,16 +516,21 @@ class PairCollator:
         self.max_length = max_length
         self.padding = "max_length" if pad_to_max_length else "longest"
 
-    def __call__(self, pairs: list[tuple[torch.Tensor, str]]) -> dict[str, torch.Tensor]:
+    def __call__(self, pairs: list[tuple]) -> dict[str, torch.Tensor]:
+        """(pixels, caption) pairs; a stream that tracks its position (`training.labelled.PlainStream`) adds a third
+        element, and the batch keeps its last pair's as `stream_position`."""
         text = self.tokenizer(
-            [caption for _, caption in pairs],
+            [pair[1] for pair in pairs],
             padding=self.padding,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {
-            "pixel_values": torch.stack([pixels for pixels, _ in pairs]),
+        batch = {
+            "pixel_values": torch.stack([pair[0] for pair in pairs]),
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
         }
+        if len(pairs[-1]) > 2:  # a batch is one worker's pairs, in order: its last says where the worker stands
+            batch["stream_position"] = torch.tensor(pairs[-1][2])
+        return batch

@@ -25,11 +25,12 @@ from ..data import (
     is_saved_dataset,
     load_pairs,
     stream_columns,
+    streamed_data_files,
 )
 from ..errors import InputError
 from ..reshard import check_finished_reshard
 from .arguments import ExpertTrainingArguments
-from .labelled import LabelledStream
+from .labelled import LabelledStream, PlainStream
 
 
 def check_cluster_id(cluster: int | None, num_experts: int, source: str) -> None:
@@ -47,11 +48,14 @@ class TrainingData:
         self.cluster = args.cluster_id
         self.accelerator = accelerator
         self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
-        self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = None
+        self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = self.plain_stream = None
         self.normalize_pixels = None  # set by `micro_batches`, which knows the image processor; used by `to_device`
         check_finished_reshard(args.dataset)
         if args.labels and args.streaming:
             self.labelled_stream = self.open_labelled_stream()
+            return
+        if args.streaming and (files := streamed_data_files(args.dataset, args.split)):
+            self.plain_stream = PlainStream(args, files, accelerator.process_index, accelerator.num_processes)
             return
         cluster_column = None if self.cluster is None or args.labels else args.cluster_column
         needed = [args.image_column, args.caption_column, *([cluster_column] if cluster_column else [])]
@@ -188,6 +192,9 @@ class TrainingData:
         if self.labelled_stream is not None:
             self.labelled_stream.transform = transform
             return self.labelled_batches(stream_position, collator)
+        if self.plain_stream is not None:
+            self.plain_stream.transform = transform
+            return self.plain_batches(stream_position, collator)
         stream = StreamingPairs(
             self.pairs,
             transform,
@@ -224,8 +231,9 @@ class TrainingData:
         )
 
     def streamed_batches(self, stream: StreamingPairs, stream_position: tuple[int, int], collator: PairCollator):
-        """The micro-batches of a stream, endless epochs from `stream_position`: a resumed run re-reads the batches of
-        its epoch it had trained on and drops them."""
+        """The micro-batches of a `datasets` stream (a saved dataset, or a Hub dataset of other files than parquet or
+        tar), endless epochs from `stream_position`: a resumed run re-reads the batches of its epoch it had trained on
+        and drops them."""
         epoch, skip = stream_position
         while True:
             stream.epoch = epoch
@@ -251,6 +259,30 @@ class TrainingData:
                 self.stream_position = (epoch, read)
                 yield batch
             epoch, read = epoch + 1, 0
+
+    def plain_batches(self, stream_position: tuple, collator: PairCollator):
+        """The micro-batches of a plain stream of data files, endless epochs from `stream_position`: (epoch, batches
+        read in it, each worker's position, whose turn it is; `PlainStream.position`). A resumed run starts each
+        worker where it stood, reading none of the data files it had finished."""
+        epoch, read, *where = stream_position
+        if read and not where:
+            raise InputError(
+                "This streamed run's checkpoint does not say where each loader worker stood (written before streams "
+                "resumed exactly): resume it with the version that wrote it, or start it again."
+            )
+        stream = self.plain_stream
+        stream.start(epoch, *where)
+        while True:
+            loader = self.loader(stream, collator, batch_size=self.args.batch_size, drop_last=True)
+            for batch in batches_of(loader):
+                stream.advance(*batch.pop("stream_position").tolist())
+                read += 1
+                self.stream_position = (epoch, read, *stream.position())
+                yield batch
+            if read == 0:
+                raise InputError("The stream holds no full batch of this run's pairs for this process.")
+            epoch, read = epoch + 1, 0
+            stream.start(epoch)
 
 
 def batches_of(loader: DataLoader):
