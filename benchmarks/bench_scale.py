@@ -549,8 +549,8 @@ def key_check(cluster_dir: str, labels: str) -> dict:
     args = ExpertTrainingArguments(
         cluster_dir, "-", 1, streaming=True, image_column="jpg", caption_column="txt", report_to="none"
     )
-    pairs = TrainingData(args, Accelerator(cpu=True)).pairs  # the data files' stream, images not decoded
-    seen = [example["__key__"] for example in pairs]
+    stream = TrainingData(args, Accelerator(cpu=True)).plain_stream  # the expert's own stream of the files
+    seen = [sample["__key__"] for index, file in stream.files for sample in stream.run_samples(index, file)]
     distinct = set(seen)
     return {
         "pairs_read": len(seen),

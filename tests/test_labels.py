@@ -1,5 +1,7 @@
 """The labels table: one parquet part per data file (or embedding shard), complete once labels.json is written."""
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -134,6 +136,14 @@ def test_a_fingerprint_samples_a_big_file_and_reads_all_of_a_small_one(tmp_path)
     assert fingerprint(str(big)) != before[1]
 
 
+def edited_meta(folder, num_parts=None, **first_file):
+    """labels.json with `num_parts` or fields of its first data file changed, as a hand edit would."""
+    meta = json.loads((folder / "labels.json").read_text())
+    meta["data_files"][0].update(first_file)
+    meta["num_parts"] = num_parts or meta["num_parts"]
+    (folder / "labels.json").write_text(json.dumps(meta))
+
+
 def edited(folder, part: int, column: str, row: int, value):
     """The table with one value of one part changed, as a hand edit would."""
     table = pq.read_table(part_path(folder, part))
@@ -159,6 +169,12 @@ def edited(folder, part: int, column: str, row: int, value):
             r"part-00001.parquet row 0: fine cluster 3 in coarse cluster 0, else",
         ),
         (lambda f: edited(f, 0, "key", 1, "k0"), r"part-00000.parquet holds key 'k0' twice"),
+        (lambda f: edited_meta(f, num_parts=1), r"labels.json lists 2 data files but 1 parts"),
+        (lambda f: edited(f, 1, "source", 0, "a.tar"), r"part-00001.parquet labels pairs of \['a.tar'\], not of its"),
+        (lambda f: edited_meta(f, path="/etc/hostname"), r"data file 0 is named '/etc/hostname', and it is an absol"),
+        (lambda f: edited_meta(f, path="../../x.tar"), r"data file 0 is named '../../x.tar', and it climbs out"),
+        (lambda f: edited_meta(f, path="https://example.com/x.tar"), r"data file 0 is named '.*', and it is a URL"),
+        (lambda f: edited_meta(f, fingerprint=None), r"its data_files \(\[\{path, size, fingerprint\}\]\)"),
     ],
 )
 def test_a_table_is_checked_whole_before_any_use(corpus, edit, message):

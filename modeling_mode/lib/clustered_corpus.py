@@ -302,9 +302,9 @@ class StreamedCorpus(ClusteredCorpus):
             files = list_data_files(source, split)
         names = relative_names(source, files)
         table.check_matches(source, split, files, names)
-        by_name = dict(zip(names, files))
-        files, root = [by_name[name] for name in table.names], corpus_root(source, files)
-        return cls(files, table.names, root, caption_column, table=table, caption_seed=caption_seed)
+        root, by_name = corpus_root(source, files), dict(zip(names, files))
+        in_table_order = [by_name[name] for name in table.names]
+        return cls(in_table_order, table.names, root, caption_column, table=table, caption_seed=caption_seed)
 
     @property
     def num_parts(self) -> int:

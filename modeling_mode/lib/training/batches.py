@@ -47,7 +47,9 @@ class TrainingData:
         self.args = args
         self.cluster = args.cluster_id
         self.accelerator = accelerator
-        self.stream_position = (0, 0)  # (epoch, micro-batches read in it) of a streamed run, for its checkpoints
+        # (epoch, micro-batches read in it[, each loader worker's position, whose turn]) of a streamed run, for its
+        # checkpoints: the positions of a plain stream of data files (`PlainStream.position`)
+        self.stream_position = (0, 0)
         self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = self.plain_stream = None
         self.normalize_pixels = None  # set by `micro_batches`, which knows the image processor; used by `to_device`
         check_finished_reshard(args.dataset)
