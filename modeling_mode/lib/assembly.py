@@ -289,7 +289,6 @@ def assemble(
     fit, report = read_finished_run(clusters)
     check_router_settings(fit.num_experts, router_settings)
     expert_paths = expert_runs(experts, fit.num_experts, clusters)
-    expert_models = load_experts(expert_paths)
     encoder, processor = load_router(router_text_model)
     clustering_encoder = report.get("encoder")
     router_space = resolve_router(router_space, report)
@@ -303,8 +302,9 @@ def assemble(
         or fit.embed_dim != router.config.projection_dim
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
+    corpus = clustering_corpus(clusters, report, dataset) if reexpress else None  # checked before the experts load
+    expert_models = load_experts(expert_paths)
     if reexpress:
-        corpus = clustering_corpus(clusters, report, dataset)
         corpus.check_unchanged(Path(clusters), report)
         centroids, has_captions = caption_centroids(encoder, corpus, len(fine_to_coarse))
         # A fine cluster no pair was labelled with has no place in the router's space, and routes nothing: drop it.
