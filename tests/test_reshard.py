@@ -216,7 +216,7 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
         argv = ["--dataset", corpus, "--labels", table, "--output", tmp_path / "out", *flags]  # the last --output wins
         status, stderr = reshard_command(monkeypatch, capsys, *argv)
         assert status == 2 and len(stderr) == 1, stderr
-        assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
+        assert re.fullmatch(f"error: .*{message}.*", stderr[0]) and len(stderr[0]) <= 500, stderr[0]
         assert not output.exists()
     busy = tmp_path / "busy"
     with writing_lock(busy):  # another run is writing there

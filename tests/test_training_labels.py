@@ -304,7 +304,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tar_corpus, tmp_path, monkeypat
         status, stderr = expert_command(monkeypatch, capsys, *argv)
         lines = [line for line in stderr if not line.startswith("train:")]  # a pair is read once the steps began
         assert status == 2 and len(lines) == 1 and lines[0] == stderr[-1], stderr
-        assert re.fullmatch(f"error: .*{message}.*", lines[0]), lines[0]
+        assert re.fullmatch(f"error: .*{message}.*", lines[0]) and len(lines[0]) <= 500, lines[0]
 
 
 def rewritten_shard(corpus: Path, edit) -> None:
