@@ -27,7 +27,6 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from .data_files import (
     DATA_EXTENSIONS,
     caption_of,
-    columns_of,
     hub_data_files,
     json_field,
     list_data_files,
@@ -52,13 +51,14 @@ def load_pairs(
 ) -> Dataset | IterableDataset:
     """A `save_to_disk` directory, a Hub dataset id, or a folder of data files (parquet, webdataset .tar, ...).
 
-    Data files streamed, local or a Hub dataset's (`streamed_data_files`), are read by the project's own reader
-    (`data_file_stream`), keeping only `columns`, the captions of `caption_column` checked to be text.
+    Local data files streamed are read by the project's own reader (`data_file_stream`), keeping only `columns`, the
+    captions of `caption_column` checked to be text (training streams any data files, a Hub dataset's too, with
+    `training.labelled.PlainStream`).
     Raises InputError naming the source for one that does not exist or cannot be loaded, a split it does not have,
     and (when not streaming) a split without rows.
     """
-    if streaming and (files := streamed_data_files(source, split)):
-        return data_file_stream(files, columns, caption_column)
+    if streaming and is_local_data_files(source):
+        return data_file_stream(list_data_files(source, split), columns, caption_column)
     with naming_failures("--dataset", source):
         dataset = _load_split(source, split, streaming)
     if not streaming and len(dataset) == 0:
@@ -104,13 +104,9 @@ def _decoded(name: str, value):
     return {"bytes": value, "path": None}  # an image member: decoded later, when the transform opens it
 
 
-def stream_columns(pairs: IterableDataset, source: str, split: str) -> list[str]:
-    """The columns of a stream: as declared, its first data file's, or its first pair's."""
-    if pairs.column_names is not None:
-        return pairs.column_names
-    if files := streamed_data_files(source, split):
-        return columns_of(files[0])
-    return list(next(iter(pairs)).keys())
+def stream_columns(pairs: IterableDataset) -> list[str]:
+    """The columns of a `datasets` stream: as declared, or its first pair's."""
+    return pairs.column_names if pairs.column_names is not None else list(next(iter(pairs)).keys())
 
 
 def streamed_data_files(source: str, split: str) -> list[str] | None:

@@ -128,16 +128,16 @@ FINGERPRINT_BLOCK = 1 << 16  # bytes of each sampled block
 FINGERPRINT_BLOCKS = 16  # evenly spaced blocks, besides the first and the last
 
 
-def fingerprint(file: str) -> str:
+def fingerprint(file: str, info: dict | None = None) -> str:
     """A content fingerprint of one data file that costs the same whatever its size: the store's own content hash
     where it keeps one (a Hub file's LFS sha256 or git blob id), else a BLAKE2b of its size, its first and last
     64 KiB and 16 evenly spaced 64 KiB blocks (the whole file up to 1.1 MiB).
 
     It tells a file replaced, regenerated, re-encoded or cut from the one clustered; an edit of a big file that keeps
     its size and misses every sampled block (1.1 MiB of a 500 MB shard) can pass, and is caught when the file is read
-    only if it changes the file's keys."""
+    only if it changes the file's keys. `info`: the file's fsspec `info()`, when the caller has it already."""
     filesystem, path = fsspec.core.url_to_fs(file)
-    info = filesystem.info(path)
+    info = info or filesystem.info(path)
     if stored := (info.get("lfs") or {}).get("sha256") or info.get("blob_id"):
         return f"hub:{stored}"
     size = int(info["size"])

@@ -53,7 +53,8 @@ def describe_files(files: list[str], names: list[str]) -> list[dict]:
     described = []
     for file, name in zip(files, names, strict=True):
         filesystem, path = fsspec.core.url_to_fs(file)
-        described.append({"path": name, "size": int(filesystem.size(path)), "fingerprint": fingerprint(file)})
+        info = filesystem.info(path)  # once: on the Hub, each is a request
+        described.append({"path": name, "size": int(info["size"]), "fingerprint": fingerprint(file, info)})
     return described
 
 

@@ -62,7 +62,7 @@ class TrainingData:
         cluster_column = None if self.cluster is None or args.labels else args.cluster_column
         needed = [args.image_column, args.caption_column, *([cluster_column] if cluster_column else [])]
         self.pairs = load_pairs(args.dataset, args.split, args.streaming, needed, args.caption_column)
-        columns = stream_columns(self.pairs, args.dataset, args.split) if args.streaming else self.pairs.column_names
+        columns = stream_columns(self.pairs) if args.streaming else self.pairs.column_names
         check_columns(columns, args.image_column, args.caption_column, cluster_column)
         check_column_types(self.pairs.features, args.image_column, args.caption_column)
         if not args.streaming:  # a stream drops the pairs without a caption as they come (StreamingPairs)
