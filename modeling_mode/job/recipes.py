@@ -23,7 +23,7 @@ class Recipe:
     expert_steps: int  # each expert then trains this long on its cluster
     warmup_steps: int
     learning_rate: float
-    random_experts: int = 2  # the Random-n ablation's n
+    random_experts: int = 2  # the Random-n ablation's n (0: no Random-n)
     num_workers: int = 0  # data loader workers per training process
     checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
     torch_compile: bool = False  # the training stages' --torch-compile (a GPU recipe's choice)
@@ -40,6 +40,10 @@ class Recipe:
     # The paper's baselines and ablations beside MODE-n and Random-n (each list may be empty):
     full_experts: tuple[int, ...] = (2,)  # Full-n: n forks of the seed, each on all pairs, averaged; n in `experts`
     onestep_experts: tuple[int, ...] = (2,)  # OneStep-n: balanced k-means straight into n clusters
+    seedtext_experts: tuple[int, ...] = (2,)  # SeedText-n: MODE-n clustered in the seed CLIP's text space
+    # The routing probe (`routing_probe`) of every routed ensemble, or (False) of MODE-n alone, n the least of
+    # `experts`: the probe encodes every class in 80 templates, the costliest evaluation of a small job.
+    probe_every_ensemble: bool = True
     seeds: int = 1  # the whole comparison for training seeds seed, seed + 1, ..., seed + seeds - 1
     # The paper's routing's kernel width. The paper's 0.2 suits SimCSE's space; in all-MiniLM-L6-v2's, class prompts
     # sit farther from the caption centres and 0.2 routes them nearly uniformly. 2.0 was chosen from 0.2, 0.5, 1 and
@@ -60,10 +64,11 @@ class Recipe:
         return range(self.seed, self.seed + self.seeds)
 
 
-SIZE_LISTS = ("experts", "full_experts", "onestep_experts")  # the recipe's lists of ensemble sizes n
+SIZE_LISTS = ("experts", "full_experts", "onestep_experts", "seedtext_experts")  # lists of ensemble sizes n
 # Fields added after jobs were recorded without them, each with the value that those jobs ran with: such a job
 # resumes with that value, and is refused with another (`main.record_settings`).
-ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2, "arriving_source": None, "new_experts": 1}
+ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2, "arriving_source": None, "new_experts": 1,
+               "seedtext_experts": [2], "probe_every_ensemble": True}  # fmt: skip
 
 OFFLINE_MIX = Recipe(
     fine_clusters=64,
@@ -115,6 +120,7 @@ SMOKE = dict(
     experts=(2,),
     full_experts=(2,),
     onestep_experts=(2,),
+    probe_every_ensemble=False,
     model=dict(width=32, layers=1, heads=2, image_size=32, patch_size=8),
     batch_size=16,
     seed_steps=6,
@@ -153,7 +159,7 @@ def recipe_from_json(fields: dict) -> Recipe:
 def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
     """Refuse, before any work, a recipe that some stage would fail on (or, worse, run on) hours into the job."""
     at_least = {"fine_clusters": 1, "batch_size": 1, "seed_steps": 1, "expert_steps": 1, "checkpoint_every": 1,
-                "warmup_steps": 0, "num_workers": 0, "random_experts": 1, "train_per_source": 1,
+                "warmup_steps": 0, "num_workers": 0, "random_experts": 0, "train_per_source": 1,
                 "test_per_source": 1, "retrieval_per_source": 1, "validation_per_source": 1, "seed": 0,
                 "seeds": 1}  # fmt: skip
     for name, least in at_least.items():
@@ -164,8 +170,9 @@ def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
             f"recipe fields learning_rate and router_lambda must be > 0 and caption_noise in [0, 1], got "
             f"{recipe.learning_rate}, {recipe.router_lambda} and {recipe.caption_noise}."
         )
-    if not isinstance(recipe.caption_attributes, bool):
-        raise InputError(f"recipe field caption_attributes must be true or false, got {recipe.caption_attributes!r}.")
+    for name in ("caption_attributes", "probe_every_ensemble"):
+        if not isinstance(getattr(recipe, name), bool):
+            raise InputError(f"recipe field {name} must be true or false, got {getattr(recipe, name)!r}.")
     check_ensemble_sizes(recipe)
     if recipe.arriving_source is not None:
         check_growth(recipe)
@@ -177,18 +184,18 @@ def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
 
 
 def check_ensemble_sizes(recipe: Recipe) -> None:
-    """Every clustering splits the pairs into n experts with 1 <= n <= fine_clusters: MODE-n, OneStep-n, Random-n and
-    the seed-text ablation's 2. Full-n's forks train on MODE-n's clustering (`layout.comparison`)."""
+    """Every clustering splits the pairs into n experts with 1 <= n <= fine_clusters: MODE-n, OneStep-n, SeedText-n
+    and Random-n (random_experts 0: none). Full-n's forks train on MODE-n's clustering (`layout.comparison`)."""
     lists = {name: getattr(recipe, name) for name in SIZE_LISTS}
+    random = [recipe.random_experts] if recipe.random_experts != 0 else []
     fits = all(isinstance(values, tuple) for values in lists.values()) and all(
-        isinstance(n, int) and 1 <= n <= recipe.fine_clusters
-        for n in [*recipe.experts, *recipe.full_experts, *recipe.onestep_experts, recipe.random_experts, 2]
+        isinstance(n, int) and 1 <= n <= recipe.fine_clusters for n in [*sum(lists.values(), ()), *random]
     )
     if not recipe.experts or not fits:
         given = ", ".join(f"{name}={list(v) if isinstance(v, tuple) else v!r}" for name, v in lists.items())
         raise InputError(
             f"recipe fields {', '.join(SIZE_LISTS)} must list sizes n with 1 <= n <= fine_clusters "
-            f"({recipe.fine_clusters}), as must random_experts and the seed-text ablation's 2 (experts at least one); "
+            f"({recipe.fine_clusters}), as must random_experts unless it is 0 (experts at least one); "
             f"got {given}, random_experts={recipe.random_experts}."
         )
     if unknown := sorted(set(recipe.full_experts) - set(recipe.experts)):

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -84,8 +85,12 @@ class Runner:
         with open(log, "w") as file, redirect_stdout(file), redirect_stderr(file):
             try:
                 action()
-            except InputError as error:
+            except InputError as error:  # the log ends as a refusing script's output does: with its error line
+                print(f"error: {error}", flush=True)
                 raise StageError(f"stage {name} failed (log {log}): {error}", cli.BAD_INPUT) from error
+            except BaseException:  # anything else: the traceback goes to the log too, then on up to the job
+                traceback.print_exc()
+                raise
 
     def _run_command(self, name: str, command: list[str], progress: tqdm | None) -> None:
         """Run a stage's command with its output in its log; its latest progress bar goes on `progress`."""

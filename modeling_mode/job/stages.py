@@ -72,9 +72,13 @@ class StageGraph:
                 yield from self.model_evaluations(seed, model, sets)
             if self.recipe.arriving_source is not None:
                 continue  # the growth report reads no routing probe
-            for model in self.models:
-                if model.kind == "ensemble" and model.main_row == PAPER_ROW:  # its routing on unseen templates
-                    yield self.routing_stage(seed, model, sets)
+            for model in self.probed_models():  # their routing on templates the project did not write
+                yield self.routing_stage(seed, model, sets)
+
+    def probed_models(self) -> list[Model]:
+        """The routed ensembles whose routing the probe measures: every one, or MODE-n alone (the first)."""
+        routed = [model for model in self.models if model.kind == "ensemble" and model.main_row == PAPER_ROW]
+        return routed if self.recipe.probe_every_ensemble else routed[:1]
 
     def prepare_data(self) -> None:
         prepare_data(self.folder, self.recipe, self.sources)
