@@ -8,10 +8,12 @@ import math
 import shutil
 
 import datasets
+import matplotlib.pyplot
 import pytest
 import torch
 from helpers import reset_accelerate_state
 
+from modeling_mode.job import plots
 from modeling_mode.job.arguments import Sources
 from modeling_mode.job.fork_curve import curve_finished, held_out_indices, validation_sources, write_curve
 from modeling_mode.job.layout import JobFolder, comparison
@@ -311,6 +313,32 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     assert stage.output.is_finished()  # an empty curve scores no run, and is finished
     assert read_json(seed.curve) == []
     assert "nothing was held out of them, so there is no validation curve" in write_report(folder).read_text()
+
+
+def test_every_plot_has_a_title_and_a_readable_legend_beside_its_charts(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure))
+    curve = [{"step": step, "loss": 3.0 - step / 10, "top1": {"mnist": 0.1 * step}} for step in (2, 4, 6)]
+    plots.plot_curves({"seed-0": curve, "seed-1": curve}, 4, 6, tmp_path / "curve.png")
+    plots.plot_cluster_sizes({"minilm-2": [10, 14], "minilm-4": [5, 6, 7, 6]}, tmp_path / "sizes.png")
+    weights = {"mode-minilm-2": [[0.7, 0.3], [0.2, 0.8]], "mode-minilm-4": [[0.4, 0.3, 0.2, 0.1]] * 2}
+    plots.plot_routing_weights(weights, ["mnist", "easy_vqa"], tmp_path / "weights.png")
+    accuracy = {f"model {i}": [Estimate((60.0, 62.0)), Estimate((50.0,))] for i in range(12)}
+    plots.plot_accuracy(accuracy, ["mnist", "easy_vqa"], tmp_path / "accuracy.png")
+    legend_entries = []
+    for figure in figures:
+        figure.canvas.draw()  # lays the figure out, as saving it does
+        assert figure.get_suptitle()
+        charts_end = max(axis.get_window_extent().x1 for axis in figure.axes)
+        for legend in figure.legends:
+            assert legend.get_window_extent().x0 >= charts_end  # beside the charts, hiding none of their bars
+            assert all(text.get_fontsize() >= plots.LEGEND_FONTSIZE for text in legend.get_texts())
+            legend_entries.append([text.get_text() for text in legend.get_texts()])
+        assert all(axis.get_legend() is None for axis in figure.axes)  # one legend a figure
+        matplotlib.pyplot.close(figure)
+    fork, end = "fork (step 4)", "end of the schedule (step 6)"
+    experts = [f"expert {k}" for k in range(4)]  # the chart with the most experts gives the legend
+    assert legend_entries == [["seed-0", "seed-1", fork, end], experts, [f"model {i}" for i in range(12)]]
 
 
 # --------------------------------------------------------------------------------------------------- the curve
