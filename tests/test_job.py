@@ -69,6 +69,10 @@ def test_smoke_run_trains_evaluates_and_reports(smoke_run):
     assert all(f"| {model} |" in report for model in SMOKE_MODELS | {"seed"})  # a row each
     for plot in ("cluster_sizes.png", "routing_weights.png", "accuracy.png"):
         assert (output / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One training seed: no verdict on any of the paper's orderings run (the table's "holds here" column)
+    orderings = report.split("### The paper's orderings")[1].split("###")[0]
+    rows = [row.split(" | ") for row in orderings.splitlines() if row.startswith("| ") and "not run" not in row]
+    assert len(rows) > 1 and all(row[3].startswith("cannot tell (one seed") for row in rows[1:]), orderings
     weights = json.loads((run / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["routing_weights"]
     assert sum(weights["MODE paper"]) == pytest.approx(1.0)
     # MODE-2 routes by default in the clustering encoder's space (all-MiniLM-L6-v2), as the paper routes, with the

@@ -1,6 +1,7 @@
 """The README's quick start, run in a fresh Python as a reader would, on the smoke job's outputs: load the job's MODE
 with AutoModel, AutoProcessor and the zero-shot pipeline, route and score with it, then assemble the same MODE from
-the job's experts and clustering."""
+the job's experts and clustering. Then docs/evaluation.md's clip_benchmark lines, whose metrics must be
+eval/zeroshot.py's."""
 
 import json
 import os
@@ -12,21 +13,33 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # its one test runs the quick start in a fresh Python, on the smoke job
+from modeling_mode.lib.evaluation import MODE_NAME, zero_shot_main
+
+pytestmark = pytest.mark.slow  # its tests run the docs' lines in a fresh Python, on the smoke job
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_block(marker: str) -> str:
-    """The README's python code block that holds `marker`: the test runs what readers copy, not a copy of it."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
-    (block,) = [block for block in blocks if marker in block]
-    return "\n" + block
+def doc_block(marker: str) -> str:
+    """The one python code block of the README or a docs/ page that holds `marker`: the tests run what readers copy,
+    not a copy of it."""
+    found = [
+        (page, block)
+        for page in DOCS
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+        if marker in block
+    ]
+    if len(found) != 1:
+        pages = ", ".join(page.relative_to(ROOT).as_posix() for page, _ in found)
+        raise LookupError(f"{len(found)} python blocks of the docs hold {marker!r}, not one ({pages or 'none'}).")
+    return "\n" + found[0][1]
 
 
-USE = readme_block("AutoProcessor.from_pretrained(path")  # README, "Use a MODE model"
-ROUTE = readme_block("model.route(**prompts)")  # README, the routing and features lines
-ASSEMBLE = readme_block("from modeling_mode.lib.assembly import assemble")  # README, "Assemble a MODE"
+USE = doc_block("AutoProcessor.from_pretrained(path")  # README, "Use a MODE model"
+ROUTE = doc_block("model.route(**prompts)")  # README, the routing and features lines
+ASSEMBLE = doc_block("from modeling_mode.lib.assembly import assemble")  # README, "Assemble a MODE"
+CLIP_BENCHMARK = doc_block("ClipBenchmarkMode.for_task(")  # docs/evaluation.md, "From clip_benchmark"
 
 # Not README lines: what the test compares, printed as JSON. The pipeline's prompts are its hypothesis template's.
 REPORT = """
@@ -53,21 +66,22 @@ print(json.dumps({
 """
 
 
-def test_readme_quick_start_in_a_fresh_python(smoke_run, tmp_path):
-    job, _, _ = smoke_run
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "offline-mix").symlink_to(job)  # where the README's job command writes
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}  # remote code is cached in HF_HOME
+def run_in_a_fresh_python(code: str, job: Path, workdir: Path) -> dict:
+    """`code` run in a new Python from `workdir`, where `runs/offline-mix` is the smoke job (as the docs' job command
+    writes it); the JSON its last line prints."""
+    (workdir / "runs").mkdir()
+    (workdir / "runs" / "offline-mix").symlink_to(job)
+    env = {**os.environ, "HF_HOME": str(workdir / "hf"), "HF_HUB_OFFLINE": "1"}  # remote code is cached in HF_HOME
     run = subprocess.run(
-        [sys.executable, "-c", USE + ROUTE + ASSEMBLE + REPORT],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_readme_quick_start_in_a_fresh_python(smoke_run, tmp_path):
+    job, _, _ = smoke_run
+    result = run_in_a_fresh_python(USE + ROUTE + ASSEMBLE + REPORT, job, tmp_path)
 
     assert (result["model"], result["processor"]) == ("ModeCLIPModel", "CLIPProcessor")
     # The job's MODE and the one the README assembles from the same experts and clustering, in one process on the
@@ -84,3 +98,18 @@ def test_readme_quick_start_in_a_fresh_python(smoke_run, tmp_path):
     for label, score in expected.items():  # the pipeline is the model on the same image and prompts
         assert abs(scores[label] - score) < 1e-5, (label, scores[label], score)
     assert (tmp_path / "runs" / "mode-clip" / "config.json").is_file()
+
+
+def test_the_docs_clip_benchmark_lines_give_eval_zeroshots_metrics(smoke_run, tmp_path):
+    job, _, _ = smoke_run
+    metrics = run_in_a_fresh_python(CLIP_BENCHMARK + "\nimport json\nprint(json.dumps(metrics))\n", job, tmp_path)
+    model, output = job / "seed-0" / "models" / "mode-minilm-2", tmp_path / "zeroshot.json"
+    dataset = job / "data" / "eval" / "mnist"
+    zero_shot_main(["--model", str(model), "--dataset", str(dataset), "--split", "test", "--output", str(output),
+                    "--no-eval-results"])  # fmt: skip
+    routing = json.loads((model / "config.json").read_text())["routing"]  # the bridge routes as the config says
+    expected = json.loads(output.read_text())["results"][MODE_NAME.format(routing=routing)]
+    # The same images ranked the same: equal counts over the held-out digits, to float rounding of the mean alone (one
+    # image ranked otherwise moves a metric by 1/30). clip_benchmark's default amp=True moves top-5 by one image here.
+    for name in ("top1", "top5"):
+        assert metrics[name] == pytest.approx(expected[name], abs=1e-9), (name, metrics, expected)

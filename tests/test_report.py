@@ -8,17 +8,19 @@ import math
 import shutil
 
 import datasets
+import matplotlib.pyplot
 import pytest
 import torch
 from helpers import reset_accelerate_state
 
+from modeling_mode.job import plots
 from modeling_mode.job.arguments import Sources
 from modeling_mode.job.fork_curve import curve_finished, held_out_indices, validation_sources, write_curve
 from modeling_mode.job.layout import JobFolder, comparison
 from modeling_mode.job.recipes import recipe_from_json
 from modeling_mode.job.report import write_report
 from modeling_mode.job.stages import StageGraph
-from modeling_mode.job.statistics import Estimate, ordering_verdict, paired_difference, t_975
+from modeling_mode.job.statistics import Estimate, chance_ceiling, ordering_verdict, paired_difference, t_975
 from modeling_mode.lib.corpus import SOURCES, caption_pairs, pick_indices
 from modeling_mode.lib.files import read_json, write_json
 from modeling_mode.lib.training import ExpertTrainingArguments, train
@@ -82,8 +84,17 @@ def test_ordering_verdicts():
     assert ordering_verdict(">", sure) == ("yes", "yes")
     assert ordering_verdict("~", sure) == ("no", "yes")
     assert ordering_verdict(">", Estimate((-0.4, -0.2))) == ("no", "no")
-    assert ordering_verdict(">", Estimate((0.3,))) == ("yes", "no interval (one seed)")
-    assert ordering_verdict("~", Estimate((0.3,))) == ("cannot tell (one seed)", "no interval (one seed)")
+    one_seed = ("cannot tell (one seed)", "no interval (one seed)")
+    assert ordering_verdict(">", Estimate((0.3,))) == ordering_verdict("~", Estimate((0.3,))) == one_seed
+    assert ordering_verdict(">", sure, at_chance=True) == ("cannot tell (both at chance)", "yes")
+    assert ordering_verdict("~", Estimate((0.3,)), at_chance=True)[0] == "cannot tell (one seed, both at chance)"
+
+
+def test_chance_ceiling_is_guessings_97_5_percent_quantile():
+    # 30 guesses among 10 classes: P(at most 6 right) = 0.9744, P(at most 7) = 0.9894: 7 of 30 is the quantile.
+    assert chance_ceiling(10, 30) == pytest.approx(100 * 7 / 30)
+    assert chance_ceiling(24, 30) == pytest.approx(100 * 4 / 30)  # easy-VQA's 24 classes: P(<= 3) 0.962, P(<= 4) 0.990
+    assert chance_ceiling(10, 200) == pytest.approx(14.5)  # 100 images, 2 seeds: P(<= 28) 0.970, P(<= 29) 0.978
 
 
 def test_names_and_pairs_seen():
@@ -300,6 +311,25 @@ def test_one_seed_gives_no_interval_and_a_missing_model_is_not_run(job_folder, t
     assert "| MODE-4 59.0 > MODE-2 58.6 | not run | | | | |" in report
 
 
+def test_no_verdict_on_an_ordering_of_two_models_at_chance(job_folder, tmp_path):
+    folder = tmp_path / "job"
+    shutil.copytree(job_folder, folder)
+    # Dense and Full-2 at 11% and 14% on both tasks (10 classes, 100 images, 2 seeds: chance is up to 14.5%);
+    # OneStep-2 at 15% on one task, so above chance
+    for model, averages, offsets in [("dense", (11.0, 11.0), (0, 0)), ("full-2", (14.0, 14.0), (0, 0)),
+                                     ("mode-onestep-2", (12.0, 13.0), (3.0, -3.0))]:  # fmt: skip
+        for s, average in enumerate(averages):
+            for task, offset in zip(TASKS, offsets):
+                write_json(folder / f"seed-{s}" / "results" / model / f"zeroshot-{task}.json",
+                           zero_shot_results(model, average, offset))  # fmt: skip
+    report = write_report(folder).read_text()
+    assert "guessing a class at random for each image stays under with 97.5% probability (digits 14.5%, " in report
+    # Full-2 - Dense: +3.0 in both seeds: an interval of width 0 that excludes 0, and yet no verdict
+    assert "| Full-2 58.3 ~ Dense 58.2 | +3.00 | [+3.00, +3.00] | cannot tell (both at chance) | yes | 2 |" in report
+    # OneStep-2 (15.0 and 9.0 in seed 0; 16.0 and 10.0 in seed 1) is above chance on the digits: a verdict
+    assert "| Dense 58.2 > OneStep-2 58.0 | -1.50 | [-7.85, +4.85] | no | no |" in report
+
+
 def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     folder = tmp_path / "job"
     shutil.copytree(job_folder, folder)
@@ -311,6 +341,32 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     assert stage.output.is_finished()  # an empty curve scores no run, and is finished
     assert read_json(seed.curve) == []
     assert "nothing was held out of them, so there is no validation curve" in write_report(folder).read_text()
+
+
+def test_every_plot_has_a_title_and_a_readable_legend_beside_its_charts(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda figure, path: figures.append(figure))
+    curve = [{"step": step, "loss": 3.0 - step / 10, "top1": {"mnist": 0.1 * step}} for step in (2, 4, 6)]
+    plots.plot_curves({"seed-0": curve, "seed-1": curve}, 4, 6, tmp_path / "curve.png")
+    plots.plot_cluster_sizes({"minilm-2": [10, 14], "minilm-4": [5, 6, 7, 6]}, tmp_path / "sizes.png")
+    weights = {"mode-minilm-2": [[0.7, 0.3], [0.2, 0.8]], "mode-minilm-4": [[0.4, 0.3, 0.2, 0.1]] * 2}
+    plots.plot_routing_weights(weights, ["mnist", "easy_vqa"], tmp_path / "weights.png")
+    accuracy = {f"model {i}": [Estimate((60.0, 62.0)), Estimate((50.0,))] for i in range(12)}
+    plots.plot_accuracy(accuracy, ["mnist", "easy_vqa"], tmp_path / "accuracy.png")
+    legend_entries = []
+    for figure in figures:
+        figure.canvas.draw()  # lays the figure out, as saving it does
+        assert figure.get_suptitle()
+        charts_end = max(axis.get_window_extent().x1 for axis in figure.axes)
+        for legend in figure.legends:
+            assert legend.get_window_extent().x0 >= charts_end  # beside the charts, hiding none of their bars
+            assert all(text.get_fontsize() >= plots.LEGEND_FONTSIZE for text in legend.get_texts())
+            legend_entries.append([text.get_text() for text in legend.get_texts()])
+        assert all(axis.get_legend() is None for axis in figure.axes)  # one legend a figure
+        matplotlib.pyplot.close(figure)
+    fork, end = "fork (step 4)", "end of the schedule (step 6)"
+    experts = [f"expert {k}" for k in range(4)]  # the chart with the most experts gives the legend
+    assert legend_entries == [["seed-0", "seed-1", fork, end], experts, [f"model {i}" for i in range(12)]]
 
 
 # --------------------------------------------------------------------------------------------------- the curve

@@ -1,16 +1,33 @@
-"""The report's plots, each drawn from numbers the report has read (matplotlib, imported when a plot is drawn)."""
+"""The report's plots, each drawn from numbers the report has read (matplotlib, imported when a plot is drawn).
+
+Every figure has a title saying what it shows, and one legend, right of its charts, at a size that reads at the
+report's width (matplotlib's `constrained` layout makes room for both)."""
 
 from pathlib import Path
 from statistics import fmean
 
 from .statistics import Estimate
 
+LEGEND_FONTSIZE = 9
+
+
+def figure_with_charts(title: str, num_charts: int, size: tuple[float, float]):
+    """A titled figure and its row of `num_charts` charts."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, num_charts, figsize=size, squeeze=False, layout="constrained")
+    figure.suptitle(title)
+    return figure, list(axes[0])
+
+
+def legend(figure, axis) -> None:
+    """The figure's legend, from `axis`'s entries (those every chart shares, or the most complete chart's)."""
+    figure.legend(*axis.get_legend_handles_labels(), loc="outside right upper", fontsize=LEGEND_FONTSIZE)
+
 
 def plot_curves(curves: dict[str, list[dict]], fork: int, end: int, path: Path) -> None:
     """Each training seed's fork-point curve: validation loss and zero-shot top-1 by step, the fork and the end."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, axes = figure_with_charts("Where the experts fork: the seed's validation curve", 2, (11, 3.8))
     for name, curve in curves.items():
         steps = [point["step"] for point in curve]
         axes[0].plot(steps, [point["loss"] for point in curve], marker=".", label=name)
@@ -19,35 +36,35 @@ def plot_curves(curves: dict[str, list[dict]], fork: int, end: int, path: Path) 
         axis.axvline(fork, color="grey", linestyle="--", label=f"fork (step {fork})")
         axis.axvline(end, color="black", linestyle=":", label=f"end of the schedule (step {end})")
         axis.set(xlabel="training step", ylabel=label)
-        axis.legend(fontsize=6)
+    legend(figure, axes[0])
     save(figure, path)
 
 
 def plot_cluster_sizes(sizes: dict[str, list[int]], path: Path) -> None:
     """{clustering: pairs per expert}: one bar chart each."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3), squeeze=False)
-    for axis, (name, counts) in zip(axes[0], sizes.items()):
+    title = "Training pairs per expert, each clustering (the first training seed)"
+    figure, axes = figure_with_charts(title, len(sizes), (max(6.4, 3.2 * len(sizes)), 3.4))
+    for axis, (name, counts) in zip(axes, sizes.items()):
         axis.bar(range(len(counts)), counts)
         axis.set(title=name, xlabel="expert", ylabel="pairs", xticks=range(len(counts)))
     save(figure, path)
 
 
 def plot_routing_weights(weights: dict[str, list[list[float]]], tasks: list[str], path: Path) -> None:
-    """{ensemble: its routing's expert weights per task}: stacked bars, one chart per ensemble."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(weights), figsize=(3.2 * len(weights), 3), squeeze=False)
-    for axis, (model, per_task) in zip(axes[0], weights.items()):
+    """{ensemble: its routing's expert weights per task}: stacked bars, one chart per ensemble; expert k has the
+    same colour in every chart."""
+    title = "Routing weights per task, the paper's formula (the first training seed)"
+    figure, axes = figure_with_charts(title, len(weights), (max(6.4, 3.2 * len(weights) + 1.5), 3.6))
+    for axis, (model, per_task) in zip(axes, weights.items()):
         bottom = [0.0] * len(tasks)
         for k in range(len(per_task[0])):
             column = [w[k] for w in per_task]
-            axis.bar(tasks, column, bottom=bottom, label=f"expert {k}")
+            axis.bar(tasks, column, bottom=bottom, label=f"expert {k}", color=f"C{k % 10}")
             bottom = [b + c for b, c in zip(bottom, column)]
-        axis.set(title=model, ylabel="routing weight (paper)", ylim=(0, 1))
+        axis.set(title=model, ylabel="routing weight", ylim=(0, 1))
         axis.tick_params(axis="x", labelrotation=30)
-        axis.legend(fontsize=6)
+    most_experts = max(zip(axes, weights.values()), key=lambda chart: len(chart[1][0]))[0]
+    legend(figure, most_experts)
     save(figure, path)
 
 
@@ -55,7 +72,8 @@ def plot_accuracy(accuracy: dict[str, list[Estimate]], tasks: list[str], path: P
     """{model's label: its top-1 per task over seeds}: the mean as a bar, the standard deviation as an error bar."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(12, 4))
+    title = "Zero-shot top-1 per task: mean over training seeds, standard deviation as error bars"
+    figure, (axis,) = figure_with_charts(title, 1, (13, 4.2))
     width, colours = 0.8 / len(accuracy), plt.get_cmap("tab20").colors
     for i, (label, per_task) in enumerate(accuracy.items()):
         axis.bar(
@@ -67,13 +85,12 @@ def plot_accuracy(accuracy: dict[str, list[Estimate]], tasks: list[str], path: P
             color=colours[i % 20],
         )
     axis.set(xticks=[t + 0.4 - width / 2 for t in range(len(tasks))], xticklabels=tasks, ylabel="zero-shot top-1 (%)")
-    axis.legend(fontsize=6, ncol=2)
+    legend(figure, axis)
     save(figure, path)
 
 
 def save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

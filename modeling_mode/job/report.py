@@ -2,9 +2,9 @@
 
 For each model, zero-shot top-1 per task as a mean and standard deviation over the job's training seeds, what it
 cost in pairs seen, and the paper's number beside it; the paired difference of each model against the dense baseline
-with a 95% interval over seeds; whether each of the paper's orderings holds here. It reads the job's folder alone,
-through its layout (`layout`): `recipe.json`, `timings.json`, `data/sources.json` and, per training seed, the
-evaluations' results, the clusterings' reports, the seed run's record and the fork-point curve.
+with a 95% interval over seeds; whether each of the paper's orderings holds here, or that the job cannot tell. It
+reads the job's folder alone, through its layout (`layout`): `recipe.json`, `timings.json`, `data/sources.json` and,
+per training seed, the evaluations' results, the clusterings' reports, the seed run's record and the fork-point curve.
 """
 
 from pathlib import Path
@@ -30,7 +30,14 @@ from .layout import (
 from .plots import plot_accuracy, plot_cluster_sizes, plot_curves, plot_routing_weights
 from .recipes import recipe_from_json
 from .routing_probe import source_shares
-from .statistics import Estimate, interval_text, mean_and_std, ordering_verdict, paired_difference
+from .statistics import (
+    Estimate,
+    chance_ceiling,
+    interval_text,
+    mean_and_std,
+    ordering_verdict,
+    paired_difference,
+)
 
 # The paper's zero-shot top-1, average over 26 tasks (%), ViT-B/32 trained on 400M pairs (Ma et al., CVPR 2024: the
 # main table and the ablations; SeedText-2 is its clustering with the seed CLIP's text embeddings).
@@ -97,6 +104,18 @@ def per_task(per_seed: list[list[float]], tasks: list[str]) -> list[Estimate]:
     return [Estimate(tuple(values[t] for values in per_seed)) for t in range(len(tasks))]
 
 
+def chance_ceilings(seeds: list[SeedFolder], model: Model, tasks: list[str]) -> list[float]:
+    """Each task's top-1 (%) at or under which a mean over the seeds is at chance (`chance_ceiling`): every model is
+    scored on the same held-out images."""
+    results = [read_json(seeds[0].zeroshot_results(model, task)) for task in tasks]
+    return [chance_ceiling(result["num_classes"], result["num_images"] * len(seeds)) for result in results]
+
+
+def at_chance(per_seed: list[list[float]], ceilings: list[float]) -> bool:
+    """Whether a model's top-1, its mean over the seeds, is at chance on every task."""
+    return all(fmean(values[t] for values in per_seed) <= ceiling for t, ceiling in enumerate(ceilings))
+
+
 # ----------------------------------------------------------------------------------------------------- the tables
 
 
@@ -129,8 +148,8 @@ def difference_table(scores: Scores) -> str:
     return "\n".join(lines)
 
 
-def orderings_table(scores: Scores) -> str:
-    by_paper_name = {model.paper_name: main_averages(scores, model) for model in scores}
+def orderings_table(scores: Scores, ceilings: list[float]) -> str:
+    by_paper_name = {model.paper_name: model for model in scores}
     lines = [
         "| the paper's ordering | here: a minus b | 95% interval | holds here | interval excludes 0 | "
         f"seeds for ±{RESOLVE} |",
@@ -141,12 +160,18 @@ def orderings_table(scores: Scores) -> str:
         if a not in by_paper_name or b not in by_paper_name:
             lines.append(f"| {paper} | not run | | | | |")
             continue
-        difference = paired_difference(by_paper_name[a], by_paper_name[b])
-        holds, excludes_zero = ordering_verdict(relation, difference)
+        models = by_paper_name[a], by_paper_name[b]
+        difference = paired_difference(*(main_averages(scores, model) for model in models))
+        both_at_chance = all(at_chance(scores[model][model.main_row], ceilings) for model in models)
+        holds, excludes_zero = ordering_verdict(relation, difference, at_chance=both_at_chance)
         needed = difference.seeds_for(RESOLVE)
         cells = f"{holds} | {excludes_zero} | {'' if needed is None else needed}"
         lines.append(f"| {paper} | {difference.mean:+.2f} | {interval_text(difference)} | {cells} |")
     return "\n".join(lines)
+
+
+def chance_text(ceilings: list[float], tasks: list[str]) -> str:
+    return ", ".join(f"{task} {ceiling:.1f}%" for task, ceiling in zip(tasks, ceilings))
 
 
 def ensemble_table(scores: Scores) -> str:
@@ -356,6 +381,7 @@ def write_report(path: str | Path) -> Path:
     scores, incomplete = zero_shot_scores(seeds, comparison(recipe), tasks)
     global_batch = read_record(seeds[0].seed_run)["run"]["global_batch_size"]
     plots = draw_plots(folder, seeds[0], scores, tasks)
+    ceilings = chance_ceilings(seeds, next(iter(scores)), tasks)
     start = record["sources"]["init"] or "random weights"
     settings = ", ".join(f"{k}={v}" for k, v in record.items() if k != "sources")
     spread = (
@@ -400,10 +426,13 @@ clustering), then their mean and its 95% Student t interval over seeds (K - 1 de
 ### The paper's orderings
 
 A `>` ordering holds here when the mean paired difference a - b is positive; `~` (no difference) when its 95% \
-interval contains zero, which says no difference was detected, not that there is none. `seeds for ±{RESOLVE}`: how \
+interval contains zero, which says no difference was detected, not that there is none. No verdict (`cannot tell`) \
+where the job cannot resolve the ordering: with one training seed, whose difference has no spread to judge it by, or \
+when both models are at chance on every task: their mean top-1 at or under what guessing a class at random for \
+each image stays under with 97.5% probability ({chance_text(ceilings, tasks)}). `seeds for ±{RESOLVE}`: how \
 many training seeds, with this spread of paired differences, would make the interval ±{RESOLVE} points.
 
-{orderings_table(scores)}
+{orderings_table(scores, ceilings)}
 
 ### Ways of using each ensemble (task average)
 

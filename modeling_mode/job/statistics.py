@@ -54,16 +54,29 @@ def paired_difference(values, baseline) -> Estimate:
     return Estimate(tuple(a - b for a, b in zip(values, baseline, strict=True)))
 
 
-def ordering_verdict(relation: str, difference: Estimate) -> tuple[str, str]:
+def chance_ceiling(num_classes: int, num_guesses: int) -> float:
+    """The top-1 (%) that guessing stays at or under with 97.5% probability, one of `num_classes` classes picked at
+    random for each of `num_guesses` images (a test set's images times the seeds its mean is over): a model's top-1 at
+    or under it is not told apart from guessing."""
+    from scipy.stats import binom
+
+    return 100 * float(binom.ppf(0.975, num_guesses, 1 / num_classes)) / num_guesses
+
+
+def ordering_verdict(relation: str, difference: Estimate, at_chance: bool = False) -> tuple[str, str]:
     """(whether the paper's ordering `a relation b` holds here, whether the interval of a - b excludes zero).
 
-    '>' holds when the mean paired difference is positive. '~' holds when the interval contains zero: no difference
-    was detected (which is not evidence of equality); one seed cannot tell."""
+    No verdict where the difference cannot resolve the ordering: with one seed (no spread to judge it by), or with
+    both models at chance (it is then a difference of guesses). Otherwise '>' holds when the mean paired difference is
+    positive, '~' when the interval contains zero: no difference was detected (which is not evidence of equality)."""
     excluded = difference.excludes_zero
     excludes_zero = "no interval (one seed)" if excluded is None else "yes" if excluded else "no"
+    unresolved = [why for why, applies in (("one seed", excluded is None), ("both at chance", at_chance)) if applies]
+    if unresolved:
+        return f"cannot tell ({', '.join(unresolved)})", excludes_zero
     if relation == ">":
         return ("yes" if difference.mean > 0 else "no"), excludes_zero
-    return ("cannot tell (one seed)" if excluded is None else "no" if excluded else "yes"), excludes_zero
+    return ("no" if excluded else "yes"), excludes_zero
 
 
 def mean_and_std(estimate: Estimate, digits: int = 1) -> str:

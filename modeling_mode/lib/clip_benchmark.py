@@ -10,15 +10,9 @@ ranking, hence every accuracy, is `eval/zeroshot.py`'s. clip_benchmark calls `en
 class's prompts; the bridge returns the class's embedding (the MODE's: each expert's prompt embeddings averaged, then
 normalised) on every row, so clip_benchmark's own averaging leaves it as it is.
 
-    from clip_benchmark.metrics import zeroshot_classification
-    from modeling_mode.lib.clip_benchmark import ClipBenchmarkMode
-
-    bridge = ClipBenchmarkMode.for_task(model, tokenizer, classnames, templates)
-    metrics = zeroshot_classification.evaluate(bridge, dataloader, bridge.tokenize, classnames, templates, "cpu",
-                                               amp=False)  # dataloader: (pixel_values, label) batches
-
-(clip_benchmark 1.6's `evaluate` ends in an `accuracy` that fails under NumPy 2; its steps before it,
-`zero_shot_classifier` and `run_classification`, give the logits, which `evaluation.classification_metrics` scores.)
+docs/evaluation.md scores a MODE with it in lines that run as written: `amp=False` in both of clip_benchmark's
+calls (autocast's rounding would rank some images otherwise than `eval/zeroshot.py`'s float32), and the logits scored
+by `evaluation.classification_metrics` (clip_benchmark 1.6's `evaluate` ends in an `accuracy` that NumPy 2.4 fails).
 """
 
 import torch
