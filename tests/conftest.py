@@ -18,6 +18,16 @@ from modeling_mode.lib.training import is_finished, latest_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """On pytest-xdist's workers (`-n 2`, `--dist loadgroup`), each module's tests share a worker, so that a module's
+    fixtures are built once, and every test that reads the smoke job shares the worker that ran it. Those go first,
+    the longest group, so that the other worker takes the rest meanwhile (without xdist, only the order changes)."""
+    for item in items:
+        group = "the smoke job" if "smoke_run" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: "smoke_run" not in item.fixturenames)  # stable: the rest keep their order
+
+
 @pytest.fixture
 def fresh_accelerate_state():
     """For test modules that run training in their own process: `pytestmark = usefixtures(...)`."""
