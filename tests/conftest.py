@@ -18,6 +18,7 @@ from modeling_mode.lib.training import is_finished, latest_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items):
     """On pytest-xdist's workers (`-n 2`, `--dist loadgroup`), each module's tests share a worker, so that a module's
     fixtures are built once, and every test that reads the smoke job shares the worker that ran it. Those go first,
