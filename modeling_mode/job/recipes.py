@@ -47,7 +47,8 @@ class Recipe:
     seeds: int = 1  # the whole comparison for training seeds seed, seed + 1, ..., seed + seeds - 1
     # The paper's routing's kernel width. The paper's 0.2 suits SimCSE's space; in all-MiniLM-L6-v2's, class prompts
     # sit farther from the caption centres and 0.2 routes them nearly uniformly. 2.0 was chosen from 0.2, 0.5, 1 and
-    # 2 on the routing mass of the project's own templates (README, routing), then checked on templates it never saw.
+    # 2 on the routing mass of the project's own templates (docs/model.md, routing), then checked on templates it
+    # never saw.
     router_lambda: float = 2.0
     # The growth experiment: this source's pairs arrive after MODE-n was trained on the others' (issue "a MODE that
     # grows"); the comparison becomes `layout.growth_comparison`: MODE-n grown by `new_experts` experts on them.
@@ -87,7 +88,7 @@ OFFLINE_MIX = Recipe(
 )
 # The paper's regime at small scale: a model small enough that capacity binds, on few enough pairs (4,500) that the
 # seed converges: 32 epochs, the experts forking at epoch 27 (step 950) for 5 more epochs' steps (175), as the paper's
-# MODE forks MetaCLIP. Chosen on validation pairs only (`--validation-only`, README).
+# MODE forks MetaCLIP. Chosen on validation pairs only (`--validation-only`, docs/results.md).
 CONVERGED = dict(
     train_per_source=1500,
     model=dict(width=64, layers=2, heads=2, image_size=32, patch_size=8),

@@ -96,7 +96,7 @@ class AssembleArguments(HubArguments):
         default=0.2,
         metadata={
             "help": "Kernel width of the paper's routing: 0.2, the paper's, in SimCSE's space; all-MiniLM-L6-v2's "
-            "space routes prompts it never saw at 2.0 (README, routing)."
+            "space routes prompts it never saw at 2.0 (docs/model.md, routing)."
         },
     )
     router_top_k: int | None = field(default=None, metadata={"help": "Keep only the k highest-weighted experts."})
