@@ -172,6 +172,18 @@ def test_an_output_that_could_not_be_replaced_whole_is_refused_before_any_work(i
     assert (runs / "expert-0" / "model.safetensors").is_file()
 
 
+def test_a_seed_linking_to_a_file_elsewhere_is_refused_before_any_work(tmp_path):
+    run = write_run(tmp_path / "run")  # its experts forked from the seed's checkpoint step_4
+    checkpoint = run["seed"] / "checkpoints" / "step_4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 4}')
+    (tmp_path / "private.bin").write_bytes(b"not the seed's")
+    (checkpoint / "optimizer.bin").symlink_to(tmp_path / "private.bin")
+    with pytest.raises(InputError, match=r"checkpoint '.*step_4': 'optimizer.bin' is a link to '.*private.bin', out"):
+        assemble([str(e) for e in run["experts"]], str(run["clusters"]), str(run["seed"]), str(tmp_path / "mode"))
+    assert not (tmp_path / "mode").exists() and not list(tmp_path.glob(".mode*"))
+
+
 def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monkeypatch):
     flags = ["--clusters", str(inputs["clusters"]), "--router-text-model", str(inputs["seed"])]
     flags += ["--router", "seed-text", "--output", str(tmp_path / "mode"), "--experts", str(inputs["experts"][0])]

@@ -6,14 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from functools import partial
 
 import datasets
 import pytest
-from helpers import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
+from helpers import RETRIEVAL, ROOT, ZEROSHOT, fails, random_images, save_mode
 from transformers import BertConfig
-
-from modeling_mode.lib.cli import run
 
 CLASSES = ["circle", "square", "sneaker"]
 # The cases that must fail before the model loads name a --model that does not exist: were the model loaded first,
@@ -53,19 +50,6 @@ def inputs(tmp_path_factory):
     )
     save_mode(root / "mode")
     return root
-
-
-def fails(main, argv: list[str], capsys) -> str:
-    """Run `main(argv)` as the script's __main__ guard does: it must exit with status 2 after one error line, the
-    last thing on stderr (progress bars of the work done until then may come before it)."""
-    capsys.readouterr()  # what the test's own set-up printed
-    with pytest.raises(SystemExit) as exit:
-        run(partial(main, argv))
-    assert exit.value.code == 2
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and stderr.endswith(errors[0] + "\n") and "Traceback" not in stderr, stderr
-    return errors[0]
 
 
 def zeroshot_argv(root, **flags):

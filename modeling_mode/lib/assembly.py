@@ -24,7 +24,7 @@ from . import cli
 from .clustered_corpus import ClusteredCorpus, clustering_corpus
 from .clustering import read_finished_run
 from .embedding import CaptionEncoder
-from .errors import InputError, check_output_dir, naming_failures
+from .errors import InputError, check_output_dir, files_inside, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .training import TRAINING_ARGS, is_finished
@@ -289,6 +289,8 @@ def assemble(
     fit, report = read_finished_run(clusters)
     check_router_settings(fit.num_experts, router_settings)
     expert_paths = expert_runs(experts, fit.num_experts, clusters)
+    expert_training = [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths]
+    seed = seed_files(expert_training) if with_seed else None
     encoder, processor = load_router(router_text_model)
     clustering_encoder = report.get("encoder")
     router_space = resolve_router(router_space, report)
@@ -335,7 +337,7 @@ def assemble(
         "clusters": os.path.abspath(clusters),
         "clustering": report,
         "router_text_model": router_text_model,
-        "expert_training": [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths],
+        "expert_training": expert_training,
         **provenance,
         "router_settings": router_settings,
     }
@@ -343,8 +345,8 @@ def assemble(
         for part in (model, processor):
             part.save_pretrained(scratch)
         write_json(scratch / ASSEMBLY, record)
-        if with_seed:
-            copy_seed(record["expert_training"], scratch / SEED_FOLDER)
+        if seed is not None:
+            copy_seed(seed, scratch / SEED_FOLDER)
     return model
 
 
@@ -357,14 +359,23 @@ def fork_checkpoint(expert_training: list[dict]) -> str | None:
     return checkpoint if start == "fork" and checkpoint and is_checkpoint(checkpoint) else None
 
 
-def copy_seed(expert_training: list[dict], folder: Path) -> None:
-    """Copy the experts' fork checkpoint into `folder` (the MODE's `seed/`): a MODE that carries its seed can grow
-    new experts forked as its own were (`train/grow.py`), wherever it is published."""
+def seed_files(expert_training: list[dict]) -> tuple[Path, list[Path]] | None:
+    """The experts' fork checkpoint, which the MODE carries as its `seed/` (so that it can grow new experts forked as
+    its own were, `train/grow.py`, wherever it is published), and its files; None where they share none on this
+    disk. Only the checkpoint's own files go (`files_inside`): a link in it would publish a file from elsewhere."""
     checkpoint = fork_checkpoint(expert_training)
     if checkpoint is None:
         logger.warning("the experts share no fork checkpoint on this disk: the MODE is saved without its seed/")
-        return
-    shutil.copytree(checkpoint, folder)
+        return None
+    return Path(checkpoint), files_inside(checkpoint, "The experts' fork checkpoint")
+
+
+def copy_seed(seed: tuple[Path, list[Path]], folder: Path) -> None:
+    """Copy the fork checkpoint's files (`seed_files`) into `folder`."""
+    checkpoint, files = seed
+    for relative in files:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint / relative, folder / relative)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,6 +144,9 @@ def check_weight_files(folder: str | os.PathLike, what: str) -> list[Path]:
         shards = json.loads(index.read_text())["weight_map"].values() if index.is_file() else None
     except (ValueError, KeyError) as error:
         raise InputError(f"{what} {str(folder)!r}: {index.name} is not a weight index ({error}).") from error
+    for name in shards or []:
+        if not isinstance(name, str) or Path(name).name != name:  # the index must not choose a file elsewhere
+            raise InputError(f"{what} {str(folder)!r}: {index.name} names the shard {name!r}, not a file in it.")
     files = sorted({folder / name for name in shards}) if shards is not None else sorted(folder.glob("*.safetensors"))
     for file in files:
         try:

@@ -25,11 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
-from ..configuration_mode_clip import ROUTINGS
+from ..configuration_mode_clip import ROUTINGS, ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel
 from . import cli
 from .errors import InputError, check_output_file, check_weight_files, naming_failures
 from .files import read_json, write_json, write_text
+from .mode_folder import WEIGHT_PATTERNS, check_mode_folder, local_mode
 
 # The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
 # provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
@@ -570,7 +571,9 @@ def check_model(path: str, trust_remote_code: bool) -> None:
                 f"--model {path!r} (model_type {model_type!r}) loads with Python code of its own (its config's "
                 "auto_map): pass --trust-remote-code if you trust that code."
             )
-    if os.path.isdir(path):
+    if model_type == ModeCLIPConfig.model_type:  # before anything is built: a config can ask for much
+        check_mode_folder(local_mode(path, allow_patterns=WEIGHT_PATTERNS))
+    elif os.path.isdir(path):
         check_weight_files(path, "--model")
 
 

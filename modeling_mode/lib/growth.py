@@ -51,10 +51,11 @@ from ..tokenization_mode_clip import ROUTER_TOKENIZER
 from . import cli
 from .assembly import ASSEMBLY, SEED_FOLDER, check_output
 from .clustering import ClusterArguments, read_finished_run
-from .errors import InputError, naming_failures
+from .errors import InputError, files_inside
 from .evaluation import model_revision
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
+from .mode_folder import check_mode_folder, load_mode, local_mode
 from .publish import exiting_on_push_failure, push_run
 from .settings import check_same_settings
 from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
@@ -64,18 +65,6 @@ EXPERT_PREFIX = "experts."
 EVAL_RESULTS = "eval_results.json"
 GROW_SETTINGS = "grow.json"  # in the work folder: what its steps are made from
 logger = logging.getLogger(__name__)
-
-
-def local_mode(model: str, revision: str | None = None) -> Path:
-    """The folder of the MODE `model`: a local folder, or a Hub repo's snapshot at `revision` (the Hub cache's)."""
-    if os.path.isdir(model):
-        if revision is not None:
-            raise InputError(f"--revision {revision!r} names a Hub revision, but --model {model!r} is a local folder.")
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    with naming_failures("--model", model):
-        return Path(snapshot_download(model, revision=revision))
 
 
 def expert_digests(model_dir: str | os.PathLike) -> list[str]:
@@ -149,11 +138,9 @@ def shrink(model: str, expert: int, reason: str, output: str, revision: str | No
         raise InputError("--reason is empty: say why the expert leaves (the model card's changelog records it).")
     check_output(output)
     source = local_mode(model, revision)
-    with naming_failures("--model", model):
-        config = ModeCLIPConfig.from_pretrained(source)
+    config = check_mode_folder(source)
     check_expert_id(expert, config.num_experts)  # before the weights are read
-    with naming_failures("--model", model):
-        original = ModeCLIPModel.from_pretrained(source)
+    original = load_mode(source)
     shrunk = without_expert(original, expert, reason)
     before = expert_digests(source)
     with atomic_directory(output) as scratch:
@@ -182,15 +169,15 @@ def carry_eval_results(source: Path, destination: Path, revision: int) -> None:
 
 
 def copy_carried_files(source: Path, destination: Path) -> None:
-    """Copy what a changed MODE keeps of the one it came from, as it is (a Hub snapshot's links followed): its
-    tokenizer(s) and image processor files, and its seed (`seed/`, whole), from which it can grow."""
-    for path in source.rglob("*"):
-        relative = path.relative_to(source)
+    """Copy what a changed MODE keeps of the one it came from, as it is (only its files inside it, a Hub snapshot's
+    links followed into its cache: `files_inside`): its tokenizer(s) and image processor files, and its seed (`seed/`,
+    whole), from which it can grow."""
+    for relative in files_inside(source, "--model"):
         in_seed = relative.parts[0] == SEED_FOLDER
         skip = not in_seed and (relative.name in NOT_CARRIED or relative.suffix == ".safetensors")
-        if path.is_file() and not skip and not any(part.startswith(".") for part in relative.parts):
+        if not skip and not any(part.startswith(".") for part in relative.parts):
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination / relative)
+            shutil.copyfile(source / relative, destination / relative)
 
 
 def assembly_without(record: dict, expert: int) -> dict:
@@ -212,8 +199,7 @@ def assembly_without(record: dict, expert: int) -> dict:
 def growth_source(model: str, revision: str | None, seed_checkpoint: str | None) -> tuple[Path, ModeCLIPConfig, Path]:
     """(the MODE's folder, its config, the seed to fork from), refused before any work if the MODE cannot grow."""
     source = local_mode(model, revision)
-    with naming_failures("--model", model):
-        config = ModeCLIPConfig.from_pretrained(source)
+    config = check_mode_folder(source)
     if getattr(config, "router_space", None) != "clustering-encoder" or not getattr(
         config, "fine_distance_quantiles", None
     ):
@@ -236,11 +222,12 @@ def export_router(source: Path, folder: Path) -> None:
     """The MODE's router as a sentence encoder of its own folder (weights and tokenizer), for the clustering."""
     if (folder / "config.json").is_file():
         return
-    model = ModeCLIPModel.from_pretrained(source)
+    model = load_mode(source)
     with atomic_directory(folder) as scratch:
         model.router_text_model.save_pretrained(scratch)
-        for path in (source / ROUTER_TOKENIZER).iterdir():
-            shutil.copyfile(path, scratch / path.name)
+        for relative in files_inside(source, "--model"):
+            if relative.parent == Path(ROUTER_TOKENIZER):
+                shutil.copyfile(source / relative, scratch / relative.name)
 
 
 def expert_settings(source: Path) -> dict:
@@ -386,7 +373,7 @@ def run_step(launcher: list[str], module: str, arguments) -> None:
 
 
 def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs: list[str]) -> Path:
-    original = ModeCLIPModel.from_pretrained(source)
+    original = load_mode(source)
     new_experts = [CLIPModel.from_pretrained(path) for path in expert_dirs]
     if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in new_experts):
         raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
