@@ -1,6 +1,7 @@
 """A MODE that grows and shrinks: experts in or out, the others byte-identical (`lib.growth`)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from datasets import Dataset
 from helpers import (
     QUIET,
     ROOT,
+    fails,
     make_image_processor,
     make_pairs,
     make_tokenizer,
@@ -33,7 +35,7 @@ from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.clustering import main as cluster_main
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import LOCK
-from modeling_mode.lib.growth import expert_digests, grow_main, shrink
+from modeling_mode.lib.growth import expert_digests, grow_main, shrink, shrink_main
 from modeling_mode.lib.publish import check_mode_dir, push_run
 from modeling_mode.tokenization_mode_clip import ModeCLIPTokenizer
 
@@ -211,6 +213,7 @@ def test_a_mode_grows_by_an_expert_forked_from_its_seed_the_old_experts_byte_ide
     # Every file but the clustering's lock, which says who last ran there.
     files = [path for path in (tmp_path / "grown-work").rglob("*") if path.is_file() and path.name != LOCK]
     work = {path: path.stat().st_mtime_ns for path in files}
+    argv += ["--overwrite_output_dir"]  # the grown MODE is there: replacing it is asked for
     grow_main([str(arg) for arg in argv])
     assert {path: path.stat().st_mtime_ns for path in work} == work
     assert expert_digests(grown)[2] == expert_digests(tmp_path / "grown")[2]
@@ -266,3 +269,27 @@ def test_grow_refuses_bad_input_in_one_line_exit_2_nothing_written(case, message
     said = [line for line in error.splitlines() if line.startswith("error: ")]
     assert len(said) == 1 and message in said[0], error[-2000:]
     assert not output.exists()
+
+
+@pytest.mark.parametrize("tool", ["shrink", "grow"])
+def test_no_tool_writes_over_the_mode_it_reads_or_another_unasked(tool, mode_dir, tmp_path, capsys):
+    other = shutil.copytree(mode_dir, tmp_path / "other")  # another assembled MODE
+    before = {folder: expert_digests(folder) for folder in (mode_dir, other)}
+
+    def argv(output, *flags):
+        if tool == "shrink":
+            return ["--model", mode_dir, "--remove-expert", 0, "--reason", "why", "--output", output, *flags]
+        return ["--model", mode_dir, "--dataset", tmp_path / "pairs", "--output", output, *flags]
+
+    main = shrink_main if tool == "shrink" else grow_main
+    for output in (mode_dir, mode_dir / "inside", tmp_path):  # the MODE read, a folder in it, a folder around it
+        for flags in ([], ["--overwrite_output_dir"]):
+            assert "inside it or around it: the MODE read is never modified" in fails(main, argv(output, *flags),
+                                                                                      capsys)  # fmt: skip
+    error = fails(main, argv(other), capsys)
+    assert "holds an assembled MODE already: give a new or empty folder, or pass --overwrite_output_dir" in error
+    assert {folder: expert_digests(folder) for folder in (mode_dir, other)} == before
+    assert not (mode_dir / "inside").exists()
+    if tool == "shrink":  # asked to, it replaces the other MODE, whole
+        shrink_main([str(arg) for arg in argv(other, "--overwrite_output_dir")])
+        assert expert_digests(other) == before[mode_dir][1:]

@@ -53,8 +53,21 @@ ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperatu
 ROUTERS = ("auto", "seed-text", "clustering-encoder")
 
 
+@dataclass(kw_only=True)  # keyword-only, as HubArguments: the script's own fields, without defaults, may follow
+class ModelOutputArguments(HubArguments):
+    """What the tools that write a MODE (assemble, grow, shrink) share besides the Hub flags."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the MODE that --output already holds (the flag's name in transformers' example scripts). "
+            "Without it such an --output is refused; the MODE a tool reads is never replaced, even with it."
+        },
+    )
+
+
 @dataclass
-class AssembleArguments(HubArguments):
+class AssembleArguments(ModelOutputArguments):
     """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (`publish`)."""
 
     experts: list[str] = field(metadata={"help": "Expert run directories (train/expert.py outputs), any order."})
@@ -107,21 +120,43 @@ class AssembleArguments(HubArguments):
         return {name: getattr(self, name) for name in ROUTER_SETTINGS}
 
 
-def check_output(output: str) -> None:
-    """Refuse up front an --output that could not be written or that holds something other than a MODE: the
-    assembly replaces the whole directory, so it must never take a run directory (or a folder of runs) with it."""
+def check_output(output: str, overwrite: bool = False, source: str | None = None) -> None:
+    """Refuse up front an --output that could not be written, that holds something other than a MODE, or (unless
+    `overwrite`) a MODE: the output replaces the whole directory, so it must never take a run directory, a folder of
+    runs or a model written by someone else with it. Nor is it ever the MODE `source` that the tool reads."""
     path = check_output_dir(output)
-    if path.is_dir() and any(path.iterdir()) and not holds_mode(path):
+    check_apart(path, "--output", source)
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not holds_mode(path):
         raise InputError(
-            f"--output {output!r} holds other files and no assembled MODE: the assembly replaces the whole "
+            f"--output {output!r} holds other files and no assembled MODE: the output replaces the whole "
             "directory, so give a new or empty one."
+        )
+    if not overwrite:
+        raise InputError(
+            f"--output {output!r} holds an assembled MODE already: give a new or empty folder, or pass "
+            "--overwrite_output_dir to replace it."
+        )
+
+
+def check_apart(path: str | os.PathLike, flag: str, source: str | None) -> None:
+    """Refuse a `path` to write that is the local MODE folder `source` a tool reads, lies inside it or holds it: a
+    tool never modifies its input."""
+    if source is None or not os.path.isdir(source):
+        return
+    written, read = Path(path).resolve(), Path(source).resolve()
+    if written.is_relative_to(read) or read.is_relative_to(written):
+        raise InputError(
+            f"{flag} {str(path)!r} is --model {source!r}, inside it or around it: the MODE read is never "
+            f"modified, so give {flag} a folder apart from it."
         )
 
 
 def holds_mode(path: Path) -> bool:
     try:
         return read_json(path / "config.json").get("model_type") == ModeCLIPConfig.model_type
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: a config.json that is no JSON object
         return False
 
 
@@ -275,6 +310,7 @@ def assemble(
     router_space: str = "auto",
     with_seed: bool = True,
     dataset: str | None = None,
+    overwrite_output_dir: bool = False,
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -283,9 +319,9 @@ def assemble(
 
     Only finished runs are taken (train/expert.py's and train/cluster.py's completion markers), and `output` is
     written whole or not at all: a crash leaves the previous assembly (or none), never a config.json without the
-    weights or remote code it needs.
+    weights or remote code it needs. An `output` holding a MODE already is replaced only with `overwrite_output_dir`.
     """
-    check_output(output)
+    check_output(output, overwrite_output_dir)
     fit, report = read_finished_run(clusters)
     check_router_settings(fit.num_experts, router_settings)
     expert_paths = expert_runs(experts, fit.num_experts, clusters)
@@ -390,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         router_space=args.router,
         with_seed=args.save_seed,
         dataset=args.dataset,
+        overwrite_output_dir=args.overwrite_output_dir,
         **args.router_settings,
     )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")

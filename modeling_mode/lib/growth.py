@@ -49,7 +49,7 @@ from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel, _architecture
 from ..tokenization_mode_clip import ROUTER_TOKENIZER
 from . import cli
-from .assembly import ASSEMBLY, SEED_FOLDER, check_output
+from .assembly import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_apart, check_output
 from .clustering import ClusterArguments, read_finished_run
 from .errors import InputError, files_inside
 from .evaluation import model_revision
@@ -131,12 +131,14 @@ def with_parts(config: ModeCLIPConfig, experts: list, router_text_model, fine_ce
     return model
 
 
-def shrink(model: str, expert: int, reason: str, output: str, revision: str | None = None) -> Path:
+def shrink(
+    model: str, expert: int, reason: str, output: str, revision: str | None = None, overwrite_output_dir: bool = False
+) -> Path:
     """Save the MODE `model` without expert `expert` in `output`, whole or not at all; check that every other expert's
     weights are byte-identical to the original's there. Returns `output`."""
     if not reason.strip():
         raise InputError("--reason is empty: say why the expert leaves (the model card's changelog records it).")
-    check_output(output)
+    check_output(output, overwrite_output_dir, source=model)
     source = local_mode(model, revision)
     config = check_mode_folder(source)
     check_expert_id(expert, config.num_experts)  # before the weights are read
@@ -264,7 +266,7 @@ def lineage_of(config: ModeCLIPConfig) -> list[dict]:
 
 
 @dataclass
-class GrowArguments(HubArguments):
+class GrowArguments(ModelOutputArguments):
     """Flags of `train/grow.py`; `--push_to_hub` pushes the grown MODE as a new commit of `--hub_model_id`."""
 
     model: str = field(metadata={"help": "The MODE: a folder or a Hub id (with its seed/)."})
@@ -306,9 +308,10 @@ class GrowArguments(HubArguments):
 def grow(args: GrowArguments) -> Path:
     """Grow the MODE `args.model` by `args.new_experts` experts trained on `args.dataset`'s pairs that do not fit
     it; save it in `args.output` with its old experts byte-identical. Returns `args.output`."""
-    check_output(args.output)
+    check_output(args.output, args.overwrite_output_dir, source=args.model)
     source, config, seed = growth_source(args.model, args.revision, args.seed_checkpoint)
     work = Path(args.work_dir or f"{args.output.rstrip('/')}-work")
+    check_apart(work, "--work-dir", args.model)
     settings = expert_settings(source)
     max_steps = args.max_steps or settings.get("max_steps")
     if max_steps is None:
@@ -417,7 +420,7 @@ class StepError(RuntimeError):
 
 
 @dataclass
-class ShrinkArguments(HubArguments):
+class ShrinkArguments(ModelOutputArguments):
     """Flags of `train/shrink.py`; `--push_to_hub` pushes the shrunk MODE as a new commit of `--hub_model_id`."""
 
     model: str = field(metadata={"help": "The MODE: a folder or a Hub id."})
@@ -436,7 +439,7 @@ def push_next_commit(output: Path, args: HubArguments, message: str) -> None:
 
 def shrink_main(argv: list[str] | None = None) -> None:
     args = cli.parse(ShrinkArguments, __doc__, argv)
-    output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision)
+    output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision, args.overwrite_output_dir)
     print(f"MODE model without expert {args.remove_expert} saved to {output}")
     if args.push_to_hub:
         push_next_commit(output, args, f"Remove expert {args.remove_expert}: {args.reason}")
