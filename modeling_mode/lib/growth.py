@@ -51,7 +51,15 @@ from ..tokenization_mode_clip import ROUTER_TOKENIZER
 from . import cli
 from .assembly import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_apart, check_output
 from .clustering import ClusterArguments, read_finished_run
-from .errors import InputError, files_inside
+from .data import (
+    caption_mask,
+    check_column_types,
+    check_columns,
+    check_data_file_columns,
+    load_pairs,
+    streamed_data_files,
+)
+from .errors import InputError, files_inside, naming_failures
 from .evaluation import model_revision
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
@@ -59,7 +67,7 @@ from .mode_folder import check_mode_folder, load_mode, local_mode
 from .publish import exiting_on_push_failure, push_run
 from .settings import check_same_settings
 from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
-from .training.checkpoints import is_checkpoint
+from .training.checkpoints import checkpoint_state, is_checkpoint
 
 EXPERT_PREFIX = "experts."
 EVAL_RESULTS = "eval_results.json"
@@ -299,34 +307,49 @@ class GrowArguments(ModelOutputArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.new_experts < 1 or (self.fine_clusters is not None and self.fine_clusters < self.new_experts):
+        if self.new_experts < 1:
             raise InputError(
-                f"need 1 <= --new-experts <= --fine-clusters, got {self.new_experts} and {self.fine_clusters}."
+                f"--new-experts must be at least 1 (an expert per new coarse cluster), got {self.new_experts}."
+            )
+        if self.fine_clusters is not None and self.fine_clusters < self.new_experts:
+            raise InputError(
+                f"--fine-clusters {self.fine_clusters} is fewer than --new-experts {self.new_experts}: each new "
+                "expert needs at least one fine cluster."
             )
 
 
 def grow(args: GrowArguments) -> Path:
     """Grow the MODE `args.model` by `args.new_experts` experts trained on `args.dataset`'s pairs that do not fit
-    it; save it in `args.output` with its old experts byte-identical. Returns `args.output`."""
+    it; save it in `args.output` with its old experts byte-identical. Returns `args.output`.
+
+    Everything that can be checked before the first step is: the output, the MODE, its router and seed, the schedule,
+    the new pairs' columns and their number against the fine clusters. A step that then refuses its input leaves no
+    work folder that this run made."""
     check_output(args.output, args.overwrite_output_dir, source=args.model)
     source, config, seed = growth_source(args.model, args.revision, args.seed_checkpoint)
     work = Path(args.work_dir or f"{args.output.rstrip('/')}-work")
     check_apart(work, "--work-dir", args.model)
     settings = expert_settings(source)
-    max_steps = args.max_steps or settings.get("max_steps")
-    if max_steps is None:
-        raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
+    max_steps = schedule_end(args, settings, seed)
+    fine_clusters, chosen = new_fine_clusters(args, config)
+    check_new_pairs(args, fine_clusters, chosen)
     launcher = shlex.split(args.launcher)
+    made_here = not work.exists()
     record_grow_settings(work, args, seed, max_steps)
-    export_router(source, work / "router")
     clusters = work / "clusters"
-    fine_clusters = args.fine_clusters or args.new_experts * max(1, config.num_fine_clusters // config.num_experts)
     clustering = ClusterArguments(
         dataset=args.dataset, split=args.split, caption_column=args.caption_column, encoder=str(work / "router"),
         pooling=config.router_pooling, fine_clusters=fine_clusters, experts=args.new_experts, seed=args.seed,
         output=str(clusters), beside=str(source), beside_quantile=args.fit_quantile,
     )  # fmt: skip
-    run_step(launcher, "modeling_mode.lib.clustering", clustering)
+    export_router(source, work / "router")
+    try:
+        run_step(launcher, "modeling_mode.lib.clustering", clustering)
+    except StepError as error:
+        if error.returncode == cli.BAD_INPUT and made_here:  # refused: nothing of this run is worth resuming
+            shutil.rmtree(work)
+        said = f"{str(error).rstrip('.')} (grow clustered with {chosen}; --fit-quantile {args.fit_quantile})."
+        raise StepError(said, error.returncode) from error
     fit, report = read_finished_run(clusters)
     experts = []
     for k in range(args.new_experts):
@@ -340,6 +363,52 @@ def grow(args: GrowArguments) -> Path:
             run_step(launcher, "modeling_mode.lib.training", training)
         experts.append(training.output)
     return save_grown(args, source, fit, report, experts)
+
+
+def schedule_end(args: GrowArguments, settings: dict, seed: Path) -> int:
+    """The step the new experts train to: --max-steps, else their siblings' (grow's default); past the seed's."""
+    given = args.max_steps is not None
+    max_steps = args.max_steps if given else settings.get("max_steps")
+    if max_steps is None:
+        raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
+    with naming_failures("The seed checkpoint", str(seed)):
+        fork = int(checkpoint_state(seed)["step"])
+    if max_steps <= fork:
+        named = f"--max-steps {max_steps}" if given else f"the MODE's experts' schedule end, {max_steps} (the default)"
+        raise InputError(
+            f"{named} is not past step {fork} of the seed {str(seed)!r}, where the new experts fork: they would "
+            "train for no step. Give a larger --max-steps."
+        )
+    return max_steps
+
+
+def new_fine_clusters(args: GrowArguments, config: ModeCLIPConfig) -> tuple[int, str]:
+    """The number of fine clusters of the new pairs, and how it was chosen (for the messages that name it)."""
+    if args.fine_clusters is not None:
+        return args.fine_clusters, f"--fine-clusters {args.fine_clusters}"
+    per_expert = max(1, config.num_fine_clusters // config.num_experts)
+    fine_clusters = args.new_experts * per_expert
+    return fine_clusters, (f"--fine-clusters {fine_clusters}, the default: the MODE's {per_expert} per expert times "
+                           f"--new-experts {args.new_experts}")  # fmt: skip
+
+
+def check_new_pairs(args: GrowArguments, fine_clusters: int, chosen: str) -> None:
+    """The new pairs' image and caption columns, and (where the corpus is not data files, counted only as they are
+    read) enough captioned pairs for `fine_clusters`."""
+    if files := streamed_data_files(args.dataset, args.split):
+        check_data_file_columns(files[0], args.image_column, args.caption_column)
+        return
+    pairs = load_pairs(args.dataset, args.split)
+    check_columns(pairs.column_names, args.image_column, args.caption_column, None)
+    check_column_types(pairs.features, args.image_column, args.caption_column)
+    captioned = int(caption_mask(pairs, args.caption_column).sum())
+    if captioned == 0:
+        raise InputError(f"None of the {len(pairs)} pairs has a caption in --caption-column {args.caption_column!r}.")
+    if captioned < fine_clusters:
+        raise InputError(
+            f"--dataset {args.dataset!r} has {captioned} pairs with a caption, too few for {chosen}: give fewer "
+            "--fine-clusters, or more pairs."
+        )
 
 
 def record_grow_settings(work: Path, args: GrowArguments, seed: Path, max_steps: int) -> None:
