@@ -35,6 +35,8 @@ def inputs(tmp_path_factory):
     ).save_to_disk(root / "captioned")
     files = {
         "two_names.json": ["circle", "square"],  # the labels go up to 2
+        "blank_name.json": ["circle", " ", "sneaker"],
+        "twice.json": ["circle", "square", "circle "],
         "empty.json": [],
         "dict.json": {"not": "a list"},
         "positional.json": ["a photo of a {}."],
@@ -65,6 +67,8 @@ def zeroshot_argv(root, **flags):
         ({"split": "validation"}, r"has no split 'validation'; it has \['test', 'empty'\]"),
         ({"classnames": "ROOT/two_names.json"}, r"row 2 has label 2, which is not a class id: there are 2 class"),
         ({"classnames": "ROOT/empty.json"}, r"empty.json holds an empty list"),
+        ({"classnames": "ROOT/blank_name.json"}, r"class names \[1\] \(by label id\) are empty: give every class"),
+        ({"classnames": "ROOT/twice.json"}, r"class names appear more than once: 'circle' \(label ids \[0, 2\]\)"),
         ({"classnames": "ROOT/dict.json"}, r"dict.json must hold a JSON list of strings \(classnames\)"),
         ({"classnames": "ROOT/broken.json"}, r"broken.json is not JSON"),
         ({"classnames": "ROOT/missing.json"}, r"missing.json' \(classnames\) cannot be read: No such file"),

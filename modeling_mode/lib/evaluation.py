@@ -109,15 +109,29 @@ def prompt_templates(templates: list[str] | None) -> list[str]:
 
 
 def check_labels(labels: list[int], classnames: list[str]) -> None:
-    """Every label must be the index of a class name."""
-    if not classnames:
-        raise InputError("zero-shot classification needs at least one class name.")
+    """Every label must be the index of a class name; class names must be there, and tell the classes apart."""
+    check_classnames(classnames)
     for row, label in enumerate(labels):
         if not isinstance(label, numbers.Integral) or not 0 <= label < len(classnames):
             raise InputError(
                 f"row {row} has label {label!r}, which is not a class id: there are {len(classnames)} class names, "
                 f"so labels go from 0 to {len(classnames) - 1} (give one class name per label id)."
             )
+
+
+def check_classnames(classnames: list[str]) -> None:
+    """At least one class name, none empty and none twice: a prompt without its class, or two classes of one name,
+    would be scored as if they named something (the router too would weigh the name twice)."""
+    if not classnames:
+        raise InputError("zero-shot classification needs at least one class name.")
+    if empty := [index for index, name in enumerate(classnames) if not name.strip()]:
+        raise InputError(f"class names {empty} (by label id) are empty: give every class a name.")
+    seen: dict[str, list[int]] = {}
+    for index, name in enumerate(classnames):
+        seen.setdefault(name.strip(), []).append(index)
+    if twice := {name: ids for name, ids in seen.items() if len(ids) > 1}:
+        named = "; ".join(f"{name!r} (label ids {ids})" for name, ids in list(twice.items())[:5])
+        raise InputError(f"class names appear more than once: {named}. Each class needs a name of its own.")
 
 
 def experts_of(model) -> list[CLIPModel]:
