@@ -9,11 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import QUIET, expert_command
+from helpers import QUIET, expert_command, jpeg, train_here
+from PIL import Image as PILImage
 
 from modeling_mode.lib.data import check_data_file_columns, load_pairs
 from modeling_mode.lib.data_files import caption_of, columns_of, list_data_files, read_samples, write_tar_sample
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.training import is_finished
 
 
 def write_shard(path, keys):
@@ -196,3 +198,21 @@ def test_a_column_of_alternatives_takes_the_first_member_present_as_webdataset_d
     assert [s["jpg;png"] for s in read_samples(str(tmp_path / "train.parquet"), ["jpg;png"])] == [b"P"]
     with pytest.raises(InputError, match=r"The dataset has no column 'webp;gif' \(--image-column\)"):
         check_data_file_columns(file, "webp;gif", "txt")
+
+
+def test_an_expert_streams_a_shard_of_jpegs_and_pngs_with_image_column_jpg_or_png(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    with tarfile.open(tmp_path / "corpus" / "00000.tar", "w") as tar:
+        for index in range(8):
+            image = jpeg(index)
+            if index % 2:  # every other pair's image is a PNG
+                buffer = io.BytesIO()
+                PILImage.open(io.BytesIO(image)).save(buffer, format="PNG")
+                image = buffer.getvalue()
+            write_tar_sample(tar, {"__key__": f"{index:05d}", "jpg" if index % 2 == 0 else "png": image,
+                                   "txt": f"a photo of pair {index}".encode()})  # fmt: skip
+    output = tmp_path / "run"
+    train_here("--dataset", tmp_path / "corpus", "--streaming", "--config", "tiny", "--image-column", "jpg;png",
+               "--caption-column", "txt", "--max-steps", 1, "--batch-size", 8, "--output", output, *QUIET,
+               "--warmup-steps", 0)  # fmt: skip
+    assert is_finished(output)

@@ -231,8 +231,9 @@ def members_of(columns: list[str]) -> list[str]:
 
 
 def first_present(sample: dict, column: str):
-    """`sample`'s value of `column`: of its alternatives, the first the sample has (None if it has none)."""
-    return next((sample[name] for name in alternatives(column) if sample.get(name) is not None), None)
+    """`sample`'s value of `column`: its own (a sample `read_samples` chose it in already), else the first of its
+    alternatives the sample has (None if it has none)."""
+    return next((sample[name] for name in [column, *alternatives(column)] if sample.get(name) is not None), None)
 
 
 def with_alternatives(sample: dict, columns: list[str] | None) -> dict:
