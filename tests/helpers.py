@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLI
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
+from modeling_mode.lib import cli
 from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
 from modeling_mode.lib.data_files import list_data_files, read_samples, relative_names, write_tar_sample
 from modeling_mode.lib.files import write_json
@@ -235,6 +237,19 @@ def cluster_tar_corpus(corpus: Path, encoder: str, output: Path) -> Path:
     flags = dict(dataset=str(corpus), caption_column="txt", streaming=True, encoder=encoder, output=str(output))
     cluster(ClusterArguments(**flags, **CLUSTER_FLAGS), Accelerator())
     return output
+
+
+def fails(main, argv: list, capsys) -> str:
+    """Run `main(argv)` as a script's __main__ guard does (`cli.run`): it must exit with status 2 after one error line,
+    the last thing on stderr (progress bars of the work done until then may come before it); returns that line."""
+    capsys.readouterr()  # what the test's own set-up printed
+    with pytest.raises(SystemExit) as exit:
+        cli.run(partial(main, [str(arg) for arg in argv]))
+    assert exit.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and stderr.endswith(errors[0] + "\n") and "Traceback" not in stderr, stderr
+    return errors[0]
 
 
 def run_script(script: Path, *argv: str, monkeypatch) -> int:

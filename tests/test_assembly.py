@@ -25,6 +25,7 @@ from helpers import (
     ROOT,
     caption_lists,
     cluster_tar_corpus,
+    fails,
     make_image_processor,
     make_tokenizer,
     run_script,
@@ -38,6 +39,7 @@ from transformers import AutoModel, AutoProcessor, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly import ASSEMBLY, assemble
+from modeling_mode.lib.assembly import main as assemble_main
 from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
 from modeling_mode.lib.data_files import read_samples, write_tar_sample
 from modeling_mode.lib.embedding import CaptionEncoder
@@ -97,7 +99,7 @@ def test_a_crash_while_saving_leaves_the_previous_output_or_none(inputs, tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(ModeCLIPModel, "save_pretrained", save_then_die)
         with pytest.raises(Killed):
-            assemble_run(inputs, output, routing="released")
+            assemble_run(inputs, output, routing="released", overwrite_output_dir=True)
     assert digest(output) == before  # the previous assembly, whole
 
 
@@ -170,6 +172,30 @@ def test_an_output_that_could_not_be_replaced_whole_is_refused_before_any_work(i
     with pytest.raises(InputError, match="holds other files and no assembled MODE"):
         assemble_run(inputs, runs)
     assert (runs / "expert-0" / "model.safetensors").is_file()
+
+
+def test_an_assembled_mode_is_replaced_only_when_asked(inputs, tmp_path, capsys):
+    flags = ["--clusters", inputs["clusters"], "--router-text-model", inputs["seed"], "--router", "seed-text"]
+    flags += ["--output", tmp_path / "mode", "--experts", *inputs["experts"]]
+    assemble_main([str(flag) for flag in flags])
+    before = digest(tmp_path / "mode")
+    error = fails(assemble_main, [*flags, "--routing", "released"], capsys)
+    assert "holds an assembled MODE already: give a new or empty folder, or pass --overwrite_output_dir" in error
+    assert digest(tmp_path / "mode") == before
+    assemble_main([str(flag) for flag in [*flags, "--routing", "released", "--overwrite_output_dir"]])
+    assert json.loads((tmp_path / "mode" / "config.json").read_text())["routing"] == "released"
+
+
+def test_a_seed_linking_to_a_file_elsewhere_is_refused_before_any_work(tmp_path):
+    run = write_run(tmp_path / "run")  # its experts forked from the seed's checkpoint step_4
+    checkpoint = run["seed"] / "checkpoints" / "step_4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 4}')
+    (tmp_path / "private.bin").write_bytes(b"not the seed's")
+    (checkpoint / "optimizer.bin").symlink_to(tmp_path / "private.bin")
+    with pytest.raises(InputError, match=r"checkpoint '.*step_4': 'optimizer.bin' is a link to '.*private.bin', out"):
+        assemble([str(e) for e in run["experts"]], str(run["clusters"]), str(run["seed"]), str(tmp_path / "mode"))
+    assert not (tmp_path / "mode").exists() and not list(tmp_path.glob(".mode*"))
 
 
 def test_bad_input_is_one_line_and_exit_status_2(inputs, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """Data files of a web-scale corpus (webdataset tar shards, parquet files), read a file and a few columns at a time."""
 
+import io
 import json
 import re
 import tarfile
@@ -8,10 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import QUIET, expert_command, jpeg, train_here
+from PIL import Image as PILImage
 
-from modeling_mode.lib.data import load_pairs
+from modeling_mode.lib.data import check_data_file_columns, load_pairs
 from modeling_mode.lib.data_files import caption_of, columns_of, list_data_files, read_samples, write_tar_sample
 from modeling_mode.lib.errors import InputError
+from modeling_mode.lib.training import is_finished
 
 
 def write_shard(path, keys):
@@ -117,3 +121,98 @@ def test_bad_corpora_are_named(tmp_path):
     pq.write_table(pa.table({"caption": ["x"]}), tmp_path / "a.parquet")
     with pytest.raises(InputError, match=r"mixes data file formats \['.parquet', '.tar'\]"):
         list_data_files(str(tmp_path))
+
+
+def write_members(shard, members: list[tuple[str, bytes]]) -> None:
+    """A tar shard of exactly these (name, bytes) members, names as given."""
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def train_refusal(monkeypatch, capsys, dataset, *flags) -> str:
+    """The one line with which train/expert.py --streaming refuses `dataset`, exit status 2, before any training."""
+    output = Path(dataset).parent / "run"
+    status, stderr = expert_command(monkeypatch, capsys, "--dataset", dataset, "--streaming", "--config", "tiny",
+                                    "--max-steps", 2, "--output", output, *QUIET, *flags)  # fmt: skip
+    assert status == 2 and len(stderr) == 1 and stderr[0].startswith("error: "), stderr
+    assert not output.exists()
+    return stderr[0]
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../../escape/00099.jpg", "it climbs out of the folder the shard is extracted into (..)"),
+        ("/abs/00099.jpg", "it is an absolute path"),
+        ("part\\00099.jpg", "it is not in POSIX form (a backslash)"),
+    ],
+)
+def test_a_member_that_would_land_outside_the_shard_is_refused_by_file_and_member(tmp_path, monkeypatch, capsys,
+                                                                                   name, why):  # fmt: skip
+    (tmp_path / "corpus").mkdir()
+    shard = tmp_path / "corpus" / "00000.tar"
+    write_members(shard, [(name, b"\xff\xd8"), (name.replace(".jpg", ".txt"), b"a caption")])
+    error = train_refusal(monkeypatch, capsys, tmp_path / "corpus")
+    assert error.startswith(f"error: data file {str(shard)!r} holds the member {name!r}: {why}. A shard's members")
+
+
+def test_a_link_out_of_the_dataset_folder_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    write_shard(tmp_path / "elsewhere.tar", ["x"])  # another corpus
+    (tmp_path / "corpus").mkdir()
+    write_shard(tmp_path / "corpus" / "00000.tar", ["a", "b"])
+    (tmp_path / "corpus" / "00001.tar").symlink_to(tmp_path / "elsewhere.tar")
+    error = train_refusal(monkeypatch, capsys, tmp_path / "corpus")
+    assert "'00001.tar' is a link to " in error and "elsewhere.tar', outside the folder" in error
+    (tmp_path / "corpus" / "00001.tar").unlink()
+    (tmp_path / "corpus" / "more").symlink_to(tmp_path)  # a folder: never walked into
+    with pytest.raises(InputError, match=r"'more' is a link to a folder"):
+        list_data_files(str(tmp_path / "corpus"))
+    (tmp_path / "corpus" / "more").unlink()
+    (tmp_path / "corpus" / "copy.tar").symlink_to("00000.tar")  # inside the folder: read as it is
+    assert [Path(file).name for file in list_data_files(str(tmp_path / "corpus"))] == ["00000.tar", "copy.tar"]
+
+
+def test_an_image_column_of_another_type_is_refused_up_front(tmp_path, monkeypatch, capsys):
+    (tmp_path / "corpus").mkdir()
+    file = tmp_path / "corpus" / "train.parquet"
+    pq.write_table(pa.table({"image": [7, 8], "caption": ["a", "b"]}), file)
+    error = train_refusal(monkeypatch, capsys, tmp_path / "corpus")
+    assert f"Column 'image' (--image-column) of data file {str(file)!r} holds int64, not images" in error
+
+
+def test_a_column_of_alternatives_takes_the_first_member_present_as_webdataset_does(tmp_path):
+    """`--image-column 'jpg;png'`: a sample's `jpg`, else its `png` (webdataset's `getfirst`)."""
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for sample in [{"__key__": "a", "jpg": b"J", "txt": b"a"}, {"__key__": "b", "png": b"P", "txt": b"b"},
+                       {"__key__": "c", "png": b"P", "jpg": b"J", "txt": b"c"}]:  # fmt: skip
+            write_tar_sample(tar, sample)
+    file = str(tmp_path / "00000.tar")
+    check_data_file_columns(file, "jpg;png", "txt")
+    samples = list(read_samples(file, ["jpg;png", "txt"]))
+    assert [(s["__key__"], s["jpg;png"]) for s in samples] == [("a", b"J"), ("b", b"P"), ("c", b"J")]
+    assert all(set(sample) == {"__key__", "jpg;png", "txt"} for sample in samples)
+    pq.write_table(pa.table({"png": [b"P"], "caption": ["x"]}), tmp_path / "train.parquet")  # a column's alternatives
+    assert [s["jpg;png"] for s in read_samples(str(tmp_path / "train.parquet"), ["jpg;png"])] == [b"P"]
+    with pytest.raises(InputError, match=r"The dataset has no column 'webp;gif' \(--image-column\)"):
+        check_data_file_columns(file, "webp;gif", "txt")
+
+
+def test_an_expert_streams_a_shard_of_jpegs_and_pngs_with_image_column_jpg_or_png(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    with tarfile.open(tmp_path / "corpus" / "00000.tar", "w") as tar:
+        for index in range(8):
+            image = jpeg(index)
+            if index % 2:  # every other pair's image is a PNG
+                buffer = io.BytesIO()
+                PILImage.open(io.BytesIO(image)).save(buffer, format="PNG")
+                image = buffer.getvalue()
+            write_tar_sample(tar, {"__key__": f"{index:05d}", "jpg" if index % 2 == 0 else "png": image,
+                                   "txt": f"a photo of pair {index}".encode()})  # fmt: skip
+    output = tmp_path / "run"
+    train_here("--dataset", tmp_path / "corpus", "--streaming", "--config", "tiny", "--image-column", "jpg;png",
+               "--caption-column", "txt", "--max-steps", 1, "--batch-size", 8, "--output", output, *QUIET,
+               "--warmup-steps", 0)  # fmt: skip
+    assert is_finished(output)

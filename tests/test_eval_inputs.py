@@ -6,14 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from functools import partial
 
 import datasets
 import pytest
-from helpers import RETRIEVAL, ROOT, ZEROSHOT, random_images, save_mode
+from helpers import RETRIEVAL, ROOT, ZEROSHOT, fails, random_images, save_mode
 from transformers import BertConfig
-
-from modeling_mode.lib.cli import run
 
 CLASSES = ["circle", "square", "sneaker"]
 # The cases that must fail before the model loads name a --model that does not exist: were the model loaded first,
@@ -38,6 +35,8 @@ def inputs(tmp_path_factory):
     ).save_to_disk(root / "captioned")
     files = {
         "two_names.json": ["circle", "square"],  # the labels go up to 2
+        "blank_name.json": ["circle", " ", "sneaker"],
+        "twice.json": ["circle", "square", "circle "],
         "empty.json": [],
         "dict.json": {"not": "a list"},
         "positional.json": ["a photo of a {}."],
@@ -55,19 +54,6 @@ def inputs(tmp_path_factory):
     return root
 
 
-def fails(main, argv: list[str], capsys) -> str:
-    """Run `main(argv)` as the script's __main__ guard does: it must exit with status 2 after one error line, the
-    last thing on stderr (progress bars of the work done until then may come before it)."""
-    capsys.readouterr()  # what the test's own set-up printed
-    with pytest.raises(SystemExit) as exit:
-        run(partial(main, argv))
-    assert exit.value.code == 2
-    stderr = capsys.readouterr().err
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and stderr.endswith(errors[0] + "\n") and "Traceback" not in stderr, stderr
-    return errors[0]
-
-
 def zeroshot_argv(root, **flags):
     flags = {"model": UNLOADED, "dataset": root / "labelled", "output": root / "out" / "results.json", **flags}
     return [part for flag, value in flags.items() for part in (f"--{flag.replace('_', '-')}", str(value))]
@@ -81,6 +67,8 @@ def zeroshot_argv(root, **flags):
         ({"split": "validation"}, r"has no split 'validation'; it has \['test', 'empty'\]"),
         ({"classnames": "ROOT/two_names.json"}, r"row 2 has label 2, which is not a class id: there are 2 class"),
         ({"classnames": "ROOT/empty.json"}, r"empty.json holds an empty list"),
+        ({"classnames": "ROOT/blank_name.json"}, r"class names \[1\] \(by label id\) are empty: give every class"),
+        ({"classnames": "ROOT/twice.json"}, r"class names appear more than once: 'circle' \(label ids \[0, 2\]\)"),
         ({"classnames": "ROOT/dict.json"}, r"dict.json must hold a JSON list of strings \(classnames\)"),
         ({"classnames": "ROOT/broken.json"}, r"broken.json is not JSON"),
         ({"classnames": "ROOT/missing.json"}, r"missing.json' \(classnames\) cannot be read: No such file"),

@@ -1,6 +1,7 @@
 """A MODE that grows and shrinks: experts in or out, the others byte-identical (`lib.growth`)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from datasets import Dataset
 from helpers import (
     QUIET,
     ROOT,
+    fails,
     make_image_processor,
     make_pairs,
     make_tokenizer,
@@ -33,7 +35,7 @@ from modeling_mode.lib.cards import model_card
 from modeling_mode.lib.clustering import main as cluster_main
 from modeling_mode.lib.errors import InputError
 from modeling_mode.lib.files import LOCK
-from modeling_mode.lib.growth import expert_digests, grow_main, shrink
+from modeling_mode.lib.growth import StepError, expert_digests, grow_main, shrink, shrink_main
 from modeling_mode.lib.publish import check_mode_dir, push_run
 from modeling_mode.tokenization_mode_clip import ModeCLIPTokenizer
 
@@ -211,6 +213,7 @@ def test_a_mode_grows_by_an_expert_forked_from_its_seed_the_old_experts_byte_ide
     # Every file but the clustering's lock, which says who last ran there.
     files = [path for path in (tmp_path / "grown-work").rglob("*") if path.is_file() and path.name != LOCK]
     work = {path: path.stat().st_mtime_ns for path in files}
+    argv += ["--overwrite_output_dir"]  # the grown MODE is there: replacing it is asked for
     grow_main([str(arg) for arg in argv])
     assert {path: path.stat().st_mtime_ns for path in work} == work
     assert expert_digests(grown)[2] == expert_digests(tmp_path / "grown")[2]
@@ -240,29 +243,96 @@ def encoder_routed_mode(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "case, message",
-    [
-        ("no new expert", "need 1 <= --new-experts <= --fine-clusters, got 0"),
-        ("seed-text router", "does not route with its clustering's encoder and centres as fitted"),
-        ("no seed", "seed/ is missing or no training checkpoint: new experts fork from"),
-        ("no caption", "None of the 4 pairs has a caption in --caption-column 'caption'"),
-    ],
-)
-def test_grow_refuses_bad_input_in_one_line_exit_2_nothing_written(case, message, tmp_path, capsys, monkeypatch):
-    mode = (save_mode if case == "seed-text router" else encoder_routed_mode)(tmp_path / "mode")
-    if case == "no caption":
-        (mode / "seed").mkdir()
-        (mode / "seed" / "trainer_state.json").write_text('{"step": 4}')
-        (mode / "assembly.json").write_text(json.dumps({"expert_training": [{"args": {"max_steps": 6}}]}))
-    pairs = tmp_path / "pairs"
-    images = [PILImage.new("RGB", (8, 8))] * 4
-    Dataset.from_dict({"image": images, "caption": [None, "", " ", None]}).save_to_disk(str(pairs))
+@pytest.fixture(scope="module")
+def routed_mode(tmp_path_factory) -> Path:
+    """`encoder_routed_mode`, once for the module: the tests copy it before they change it."""
+    return encoder_routed_mode(tmp_path_factory.mktemp("routed") / "mode")
+
+
+def growable(mode: Path, fork_step: int = 4, max_steps: int = 6) -> Path:
+    """`mode` with a seed that forked its experts at `fork_step` and their schedule's end, as assembly leaves them."""
+    (mode / "seed").mkdir()
+    (mode / "seed" / "trainer_state.json").write_text(json.dumps({"step": fork_step}))
+    (mode / "assembly.json").write_text(json.dumps({"expert_training": [{"args": {"max_steps": max_steps}}]}))
+    return mode
+
+
+def write_new_pairs(path: Path, captions=("a zebra", "a comet", "a violin", "a lantern"), images=None) -> Path:
+    images = [PILImage.new("RGB", (8, 8))] * len(captions) if images is None else images
+    Dataset.from_dict({"image": images, "caption": list(captions)}).save_to_disk(str(path))
+    return path
+
+
+# Each refusal of grow's up-front checks: (its flags, the message). All come before any step runs.
+GROW_REFUSALS = {
+    "no new expert": (["--new-experts", 0], "--new-experts must be at least 1 (an expert per new coarse cluster)"),
+    "seed-text router": ([], "does not route with its clustering's encoder and centres as fitted"),
+    "no seed": ([], "seed/ is missing or no training checkpoint: new experts fork from"),
+    "no caption": ([], "None of the 4 pairs has a caption in --caption-column 'caption'"),
+    "max steps 0": (["--max-steps", 0], "--max-steps 0 is not past step 4 of the seed"),
+    "max steps at the fork": (["--max-steps", 4], "--max-steps 4 is not past step 4 of the seed"),
+    "the default schedule ends at the fork": ([], "the MODE's experts' schedule end, 4 (the default) is not past"),
+    "too few pairs for the default": (["--new-experts", 3], "has 4 pairs with a caption, too few for --fine-clusters "
+                                      "6, the default: the MODE's 2 per expert times --new-experts 3"),
+    "images of ints": ([], "Column 'image' (--image-column) holds Value("),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", GROW_REFUSALS)
+def test_grow_refuses_bad_input_in_one_line_exit_2_nothing_written(case, routed_mode, tmp_path, capsys):
+    flags, message = GROW_REFUSALS[case]
+    if case == "seed-text router":
+        mode = save_mode(tmp_path / "mode")
+    else:
+        mode = shutil.copytree(routed_mode, tmp_path / "mode")
+        if case != "no seed":
+            growable(mode, max_steps=4 if case == "the default schedule ends at the fork" else 6)
+    captions = [None, "", " ", None] if case == "no caption" else ["a zebra", "a comet", "a violin", "a lantern"]
+    pairs = write_new_pairs(tmp_path / "pairs", captions, images=[7] * 4 if case == "images of ints" else None)
     output = tmp_path / "grown"
-    argv = ["--model", mode, "--dataset", pairs, "--output", output, "--fine-clusters", 2]
-    argv += ["--new-experts", 0] if case == "no new expert" else []
-    assert run_script(GROW, *map(str, argv), monkeypatch=monkeypatch) == 2
-    error = capsys.readouterr().err
-    said = [line for line in error.splitlines() if line.startswith("error: ")]
-    assert len(said) == 1 and message in said[0], error[-2000:]
-    assert not output.exists()
+    fine_clusters = [] if case == "too few pairs for the default" else ["--fine-clusters", 2]
+    error = fails(grow_main, ["--model", mode, "--dataset", pairs, "--output", output, *fine_clusters, *flags], capsys)
+    assert message in error, error
+    assert not output.exists() and not (tmp_path / "grown-work").exists()
+
+
+def test_a_step_that_refuses_leaves_no_work_folder_and_grows_defaults_are_named(routed_mode, tmp_path, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    def clustering_refuses(launcher, module, arguments):
+        raise StepError(f"only 0 of the sampled pairs lie farther from --beside {arguments.beside}'s clusters than "
+                        f"its own pairs did: too few for {arguments.fine_clusters} new fine clusters.", 2)  # fmt: skip
+
+    monkeypatch.setattr("modeling_mode.lib.growth.run_step", clustering_refuses)
+    mode = growable(shutil.copytree(routed_mode, tmp_path / "mode"))
+    argv = ["--model", mode, "--dataset", write_new_pairs(tmp_path / "pairs"), "--output", tmp_path / "grown"]
+    error = fails(grow_main, argv, capsys)
+    assert "too few for 2 new fine clusters (grow clustered with --fine-clusters 2, the default: the MODE's 2 per " \
+           "expert times --new-experts 1; --fit-quantile 0.99)." in error  # fmt: skip
+    assert not (tmp_path / "grown-work").exists() and not (tmp_path / "grown").exists()
+    (tmp_path / "grown-work").mkdir()  # a work folder of an earlier run, which a grow resumes: it stays
+    fails(grow_main, argv, capsys)
+    assert (tmp_path / "grown-work" / "grow.json").is_file()
+
+
+@pytest.mark.parametrize("tool", ["shrink", "grow"])
+def test_no_tool_writes_over_the_mode_it_reads_or_another_unasked(tool, mode_dir, tmp_path, capsys):
+    other = shutil.copytree(mode_dir, tmp_path / "other")  # another assembled MODE
+    before = {folder: expert_digests(folder) for folder in (mode_dir, other)}
+
+    def argv(output, *flags):
+        if tool == "shrink":
+            return ["--model", mode_dir, "--remove-expert", 0, "--reason", "why", "--output", output, *flags]
+        return ["--model", mode_dir, "--dataset", tmp_path / "pairs", "--output", output, *flags]
+
+    main = shrink_main if tool == "shrink" else grow_main
+    for output in (mode_dir, mode_dir / "inside", tmp_path):  # the MODE read, a folder in it, a folder around it
+        for flags in ([], ["--overwrite_output_dir"]):
+            assert "inside it or around it: the MODE read is never modified" in fails(main, argv(output, *flags),
+                                                                                      capsys)  # fmt: skip
+    error = fails(main, argv(other), capsys)
+    assert "holds an assembled MODE already: give a new or empty folder, or pass --overwrite_output_dir" in error
+    assert {folder: expert_digests(folder) for folder in (mode_dir, other)} == before
+    assert not (mode_dir / "inside").exists()
+    if tool == "shrink":  # asked to, it replaces the other MODE, whole
+        shrink_main([str(arg) for arg in argv(other, "--overwrite_output_dir")])
+        assert expert_digests(other) == before[mode_dir][1:]

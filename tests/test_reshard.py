@@ -204,7 +204,7 @@ def test_bad_input_is_one_line_and_exit_status_2_before_anything_is_written(tar_
         (dataset, edited, [], r"part-00000.parquet row 0 \(key 's0/00000'\): fine id \d+, coarse id 7 outside"),
         (dataset, other_labels, [], r"'.*00002.tar' \('00002.tar' in --dataset .*\) is missing from the labels"),
         (str(tmp_path / "grown"), grown_labels, [], r"data file '.*more/00000.tar' .* is missing from the labels"),
-        (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"has no column \['text'\]"),
+        (str(tmp_path / "parquet"), parquet_labels, ["--caption-column", "text"], r"no column 'text' \(--caption"),
         (dataset, tmp_path / "parquet", [], r"holds no complete labels table"),
         (dataset, labels, ["--shard-size", "0"], r"--shard-size must be at least 1, got 0"),
         # The output where the corpus's next listing would take its shards for data files: in its folder, by pattern.

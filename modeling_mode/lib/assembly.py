@@ -24,7 +24,7 @@ from . import cli
 from .clustered_corpus import ClusteredCorpus, clustering_corpus
 from .clustering import read_finished_run
 from .embedding import CaptionEncoder
-from .errors import InputError, check_output_dir, naming_failures
+from .errors import InputError, check_output_dir, files_inside, naming_failures
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
 from .training import TRAINING_ARGS, is_finished
@@ -53,8 +53,21 @@ ROUTER_SETTINGS = ("routing", "router_lambda", "router_top_k", "router_temperatu
 ROUTERS = ("auto", "seed-text", "clustering-encoder")
 
 
+@dataclass(kw_only=True)  # keyword-only, as HubArguments: the script's own fields, without defaults, may follow
+class ModelOutputArguments(HubArguments):
+    """What the tools that write a MODE (assemble, grow, shrink) share besides the Hub flags."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the MODE that --output already holds (the flag's name in transformers' example scripts). "
+            "Without it such an --output is refused; the MODE a tool reads is never replaced, even with it."
+        },
+    )
+
+
 @dataclass
-class AssembleArguments(HubArguments):
+class AssembleArguments(ModelOutputArguments):
     """Flags of `train/assemble.py`; `--push_to_hub` pushes the model with its card (`publish`)."""
 
     experts: list[str] = field(metadata={"help": "Expert run directories (train/expert.py outputs), any order."})
@@ -107,21 +120,43 @@ class AssembleArguments(HubArguments):
         return {name: getattr(self, name) for name in ROUTER_SETTINGS}
 
 
-def check_output(output: str) -> None:
-    """Refuse up front an --output that could not be written or that holds something other than a MODE: the
-    assembly replaces the whole directory, so it must never take a run directory (or a folder of runs) with it."""
+def check_output(output: str, overwrite: bool = False, source: str | None = None) -> None:
+    """Refuse up front an --output that could not be written, that holds something other than a MODE, or (unless
+    `overwrite`) a MODE: the output replaces the whole directory, so it must never take a run directory, a folder of
+    runs or a model written by someone else with it. Nor is it ever the MODE `source` that the tool reads."""
     path = check_output_dir(output)
-    if path.is_dir() and any(path.iterdir()) and not holds_mode(path):
+    check_apart(path, "--output", source)
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not holds_mode(path):
         raise InputError(
-            f"--output {output!r} holds other files and no assembled MODE: the assembly replaces the whole "
+            f"--output {output!r} holds other files and no assembled MODE: the output replaces the whole "
             "directory, so give a new or empty one."
+        )
+    if not overwrite:
+        raise InputError(
+            f"--output {output!r} holds an assembled MODE already: give a new or empty folder, or pass "
+            "--overwrite_output_dir to replace it."
+        )
+
+
+def check_apart(path: str | os.PathLike, flag: str, source: str | None) -> None:
+    """Refuse a `path` to write that is the local MODE folder `source` a tool reads, lies inside it or holds it: a
+    tool never modifies its input."""
+    if source is None or not os.path.isdir(source):
+        return
+    written, read = Path(path).resolve(), Path(source).resolve()
+    if written.is_relative_to(read) or read.is_relative_to(written):
+        raise InputError(
+            f"{flag} {str(path)!r} is --model {source!r}, inside it or around it: the MODE read is never "
+            f"modified, so give {flag} a folder apart from it."
         )
 
 
 def holds_mode(path: Path) -> bool:
     try:
         return read_json(path / "config.json").get("model_type") == ModeCLIPConfig.model_type
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: a config.json that is no JSON object
         return False
 
 
@@ -275,6 +310,7 @@ def assemble(
     router_space: str = "auto",
     with_seed: bool = True,
     dataset: str | None = None,
+    overwrite_output_dir: bool = False,
     **router_settings,
 ) -> ModeCLIPModel:
     """Experts + the clustering's outputs + the router text tower -> a `ModeCLIPModel` saved in `output`, with the
@@ -283,12 +319,14 @@ def assemble(
 
     Only finished runs are taken (train/expert.py's and train/cluster.py's completion markers), and `output` is
     written whole or not at all: a crash leaves the previous assembly (or none), never a config.json without the
-    weights or remote code it needs.
+    weights or remote code it needs. An `output` holding a MODE already is replaced only with `overwrite_output_dir`.
     """
-    check_output(output)
+    check_output(output, overwrite_output_dir)
     fit, report = read_finished_run(clusters)
     check_router_settings(fit.num_experts, router_settings)
     expert_paths = expert_runs(experts, fit.num_experts, clusters)
+    expert_training = [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths]
+    seed = seed_files(expert_training) if with_seed else None
     encoder, processor = load_router(router_text_model)
     clustering_encoder = report.get("encoder")
     router_space = resolve_router(router_space, report)
@@ -335,7 +373,7 @@ def assemble(
         "clusters": os.path.abspath(clusters),
         "clustering": report,
         "router_text_model": router_text_model,
-        "expert_training": [read_json(os.path.join(path, TRAINING_ARGS)) for path in expert_paths],
+        "expert_training": expert_training,
         **provenance,
         "router_settings": router_settings,
     }
@@ -343,8 +381,8 @@ def assemble(
         for part in (model, processor):
             part.save_pretrained(scratch)
         write_json(scratch / ASSEMBLY, record)
-        if with_seed:
-            copy_seed(record["expert_training"], scratch / SEED_FOLDER)
+        if seed is not None:
+            copy_seed(seed, scratch / SEED_FOLDER)
     return model
 
 
@@ -357,14 +395,23 @@ def fork_checkpoint(expert_training: list[dict]) -> str | None:
     return checkpoint if start == "fork" and checkpoint and is_checkpoint(checkpoint) else None
 
 
-def copy_seed(expert_training: list[dict], folder: Path) -> None:
-    """Copy the experts' fork checkpoint into `folder` (the MODE's `seed/`): a MODE that carries its seed can grow
-    new experts forked as its own were (`train/grow.py`), wherever it is published."""
+def seed_files(expert_training: list[dict]) -> tuple[Path, list[Path]] | None:
+    """The experts' fork checkpoint, which the MODE carries as its `seed/` (so that it can grow new experts forked as
+    its own were, `train/grow.py`, wherever it is published), and its files; None where they share none on this
+    disk. Only the checkpoint's own files go (`files_inside`): a link in it would publish a file from elsewhere."""
     checkpoint = fork_checkpoint(expert_training)
     if checkpoint is None:
         logger.warning("the experts share no fork checkpoint on this disk: the MODE is saved without its seed/")
-        return
-    shutil.copytree(checkpoint, folder)
+        return None
+    return Path(checkpoint), files_inside(checkpoint, "The experts' fork checkpoint")
+
+
+def copy_seed(seed: tuple[Path, list[Path]], folder: Path) -> None:
+    """Copy the fork checkpoint's files (`seed_files`) into `folder`."""
+    checkpoint, files = seed
+    for relative in files:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint / relative, folder / relative)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,6 +426,7 @@ def main(argv: list[str] | None = None) -> None:
         router_space=args.router,
         with_seed=args.save_seed,
         dataset=args.dataset,
+        overwrite_output_dir=args.overwrite_output_dir,
         **args.router_settings,
     )
     print(f"MODE model with {len(args.experts)} experts saved to {args.output}")

@@ -309,17 +309,12 @@ def fit_settings(args: ClusterArguments, shards: EmbeddingShards) -> dict:
 def known_centres(mode: str, quantile: str) -> KnownCentres:
     """The fine centres of the MODE in the folder `mode` and the squared distance within which `quantile` of its own
     pairs lay (its config's `fine_distance_quantiles`: a MODE routed with its clustering's centres as fitted)."""
-    from safetensors import safe_open
+    from .mode_folder import stored_centroids
 
     folder = Path(mode)
     with naming_failures("--beside", mode):
         config = read_json(folder / "config.json")
-        centroids = None
-        for path in sorted(folder.glob("*.safetensors")):  # each file opened in turn, and closed
-            with safe_open(str(path), framework="numpy") as weights:
-                if "fine_centroids" in weights.keys():
-                    centroids = weights.get_tensor("fine_centroids")
-                    break
+        centroids = stored_centroids(folder, "--beside")
         if centroids is None:
             raise InputError(f"--beside {mode} holds no fine_centroids: it is not a MODE's folder.")
     radii = config.get("fine_distance_quantiles") or {}
@@ -329,7 +324,7 @@ def known_centres(mode: str, quantile: str) -> KnownCentres:
             f"{sorted(radii) or 'none'}): a MODE routed with its clustering's centres as fitted records them "
             "(train/assemble.py --router clustering-encoder, from a clustering of this version)."
         )
-    return KnownCentres(np.ascontiguousarray(centroids, dtype=np.float32), float(radii[quantile]))
+    return KnownCentres(centroids, float(radii[quantile]))
 
 
 def finished_report(output: Path, settings: dict) -> dict | None:

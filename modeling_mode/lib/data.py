@@ -17,6 +17,7 @@ import zlib
 from contextlib import contextmanager
 
 import numpy as np
+import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, LargeList, List, Value, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
@@ -26,7 +27,11 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .data_files import (
     DATA_EXTENSIONS,
+    alternatives,
     caption_of,
+    column_types,
+    columns_of,
+    first_present,
     hub_data_files,
     json_field,
     list_data_files,
@@ -164,11 +169,12 @@ def _saved_without_rows(folder: str) -> bool:
 
 
 def check_columns(column_names, image_column: str, caption_column: str, cluster_column: str | None) -> None:
-    """Raise an InputError naming any column the training needs but the dataset lacks."""
+    """Raise an InputError naming any column the training needs but the dataset lacks (a column of alternatives,
+    `jpg;png`, needs one of them)."""
     needed = {"--image-column": image_column, "--caption-column": caption_column}
     if cluster_column is not None:
         needed["--cluster-column"] = cluster_column
-    missing = {flag: name for flag, name in needed.items() if name not in column_names}
+    missing = {flag: name for flag, name in needed.items() if not set(alternatives(name)) & set(column_names)}
     if not missing:
         return
     hint = ""
@@ -195,8 +201,31 @@ def check_column_types(features, image_column: str, caption_column: str) -> None
             f"Column {caption_column!r} (--caption-column) holds {caption}, not captions: "
             "a string or a list of strings per pair."
         )
-    if not isinstance(features[image_column], ImageFeature):
-        raise InputError(f"Column {image_column!r} (--image-column) holds {features[image_column]}, not images.")
+    for name in (name for name in alternatives(image_column) if name in features):
+        if not isinstance(features[name], ImageFeature):
+            raise InputError(f"Column {name!r} (--image-column) holds {features[name]}, not images.")
+
+
+def check_data_file_columns(file: str, image_column: str, caption_column: str, cluster_column=None) -> None:
+    """`check_columns` for a corpus of data files, from its first file alone (a corpus's files share their columns),
+    and the type of its image column: a parquet file's schema, a tar shard's first sample (every member bytes). A
+    caption that is not text is refused as it is read, naming its pair (`data_files.caption_of`)."""
+    check_columns(columns_of(file), image_column, caption_column, cluster_column)
+    types = column_types(file)
+    for name in (name for name in alternatives(image_column) if name in types):
+        if not is_image_type(types[name]):
+            raise InputError(
+                f"Column {name!r} (--image-column) of data file {file!r} holds {types[name]}, not images (bytes, or "
+                "the struct of bytes and path that datasets' Image feature writes)."
+            )
+
+
+def is_image_type(arrow_type) -> bool:
+    """Whether a parquet column of `arrow_type` holds images: their bytes, or datasets' {"bytes", "path"} struct."""
+    if pa.types.is_struct(arrow_type):
+        fields = {arrow_type.field(i).name: arrow_type.field(i).type for i in range(arrow_type.num_fields)}
+        return "bytes" in fields and is_image_type(fields["bytes"])
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) or pa.types.is_null(arrow_type)
 
 
 def usable_captions(value) -> list[str]:
@@ -404,7 +433,7 @@ class PairTransform:
         self.caption_column = caption_column
 
     def __call__(self, example: dict, rng: random.Random, where: str) -> tuple[torch.Tensor, str]:
-        value = example[self.image_column]
+        value = first_present(example, self.image_column)
         with image_errors(value, self.image_column, where):
             image = open_image(value)
             box = crop_box(*upright_size(image), rng)
@@ -431,8 +460,10 @@ class PairDataset(torch.utils.data.Dataset):
     """Random-access pairs keyed by (row, epoch): the key seeds the pair's caption choice and crop."""
 
     def __init__(self, dataset: Dataset, transform: PairTransform, seed: int):
-        columns = dataset.select_columns([transform.image_column, transform.caption_column])
-        self.dataset = columns.cast_column(transform.image_column, ImageFeature(decode=False))  # see `read_image`
+        images = [name for name in alternatives(transform.image_column) if name in dataset.column_names]
+        self.dataset = dataset.select_columns([*images, transform.caption_column])
+        for name in images:
+            self.dataset = self.dataset.cast_column(name, ImageFeature(decode=False))  # see `read_image`
         self.transform = transform
         self.seed = seed
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import fsspec
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, files_inside
 
 DATA_EXTENSIONS = (".parquet", ".tar")
 
@@ -72,8 +72,9 @@ def list_data_files(source: str, split: str = "train") -> list[str]:
         )
     if named is not None:
         files = named
-    elif os.path.isdir(source):
-        files = sorted(str(path) for path in Path(source).rglob("*") if path.suffix in DATA_EXTENSIONS)
+    elif os.path.isdir(source):  # its own files only: a link out of it would read another corpus as part of this one
+        found = files_inside(source, "--dataset")
+        files = sorted(str(Path(source, path)) for path in found if path.suffix in DATA_EXTENSIONS)
     else:
         files = [file for file in hub_data_files(source, split) if file.endswith(DATA_EXTENSIONS)]
     if not files:
@@ -113,14 +114,22 @@ def unsafe_name(name) -> str | None:
         return "it is not a file name"
     if "://" in name or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", name):
         return "it is a URL"
+    if why := unsafe_path(name, "the corpus"):
+        return why
+    if not name.endswith(DATA_EXTENSIONS):
+        return f"it is no data file ({' or '.join(DATA_EXTENSIONS)})"
+    return None
+
+
+def unsafe_path(name: str, within: str) -> str | None:
+    """Why `name` cannot be a relative path inside the folder `within` (None when it can): it must not be absolute,
+    hold a backslash (a folder separator to Windows tools) or climb out of the folder (`..`)."""
     if name.startswith("/"):
         return "it is an absolute path"
     if "\\" in name:
         return "it is not in POSIX form (a backslash)"
     if ".." in name.split("/"):
-        return "it climbs out of the corpus (..)"
-    if not name.endswith(DATA_EXTENSIONS):
-        return f"it is no data file ({' or '.join(DATA_EXTENSIONS)})"
+        return f"it climbs out of {within} (..)"
     return None
 
 
@@ -171,13 +180,14 @@ def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
     A parquet file reads only `columns` (all when None); its key is the row's index in the file. A tar shard is
     read through once, keeping only the members of `columns` (by extension: `txt`, `json`, `jpg`, ...; all when None)
     as bytes, so images that are not asked for are skipped, never decoded or held; its key is the webdataset key.
+    A column may name alternatives as webdataset does (`jpg;png`: `alternatives`).
     """
     reader = _parquet_samples if file.endswith(".parquet") else _tar_samples
     empty = True
     with _named_failures(file):
         for sample in reader(file, columns):
             empty = False
-            yield sample
+            yield with_alternatives(sample, columns)
     if empty:  # a shard that a download or a conversion left empty: no sample to cluster, train on or label
         raise InputError(f"data file {file!r} holds no sample.")
 
@@ -185,10 +195,9 @@ def read_samples(file: str, columns: list[str] | None = None) -> Iterator[dict]:
 def columns_of(file: str) -> list[str]:
     """The columns of a data file, read without any value: a parquet file's schema, or the member extensions of a
     tar shard's first sample (webdataset shards give every sample the same members)."""
+    if file.endswith(".parquet"):
+        return list(column_types(file))
     with _named_failures(file):
-        if file.endswith(".parquet"):
-            with fsspec.open(file, "rb") as stream:
-                return pq.ParquetFile(stream).schema_arrow.names
         columns, first = [], None
         for key, extension, tar, member in _tar_members(file):
             if first is not None and key != first:
@@ -199,6 +208,43 @@ def columns_of(file: str) -> list[str]:
                 content = json.loads(tar.extractfile(member).read() or b"null")
                 columns += [f"{extension}.{name}" for name in content] if isinstance(content, dict) else []
         return columns
+
+
+def column_types(file: str) -> dict:
+    """The arrow type of each column of a parquet file, read from its schema; {} for a tar shard, whose members are
+    all bytes."""
+    if not file.endswith(".parquet"):
+        return {}
+    with _named_failures(file), fsspec.open(file, "rb") as stream:
+        return {column.name: column.type for column in pq.ParquetFile(stream).schema_arrow}
+
+
+def alternatives(column: str) -> list[str]:
+    """The members a column names, as webdataset's `getfirst` reads them: `jpg;png` is a sample's `jpg` member if it
+    has one, else its `png` (a shard of JPEGs and PNGs alike); any other column is itself."""
+    return column.split(";")
+
+
+def members_of(columns: list[str]) -> list[str]:
+    """The members (a parquet file's columns) that `columns` are read from: each column's alternatives."""
+    return list(dict.fromkeys(name for column in columns for name in alternatives(column)))
+
+
+def first_present(sample: dict, column: str):
+    """`sample`'s value of `column`: its own (a sample `read_samples` chose it in already), else the first of its
+    alternatives the sample has (None if it has none)."""
+    return next((sample[name] for name in [column, *alternatives(column)] if sample.get(name) is not None), None)
+
+
+def with_alternatives(sample: dict, columns: list[str] | None) -> dict:
+    """`sample` with each asked-for column of alternatives (`jpg;png`) in place of the members it was chosen from."""
+    for column in (column for column in columns or [] if ";" in column):
+        chosen = first_present(sample, column)
+        for name in alternatives(column):
+            if name not in columns:
+                sample.pop(name, None)
+        sample[column] = chosen
+    return sample
 
 
 @contextmanager
@@ -237,13 +283,13 @@ def caption_of(value, where: str = "a pair"):
 def _parquet_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
     with fsspec.open(file, "rb") as stream:
         parquet = pq.ParquetFile(stream)
-        missing = set(columns or []) - set(parquet.schema_arrow.names)
+        names = parquet.schema_arrow.names
+        missing = [column for column in columns or [] if not set(alternatives(column)) & set(names)]
         if missing:
-            raise InputError(
-                f"data file {file!r} has no column {sorted(missing)}; it has {parquet.schema_arrow.names}."
-            )
+            raise InputError(f"data file {file!r} has no column {sorted(missing)}; it has {names}.")
+        read = None if columns is None else [name for name in members_of(columns) if name in names]
         row = 0
-        for batch in parquet.iter_batches(columns=columns):
+        for batch in parquet.iter_batches(columns=read):
             for values in batch.to_pylist():
                 yield {"__key__": str(row), **values}
                 row += 1
@@ -255,6 +301,11 @@ def _tar_members(file: str) -> Iterator[tuple[str, str, tarfile.TarFile, tarfile
     with fsspec.open(file, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if member.isfile():
+                if why := unsafe_path(member.name, "the folder the shard is extracted into"):  # keys become names
+                    raise InputError(
+                        f"data file {file!r} holds the member {member.name!r}: {why}. A shard's members must be "
+                        "relative paths inside it: written out again (a reshard, `tar x`) it would land elsewhere."
+                    )
                 folder, name = posixpath.split(member.name)
                 stem, _, extension = name.partition(".")  # webdataset: the key ends at the basename's first dot
                 yield posixpath.join(folder, stem), extension, tar, member
@@ -269,6 +320,11 @@ def json_field(column: str) -> tuple[str, str] | None:
     the `caption` field of the `json` member (`x.json.caption` of the `x.json` member); None for any other column."""
     member, _, name = column.rpartition(".")
     return (member, name) if member == "json" or member.endswith(".json") else None
+
+
+def json_members(columns: list[str]) -> set[str]:
+    """The JSON members the asked-for JSON fields (`json_field`) are read from."""
+    return {named[0] for column in columns if (named := json_field(column))}
 
 
 def with_json_fields(sample: dict, columns: list[str] | None) -> dict:
@@ -290,7 +346,7 @@ def with_json_fields(sample: dict, columns: list[str] | None) -> dict:
 
 def _tar_samples(file: str, columns: list[str] | None) -> Iterator[dict]:
     sample, seen = {}, set()
-    members = None if columns is None else {*columns, *(named[0] for c in columns if (named := json_field(c)))}
+    members = None if columns is None else {*members_of(columns), *json_members(columns)}
     for key, extension, tar, member in _tar_members(file):
         if sample and sample["__key__"] != key:
             yield with_json_fields(sample, columns)

@@ -103,6 +103,36 @@ def _check_writable_folder(folder: Path, flag: str, named: Path) -> None:
         raise InputError(f"{flag} {str(named)!r}: {str(existing)!r} is not writable.")
 
 
+def files_inside(folder: str | os.PathLike, what: str) -> list[Path]:
+    """Every file under `folder`, as paths relative to it, sorted; each a regular file that lies inside the folder.
+
+    A folder handed to a tool (a MODE to copy or push, a corpus to read) is input like any other: a symbolic link in it
+    must not make the tool read, copy or publish a file from elsewhere. So a link is followed only to a regular file
+    inside the folder (or, for a Hub cache snapshot, whose files are links into its repo's `blobs/`, inside that repo's
+    cache folder); a link that leads out of it, a link to a folder, and anything but a regular file are refused, named.
+    """
+    folder = Path(folder)
+    inside = folder.resolve()
+    if inside.parent.name == "snapshots" and (inside.parent.parent / "blobs").is_dir():
+        inside = inside.parent.parent  # models--org--name/: snapshots/REV/ links into blobs/ there
+    files = []
+    for directory, subfolders, names in os.walk(folder):  # a link to a folder is listed here, never descended into
+        for path in (Path(directory, name) for name in subfolders + names):
+            relative, target = path.relative_to(folder), path.resolve()
+            if path.is_symlink() and (target.is_dir() or not target.is_relative_to(inside)):
+                where = "a folder" if target.is_dir() else f"{str(target)!r}, outside the folder"
+                raise InputError(
+                    f"{what} {str(folder)!r}: {str(relative)!r} is a link to {where}: copy the file itself into "
+                    "the folder, or remove the link."
+                )
+            if path.is_dir():
+                continue
+            if not target.is_file():  # a dangling link, a pipe, a device: nothing a tool may read as a file
+                raise InputError(f"{what} {str(folder)!r}: {str(relative)!r} is not a regular file.")
+            files.append(relative)
+    return sorted(files)
+
+
 def check_weight_files(folder: str | os.PathLike, what: str) -> list[Path]:
     """Open every safetensors file of a `save_pretrained` folder (the shards its index names, else each
     `*.safetensors`) and return them: a missing shard or a truncated file fails here, named, not deep in a loader."""
@@ -114,6 +144,9 @@ def check_weight_files(folder: str | os.PathLike, what: str) -> list[Path]:
         shards = json.loads(index.read_text())["weight_map"].values() if index.is_file() else None
     except (ValueError, KeyError) as error:
         raise InputError(f"{what} {str(folder)!r}: {index.name} is not a weight index ({error}).") from error
+    for name in shards or []:
+        if not isinstance(name, str) or Path(name).name != name:  # the index must not choose a file elsewhere
+            raise InputError(f"{what} {str(folder)!r}: {index.name} names the shard {name!r}, not a file in it.")
     files = sorted({folder / name for name in shards}) if shards is not None else sorted(folder.glob("*.safetensors"))
     for file in files:
         try:

@@ -25,11 +25,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPModel
 
-from ..configuration_mode_clip import ROUTINGS
+from ..configuration_mode_clip import ROUTINGS, ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel
 from . import cli
 from .errors import InputError, check_output_file, check_weight_files, naming_failures
 from .files import read_json, write_json, write_text
+from .mode_folder import WEIGHT_PATTERNS, check_mode_folder, local_mode
 
 # The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
 # provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
@@ -108,15 +109,29 @@ def prompt_templates(templates: list[str] | None) -> list[str]:
 
 
 def check_labels(labels: list[int], classnames: list[str]) -> None:
-    """Every label must be the index of a class name."""
-    if not classnames:
-        raise InputError("zero-shot classification needs at least one class name.")
+    """Every label must be the index of a class name; class names must be there, and tell the classes apart."""
+    check_classnames(classnames)
     for row, label in enumerate(labels):
         if not isinstance(label, numbers.Integral) or not 0 <= label < len(classnames):
             raise InputError(
                 f"row {row} has label {label!r}, which is not a class id: there are {len(classnames)} class names, "
                 f"so labels go from 0 to {len(classnames) - 1} (give one class name per label id)."
             )
+
+
+def check_classnames(classnames: list[str]) -> None:
+    """At least one class name, none empty and none twice: a prompt without its class, or two classes of one name,
+    would be scored as if they named something (the router too would weigh the name twice)."""
+    if not classnames:
+        raise InputError("zero-shot classification needs at least one class name.")
+    if empty := [index for index, name in enumerate(classnames) if not name.strip()]:
+        raise InputError(f"class names {empty} (by label id) are empty: give every class a name.")
+    seen: dict[str, list[int]] = {}
+    for index, name in enumerate(classnames):
+        seen.setdefault(name.strip(), []).append(index)
+    if twice := {name: ids for name, ids in seen.items() if len(ids) > 1}:
+        named = "; ".join(f"{name!r} (label ids {ids})" for name, ids in list(twice.items())[:5])
+        raise InputError(f"class names appear more than once: {named}. Each class needs a name of its own.")
 
 
 def experts_of(model) -> list[CLIPModel]:
@@ -570,7 +585,9 @@ def check_model(path: str, trust_remote_code: bool) -> None:
                 f"--model {path!r} (model_type {model_type!r}) loads with Python code of its own (its config's "
                 "auto_map): pass --trust-remote-code if you trust that code."
             )
-    if os.path.isdir(path):
+    if model_type == ModeCLIPConfig.model_type:  # before anything is built: a config can ask for much
+        check_mode_folder(local_mode(path, allow_patterns=WEIGHT_PATTERNS))
+    elif os.path.isdir(path):
         check_weight_files(path, "--model")
 
 

@@ -47,7 +47,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     partial, old = path.with_name(f".{path.name}.partial"), path.with_name(f".{path.name}.old")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    yield partial
+    try:
+        yield partial
+    except BaseException:  # a refusal or a failure while filling it: no half-filled scratch stays behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)

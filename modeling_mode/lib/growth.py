@@ -49,33 +49,30 @@ from ..configuration_mode_clip import ModeCLIPConfig
 from ..modeling_mode_clip import ModeCLIPModel, _architecture
 from ..tokenization_mode_clip import ROUTER_TOKENIZER
 from . import cli
-from .assembly import ASSEMBLY, SEED_FOLDER, check_output
+from .assembly import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_apart, check_output
 from .clustering import ClusterArguments, read_finished_run
-from .errors import InputError, naming_failures
+from .data import (
+    caption_mask,
+    check_column_types,
+    check_columns,
+    check_data_file_columns,
+    load_pairs,
+    streamed_data_files,
+)
+from .errors import InputError, files_inside, naming_failures
 from .evaluation import model_revision
 from .files import atomic_directory, read_json, write_json
 from .hub import HubArguments
+from .mode_folder import check_mode_folder, load_mode, local_mode
 from .publish import exiting_on_push_failure, push_run
 from .settings import check_same_settings
 from .training import TRAINING_ARGS, ExpertTrainingArguments, is_finished
-from .training.checkpoints import is_checkpoint
+from .training.checkpoints import checkpoint_state, is_checkpoint
 
 EXPERT_PREFIX = "experts."
 EVAL_RESULTS = "eval_results.json"
 GROW_SETTINGS = "grow.json"  # in the work folder: what its steps are made from
 logger = logging.getLogger(__name__)
-
-
-def local_mode(model: str, revision: str | None = None) -> Path:
-    """The folder of the MODE `model`: a local folder, or a Hub repo's snapshot at `revision` (the Hub cache's)."""
-    if os.path.isdir(model):
-        if revision is not None:
-            raise InputError(f"--revision {revision!r} names a Hub revision, but --model {model!r} is a local folder.")
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    with naming_failures("--model", model):
-        return Path(snapshot_download(model, revision=revision))
 
 
 def expert_digests(model_dir: str | os.PathLike) -> list[str]:
@@ -142,18 +139,18 @@ def with_parts(config: ModeCLIPConfig, experts: list, router_text_model, fine_ce
     return model
 
 
-def shrink(model: str, expert: int, reason: str, output: str, revision: str | None = None) -> Path:
+def shrink(
+    model: str, expert: int, reason: str, output: str, revision: str | None = None, overwrite_output_dir: bool = False
+) -> Path:
     """Save the MODE `model` without expert `expert` in `output`, whole or not at all; check that every other expert's
     weights are byte-identical to the original's there. Returns `output`."""
     if not reason.strip():
         raise InputError("--reason is empty: say why the expert leaves (the model card's changelog records it).")
-    check_output(output)
+    check_output(output, overwrite_output_dir, source=model)
     source = local_mode(model, revision)
-    with naming_failures("--model", model):
-        config = ModeCLIPConfig.from_pretrained(source)
+    config = check_mode_folder(source)
     check_expert_id(expert, config.num_experts)  # before the weights are read
-    with naming_failures("--model", model):
-        original = ModeCLIPModel.from_pretrained(source)
+    original = load_mode(source)
     shrunk = without_expert(original, expert, reason)
     before = expert_digests(source)
     with atomic_directory(output) as scratch:
@@ -182,15 +179,15 @@ def carry_eval_results(source: Path, destination: Path, revision: int) -> None:
 
 
 def copy_carried_files(source: Path, destination: Path) -> None:
-    """Copy what a changed MODE keeps of the one it came from, as it is (a Hub snapshot's links followed): its
-    tokenizer(s) and image processor files, and its seed (`seed/`, whole), from which it can grow."""
-    for path in source.rglob("*"):
-        relative = path.relative_to(source)
+    """Copy what a changed MODE keeps of the one it came from, as it is (only its files inside it, a Hub snapshot's
+    links followed into its cache: `files_inside`): its tokenizer(s) and image processor files, and its seed (`seed/`,
+    whole), from which it can grow."""
+    for relative in files_inside(source, "--model"):
         in_seed = relative.parts[0] == SEED_FOLDER
         skip = not in_seed and (relative.name in NOT_CARRIED or relative.suffix == ".safetensors")
-        if path.is_file() and not skip and not any(part.startswith(".") for part in relative.parts):
+        if not skip and not any(part.startswith(".") for part in relative.parts):
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination / relative)
+            shutil.copyfile(source / relative, destination / relative)
 
 
 def assembly_without(record: dict, expert: int) -> dict:
@@ -212,8 +209,7 @@ def assembly_without(record: dict, expert: int) -> dict:
 def growth_source(model: str, revision: str | None, seed_checkpoint: str | None) -> tuple[Path, ModeCLIPConfig, Path]:
     """(the MODE's folder, its config, the seed to fork from), refused before any work if the MODE cannot grow."""
     source = local_mode(model, revision)
-    with naming_failures("--model", model):
-        config = ModeCLIPConfig.from_pretrained(source)
+    config = check_mode_folder(source)
     if getattr(config, "router_space", None) != "clustering-encoder" or not getattr(
         config, "fine_distance_quantiles", None
     ):
@@ -236,11 +232,12 @@ def export_router(source: Path, folder: Path) -> None:
     """The MODE's router as a sentence encoder of its own folder (weights and tokenizer), for the clustering."""
     if (folder / "config.json").is_file():
         return
-    model = ModeCLIPModel.from_pretrained(source)
+    model = load_mode(source)
     with atomic_directory(folder) as scratch:
         model.router_text_model.save_pretrained(scratch)
-        for path in (source / ROUTER_TOKENIZER).iterdir():
-            shutil.copyfile(path, scratch / path.name)
+        for relative in files_inside(source, "--model"):
+            if relative.parent == Path(ROUTER_TOKENIZER):
+                shutil.copyfile(source / relative, scratch / relative.name)
 
 
 def expert_settings(source: Path) -> dict:
@@ -277,7 +274,7 @@ def lineage_of(config: ModeCLIPConfig) -> list[dict]:
 
 
 @dataclass
-class GrowArguments(HubArguments):
+class GrowArguments(ModelOutputArguments):
     """Flags of `train/grow.py`; `--push_to_hub` pushes the grown MODE as a new commit of `--hub_model_id`."""
 
     model: str = field(metadata={"help": "The MODE: a folder or a Hub id (with its seed/)."})
@@ -310,33 +307,49 @@ class GrowArguments(HubArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.new_experts < 1 or (self.fine_clusters is not None and self.fine_clusters < self.new_experts):
+        if self.new_experts < 1:
             raise InputError(
-                f"need 1 <= --new-experts <= --fine-clusters, got {self.new_experts} and {self.fine_clusters}."
+                f"--new-experts must be at least 1 (an expert per new coarse cluster), got {self.new_experts}."
+            )
+        if self.fine_clusters is not None and self.fine_clusters < self.new_experts:
+            raise InputError(
+                f"--fine-clusters {self.fine_clusters} is fewer than --new-experts {self.new_experts}: each new "
+                "expert needs at least one fine cluster."
             )
 
 
 def grow(args: GrowArguments) -> Path:
     """Grow the MODE `args.model` by `args.new_experts` experts trained on `args.dataset`'s pairs that do not fit
-    it; save it in `args.output` with its old experts byte-identical. Returns `args.output`."""
-    check_output(args.output)
+    it; save it in `args.output` with its old experts byte-identical. Returns `args.output`.
+
+    Everything that can be checked before the first step is: the output, the MODE, its router and seed, the schedule,
+    the new pairs' columns and their number against the fine clusters. A step that then refuses its input leaves no
+    work folder that this run made."""
+    check_output(args.output, args.overwrite_output_dir, source=args.model)
     source, config, seed = growth_source(args.model, args.revision, args.seed_checkpoint)
     work = Path(args.work_dir or f"{args.output.rstrip('/')}-work")
+    check_apart(work, "--work-dir", args.model)
     settings = expert_settings(source)
-    max_steps = args.max_steps or settings.get("max_steps")
-    if max_steps is None:
-        raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
+    max_steps = schedule_end(args, settings, seed)
+    fine_clusters, chosen = new_fine_clusters(args, config)
+    check_new_pairs(args, fine_clusters, chosen)
     launcher = shlex.split(args.launcher)
+    made_here = not work.exists()
     record_grow_settings(work, args, seed, max_steps)
-    export_router(source, work / "router")
     clusters = work / "clusters"
-    fine_clusters = args.fine_clusters or args.new_experts * max(1, config.num_fine_clusters // config.num_experts)
     clustering = ClusterArguments(
         dataset=args.dataset, split=args.split, caption_column=args.caption_column, encoder=str(work / "router"),
         pooling=config.router_pooling, fine_clusters=fine_clusters, experts=args.new_experts, seed=args.seed,
         output=str(clusters), beside=str(source), beside_quantile=args.fit_quantile,
     )  # fmt: skip
-    run_step(launcher, "modeling_mode.lib.clustering", clustering)
+    export_router(source, work / "router")
+    try:
+        run_step(launcher, "modeling_mode.lib.clustering", clustering)
+    except StepError as error:
+        if error.returncode == cli.BAD_INPUT and made_here:  # refused: nothing of this run is worth resuming
+            shutil.rmtree(work)
+        said = f"{str(error).rstrip('.')} (grow clustered with {chosen}; --fit-quantile {args.fit_quantile})."
+        raise StepError(said, error.returncode) from error
     fit, report = read_finished_run(clusters)
     experts = []
     for k in range(args.new_experts):
@@ -350,6 +363,52 @@ def grow(args: GrowArguments) -> Path:
             run_step(launcher, "modeling_mode.lib.training", training)
         experts.append(training.output)
     return save_grown(args, source, fit, report, experts)
+
+
+def schedule_end(args: GrowArguments, settings: dict, seed: Path) -> int:
+    """The step the new experts train to: --max-steps, else their siblings' (grow's default); past the seed's."""
+    given = args.max_steps is not None
+    max_steps = args.max_steps if given else settings.get("max_steps")
+    if max_steps is None:
+        raise InputError(f"--model {args.model} records no training settings: give --max-steps.")
+    with naming_failures("The seed checkpoint", str(seed)):
+        fork = int(checkpoint_state(seed)["step"])
+    if max_steps <= fork:
+        named = f"--max-steps {max_steps}" if given else f"the MODE's experts' schedule end, {max_steps} (the default)"
+        raise InputError(
+            f"{named} is not past step {fork} of the seed {str(seed)!r}, where the new experts fork: they would "
+            "train for no step. Give a larger --max-steps."
+        )
+    return max_steps
+
+
+def new_fine_clusters(args: GrowArguments, config: ModeCLIPConfig) -> tuple[int, str]:
+    """The number of fine clusters of the new pairs, and how it was chosen (for the messages that name it)."""
+    if args.fine_clusters is not None:
+        return args.fine_clusters, f"--fine-clusters {args.fine_clusters}"
+    per_expert = max(1, config.num_fine_clusters // config.num_experts)
+    fine_clusters = args.new_experts * per_expert
+    return fine_clusters, (f"--fine-clusters {fine_clusters}, the default: the MODE's {per_expert} per expert times "
+                           f"--new-experts {args.new_experts}")  # fmt: skip
+
+
+def check_new_pairs(args: GrowArguments, fine_clusters: int, chosen: str) -> None:
+    """The new pairs' image and caption columns, and (where the corpus is not data files, counted only as they are
+    read) enough captioned pairs for `fine_clusters`."""
+    if files := streamed_data_files(args.dataset, args.split):
+        check_data_file_columns(files[0], args.image_column, args.caption_column)
+        return
+    pairs = load_pairs(args.dataset, args.split)
+    check_columns(pairs.column_names, args.image_column, args.caption_column, None)
+    check_column_types(pairs.features, args.image_column, args.caption_column)
+    captioned = int(caption_mask(pairs, args.caption_column).sum())
+    if captioned == 0:
+        raise InputError(f"None of the {len(pairs)} pairs has a caption in --caption-column {args.caption_column!r}.")
+    if captioned < fine_clusters:
+        raise InputError(
+            f"--dataset {args.dataset!r} has {captioned} pairs with a caption, too few for {chosen}: give fewer "
+            "--fine-clusters, or more pairs."
+        )
 
 
 def record_grow_settings(work: Path, args: GrowArguments, seed: Path, max_steps: int) -> None:
@@ -386,7 +445,7 @@ def run_step(launcher: list[str], module: str, arguments) -> None:
 
 
 def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs: list[str]) -> Path:
-    original = ModeCLIPModel.from_pretrained(source)
+    original = load_mode(source)
     new_experts = [CLIPModel.from_pretrained(path) for path in expert_dirs]
     if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in new_experts):
         raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
@@ -430,7 +489,7 @@ class StepError(RuntimeError):
 
 
 @dataclass
-class ShrinkArguments(HubArguments):
+class ShrinkArguments(ModelOutputArguments):
     """Flags of `train/shrink.py`; `--push_to_hub` pushes the shrunk MODE as a new commit of `--hub_model_id`."""
 
     model: str = field(metadata={"help": "The MODE: a folder or a Hub id."})
@@ -449,7 +508,7 @@ def push_next_commit(output: Path, args: HubArguments, message: str) -> None:
 
 def shrink_main(argv: list[str] | None = None) -> None:
     args = cli.parse(ShrinkArguments, __doc__, argv)
-    output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision)
+    output = shrink(args.model, args.remove_expert, args.reason, args.output, args.revision, args.overwrite_output_dir)
     print(f"MODE model without expert {args.remove_expert} saved to {output}")
     if args.push_to_hub:
         push_next_commit(output, args, f"Remove expert {args.remove_expert}: {args.reason}")

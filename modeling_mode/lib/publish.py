@@ -41,10 +41,11 @@ from . import cli
 from .cards import TEMPLATES, dataset_card, mode_config, model_card, published_record, without_local_paths
 from .clustered_corpus import InMemoryCorpus
 from .clustering import read_finished_run
-from .errors import InputError, check_weight_files, naming_failures
+from .errors import InputError, check_weight_files, files_inside, naming_failures
 from .files import read_json, write_json
 from .hub import check_repo_id
 from .labels_table import LABELS_DIR, LABELS_JSON, LabelsTable, part_path
+from .mode_folder import check_mode_folder, load_mode
 
 try:  # the HTTP client under huggingface_hub: httpx2 in recent releases, httpx in earlier ones
     from httpx2 import HTTPError
@@ -78,12 +79,14 @@ def check_token(api: HfApi) -> None:
 
 
 def check_mode_dir(model_dir: str | Path) -> None:
-    """Refuse (InputError), before anything is pushed, a model directory that would not load from the Hub: no MODE
-    config, weights that do not open, remote code missing, no tokenizer or image processor."""
+    """Refuse (InputError), before anything is pushed, a model directory that would not load from the Hub or would
+    publish what is not its own: no MODE config, weights that do not open or that its config does not describe, a
+    link to a file elsewhere (`check_mode_folder`), remote code missing, no tokenizer or image processor."""
     model_dir = Path(model_dir)
     config = mode_config(model_dir)
     if not check_weight_files(model_dir, "The MODE in"):
         raise InputError(f"{model_dir} holds no weights (model.safetensors): assemble the model again.")
+    check_mode_folder(model_dir, "The MODE in")
     check_remote_code(model_dir, config)
     with naming_failures("The processor of the MODE in", str(model_dir)):
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
@@ -138,8 +141,8 @@ def public_metadata(value: str) -> str:
 def commit_folder(api, folder, repo_id, *, card=None, repo_type="model", private=False, revision=None, message=None):
     """Create `repo_id` if needed and commit every file under `folder` (plus `card` as README.md) in one commit."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
-    operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), public_content(p)) for p in files]
+    files = [path for path in files_inside(folder, "The folder to push") if not _hidden(path)]
+    operations = [CommitOperationAdd(path.as_posix(), public_content(folder / path)) for path in files]
     if card is not None and not (folder / "README.md").is_file():  # a README the user wrote wins
         operations.append(CommitOperationAdd("README.md", str(card).encode()))
     paths = [op.path_in_repo for op in operations]
@@ -285,11 +288,6 @@ def push_clustered_dataset(api, clusters_dir, repo_id, *, license="other", **com
     return ClusteredData.check(clusters_dir, repo_id, license).push(api, **commit_options)
 
 
-def load_mode(model_dir) -> ModeCLIPModel:
-    with naming_failures("The MODE in", str(model_dir)):
-        return ModeCLIPModel.from_pretrained(model_dir)
-
-
 def push_run(
     model_dir,
     repo_id,
@@ -313,7 +311,7 @@ def push_run(
     check_token(api)
     check_mode_dir(model_dir)
     card = model_card(model_dir, repo_id, license, base_model)
-    mode = load_mode(model_dir) if experts else None
+    mode = load_mode(model_dir, "The MODE in") if experts else None
     clustered = ClusteredData.check(clusters_dir, f"{repo_id}-clusters", license) if clusters_dir else None
     options = dict(private=private, revision=revision, message=commit_message)
     commits = []

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import cli
 from .clustered_corpus import StreamedCorpus
-from .data import NO_CLUSTER
+from .data import NO_CLUSTER, check_data_file_columns
 from .data_files import write_tar_sample
 from .errors import InputError, check_output_dir
 from .files import atomic_path, read_json, write_json, writing_lock
@@ -202,6 +202,8 @@ def reshard(args: ReshardArguments, on_shard=None) -> dict:
 
 def write_reshard(args: ReshardArguments, state: Accelerator, on_shard) -> dict:
     corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
+    if corpus.files[0].endswith(".parquet"):  # its image and caption become members: refused now if of no use
+        check_data_file_columns(corpus.files[0], args.image_column, args.caption_column)
     meta = corpus.table.meta
     settings = {
         "dataset": args.dataset,

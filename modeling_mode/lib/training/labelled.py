@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ..clustered_corpus import StreamedCorpus
-from ..data import NO_CLUSTER, check_columns, decoded_samples, has_caption, stream_filter, usable_captions
-from ..data_files import caption_of, columns_of
+from ..data import NO_CLUSTER, check_data_file_columns, decoded_samples, has_caption, stream_filter, usable_captions
+from ..data_files import caption_of
 from ..errors import InputError
 
 
@@ -120,7 +120,7 @@ class DataFileStream(torch.utils.data.IterableDataset):
         if image is None:
             raise InputError(f"{where} has no image in {self.image_column!r} (--image-column).")
         example = {
-            self.image_column: image if isinstance(image, dict) else {"bytes": image, "path": None},
+            self.image_column: {"bytes": image, "path": None} if isinstance(image, bytes) else image,  # else refused
             self.caption_column: caption,
         }
         return self.transform(example, random.Random(f"{self.seed}/{self.epoch}/{index}/{key}"), where)
@@ -136,7 +136,7 @@ class LabelledStream(DataFileStream):
         self.corpus = StreamedCorpus.joined(args.dataset, args.split, args.labels, args.caption_column)
         super().__init__(args, self.corpus.files, process_index, num_processes)
         self.columns = [args.image_column, args.caption_column]
-        check_columns(columns_of(self.corpus.files[0]), *self.columns, None)
+        check_data_file_columns(self.corpus.files[0], *self.columns)
         # How many of each of this process's data files' pairs the run takes, from the table alone.
         keep = self.keeps()
         self.run_pairs = {
@@ -210,7 +210,7 @@ class PlainStream(DataFileStream):
         self.cluster_column = args.cluster_column if self.cluster is not None else None
         cluster_columns = [self.cluster_column] if self.cluster_column else []
         self.columns = [args.image_column, args.caption_column, *cluster_columns]
-        check_columns(columns_of(files[0]), args.image_column, args.caption_column, self.cluster_column)
+        check_data_file_columns(files[0], args.image_column, args.caption_column, self.cluster_column)
         self.keep = stream_filter(self.cluster, args.out_of_cluster_ratio, self.seed) if self.cluster_column else None
 
     def run_samples(self, index: int, file: str):
