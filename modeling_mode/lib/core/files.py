@@ -1,6 +1,6 @@
-"""Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one; and the lock of a folder
+that a run writes into (`writing_lock`)."""
 
-import fcntl
 import json
 import os
 import shutil
@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .errors import InputError
 
@@ -64,26 +66,32 @@ LOCK = ".lock"
 
 @contextmanager
 def writing_lock(folder: str | os.PathLike, flag: str = "--output") -> Iterator[None]:
-    """Hold `folder`/.lock while a run writes into `folder`: a second run into it meanwhile is refused, with a line
-    naming the first (its process, machine and start). The lock goes with the process, however it ends; the file
-    stays beside the run's outputs."""
+    """Hold `folder`/.lock while a run writes into `folder`: a second run into it meanwhile is refused at once, with a
+    line naming the first (its process, machine and start), which the holder writes into the lock file. The lock goes
+    with the process, however it ends (a killed run's is taken over by the next); the file stays beside the run's
+    outputs. A `filelock` lock, as the evaluators' of eval_results.json."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    with open(Path(folder) / LOCK, "a+") as file:
+    path = Path(folder) / LOCK
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "another run"
-            raise InputError(
-                f"{flag} {str(folder)!r} is being written by {holder}: wait for it to end, or give another {flag}."
-            ) from None
-        file.seek(0)
-        file.truncate()
-        file.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        file.flush()
-        try:
-            yield
-        finally:  # a run refused before writing anything leaves no folder (still holding the lock: no race)
+            holder = path.read_text().strip() or "another run"
+        except OSError:  # gone since: its run ended meanwhile
+            holder = "another run"
+        raise InputError(
+            f"{flag} {str(folder)!r} is being written by {holder}: wait for it to end, or give another {flag}."
+        ) from None
+    try:
+        path.write_text(
+            f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        yield
+    finally:
+        try:  # a run refused before writing anything leaves no folder (still holding the lock: no race)
             if os.listdir(folder) == [LOCK]:
-                os.unlink(Path(folder) / LOCK)
+                os.unlink(path)
                 os.rmdir(folder)
+        finally:
+            lock.release()
