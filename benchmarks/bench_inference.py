@@ -21,7 +21,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, pip
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
-from modeling_mode.lib.processors import char_level_tokenizer, pil_image_processor
+from modeling_mode.lib.training.processors import char_level_tokenizer, pil_image_processor
 
 LABELS = [
     "a sneaker",

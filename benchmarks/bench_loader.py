@@ -44,17 +44,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import CLIPTokenizer
 
-from modeling_mode.lib.data import (
-    PairCollator,
-    PairTransform,
-    crop_box,
-    pick_caption,
-    read_image,
-)
-from modeling_mode.lib.data_files import list_data_files
-from modeling_mode.lib.files import write_json
-from modeling_mode.lib.processors import pil_image_processor
-from modeling_mode.lib.training.labelled import PlainStream
+from modeling_mode.lib.core.files import write_json
+from modeling_mode.lib.data.data_files import list_data_files
+from modeling_mode.lib.data.pairs import PairCollator, PairTransform, crop_box, pick_caption, read_image
+from modeling_mode.lib.training.processors import pil_image_processor
+from modeling_mode.lib.training.streams import PlainStream
 
 CROP, CONTEXT, SHARDS = 224, 77, 4
 

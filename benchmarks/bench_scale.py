@@ -134,8 +134,8 @@ def make_corpus(args) -> dict:
     """The corpus folder, generated once (a shard at a time, each written atomically; existing shards are kept)."""
     from tqdm.auto import tqdm
 
-    from modeling_mode.lib.data_files import write_tar_sample
-    from modeling_mode.lib.files import atomic_path, read_json, write_json
+    from modeling_mode.lib.core.files import atomic_path, read_json, write_json
+    from modeling_mode.lib.data.data_files import write_tar_sample
 
     folder = corpus_folder(args)
     described = folder / "corpus.json"
@@ -207,8 +207,8 @@ def encoder_path(name: str, args) -> str:
         import torch
         from transformers import CLIPConfig, CLIPModel
 
-        from modeling_mode.lib.files import atomic_directory
-        from modeling_mode.lib.processors import char_level_clip_config, char_level_tokenizer
+        from modeling_mode.lib.core.files import atomic_directory
+        from modeling_mode.lib.training.processors import char_level_clip_config, char_level_tokenizer
 
         torch.manual_seed(args.seed)
         with atomic_directory(path) as scratch:
@@ -332,8 +332,8 @@ def fingerprint_cost(folder: str) -> dict:
     """Seconds to take the content fingerprints of every data file of the corpus (`labels_table.describe_files`, what
     the clustering records and every consumer checks), the files evicted from the page cache first (read from disk),
     then again from the cache."""
-    from modeling_mode.lib.data_files import list_data_files, relative_names
-    from modeling_mode.lib.labels_table import describe_files
+    from modeling_mode.lib.clustering.labels_table import describe_files
+    from modeling_mode.lib.data.data_files import list_data_files, relative_names
 
     files = list_data_files(folder)
     names = relative_names(folder, files)
@@ -372,8 +372,8 @@ def compare_embedding(encoder: str, files: list[str]) -> dict:
     in a rotating order). Medians over the shards, and the median of the per-shard ratios."""
     import torch
 
-    from modeling_mode.lib.data_files import caption_of, read_samples
-    from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
+    from modeling_mode.lib.clustering.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
+    from modeling_mode.lib.data.data_files import caption_of, read_samples
 
     model = CaptionEncoder(encoder, device="cpu")
     model.encode(["a warm-up caption"] * 256)
@@ -508,8 +508,9 @@ def expert_data_path(flags: list[str], batches: int) -> dict:
     then pairs/s over the next `batches`."""
     from accelerate import Accelerator
 
-    from modeling_mode.lib import cli
-    from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData
+    from modeling_mode.lib.core import cli
+    from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+    from modeling_mode.lib.training.batches import TrainingData
     from modeling_mode.lib.training.start import random_clip
 
     args = cli.parse(ExpertTrainingArguments, "", [*flags, "--output", "-", "--max-steps", "1", "--report-to", "none"])
@@ -538,8 +539,9 @@ def key_check(cluster_dir: str, labels: str) -> dict:
     the cluster in the labels table, how many of another (or none), and which of the cluster's are missing."""
     from accelerate import Accelerator
 
-    from modeling_mode.lib.labels_table import read_labels
-    from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData
+    from modeling_mode.lib.clustering.labels_table import read_labels
+    from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+    from modeling_mode.lib.training.batches import TrainingData
 
     meta, parts = read_labels(labels)
     expected = set()

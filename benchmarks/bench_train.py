@@ -1,12 +1,12 @@
 """Training throughput of one MODE expert step against open_clip's, and the FLOP/s it achieves.
 
 Both sides train the same OpenAI ViT-B/32 CLIP (quick-GELU, 77-token text) from random weights on the same synthetic
-batch, at the same precision, in one process on this machine's CPU or GPU. Ours is
-`modeling_mode.lib.training.train_step` (transformers' CLIPModel under Accelerate: contrastive loss, backward, AdamW,
-temperature clamp); open_clip's is the body of its `train_one_epoch` (its model, `ClipLoss`, AdamW with its
-weight-decay groups, clamp). Steps alternate between the two (each going first every other round) so that load from
-other programs hits both alike; medians are reported. The FLOPs of a step are counted by torch's FlopCounterMode on an
-eager step; the peak is a large matrix multiply timed in the same run, as train/expert.py times it for its logged MFU.
+batch, at the same precision, in one process on this machine's CPU or GPU. Ours is `lib.training.loop.train_step`
+(transformers' CLIPModel under Accelerate: contrastive loss, backward, AdamW, temperature clamp); open_clip's is the
+body of its `train_one_epoch` (its model, `ClipLoss`, AdamW with its weight-decay groups, clamp). Steps alternate
+between the two (each going first every other round) so that load from other programs hits both alike; medians are
+reported. The FLOPs of a step are counted by torch's FlopCounterMode on an eager step; the peak is a large matrix
+multiply timed in the same run, as train/expert.py times it for its logged MFU.
 
 `--compile` compiles both models with torch.compile's inductor: ours as `train/expert.py --torch-compile` does
 (Accelerate's dynamo backend), open_clip's as its `--torchcompile` does (`torch.compile(model)`). One untimed step per
@@ -35,8 +35,9 @@ from open_clip.loss import ClipLoss
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, CLIPModel
 
-from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, train_step
-from modeling_mode.lib.training.loop import MATMUL_DTYPES, matmul_peak_flops, timed
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.loop import MATMUL_DTYPES, matmul_peak_flops, timed, train_step
+from modeling_mode.lib.training.optimization import build_optimizer
 from modeling_mode.lib.training.start import ATTENTION
 
 CONTEXT, VOCAB, END_TOKEN = 77, 49408, 49407

@@ -1,2 +1,2 @@
-"""The card templates of MODE runs (`*.md`, package data that `modeling_mode.lib.cards` renders) and push.py, the
-command line of `modeling_mode.lib.publish`."""
+"""push.py, the command line of `modeling_mode.lib.publish`; the card templates it renders are package data of
+`modeling_mode.lib.hub` (`templates/`)."""

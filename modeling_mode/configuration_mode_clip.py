@@ -5,7 +5,8 @@ from transformers import AutoConfig, CLIPConfig, CLIPTextConfig, PretrainedConfi
 ROUTINGS = ("paper", "released", "uniform")
 # How the router turns its encoder's output into one embedding per text: CLIP's projected text embedding (a seed CLIP's
 # text tower), or a sentence encoder's last hidden states pooled by masked mean (sentence-transformers' MiniLM), first
-# token, or BERT's pooler (SimCSE). The clustering's caption embeddings are made the same way (`lib.embedding`).
+# token, or BERT's pooler (SimCSE). The clustering's caption embeddings are made the same way
+# (`lib.clustering.embedding`).
 ROUTER_POOLINGS = ("projection", "mean", "cls", "pooler")
 CLIP_TEXT_MODEL_TYPE = "clip_text_model"
 # `register_for_auto_class` records one auto class per object; the zero-shot pipeline needs its own entry.

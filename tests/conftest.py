@@ -13,7 +13,8 @@ import torch
 from helpers import make_image_processor, make_tokenizer, reset_accelerate_state, tiny_clip_config
 from transformers import CLIPModel
 
-from modeling_mode.lib.training import is_finished, latest_checkpoint
+from modeling_mode.lib.training.checkpoints import latest_checkpoint
+from modeling_mode.lib.training.outputs import is_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 

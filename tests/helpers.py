@@ -25,15 +25,15 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLI
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
-from modeling_mode.lib import cli
-from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
-from modeling_mode.lib.data_files import list_data_files, read_samples, relative_names, write_tar_sample
-from modeling_mode.lib.files import write_json
-from modeling_mode.lib.kmeans import Clusters, save_clusters
-from modeling_mode.lib.labels_table import describe_files, finish_labels, write_labels
-from modeling_mode.lib.processors import char_level_tokenizer, pil_image_processor
-from modeling_mode.lib.reshard import ReshardArguments, reshard
-from modeling_mode.lib.training import TRAINING_ARGS
+from modeling_mode.lib.clustering.labels_table import describe_files, finish_labels, write_labels
+from modeling_mode.lib.clustering.outputs import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
+from modeling_mode.lib.clustering.run import ClusterArguments, cluster
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.files import write_json
+from modeling_mode.lib.data.data_files import list_data_files, read_samples, relative_names, write_tar_sample
+from modeling_mode.lib.reshard.run import ReshardArguments, reshard
+from modeling_mode.lib.training.outputs import TRAINING_ARGS
+from modeling_mode.lib.training.processors import char_level_tokenizer, pil_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 # The clusterings written here (write_clustering, cluster_of, make_pairs) and run (cluster_tar_corpus): 6 fine

@@ -11,8 +11,9 @@ import runpy
 import signal
 import sys
 
-from modeling_mode.lib import cli
-from modeling_mode.lib.training import ExpertTrainingArguments, train
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.loop import train
 
 if __name__ == "__main__":
     kill_at, (dash_m, module, *flags) = int(sys.argv[1]), sys.argv[2:]

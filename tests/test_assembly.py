@@ -38,14 +38,16 @@ from PIL import Image as PILImage
 from transformers import AutoModel, AutoProcessor, CLIPProcessor
 
 from modeling_mode import ModeCLIPModel
-from modeling_mode.lib.assembly import ASSEMBLY, assemble
-from modeling_mode.lib.assembly import main as assemble_main
-from modeling_mode.lib.clustering import CLUSTERS_FILE, CLUSTERS_JSON, ClusterArguments, cluster
-from modeling_mode.lib.data_files import read_samples, write_tar_sample
-from modeling_mode.lib.embedding import CaptionEncoder
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.files import write_json
-from modeling_mode.lib.training import TRAINING_ARGS
+from modeling_mode.lib.assembly.command_line import main as assemble_main
+from modeling_mode.lib.assembly.outputs import ASSEMBLY
+from modeling_mode.lib.assembly.run import assemble
+from modeling_mode.lib.clustering.embedding import CaptionEncoder
+from modeling_mode.lib.clustering.outputs import CLUSTERS_FILE, CLUSTERS_JSON
+from modeling_mode.lib.clustering.run import ClusterArguments, cluster
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.files import write_json
+from modeling_mode.lib.data.data_files import read_samples, write_tar_sample
+from modeling_mode.lib.training.outputs import TRAINING_ARGS
 
 REMOTE_CODE = ("configuration_mode_clip.py", "modeling_mode_clip.py", "routing.py")
 

@@ -7,10 +7,14 @@ import pytest
 from helpers import make_mode
 from huggingface_hub import ModelCard
 
-from modeling_mode.lib import cards, files
-from modeling_mode.lib.cards import eval_results, hub_metric, model_card, published_record
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.evaluation import EvaluationArguments, results_name, write_results
+from modeling_mode.lib.core import files
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.evaluation.inputs import EvaluationArguments
+from modeling_mode.lib.evaluation.outputs import results_name
+from modeling_mode.lib.evaluation.run import write_results
+from modeling_mode.lib.hub import cards
+from modeling_mode.lib.hub.cards import published_record
+from modeling_mode.lib.publish.model_card import eval_results, hub_metric, model_card
 
 ZERO_SHOT = {
     "task": "zero-shot-image-classification",
@@ -105,7 +109,7 @@ def test_hub_metric_ids_and_names(key, hub):
 
 
 def test_records_are_read_by_the_one_json_reader_then_made_publishable(tmp_path):
-    assert cards.read_json is files.read_json  # what modeling_mode.lib.publish imports from here
+    assert cards.read_json is files.read_json  # what modeling_mode.lib.hub.commits imports from here
     record = tmp_path / "assembly.json"
     assert published_record(record, default={}) == {}
     record.write_text(json.dumps({"experts": [str(tmp_path / "runs" / "expert-0"), "org/expert-1"]}))

@@ -1,5 +1,5 @@
-"""A MODE scored by clip_benchmark's own zero-shot classification, through `lib.clip_benchmark`'s bridge, equals
-eval/zeroshot.py's scoring of it."""
+"""A MODE scored by clip_benchmark's own zero-shot classification, through `lib.evaluation.clip_benchmark`'s bridge,
+equals eval/zeroshot.py's scoring of it."""
 
 import pytest
 import torch
@@ -7,8 +7,8 @@ from clip_benchmark.metrics import zeroshot_classification
 from helpers import make_image_processor, make_mode, make_tokenizer, random_images
 from torch.utils.data import DataLoader, TensorDataset
 
-from modeling_mode.lib.clip_benchmark import ClipBenchmarkMode
-from modeling_mode.lib.evaluation import classification_metrics, classify, encode_images
+from modeling_mode.lib.evaluation.clip_benchmark import ClipBenchmarkMode
+from modeling_mode.lib.evaluation.scoring import classification_metrics, classify, encode_images
 
 CLASSES = ["a dog", "a cat", "a car", "a boat", "a tree"]
 TEMPLATES = ["a photo of {c}.", "a drawing of {c}", "{c}"]

@@ -16,10 +16,13 @@ from hub_server import LocalHub
 from PIL import Image
 from safetensors.numpy import load, load_file, save_file
 
-from modeling_mode.lib import cli, clustered_corpus, clustering
-from modeling_mode.lib.clustering import ClusterArguments, read_finished_run
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.kmeans import fit_clusters, load_clusters, save_clusters
+from modeling_mode.lib.clustering import clustered_corpus
+from modeling_mode.lib.clustering import run as clustering
+from modeling_mode.lib.clustering.kmeans import fit_clusters
+from modeling_mode.lib.clustering.outputs import load_clusters, read_finished_run, save_clusters
+from modeling_mode.lib.clustering.run import ClusterArguments
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "cluster.py"

@@ -10,19 +10,18 @@ from sklearn.metrics import adjusted_rand_score
 from transformers import CLIPModel, CLIPTextModelWithProjection, DistilBertConfig, DistilBertModel
 
 from modeling_mode.configuration_mode_clip import text_tower_config
-from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, choose_captions, embed_corpus
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.kmeans import (
+from modeling_mode.lib.clustering.embedding import CaptionEncoder, EmbeddingShards, choose_captions, embed_corpus
+from modeling_mode.lib.clustering.kmeans import (
     DistanceHistogram,
     assign_shards,
     balanced_assign,
     balanced_kmeans,
     fit_clusters,
     imbalance,
-    load_clusters,
     nearest,
-    save_clusters,
 )
+from modeling_mode.lib.clustering.outputs import load_clusters, save_clusters
+from modeling_mode.lib.core.errors import InputError
 
 
 def planted(num_clusters: int, sizes, dim: int, spread: float, seed: int = 0):

@@ -5,7 +5,7 @@ import collections
 import numpy as np
 from PIL import Image
 
-from modeling_mode.lib.corpus import SOURCES, caption_pairs, image_attributes
+from modeling_mode.lib.data.offline_corpus import SOURCES, caption_pairs, image_attributes
 
 
 def picture(box: tuple[int, int, int, int], value: int = 255, background: int = 0, size: int = 28) -> Image.Image:

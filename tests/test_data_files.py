@@ -12,10 +12,10 @@ import pytest
 from helpers import QUIET, expert_command, jpeg, train_here
 from PIL import Image as PILImage
 
-from modeling_mode.lib.data import check_data_file_columns, load_pairs
-from modeling_mode.lib.data_files import caption_of, columns_of, list_data_files, read_samples, write_tar_sample
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.training import is_finished
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.data_files import caption_of, columns_of, list_data_files, read_samples, write_tar_sample
+from modeling_mode.lib.data.pairs import check_data_file_columns, load_pairs
+from modeling_mode.lib.training.outputs import is_finished
 
 
 def write_shard(path, keys):

@@ -9,21 +9,17 @@ import pytest
 import torch
 from helpers import RETRIEVAL, ZEROSHOT, make_image_processor, make_tokenizer, random_images, save_mode
 
-from modeling_mode.lib import cli
-from modeling_mode.lib.evaluation import (
-    METRICS,
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.files import read_json
+from modeling_mode.lib.evaluation.inputs import (
     EvaluationArguments,
     RetrievalArguments,
     ZeroShotArguments,
-    classification_metrics,
     image_batches,
-    metric_record,
-    recall_at_k,
     strings_from,
-    write_results,
-    zero_shot_classification,
 )
-from modeling_mode.lib.files import read_json
+from modeling_mode.lib.evaluation.run import metric_record, write_results
+from modeling_mode.lib.evaluation.scoring import METRICS, classification_metrics, recall_at_k, zero_shot_classification
 
 CLASSES = ["circle", "square", "sneaker"]
 TEMPLATE = "a photo of a {c}."
@@ -246,7 +242,7 @@ def test_results_interrupted_while_saving_leave_no_json(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # as a kill between the model's rows and the JSON would leave things
 
     with monkeypatch.context() as patch:
-        patch.setattr("modeling_mode.lib.evaluation.add_to_eval_results", crash)
+        patch.setattr("modeling_mode.lib.evaluation.run.add_to_eval_results", crash)
         with pytest.raises(KeyboardInterrupt):
             write_results(results, arguments)
     assert not output.exists()  # the main job's done-marker: absent, so the stage runs again

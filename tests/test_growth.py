@@ -30,13 +30,15 @@ from PIL import Image as PILImage
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPModel
 
 from modeling_mode import ModeCLIPModel
-from modeling_mode.lib.assembly import assemble
-from modeling_mode.lib.cards import model_card
-from modeling_mode.lib.clustering import main as cluster_main
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.files import LOCK
-from modeling_mode.lib.growth import StepError, expert_digests, grow_main, shrink, shrink_main
-from modeling_mode.lib.publish import check_mode_dir, push_run
+from modeling_mode.lib.assembly.run import assemble
+from modeling_mode.lib.clustering.command_line import main as cluster_main
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.files import LOCK
+from modeling_mode.lib.growth.command_line import grow_main, shrink_main
+from modeling_mode.lib.growth.outputs import expert_digests
+from modeling_mode.lib.growth.run import StepError, shrink
+from modeling_mode.lib.publish.model_card import model_card
+from modeling_mode.lib.publish.run import check_mode_dir, push_run
 from modeling_mode.tokenization_mode_clip import ModeCLIPTokenizer
 
 SHRINK, GROW = ROOT / "train" / "shrink.py", ROOT / "train" / "grow.py"
@@ -302,7 +304,7 @@ def test_a_step_that_refuses_leaves_no_work_folder_and_grows_defaults_are_named(
         raise StepError(f"only 0 of the sampled pairs lie farther from --beside {arguments.beside}'s clusters than "
                         f"its own pairs did: too few for {arguments.fine_clusters} new fine clusters.", 2)  # fmt: skip
 
-    monkeypatch.setattr("modeling_mode.lib.growth.run_step", clustering_refuses)
+    monkeypatch.setattr("modeling_mode.lib.growth.run.run_step", clustering_refuses)
     mode = growable(shutil.copytree(routed_mode, tmp_path / "mode"))
     argv = ["--model", mode, "--dataset", write_new_pairs(tmp_path / "pairs"), "--output", tmp_path / "grown"]
     error = fails(grow_main, argv, capsys)

@@ -34,13 +34,13 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors
 from transformers import CLIPModel
 
-from modeling_mode.lib.assembly import assemble
-from modeling_mode.lib.clustering import read_finished_run
-from modeling_mode.lib.data_files import list_data_files
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.kmeans import Clusters, save_clusters
-from modeling_mode.lib.labels_table import check_labels_match, labels_for, part_path, read_labels, read_meta
-from modeling_mode.lib.publish import PushError, push_run
+from modeling_mode.lib.assembly.run import assemble
+from modeling_mode.lib.clustering.labels_table import check_labels_match, labels_for, part_path, read_labels, read_meta
+from modeling_mode.lib.clustering.outputs import Clusters, read_finished_run, save_clusters
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.data_files import list_data_files
+from modeling_mode.lib.hub.commits import PushError
+from modeling_mode.lib.publish.run import push_run
 
 REPO_ID = "org/mode-clip"
 SEED = "openai/clip-vit-base-patch32"  # what the training records say the seed started from

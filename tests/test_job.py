@@ -24,16 +24,16 @@ from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
 from modeling_mode.job.requirements import job_requirements
 from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
-from modeling_mode.lib import cli
-from modeling_mode.lib.assembly import AssembleArguments
-from modeling_mode.lib.cards import model_card
-from modeling_mode.lib.clustering import ClusterArguments
-from modeling_mode.lib.corpus import SOURCES, caption_pairs, classification_set, retrieval_set
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.files import read_json, write_json
-from modeling_mode.lib.training import ExpertTrainingArguments
+from modeling_mode.lib.assembly.run import AssembleArguments
+from modeling_mode.lib.clustering.run import ClusterArguments
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.files import read_json, write_json
+from modeling_mode.lib.data.offline_corpus import SOURCES, caption_pairs, classification_set, retrieval_set
+from modeling_mode.lib.publish.model_card import model_card
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
 from modeling_mode.lib.training.optimization import learning_rate_at
-from modeling_mode.lib.training.record import read_record
+from modeling_mode.lib.training.outputs import read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -375,7 +375,7 @@ def test_the_jobs_progress_shows_the_running_stages_own_bar():
 
 
 def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
-    from modeling_mode.lib.cli import parse
+    from modeling_mode.lib.core.cli import parse
 
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
     graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
@@ -434,7 +434,7 @@ def test_the_seeds_flag_overrides_the_recipes():
 
 
 def test_the_growth_experiments_runs_fork_from_their_own_seed_and_train_on_their_own_pairs(tmp_path):
-    from modeling_mode.lib.growth import GrowArguments
+    from modeling_mode.lib.growth.run import GrowArguments
 
     recipe = dataclasses.replace(load_recipe("offline-grow")[1], **SMOKE, seeds=1)
     job = tmp_path / "job"

@@ -6,9 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modeling_mode.lib.data_files import fingerprint
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels_table import (
+from modeling_mode.lib.clustering.labels_table import (
     LabelsTable,
     check_labels_match,
     clear_labels,
@@ -20,6 +18,8 @@ from modeling_mode.lib.labels_table import (
     read_meta,
     write_labels,
 )
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.data_files import fingerprint
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import CLIPProcessor
 
-from modeling_mode.lib.data import (
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.pairs import (
     PairCollator,
     PairTransform,
     crop_box,
@@ -20,9 +21,9 @@ from modeling_mode.lib.data import (
     reduced_decoding,
     resized_crop,
 )
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.processors import char_level_tokenizer, pil_image_processor
-from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.batches import TrainingData
+from modeling_mode.lib.training.processors import char_level_tokenizer, pil_image_processor
 
 CROP = 32
 

@@ -1,4 +1,4 @@
-"""A MODE folder is untrusted input (`lib.mode_folder`): every tool that loads one refuses, in one line and before
+"""A MODE folder is untrusted input (`lib.core.mode_folder`): every tool that loads one refuses, in one line and before
 anything is built or written, a folder whose config does not describe its weights or whose files lie elsewhere."""
 
 import hashlib
@@ -10,9 +10,9 @@ import pytest
 from helpers import ZEROSHOT, fails, random_images, save_mode
 from safetensors.torch import load_file, save_file
 
-from modeling_mode.lib.growth import grow_main, shrink_main
-from modeling_mode.lib.mode_folder import check_mode_folder
-from modeling_mode.lib.publish import main as push_main
+from modeling_mode.lib.core.mode_folder import check_mode_folder
+from modeling_mode.lib.growth.command_line import grow_main, shrink_main
+from modeling_mode.lib.publish.command_line import main as push_main
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_mode.lib.evaluation import MODE_NAME, zero_shot_main
+from modeling_mode.lib.evaluation.command_line import zero_shot_main
+from modeling_mode.lib.evaluation.outputs import MODE_NAME
 
 pytestmark = pytest.mark.slow  # its tests run the docs' lines in a fresh Python, on the smoke job
 
@@ -38,7 +39,7 @@ def doc_block(marker: str) -> str:
 
 USE = doc_block("AutoProcessor.from_pretrained(path")  # README, "Use a MODE model"
 ROUTE = doc_block("model.route(**prompts)")  # README, the routing and features lines
-ASSEMBLE = doc_block("from modeling_mode.lib.assembly import assemble")  # README, "Assemble a MODE"
+ASSEMBLE = doc_block("from modeling_mode.lib.assembly.run import assemble")  # README, "Assemble a MODE"
 CLIP_BENCHMARK = doc_block("ClipBenchmarkMode.for_task(")  # docs/evaluation.md, "From clip_benchmark"
 
 # Not README lines: what the test compares, printed as JSON. The pipeline's prompts are its hypothesis template's.

@@ -21,9 +21,10 @@ from modeling_mode.job.recipes import recipe_from_json
 from modeling_mode.job.report import write_report
 from modeling_mode.job.stages import StageGraph
 from modeling_mode.job.statistics import Estimate, chance_ceiling, ordering_verdict, paired_difference, t_975
-from modeling_mode.lib.corpus import SOURCES, caption_pairs, pick_indices
-from modeling_mode.lib.files import read_json, write_json
-from modeling_mode.lib.training import ExpertTrainingArguments, train
+from modeling_mode.lib.core.files import read_json, write_json
+from modeling_mode.lib.data.offline_corpus import SOURCES, caption_pairs, pick_indices
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.loop import train
 
 # --------------------------------------------------------------------------------------------------- statistics
 

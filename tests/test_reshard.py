@@ -1,8 +1,8 @@
 """Resharding (train/reshard.py): each coarse cluster's pairs to its own webdataset shards, in one resumable pass.
 
 Corpora are written as a clustering would leave them: data files (tar shards, parquet files) and a labels table
-(`modeling_mode.lib.labels_table`) of made-up cluster ids; the tar corpus is helpers.make_tar_corpus's, which
-tests/test_training_labels.py uses too.
+(`modeling_mode.lib.clustering.labels_table`) of made-up cluster ids; the tar corpus is helpers.make_tar_corpus's,
+which tests/test_training_labels.py uses too.
 """
 
 import io
@@ -30,11 +30,12 @@ from helpers import (
 )
 from PIL import Image as PILImage
 
-from modeling_mode.lib.data_files import list_data_files, read_samples
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.files import LOCK, writing_lock
-from modeling_mode.lib.labels_table import LabelsTable
-from modeling_mode.lib.reshard import MANIFEST, ShardPlan, check_finished_reshard, fine_ids
+from modeling_mode.lib.clustering.labels_table import LabelsTable
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.files import LOCK, writing_lock
+from modeling_mode.lib.data.data_files import list_data_files, read_samples
+from modeling_mode.lib.reshard.outputs import MANIFEST, check_finished_reshard, fine_ids
+from modeling_mode.lib.reshard.run import ShardPlan
 
 REPO = Path(__file__).resolve().parents[1]
 RESHARD = REPO / "train/reshard.py"

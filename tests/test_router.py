@@ -22,8 +22,8 @@ from helpers import (
 from transformers import AutoProcessor, AutoTokenizer, BertConfig, BertModel, CLIPModel, CLIPProcessor
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel, ModeCLIPTokenizer
-from modeling_mode.lib.assembly import assemble
-from modeling_mode.lib.clustering import read_finished_run
+from modeling_mode.lib.assembly.run import assemble
+from modeling_mode.lib.clustering.outputs import read_finished_run
 
 ROUTER_DIM = 24
 

@@ -1,10 +1,11 @@
-"""Refusals of outputs: made with other settings (`lib.settings`: the differing fields only, shortened), or by another
-tool (`errors.check_output_dir`)."""
+"""Refusals of outputs: made with other settings (`lib.core.resume_guard`: the differing fields only, shortened), or by
+another tool (`checks.check_output_dir`)."""
 
 import pytest
 
-from modeling_mode.lib.errors import OUTPUT_KINDS, InputError, check_output_dir
-from modeling_mode.lib.settings import MAX_LINE, check_same_settings, differences
+from modeling_mode.lib.core.checks import OUTPUT_KINDS, check_output_dir
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.resume_guard import MAX_LINE, check_same_settings, differences
 
 FILES = [f"/data/web/shard-{i:05d}.tar" for i in range(40_000)]  # a web corpus's data files
 

@@ -21,12 +21,12 @@ from modeling_mode.job.arguments import Sources
 from modeling_mode.job.layout import JobFolder
 from modeling_mode.job.recipes import SMOKE, load_recipe
 from modeling_mode.job.stages import TRAINING, StageGraph
-from modeling_mode.lib import cli
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.training import ExpertTrainingArguments, build_optimizer, random_clip, train
-from modeling_mode.lib.training.loop import accumulate_gradients, embed
-from modeling_mode.lib.training.optimization import set_hyperparameters
-from modeling_mode.lib.training.start import Start, load_start
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.loop import accumulate_gradients, embed, train
+from modeling_mode.lib.training.optimization import build_optimizer, set_hyperparameters
+from modeling_mode.lib.training.start import Start, load_start, random_clip
 
 # aot_eager, not the default inductor: it captures the model as inductor does (TorchDynamo's graph, AOT autograd's
 # joint forward and backward), then runs that graph with eager kernels. Inductor's C++ code generation would add about

@@ -33,13 +33,13 @@ from hub_server import LocalHub
 from huggingface_hub import HfApi
 from transformers import CLIPModel
 
-from modeling_mode.lib import cli
-from modeling_mode.lib.clustering import read_finished_run
-from modeling_mode.lib.data_files import fingerprint, list_data_files
-from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.files import LOCK
-from modeling_mode.lib.labels_table import read_labels
+from modeling_mode.lib.clustering.embedding import CaptionEncoder, EmbeddingShards, embed_data_files
+from modeling_mode.lib.clustering.labels_table import read_labels
+from modeling_mode.lib.clustering.outputs import read_finished_run
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.core.files import LOCK
+from modeling_mode.lib.data.data_files import fingerprint, list_data_files
 
 SCRIPT = Path(__file__).resolve().parents[1] / "train" / "cluster.py"
 _spec = importlib.util.spec_from_file_location("cluster_cli", SCRIPT)
@@ -398,7 +398,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, corpus, encoder, caps
 def test_a_json_members_field_is_clustered_as_a_caption_column(tmp_path, encoder):
     """LAION-style shards: `--caption-column json.caption` clusters each sample's `json` member's `caption` field,
     exactly as the same captions in `txt` members."""
-    from modeling_mode.lib.data_files import write_tar_sample
+    from modeling_mode.lib.data.data_files import write_tar_sample
 
     for member in ("json", "txt"):
         (tmp_path / member).mkdir()

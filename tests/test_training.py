@@ -46,9 +46,11 @@ from transformers import (
     pipeline,
 )
 
-from modeling_mode.lib import cli
-from modeling_mode.lib.assembly import assemble
-from modeling_mode.lib.data import (
+from modeling_mode.lib.assembly.run import assemble
+from modeling_mode.lib.clustering.embedding import CaptionEncoder, EmbeddingShards, shard_captions
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.pairs import (
     GlobalBatchSampler,
     PairDataset,
     PairTransform,
@@ -58,18 +60,13 @@ from modeling_mode.lib.data import (
     pick_caption,
     read_image,
 )
-from modeling_mode.lib.embedding import CaptionEncoder, EmbeddingShards, shard_captions
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.loss import contrastive_loss
-from modeling_mode.lib.processors import pil_image_processor
-from modeling_mode.lib.training import (
-    ExpertTrainingArguments,
-    build_optimizer,
-    is_finished,
-    learning_rate_at,
-    random_clip,
-    train,
-)
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.loop import train
+from modeling_mode.lib.training.loss import contrastive_loss
+from modeling_mode.lib.training.optimization import build_optimizer, learning_rate_at
+from modeling_mode.lib.training.outputs import is_finished
+from modeling_mode.lib.training.processors import pil_image_processor
+from modeling_mode.lib.training.start import random_clip
 
 REPO = Path(__file__).resolve().parents[1]
 ASSEMBLE, PROBE = REPO / "train/assemble.py", REPO / "tests/training_probe.py"

@@ -34,13 +34,15 @@ from hub_server import LocalHub
 from huggingface_hub import HfApi
 from torch.utils.data import DataLoader
 
-from modeling_mode.lib.clustered_corpus import InMemoryCorpus
-from modeling_mode.lib.data import PairTransform, StreamingPairs, load_pairs
-from modeling_mode.lib.errors import InputError
-from modeling_mode.lib.labels_table import finish_labels, read_meta, write_labels
-from modeling_mode.lib.processors import pil_image_processor
-from modeling_mode.lib.training import ExpertTrainingArguments, TrainingData, is_finished
-from modeling_mode.lib.training.labelled import LabelledStream, worker_turns
+from modeling_mode.lib.clustering.clustered_corpus import InMemoryCorpus
+from modeling_mode.lib.clustering.labels_table import finish_labels, read_meta, write_labels
+from modeling_mode.lib.core.errors import InputError
+from modeling_mode.lib.data.pairs import PairTransform, StreamingPairs, load_pairs
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.batches import TrainingData
+from modeling_mode.lib.training.outputs import is_finished
+from modeling_mode.lib.training.processors import pil_image_processor
+from modeling_mode.lib.training.streams import LabelledStream, worker_turns
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

@@ -15,15 +15,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from modeling_mode.lib import cli
-from modeling_mode.lib.training import (
-    ExpertTrainingArguments,
-    TrainingData,
-    accumulate_gradients,
-    build_optimizer,
-    random_clip,
-    train,
-)
+from modeling_mode.lib.core import cli
+from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.batches import TrainingData
+from modeling_mode.lib.training.loop import accumulate_gradients, train
+from modeling_mode.lib.training.optimization import build_optimizer
+from modeling_mode.lib.training.start import random_clip
 
 
 def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, accelerator: Accelerator) -> None:

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..lib.errors import InputError, check_source
+from ..lib.core.checks import check_source
+from ..lib.core.errors import InputError
 from .recipes import RECIPES
 
 
@@ -120,8 +121,9 @@ def check_sources(sources: Sources, encoder: str) -> None:
     for flag, path in named.items():
         if path is not None:
             check_source(flag, str(path))
-    from ..lib.corpus import SOURCES
-    from ..lib.evaluation import TEMPLATES, prompt_templates, strings_from
+    from ..lib.data.offline_corpus import SOURCES
+    from ..lib.evaluation.inputs import TEMPLATES, strings_from
+    from ..lib.evaluation.scoring import prompt_templates
 
     tasks = sorted(sources.zeroshot or SOURCES)  # without named sets, each offline source is a task
     for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
@@ -137,7 +139,7 @@ def check_sources(sources: Sources, encoder: str) -> None:
 def check_held_out_sets(sources: Sources) -> None:
     """Check the held-out sets the sources name as their evaluations will (columns, labels, class names, templates,
     captions), before the job trains anything: a set that lacks a column fails now, not after hours of training."""
-    from ..lib.evaluation import RetrievalArguments, ZeroShotArguments, retrieval_inputs, zero_shot_inputs
+    from ..lib.evaluation.inputs import RetrievalArguments, ZeroShotArguments, retrieval_inputs, zero_shot_inputs
 
     with tempfile.TemporaryDirectory() as scratch:
         output = str(Path(scratch) / "results.json")  # what the arguments check: the stages write elsewhere

@@ -3,7 +3,7 @@ Hub, `lib.corpus`), and write `data/sources.json`, where every set the later sta
 
 from pathlib import Path
 
-from ..lib.files import read_json, write_json
+from ..lib.core.files import read_json, write_json
 from .arguments import Sources
 from .layout import JobFolder
 from .recipes import Recipe
@@ -61,7 +61,7 @@ def training_pairs(folder: JobFolder, sources: Sources) -> str:
 
 
 def build_offline_pairs(recipe: Recipe, path) -> None:
-    from ..lib.corpus import SOURCES, caption_pairs
+    from ..lib.data.offline_corpus import SOURCES, caption_pairs
 
     train = [load(split="train", count=recipe.train_per_source, seed=recipe.seed) for load in SOURCES.values()]
     caption_pairs(train, recipe.caption_noise, recipe.seed, recipe.caption_attributes).save_to_disk(path)
@@ -72,7 +72,7 @@ def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> dict:
     with its own caption noise), and `all`, the two together: what retraining from scratch would train on."""
     import datasets
 
-    from ..lib.corpus import SOURCES, caption_pairs
+    from ..lib.data.offline_corpus import SOURCES, caption_pairs
 
     def pairs_of(names: list[str]) -> datasets.Dataset:
         train = [SOURCES[name](split="train", count=recipe.train_per_source, seed=recipe.seed) for name in names]
@@ -89,7 +89,7 @@ def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> dict:
 
 def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
     """One zero-shot set per source: a sample of its test split, each saved with `save_to_disk`."""
-    from ..lib.corpus import SOURCES, classification_set
+    from ..lib.data.offline_corpus import SOURCES, classification_set
 
     sets = {}
     for name, load in SOURCES.items():
@@ -101,7 +101,7 @@ def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
 
 
 def build_offline_retrieval_set(recipe: Recipe, path) -> dict:
-    from ..lib.corpus import SOURCES, retrieval_set
+    from ..lib.data.offline_corpus import SOURCES, retrieval_set
 
     images = [load(split="test", count=recipe.retrieval_per_source, seed=recipe.seed + 1) for load in SOURCES.values()]
     retrieval_set(images, recipe.seed, recipe.caption_attributes).save_to_disk(path)
@@ -111,9 +111,9 @@ def build_offline_retrieval_set(recipe: Recipe, path) -> dict:
 def count_pairs(recipe: Recipe, sources: Sources) -> int:
     """How many training pairs the job will have: the user's dataset's rows, or the offline corpus's."""
     if sources.dataset is None:
-        from ..lib.corpus import SOURCES
+        from ..lib.data.offline_corpus import SOURCES
 
         return (len(SOURCES) - (recipe.arriving_source is not None)) * recipe.train_per_source
-    from ..lib.data import load_pairs
+    from ..lib.data.pairs import load_pairs
 
     return len(load_pairs(sources.dataset, sources.split))

@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..lib.corpus import SOURCES, LabelledImages, caption_pairs, pick_indices
-from ..lib.evaluation import (
+from ..lib.core.files import read_json, write_json
+from ..lib.data.offline_corpus import SOURCES, LabelledImages, caption_pairs, pick_indices
+from ..lib.evaluation.scoring import (
     classification_metrics,
     encode_images,
     encode_texts,
     prompt_templates,
     zero_shot_classifier,
 )
-from ..lib.files import read_json, write_json
-from ..lib.loss import contrastive_loss
 from ..lib.training.checkpoints import list_checkpoints
+from ..lib.training.loss import contrastive_loss
 from ..lib.training.start import Start, load_start
 from .recipes import Recipe
 

@@ -5,9 +5,9 @@ shrinking back; what growing costs in pairs. It reads the job's folder alone, as
 from pathlib import Path
 from statistics import fmean
 
-from ..lib.files import read_json, write_text
-from ..lib.growth import expert_digests
-from ..lib.training.record import read_record
+from ..lib.core.files import read_json, write_text
+from ..lib.growth.outputs import expert_digests
+from ..lib.training.outputs import read_record
 from .layout import JobFolder, Model, SeedFolder, growth_comparison, routing_weights
 from .recipes import Recipe, recipe_from_json
 from .report import Scores, per_task, retrieval_table, wall_time, zero_shot_scores

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configuration_mode_clip import ROUTINGS
-from ..lib.evaluation import CLIP_NAME, EXPERT_NAME, MODE_NAME
+from ..lib.clustering.outputs import is_finished_run
+from ..lib.evaluation.outputs import CLIP_NAME, EXPERT_NAME, MODE_NAME
+from ..lib.training.outputs import is_finished
 from .recipes import Recipe
 
 # ----------------------------------------------------------------------------------------------- what is finished
@@ -32,15 +34,11 @@ from .recipes import Recipe
 
 def training_finished(path: Path) -> bool:
     """A training run's record says it saved its final model (written last: `training.is_finished`)."""
-    from ..lib.training import is_finished
-
     return is_finished(path)
 
 
 def clustering_finished(path: Path) -> bool:
     """A clustering run's report is written last and describes the centroids beside it (`read_finished_run`)."""
-    from ..lib.clustering import is_finished_run
-
     return is_finished_run(path)
 
 

@@ -23,10 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..lib import cli
-from ..lib.errors import InputError, check_output_dir
-from ..lib.files import read_json, write_json
-from ..lib.settings import check_same_settings, differences
+from ..lib.core import cli
+from ..lib.core.checks import check_output_dir
+from ..lib.core.errors import InputError
+from ..lib.core.files import read_json, write_json
+from ..lib.core.resume_guard import check_same_settings, differences
 from .arguments import JobArguments, Sources, check_held_out_sets, check_sources, default_encoder
 from .data import count_pairs, refresh_held_out_sets
 from .growth_report import write_growth_report

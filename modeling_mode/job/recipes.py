@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..lib.errors import InputError
-from ..lib.files import read_json
+from ..lib.core.errors import InputError
+from ..lib.core.files import read_json
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def check_ensemble_sizes(recipe: Recipe) -> None:
 
 def check_growth(recipe: Recipe) -> None:
     """The growth experiment holds one of the offline corpus's sources back and grows the first MODE size by it."""
-    from ..lib.corpus import SOURCES
+    from ..lib.data.offline_corpus import SOURCES
 
     if recipe.arriving_source not in SOURCES or len(SOURCES) < 2:
         raise InputError(
@@ -226,7 +226,7 @@ def check_growth(recipe: Recipe) -> None:
 def clip_config(recipe: Recipe, width_factor: int = 1) -> dict:
     """The CLIPConfig (as a dict) of the experts trained from scratch, sized for the character-level tokenizer;
     `width_factor` times as wide (width and heads: the same head size) for the wide dense control."""
-    from ..lib.processors import char_level_clip_config
+    from ..lib.training.processors import char_level_clip_config
 
     if recipe.model is None:
         raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")

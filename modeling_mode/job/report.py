@@ -10,9 +10,9 @@ per training seed, the evaluations' results, the clusterings' reports, the seed 
 from pathlib import Path
 from statistics import fmean
 
-from ..lib.evaluation import EXPERT_NAME
-from ..lib.files import read_json, write_text
-from ..lib.training.record import read_record
+from ..lib.core.files import read_json, write_text
+from ..lib.evaluation.outputs import EXPERT_NAME
+from ..lib.training.outputs import read_record
 from .layout import (
     BEST_EXPERT_ROW,
     CLIP_ROW,
@@ -30,14 +30,7 @@ from .layout import (
 from .plots import plot_accuracy, plot_cluster_sizes, plot_curves, plot_routing_weights
 from .recipes import recipe_from_json
 from .routing_probe import source_shares
-from .statistics import (
-    Estimate,
-    chance_ceiling,
-    interval_text,
-    mean_and_std,
-    ordering_verdict,
-    paired_difference,
-)
+from .statistics import Estimate, chance_ceiling, interval_text, mean_and_std, ordering_verdict, paired_difference
 
 # The paper's zero-shot top-1, average over 26 tasks (%), ViT-B/32 trained on 400M pairs (Ma et al., CVPR 2024: the
 # main table and the ablations; SeedText-2 is its clustering with the seed CLIP's text embeddings).

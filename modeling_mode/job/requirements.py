@@ -10,8 +10,8 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..lib.corpus import FASHION_MNIST_DIR
-from ..lib.errors import InputError
+from ..lib.core.errors import InputError
+from ..lib.data.offline_corpus import FASHION_MNIST_DIR
 from .arguments import Sources
 from .recipes import Recipe
 
@@ -82,6 +82,6 @@ def check_requirements(recipe: Recipe, sources: Sources, validation_only: bool) 
             f"the job needs what is not installed: {listed}. The README's main-job set-up line installs all of it."
         )
     if ROUTING_PROBE in needs:
-        from ..lib.evaluation import TEMPLATES, strings_from
+        from ..lib.evaluation.inputs import TEMPLATES, strings_from
 
         strings_from("imagenet1k", TEMPLATES)  # the probe's OpenAI templates, as the probe reads them

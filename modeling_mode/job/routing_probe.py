@@ -12,20 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..lib.data import load_pairs
-from ..lib.errors import InputError
-from ..lib.evaluation import (
-    TEMPLATES,
-    class_labels,
-    classify,
-    column_of_type,
-    encode_images,
-    image_batches,
-    load_model,
-    prompt_templates,
-    strings_from,
-)
-from ..lib.files import write_json
+from ..lib.core.errors import InputError
+from ..lib.core.files import write_json
+from ..lib.data.pairs import load_pairs
+from ..lib.evaluation.inputs import TEMPLATES, class_labels, column_of_type, image_batches, load_model, strings_from
+from ..lib.evaluation.scoring import classify, encode_images, prompt_templates
 from .layout import BEST_EXPERT_ROW, PAPER_ROW, ensemble_name, result_rows, routing_row
 
 # The template families, each a function of the task and its own templates (None: the evaluators' defaults).

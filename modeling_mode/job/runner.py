@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from ..lib import cli
-from ..lib.errors import InputError
-from ..lib.files import read_json, write_json
+from ..lib.core import cli
+from ..lib.core.errors import InputError
+from ..lib.core.files import read_json, write_json
 from .layout import JobFolder, Output
 
 

@@ -10,12 +10,13 @@ start-up as a script, ~5 s, cost more than its evaluating on the default recipe)
 import shlex
 from functools import partial
 
-from ..lib.assembly import AssembleArguments
-from ..lib.clustering import ClusterArguments
-from ..lib.evaluation import RetrievalArguments, ZeroShotArguments, evaluate_retrieval, evaluate_zero_shot
-from ..lib.files import read_json
-from ..lib.growth import GrowArguments, shrink
-from ..lib.training import ExpertTrainingArguments
+from ..lib.assembly.run import AssembleArguments
+from ..lib.clustering.run import ClusterArguments
+from ..lib.core.files import read_json
+from ..lib.evaluation.inputs import RetrievalArguments, ZeroShotArguments
+from ..lib.evaluation.run import evaluate_retrieval, evaluate_zero_shot
+from ..lib.growth.run import GrowArguments, shrink
+from ..lib.training.arguments import ExpertTrainingArguments
 from .arguments import Sources
 from .data import prepare_data, training_pairs
 from .fork_curve import curve_finished, write_curve

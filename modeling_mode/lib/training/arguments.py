@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from accelerate.utils import DynamoBackend, PrecisionType, is_tensorboard_available
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 PRECISIONS = [precision.value for precision in PrecisionType]
 COMPILE_BACKENDS = [backend.value.lower() for backend in DynamoBackend if backend != DynamoBackend.NO]

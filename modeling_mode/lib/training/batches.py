@@ -1,7 +1,7 @@
 """`TrainingData`: what a run trains on (its pairs, checked up front) and this process's micro-batches.
 
 The dataset-level pieces (loading, the cluster filter, augmentation, the reproducible sampler) are in
-`modeling_mode.lib.data`; this module puts them together for one run of one process.
+`modeling_mode.lib.data.pairs`; this module puts them together for one run of one process.
 """
 
 import numpy as np
@@ -9,8 +9,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from ..clustered_corpus import InMemoryCorpus
-from ..data import (
+from ..clustering.clustered_corpus import InMemoryCorpus
+from ..core.errors import InputError
+from ..data.pairs import (
     NO_CLUSTER,
     GlobalBatchSampler,
     PairCollator,
@@ -27,10 +28,9 @@ from ..data import (
     stream_columns,
     streamed_data_files,
 )
-from ..errors import InputError
-from ..reshard import check_finished_reshard
+from ..reshard.outputs import check_finished_reshard
 from .arguments import ExpertTrainingArguments
-from .labelled import LabelledStream, PlainStream
+from .streams import LabelledStream, PlainStream
 
 
 def check_cluster_id(cluster: int | None, num_experts: int, source: str) -> None:

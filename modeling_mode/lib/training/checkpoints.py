@@ -1,8 +1,8 @@
 """A run's checkpoints (saved, listed, pruned) and its final save.
 
-A run directory holds the final CLIPModel with its CLIPProcessor, training_args.json (the record, `record`),
+A run directory holds the final CLIPModel with its CLIPProcessor, training_args.json (the record, `outputs`),
 checkpoints/step_N and logs/. The final save writes the record with `run.final_step` last, after the model: that is
-when the run is finished (`record.is_finished`).
+when the run is finished (`outputs.is_finished`).
 """
 
 import os
@@ -14,8 +14,8 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from ..files import atomic_directory, read_json, write_json
-from .record import write_record
+from ..core.files import atomic_directory, read_json, write_json
+from .outputs import write_record
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"

@@ -2,7 +2,7 @@
 
 import logging
 
-from .. import cli
+from ..core import cli
 from .arguments import ExpertTrainingArguments
 from .loop import train
 
@@ -27,7 +27,7 @@ train on OUTPUT/cluster-K with --streaming --cluster all.
 --output from its last checkpoint: a killed run, or one stopped by --stop-at-step that should go further; with no
 checkpoint there, it starts the run; a run already finished at this run's last step is left as it is. The output is a
 CLIPModel directory with its CLIPProcessor (`AutoProcessor.from_pretrained`); it is finished when its
-training_args.json, written last, holds `run.final_step` (`modeling_mode.lib.training.is_finished`). Bad input ends
+training_args.json, written last, holds `run.final_step` (`training.outputs.is_finished`). Bad input ends
 with one line on stderr and exit status 2. Flags have dash and underscore spellings, and transformers' names where
 they mean the same (--output_dir, --per_device_train_batch_size, --save_steps, ...).
 """

@@ -14,13 +14,14 @@ from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ..errors import check_output_dir
-from ..loss import contrastive_loss
+from ..core.checks import check_output_dir
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
 from .checkpoints import prune_checkpoints, save_checkpoint, save_final
+from .loss import contrastive_loss
 from .optimization import build_optimizer, learning_rate_at
-from .record import final_step, run_record, scalars, write_record
+from .outputs import final_step, write_record
+from .record import run_record, scalars
 from .start import Start, load_start, resolve_start, restore
 
 logger = get_logger(__name__)  # logs on the main process only

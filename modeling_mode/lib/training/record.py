@@ -1,17 +1,10 @@
-"""A run's record, training_args.json: its flags and the facts they do not say (how it started, its data, its
-processes, the library versions); when it says the run is finished; and the flat form of it that trackers take as
-hyper-parameters.
+"""A run's record, training_args.json, as a run starts: its flags and the facts they do not say (how it started, its
+data, its processes, the library versions); and the flat form of it that trackers take as hyper-parameters.
 
-A run is finished iff its record holds `run.final_step`: the record is rewritten without it when a run starts and
-written with it last, after the model, so a run killed at any moment is never taken for a finished one.
+How a run's folder says it is finished (`is_finished`), and the record's file, are the run's outputs (`outputs`).
 """
 
-from __future__ import annotations
-
 import dataclasses
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import accelerate
 import datasets
@@ -19,33 +12,10 @@ import torch
 import transformers
 from accelerate import Accelerator
 
-from ..files import read_json, write_json
-
-if TYPE_CHECKING:  # annotations only: the loader and the start import the checkpoints, which import this module
-    from .arguments import ExpertTrainingArguments
-    from .batches import TrainingData
-    from .start import Start
-
-TRAINING_ARGS = "training_args.json"
-
-
-def write_record(folder: str | os.PathLike, record: dict) -> None:
-    write_json(Path(folder, TRAINING_ARGS), record)
-
-
-def read_record(folder: str | os.PathLike) -> dict:
-    return read_json(Path(folder, TRAINING_ARGS))
-
-
-def final_step(run_dir: str | os.PathLike) -> int | None:
-    """The step a finished run ended at; None if `run_dir` holds no finished run (see `is_finished`)."""
-    return read_record(run_dir).get("run", {}).get("final_step") if Path(run_dir, TRAINING_ARGS).is_file() else None
-
-
-def is_finished(run_dir: str | os.PathLike) -> bool:
-    """Whether `run_dir` holds a finished run: its final record (with `final_step`) is written last, after the model
-    and its processor, so a run killed at any moment is never taken for a finished one."""
-    return final_step(run_dir) is not None
+from .arguments import ExpertTrainingArguments
+from .batches import TrainingData
+from .outputs import read_record
+from .start import Start
 
 
 def run_record(

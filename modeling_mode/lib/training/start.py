@@ -10,12 +10,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-from ..errors import InputError, naming_failures
-from ..processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
+from ..core.checks import naming_failures
+from ..core.errors import InputError
 from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint
 from .optimization import set_hyperparameters
-from .record import read_record
+from .outputs import read_record
+from .processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
 
 # PyTorch's fused scaled-dot-product attention (flash or memory-efficient kernels where the device has them), not
 # the eager matmul-softmax-matmul: transformers 5.24 picks it by default; asked for explicitly, a change of default or
