@@ -16,13 +16,19 @@ from huggingface_hub import HfApi
 from transformers import CLIPModel
 
 from modeling_mode.job.arguments import JobArguments, Sources, check_sources
-from modeling_mode.job.data import build_offline_pairs, build_offline_retrieval_set, refresh_held_out_sets
-from modeling_mode.job.layout import JobFolder, Output
+from modeling_mode.job.data import (
+    TrainingPairs,
+    build_offline_pairs,
+    build_offline_retrieval_set,
+    refresh_held_out_sets,
+)
+from modeling_mode.job.experiments import Comparison, Growth, choose
+from modeling_mode.job.layout import JobFolder, Output, Pairs
 from modeling_mode.job.main import main as job_main
 from modeling_mode.job.main import record_settings, run
 from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
 from modeling_mode.job.requirements import job_requirements
-from modeling_mode.job.runner import Runner, Stage, StageError, latest_progress_bar
+from modeling_mode.job.runner import Phase, Runner, Stage, StageError, latest_progress_bar
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
 from modeling_mode.lib.assembly.run import AssembleArguments
 from modeling_mode.lib.clustering.run import ClusterArguments
@@ -313,7 +319,9 @@ def test_what_the_stages_need_is_checked_before_the_first_stage(tmp_path, monkey
                                                                 validation_only, message):  # fmt: skip
     installed = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else installed(name, *a))
-    needs = job_requirements(load_recipe("offline-mix")[1], Sources(), validation_only)
+    needs = job_requirements(
+        choose("offline-mix", load_recipe("offline-mix")[1], Sources(), validation_only), Sources()
+    )
     if message is None:
         assert all(need.installed() for need in needs)
         return
@@ -353,7 +361,8 @@ def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing
         print("loading the held-out set")
         raise InputError("--dataset 'nowhere' does not exist.")
 
-    stage = Stage("seed-3/zeroshot-dense-mnist", Output(tmp_path / "results.json", lambda path: False), refuse)
+    output = Output(tmp_path / "results.json", lambda path: False)
+    stage = Stage("seed-3/zeroshot-dense-mnist", output, refuse, Phase.EVALUATION)
     with pytest.raises(StageError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'") as fail:
         runner.run(stage)
     assert fail.value.returncode == 2  # as a script's InputError: bad input, not a crash
@@ -364,7 +373,7 @@ def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing
         raise ZeroDivisionError("a bug")
 
     with pytest.raises(ZeroDivisionError):
-        runner.run(Stage("seed-3/curve", Output(tmp_path / "curve.json", lambda path: False), crash))
+        runner.run(Stage("seed-3/curve", Output(tmp_path / "curve.json", lambda path: False), crash, Phase.CURVE))
     assert (tmp_path / "seed-3" / "logs" / "curve.log").read_text().rstrip().endswith("ZeroDivisionError: a bug")
 
 
@@ -378,7 +387,7 @@ def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):
     from modeling_mode.lib.core.cli import parse
 
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, seed=5, seeds=2)
-    graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
+    graph = StageGraph(JobFolder(tmp_path / "job"), Comparison(recipe), Sources(), "an/encoder")
     modules = {TRAINING: ExpertTrainingArguments, CLUSTERING: ClusterArguments, ASSEMBLY: AssembleArguments}
     stages = {}
     for stage in graph.training():
@@ -438,7 +447,7 @@ def test_the_growth_experiments_runs_fork_from_their_own_seed_and_train_on_their
 
     recipe = dataclasses.replace(load_recipe("offline-grow")[1], **SMOKE, seeds=1)
     job = tmp_path / "job"
-    graph = StageGraph(JobFolder(job), recipe, Sources(), "an/encoder")
+    graph = StageGraph(JobFolder(job), Growth(recipe), Sources(), "an/encoder")
     modules = {TRAINING: ExpertTrainingArguments, CLUSTERING: ClusterArguments, GROWTH: GrowArguments,
                ASSEMBLY: AssembleArguments}  # fmt: skip
     stages = {stage.name.partition("/")[2]: stage for stage in graph.training()}
@@ -472,13 +481,14 @@ def test_the_growth_data_hold_the_arriving_source_apart(tmp_path):
     from modeling_mode.job.data import build_growth_pairs
 
     recipe = dataclasses.replace(load_recipe("offline-grow")[1], train_per_source=20)
-    sets = build_growth_pairs(recipe, JobFolder(tmp_path))
+    build_growth_pairs(recipe, JobFolder(tmp_path))
     data = {name: load_from_disk(str(tmp_path / "data" / name)) for name in ("pairs", "arriving-pairs", "all-pairs")}
     assert set(data["arriving-pairs"]["source"]) == {"easy_vqa"} and "easy_vqa" not in set(data["pairs"]["source"])
     assert len(data["all-pairs"]) == len(data["pairs"]) + len(data["arriving-pairs"]) == 3 * 20
     assert list(data["all-pairs"]["caption"]) == [*data["pairs"]["caption"], *data["arriving-pairs"]["caption"]]
-    assert sets == {"arriving": {"dataset": str(tmp_path / "data" / "arriving-pairs"), "split": "train"},
-                    "all": {"dataset": str(tmp_path / "data" / "all-pairs"), "split": "train"}}  # fmt: skip
+    sets = Growth(recipe).training_sets(JobFolder(tmp_path), Sources())  # what sources.json names
+    assert sets == {pairs: TrainingPairs(str(tmp_path / "data" / name), "train") for pairs, name in
+                    [(Pairs.JOB, "pairs"), (Pairs.ARRIVING, "arriving-pairs"), (Pairs.ALL, "all-pairs")]}  # fmt: skip
 
 
 def test_a_job_resumes_with_a_corrected_held_out_set_unless_a_finished_evaluation_read_the_old_one(tmp_path):
@@ -491,7 +501,8 @@ def test_a_job_resumes_with_a_corrected_held_out_set_unless_a_finished_evaluatio
     record = {"name": "offline-mix", **dataclasses.asdict(recipe)}
     job.path.mkdir()
     record_settings(job.recipe, record, Sources(dataset="org/pairs", retrieval=wrong, zeroshot={"cars": wrong}))
-    write_json(job.sources, {"pairs": {"dataset": "org/pairs", "split": "train"}, "retrieval": {"dataset": wrong[0]},
+    write_json(job.sources, {"pairs": {"dataset": "org/pairs", "split": "train"},
+                             "retrieval": {"dataset": wrong[0], "split": "test", "caption_column": "caption"},
                              "zeroshot": {"cars": {"dataset": wrong[0], "split": "test"}}})  # fmt: skip
     (job.path / "seed-0" / "results" / "mode-minilm-2").mkdir(parents=True)
     (job.path / "seed-0" / "results" / "mode-minilm-2" / "zeroshot-cars.json").write_text("{}")

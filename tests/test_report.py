@@ -15,6 +15,7 @@ from helpers import reset_accelerate_state
 
 from modeling_mode.job import plots
 from modeling_mode.job.arguments import Sources
+from modeling_mode.job.experiments import Comparison
 from modeling_mode.job.fork_curve import curve_finished, held_out_indices, validation_sources, write_curve
 from modeling_mode.job.layout import JobFolder, comparison
 from modeling_mode.job.recipes import recipe_from_json
@@ -335,8 +336,10 @@ def test_a_users_dataset_has_no_curve(job_folder, tmp_path):
     folder = tmp_path / "job"
     shutil.copytree(job_folder, folder)
     write_json(folder / "recipe.json", {**RECIPE, "sources": {**RECIPE["sources"], "dataset": "org/pairs"}})
-    graph = StageGraph(JobFolder(folder), recipe_from_json(RECIPE), Sources(dataset="org/pairs"), "an/encoder")
-    seed = JobFolder(folder).seed(0)
+    graph = StageGraph(
+        JobFolder(folder), Comparison(recipe_from_json(RECIPE)), Sources(dataset="org/pairs"), "an/encoder"
+    )
+    seed = JobFolder(folder).replicate(0)
     stage = graph.curve_stage(seed)
     stage.action()  # holds nothing out: empty, at once
     assert stage.output.is_finished()  # an empty curve scores no run, and is finished

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import CLIPModel
 
 from modeling_mode.job.arguments import Sources
+from modeling_mode.job.experiments import Comparison
 from modeling_mode.job.layout import JobFolder
 from modeling_mode.job.recipes import SMOKE, load_recipe
 from modeling_mode.job.stages import TRAINING, StageGraph
@@ -180,7 +181,7 @@ def test_speed_flags_are_checked():
 
 def test_a_recipe_compiles_every_training_stage(tmp_path):
     recipe = dataclasses.replace(load_recipe("offline-mix")[1], **SMOKE, torch_compile=True)
-    graph = StageGraph(JobFolder(tmp_path / "job"), recipe, Sources(), "an/encoder")
+    graph = StageGraph(JobFolder(tmp_path / "job"), Comparison(recipe), Sources(), "an/encoder")
     commands = [stage.action for stage in graph.training() if not callable(stage.action)]
     trainings = [command[3:] for command in commands if command[1:3] == ["-m", TRAINING]]
     assert trainings and all("--torch-compile" in command for command in trainings)

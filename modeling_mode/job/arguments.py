@@ -4,7 +4,7 @@ import shlex
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..lib.core.checks import check_source
@@ -29,6 +29,15 @@ class Sources:
     classnames: dict[str, str] = field(default_factory=dict)  # task -> class names: a JSON file or a named set
     retrieval: tuple[str, str] | None = None  # (dataset, split) of images with their captions
     launcher: tuple[str, ...] = (sys.executable,)  # runs clustering and training, e.g. `accelerate launch ...`
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Sources":
+        """The sources as `recipe.json` records them (JSON: lists for tuples; a field added since the job was recorded
+        takes its default)."""
+        named = {spec.name: record[spec.name] for spec in fields(cls) if spec.name in record}
+        tuples = {name: tuple(value) for name in ("retrieval", "launcher") if (value := named.get(name)) is not None}
+        zeroshot = {task: tuple(held_out) for task, held_out in named.get("zeroshot", {}).items()}
+        return cls(**named | tuples | {"zeroshot": zeroshot})
 
 
 @dataclass

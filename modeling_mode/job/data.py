@@ -1,47 +1,120 @@
 """The job's data stage: build what the sources leave to the offline corpus (real images that install without the
-Hub, `lib.corpus`), and write `data/sources.json`, where every set the later stages read is."""
+Hub, `lib.corpus`), and write `data/sources.json` (`JobSets`), where every set the later stages read is."""
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..lib.core.files import read_json, write_json
 from .arguments import Sources
-from .layout import JobFolder
+from .layout import JobFolder, Pairs
 from .recipes import Recipe
 
-
-def prepare_data(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
-    growth = {}
-    if sources.dataset is None and recipe.arriving_source is not None:
-        growth = build_growth_pairs(recipe, folder)
-    elif sources.dataset is None:
-        build_offline_pairs(recipe, folder.offline_pairs)
-    pairs = {"dataset": training_pairs(folder, sources), "split": sources.split}
-    write_json(folder.sources, {"pairs": pairs, **growth, **held_out_sets(folder, recipe, sources)})
+# ----------------------------------------------------------------------------------------------- data/sources.json
 
 
-def held_out_sets(folder: JobFolder, recipe: Recipe, sources: Sources, earlier: dict | None = None) -> dict:
-    """sources.json's `zeroshot` and `retrieval`: the sets `sources` name, else the offline corpus's, built here
-    unless `earlier` (the sources.json of an earlier data stage) lists them already."""
-    zeroshot = {task: {"dataset": dataset, "split": split} for task, (dataset, split) in sources.zeroshot.items()}
+@dataclass(frozen=True)
+class TrainingPairs:
+    """A set of training pairs: a dataset (a Hub id or a path) and its split."""
+
+    dataset: str
+    split: str
+
+
+@dataclass(frozen=True)
+class ZeroShotSet:
+    """A held-out zero-shot task: a class-labelled dataset, and its own prompt templates and class names when the
+    sources name them (`--templates`, `--classnames`: a JSON file or a named set)."""
+
+    dataset: str
+    split: str
+    templates: str | None = None
+    classnames: str | None = None
+
+    def to_json(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """The held-out image-caption pairs of retrieval."""
+
+    dataset: str
+    split: str
+    caption_column: str
+
+
+@dataclass(frozen=True)
+class HeldOutSets:
+    """What the evaluations read, and nothing else does: a job may resume with them corrected."""
+
+    zeroshot: dict[str, ZeroShotSet]
+    retrieval: RetrievalSet
+
+
+@dataclass(frozen=True)
+class JobSets:
+    """`data/sources.json`: the training pairs (`Pairs`: the job's, and the growth experiment's others) and the
+    held-out sets; its JSON is {"pairs", "arriving", "all" (those there are), "zeroshot", "retrieval"}."""
+
+    training: dict[Pairs, TrainingPairs]
+    held_out: HeldOutSets
+
+    def to_json(self) -> dict:
+        training = {pairs.value: dataclasses.asdict(self.training[pairs]) for pairs in Pairs if pairs in self.training}
+        zeroshot = {task: held_out.to_json() for task, held_out in self.held_out.zeroshot.items()}
+        return {**training, "zeroshot": zeroshot, "retrieval": dataclasses.asdict(self.held_out.retrieval)}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "JobSets":
+        training = {pairs: TrainingPairs(**record[pairs.value]) for pairs in Pairs if pairs.value in record}
+        zeroshot = {task: ZeroShotSet(**held_out) for task, held_out in record["zeroshot"].items()}
+        return cls(training, HeldOutSets(zeroshot, RetrievalSet(**record["retrieval"])))
+
+
+def read_sets(folder: JobFolder) -> JobSets:
+    return JobSets.from_json(read_json(folder.sources))
+
+
+def write_sets(folder: JobFolder, sets: JobSets) -> None:
+    write_json(folder.sources, sets.to_json())
+
+
+# ----------------------------------------------------------------------------------------------- the data stage
+
+
+def prepare_data(folder: JobFolder, experiment, sources: Sources) -> None:
+    """Build the `experiment`'s training pairs (`experiments.Experiment`) and the held-out sets the sources leave to
+    the offline corpus, then name them all in sources.json."""
+    experiment.build_pairs(folder, sources)
+    held_out = held_out_sets(folder, experiment.recipe, sources)
+    write_sets(folder, JobSets(experiment.training_sets(folder, sources), held_out))
+
+
+def held_out_sets(
+    folder: JobFolder, recipe: Recipe, sources: Sources, earlier: HeldOutSets | None = None
+) -> HeldOutSets:
+    """The sets `sources` name, else the offline corpus's, built here unless `earlier` (those of an earlier data
+    stage) lists them already."""
+    zeroshot = {task: ZeroShotSet(dataset, split) for task, (dataset, split) in sources.zeroshot.items()}
     built = earlier and all(
-        Path(held_out["dataset"]).parent == folder.offline_classification for held_out in earlier["zeroshot"].values()
+        Path(held_out.dataset).parent == folder.offline_classification for held_out in earlier.zeroshot.values()
     )
     if not zeroshot and built:
-        zeroshot = {task: {key: held_out[key] for key in ("dataset", "split")}
-                    for task, held_out in earlier["zeroshot"].items()}  # fmt: skip
+        zeroshot = {task: ZeroShotSet(held_out.dataset, held_out.split) for task, held_out in earlier.zeroshot.items()}
     elif not zeroshot:
-        zeroshot = build_offline_classification_sets(recipe, folder.offline_classification)
-    for key, per_task in (("templates", sources.templates), ("classnames", sources.classnames)):
-        for task, value in per_task.items():
-            zeroshot[task][key] = value
+        zeroshot = build_offline_classification_sets(recipe, folder)
+    zeroshot = {task: dataclasses.replace(held_out, templates=sources.templates.get(task),
+                                          classnames=sources.classnames.get(task))
+                for task, held_out in zeroshot.items()}  # fmt: skip
     if sources.retrieval:
         dataset, split = sources.retrieval
-        retrieval = {"dataset": dataset, "split": split, "caption_column": sources.caption_column}
-    elif earlier and earlier["retrieval"]["dataset"] == str(folder.offline_retrieval):
-        retrieval = earlier["retrieval"]
+        retrieval = RetrievalSet(dataset, split, sources.caption_column)
+    elif earlier and earlier.retrieval.dataset == str(folder.offline_retrieval):
+        retrieval = earlier.retrieval
     else:
         retrieval = build_offline_retrieval_set(recipe, folder.offline_retrieval)
-    return {"zeroshot": zeroshot, "retrieval": retrieval}
+    return HeldOutSets(zeroshot, retrieval)
 
 
 def refresh_held_out_sets(folder: JobFolder, recipe: Recipe, sources: Sources) -> None:
@@ -49,10 +122,11 @@ def refresh_held_out_sets(folder: JobFolder, recipe: Recipe, sources: Sources) -
     on; its training pairs stay as the data stage wrote them."""
     if not folder.sources.is_file():
         return  # the data stage has not run: it will write them
-    earlier = read_json(folder.sources)
-    updated = {**earlier, **held_out_sets(folder, recipe, sources, earlier)}
-    if updated != earlier:
-        write_json(folder.sources, updated)
+    recorded = read_json(folder.sources)
+    earlier = JobSets.from_json(recorded)
+    updated = dataclasses.replace(earlier, held_out=held_out_sets(folder, recipe, sources, earlier.held_out))
+    if updated.to_json() != recorded:
+        write_sets(folder, updated)
 
 
 def training_pairs(folder: JobFolder, sources: Sources) -> str:
@@ -67,9 +141,10 @@ def build_offline_pairs(recipe: Recipe, path) -> None:
     caption_pairs(train, recipe.caption_noise, recipe.seed, recipe.caption_attributes).save_to_disk(path)
 
 
-def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> dict:
-    """The growth experiment's pairs: `pairs` of every source but the arriving one, `arriving` of that one alone (each
-    with its own caption noise), and `all`, the two together: what retraining from scratch would train on."""
+def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> None:
+    """The growth experiment's pairs: the job's of every source but the arriving one, the arriving pairs of that one
+    alone (each with its own caption noise), and all pairs, the two together: what retraining from scratch would
+    train on."""
     import datasets
 
     from ..lib.data.offline_corpus import SOURCES, caption_pairs
@@ -80,14 +155,12 @@ def build_growth_pairs(recipe: Recipe, folder: JobFolder) -> dict:
 
     old = pairs_of([name for name in SOURCES if name != recipe.arriving_source])
     arriving = pairs_of([recipe.arriving_source])
-    old.save_to_disk(folder.offline_pairs)
-    arriving.save_to_disk(folder.offline_arriving_pairs)
-    datasets.concatenate_datasets([old, arriving]).save_to_disk(folder.offline_all_pairs)
-    return {name: {"dataset": str(path), "split": "train"} for name, path in
-            [("arriving", folder.offline_arriving_pairs), ("all", folder.offline_all_pairs)]}  # fmt: skip
+    old.save_to_disk(folder.offline(Pairs.JOB))
+    arriving.save_to_disk(folder.offline(Pairs.ARRIVING))
+    datasets.concatenate_datasets([old, arriving]).save_to_disk(folder.offline(Pairs.ALL))
 
 
-def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
+def build_offline_classification_sets(recipe: Recipe, folder: JobFolder) -> dict[str, ZeroShotSet]:
     """One zero-shot set per source: a sample of its test split, each saved with `save_to_disk`."""
     from ..lib.data.offline_corpus import SOURCES, classification_set
 
@@ -95,25 +168,24 @@ def build_offline_classification_sets(recipe: Recipe, folder) -> dict:
     for name, load in SOURCES.items():
         data = load(split="test", seed=recipe.seed)
         count = min(recipe.test_per_source, len(data.labels))
-        classification_set(data).shuffle(seed=recipe.seed).select(range(count)).save_to_disk(folder / name)
-        sets[name] = {"dataset": str(folder / name), "split": "test"}
+        path = folder.offline_classification_set(name)
+        classification_set(data).shuffle(seed=recipe.seed).select(range(count)).save_to_disk(path)
+        sets[name] = ZeroShotSet(str(path), "test")
     return sets
 
 
-def build_offline_retrieval_set(recipe: Recipe, path) -> dict:
+def build_offline_retrieval_set(recipe: Recipe, path) -> RetrievalSet:
     from ..lib.data.offline_corpus import SOURCES, retrieval_set
 
     images = [load(split="test", count=recipe.retrieval_per_source, seed=recipe.seed + 1) for load in SOURCES.values()]
     retrieval_set(images, recipe.seed, recipe.caption_attributes).save_to_disk(path)
-    return {"dataset": str(path), "split": "test", "caption_column": "caption"}
+    return RetrievalSet(str(path), "test", "caption")
 
 
-def count_pairs(recipe: Recipe, sources: Sources) -> int:
-    """How many training pairs the job will have: the user's dataset's rows, or the offline corpus's."""
+def count_pairs(sources: Sources, offline: int) -> int:
+    """How many training pairs the job will have: the user's dataset's rows, or `offline`, the offline corpus's."""
     if sources.dataset is None:
-        from ..lib.data.offline_corpus import SOURCES
-
-        return (len(SOURCES) - (recipe.arriving_source is not None)) * recipe.train_per_source
+        return offline
     from ..lib.data.pairs import load_pairs
 
     return len(load_pairs(sources.dataset, sources.split))

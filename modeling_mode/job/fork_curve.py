@@ -32,23 +32,24 @@ logger = logging.getLogger(__name__)
 IMAGE_BATCH = 64
 
 
-def held_out_indices(total: int, train_count: int, count: int, seed: int) -> list[int]:
+def held_out_indices(total: int, train_count: int, count: int, draw_seed: int) -> list[int]:
     """`count` indices of a split of `total` images (fewer when fewer are left) that the training draw did not take.
 
-    The offline corpus's training pairs are each source's images at `corpus.pick_indices(total, train_count, seed)`
-    (`data.build_offline_pairs`); the validation images are a seeded sample of the rest."""
-    training = set(pick_indices(total, train_count, seed))
+    The offline corpus's training pairs are each source's images at `corpus.pick_indices(total, train_count,
+    draw_seed)` (`data.build_offline_pairs`, `draw_seed` the recipe's `seed`); the validation images are a seeded
+    sample of the rest."""
+    training = set(pick_indices(total, train_count, draw_seed))
     left = [index for index in range(total) if index not in training]
-    return sorted(random.Random(f"validation/{seed}").sample(left, min(count, len(left))))
+    return sorted(random.Random(f"validation/{draw_seed}").sample(left, min(count, len(left))))
 
 
-def validation_sources(train_count: int, count: int, seed: int) -> list[LabelledImages]:
+def validation_sources(train_count: int, count: int, draw_seed: int) -> list[LabelledImages]:
     """Each offline source's validation images: `held_out_indices` of its train split. A source whose train split is
     all training pairs (easy-VQA's 1,682 images under the default recipe) has none."""
     held_out = []
     for load in SOURCES.values():
         split = load(split="train")  # the whole split, in the order the training draw indexes it
-        keep = held_out_indices(len(split.labels), train_count, count, seed)
+        keep = held_out_indices(len(split.labels), train_count, count, draw_seed)
         images, labels = [split.images[i] for i in keep], [split.labels[i] for i in keep]
         held_out.append(LabelledImages(split.source, images, labels, split.classnames))
     return held_out

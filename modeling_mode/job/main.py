@@ -29,11 +29,10 @@ from ..lib.core.errors import InputError
 from ..lib.core.files import read_json, write_json
 from ..lib.core.resume_guard import check_same_settings, differences
 from .arguments import JobArguments, Sources, check_held_out_sets, check_sources, default_encoder
-from .data import count_pairs, refresh_held_out_sets
-from .growth_report import write_growth_report
-from .layout import JobFolder
+from .data import refresh_held_out_sets
+from .experiments import choose
+from .layout import RETRIEVAL_RESULTS, ROUTING_RESULTS, JobFolder, Role, zeroshot_results_name
 from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
-from .report import write_report, write_validation_report
 from .requirements import check_requirements
 from .runner import Runner, StageError
 from .stages import StageGraph
@@ -50,35 +49,30 @@ def run(
 ) -> Path:
     """Run (or resume) the job; `seeds`, when given, replaces the recipe's number of training seeds.
     `validation_only`: train only what places the recipe on validation pairs, score no test set, and return the
-    validation report (a later run without it resumes from there)."""
+    validation report (a later run without it resumes from there). The experiment is chosen here, once
+    (`experiments.choose`): the requirements, the stages and the report that follow are its own."""
     sources = sources or Sources()
     name, recipe = load_recipe(recipe_name)
     recipe = dataclasses.replace(recipe, **(SMOKE if smoke else {}), **({} if seeds is None else {"seeds": seeds}))
     folder = JobFolder(check_output_dir(output, kind="a main job"))
-    check_requirements(recipe, sources, validation_only)
+    experiment = choose(name, recipe, sources, validation_only)
+    check_requirements(experiment, sources)
     check_sources(sources, encoder or default_encoder())
     check_held_out_sets(sources)
-    check_recipe(recipe, count_pairs(recipe, sources))
-    if recipe.arriving_source is not None and (sources.dataset is not None or validation_only):
-        raise InputError(
-            f"recipe {name} holds {recipe.arriving_source}'s pairs back from the offline corpus and grows its MODE by "
-            "them: it runs on the offline corpus, without --dataset or --validation-only (its schedule is the "
-            "converged recipe's, placed so). Grow a MODE of your own data with train/grow.py."
-        )
+    check_recipe(recipe, experiment.count_pairs(sources))
     config = clip_config(recipe) if sources.init is None else None
     folder.path.mkdir(parents=True, exist_ok=True)
     record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources, encoder)
     refresh_held_out_sets(folder, recipe, sources)
     if config is not None:
         write_json(folder.clip_config, config)
-    if config is not None and validation_only:
+    if any(model.role is Role.WIDE_DENSE for model in experiment.models):  # the validation experiment's, from scratch
         write_json(folder.wide_clip_config, clip_config(recipe, width_factor=2))
-    graph, runner = StageGraph(folder, recipe, sources, encoder or default_encoder(), validation_only), Runner(folder)
+    graph, runner = StageGraph(folder, experiment, sources, encoder or default_encoder()), Runner(folder)
     runner.run_all(graph.training(), "training stages")
-    if validation_only:
-        return write_validation_report(folder.path)
-    runner.run_all(graph.evaluation(), "evaluation")  # each evaluator adds its rows to its eval_results.json
-    return (write_growth_report if recipe.arriving_source else write_report)(folder.path)
+    if experiment.scores_test_sets:
+        runner.run_all(graph.evaluation(), "evaluation")  # each evaluator adds its rows to its eval_results.json
+    return experiment.write_report(folder.path)
 
 
 # Sources that only the evaluations read: a job may resume with them corrected (`check_held_out_change`).
@@ -117,10 +111,10 @@ def check_held_out_change(job: Path, before: dict, now: dict) -> None:
     for key in ("sources.zeroshot", "sources.templates", "sources.classnames"):
         old, new = before.get(key) or {}, now.get(key) or {}
         tasks |= {task for task in old.keys() | new.keys() if old.get(task) != new.get(task)}
-    outputs = [pattern for task in sorted(tasks) for pattern in (f"zeroshot-{task}.json", "routing.json")]
+    outputs = [name for task in sorted(tasks) for name in (zeroshot_results_name(task), ROUTING_RESULTS)]
     if before.get("sources.retrieval") != now.get("sources.retrieval"):
-        outputs.append("retrieval.json")
-    finished = sorted({path for name in outputs for path in job.glob(f"seed-*/results/*/{name}")})
+        outputs.append(RETRIEVAL_RESULTS)
+    finished = sorted({path for name in outputs for path in JobFolder(job).results_named(name)})
     if finished:
         changed = "; ".join(differences(
             {key: before.get(key) for key in HELD_OUT}, {key: now.get(key) for key in HELD_OUT}

@@ -27,7 +27,7 @@ class Recipe:
     num_workers: int = 0  # data loader workers per training process
     checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
     torch_compile: bool = False  # the training stages' --torch-compile (a GPU recipe's choice)
-    seed: int = 0
+    seed: int = 0  # the first training seed, and the offline corpus's draws' (a recipe.json field, name kept)
     # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
     model: dict | None = None
     # The offline corpus, for the sets that `Sources` does not name:
@@ -44,7 +44,7 @@ class Recipe:
     # The routing probe (`routing_probe`) of every routed ensemble, or (False) of MODE-n alone, n the least of
     # `experts`: the probe encodes every class in 80 templates, the costliest evaluation of a small job.
     probe_every_ensemble: bool = True
-    seeds: int = 1  # the whole comparison for training seeds seed, seed + 1, ..., seed + seeds - 1
+    seeds: int = 1  # how many training seeds: the whole experiment for seed, seed + 1, ..., seed + seeds - 1
     # The paper's routing's kernel width. The paper's 0.2 suits SimCSE's space; in all-MiniLM-L6-v2's, class prompts
     # sit farther from the caption centres and 0.2 routes them nearly uniformly. 2.0 was chosen from 0.2, 0.5, 1 and
     # 2 on the routing mass of the project's own templates (docs/model.md, routing), then checked on templates it
@@ -61,7 +61,7 @@ class Recipe:
 
     @property
     def training_seeds(self) -> range:
-        """The job's training seeds: each runs the whole comparison in its own folder (`layout.JobFolder.seed`)."""
+        """The job's training seeds: each runs the whole experiment in its own folder (`layout.Replicate`)."""
         return range(self.seed, self.seed + self.seeds)
 
 

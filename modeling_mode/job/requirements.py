@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from ..lib.core.errors import InputError
 from ..lib.data.offline_corpus import FASHION_MNIST_DIR
 from .arguments import Sources
-from .recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -59,23 +58,23 @@ ROUTING_PROBE = Requirement("clip_benchmark", "the routing probe's prompt templa
 EVERY_REQUIREMENT = (*OFFLINE_CORPUS, CLUSTERING, ROUTING_PROBE, *REPORT)
 
 
-def job_requirements(recipe: Recipe, sources: Sources, validation_only: bool) -> list[Requirement]:
-    """What this job's stages need, in the order they run: the offline corpus unless every set is the user's, faiss
-    when it clusters, clip-benchmark when it probes the routing (the comparison does; the validation and growth
-    experiments do not), and the report's packages."""
+def job_requirements(experiment, sources: Sources) -> list[Requirement]:
+    """What the stages of `experiment` (`experiments.Experiment`) need, in the order they run: the offline corpus
+    unless every set is the user's, faiss when it clusters, clip-benchmark when it probes the routing (the comparison
+    does; the validation and growth experiments do not), and the report's packages."""
     needs = []
     if sources.dataset is None or not sources.zeroshot or sources.retrieval is None:
         needs += OFFLINE_CORPUS
-    if not validation_only:
+    if experiment.clusters:
         needs.append(CLUSTERING)
-    if not validation_only and recipe.arriving_source is None:
+    if experiment.probes_routing:
         needs.append(ROUTING_PROBE)
     return [*needs, *REPORT]
 
 
-def check_requirements(recipe: Recipe, sources: Sources, validation_only: bool) -> None:
+def check_requirements(experiment, sources: Sources) -> None:
     """Refuse, in one line, a job whose stages need what is not installed: each missing one with its install."""
-    needs = job_requirements(recipe, sources, validation_only)
+    needs = job_requirements(experiment, sources)
     if missing := [need for need in needs if not need.installed()]:
         listed = "; ".join(f"{need.name} (for {need.used_by}): {need.install}" for need in missing)
         raise InputError(

@@ -17,6 +17,7 @@ from ..lib.core.files import write_json
 from ..lib.data.pairs import load_pairs
 from ..lib.evaluation.inputs import TEMPLATES, class_labels, column_of_type, image_batches, load_model, strings_from
 from ..lib.evaluation.scoring import classify, encode_images, prompt_templates
+from .data import HeldOutSets, ZeroShotSet
 from .layout import BEST_EXPERT_ROW, PAPER_ROW, ensemble_name, result_rows, routing_row
 
 # The template families, each a function of the task and its own templates (None: the evaluators' defaults).
@@ -42,12 +43,12 @@ def family_templates(family: str, task: str, own: str | None) -> list[str] | Non
     return ["{c}"]
 
 
-def source_shares(clusters: Path, num_experts: int) -> dict[str, list[float]] | None:
-    """{source: share of its training pairs in each expert's cluster}, from the clustering's labelled copy."""
-    copy = clusters / "dataset"
-    if not copy.is_dir():
+def source_shares(labelled_pairs: Path, num_experts: int) -> dict[str, list[float]] | None:
+    """{source: share of its training pairs in each expert's cluster}, from the clustering's labelled copy
+    (`layout.Replicate.labelled_pairs`)."""
+    if not labelled_pairs.is_dir():
         return None
-    pairs = load_pairs(str(copy))
+    pairs = load_pairs(str(labelled_pairs))
     if "source" not in pairs.column_names:
         return None
     sources, experts = np.asarray(pairs["source"]), np.asarray(pairs["coarse_id"])
@@ -59,20 +60,20 @@ def source_shares(clusters: Path, num_experts: int) -> dict[str, list[float]] | 
 
 
 @torch.inference_mode()
-def probe_task(model, tokenizer, image_processor, held_out: dict, task: str, shares: dict | None) -> dict:
+def probe_task(model, tokenizer, image_processor, held_out: ZeroShotSet, task: str, shares: dict | None) -> dict:
     """{family: weights, routing mass on the source's experts, top-1 routed, uniform and of the best expert}."""
     import datasets
 
-    dataset = load_pairs(held_out["dataset"], held_out["split"])
+    dataset = load_pairs(held_out.dataset, held_out.split)
     image_column = column_of_type(dataset, datasets.Image, "--image-column")
     label_column = column_of_type(dataset, datasets.ClassLabel, "--label-column")
-    classnames = strings_from(held_out["classnames"], "classnames") if held_out.get("classnames") else None
+    classnames = strings_from(held_out.classnames, "classnames") if held_out.classnames else None
     labels, classnames = class_labels(dataset, label_column, classnames)
     images = encode_images(model, image_processor, image_batches(dataset, image_column, 64), len(labels))
     labels = torch.as_tensor(labels)
     probed = {}
     for family in FAMILIES:
-        templates = family_templates(family, task, held_out.get("templates"))
+        templates = family_templates(family, task, held_out.templates)
         if templates is None:
             continue
         weights, scores = classify(model, tokenizer, images, labels, classnames, templates)
@@ -88,10 +89,10 @@ def probe_task(model, tokenizer, image_processor, held_out: dict, task: str, sha
     return probed
 
 
-def write_routing_probe(path: Path, model_dir: Path, clusters: Path, sets: dict) -> None:
+def write_routing_probe(path: Path, model_dir: Path, labelled_pairs: Path, held_out: HeldOutSets) -> None:
     """The job's stage: `path` (`results/<model>/routing.json`), {task: `probe_task`'s families} of the MODE in
-    `model_dir` on every zero-shot set of `sets` (`data/sources.json`'s)."""
+    `model_dir`, its clustering's labelled copy `labelled_pairs`, on every zero-shot set of `held_out`."""
     model, tokenizer, image_processor = load_model(str(model_dir))
-    shares = source_shares(clusters, model.config.num_experts)
-    write_json(path, {task: probe_task(model, tokenizer, image_processor, held_out, task, shares)
-                      for task, held_out in sets["zeroshot"].items()})  # fmt: skip
+    shares = source_shares(labelled_pairs, model.config.num_experts)
+    write_json(path, {task: probe_task(model, tokenizer, image_processor, zeroshot, task, shares)
+                      for task, zeroshot in held_out.zeroshot.items()})  # fmt: skip

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from enum import Enum
 
 from tqdm.auto import tqdm
 
@@ -23,13 +24,26 @@ from ..lib.core.files import read_json, write_json
 from .layout import JobFolder, Output
 
 
+class Phase(Enum):
+    """The parts of the job's wall time in the report, in their order."""
+
+    DATA = "data"
+    CLUSTERING = "clustering"
+    TRAINING = "training"
+    ASSEMBLY = "assembly"
+    CURVE = "validation curve"
+    EVALUATION = "evaluation"
+
+
 @dataclass(frozen=True)
 class Stage:
-    """A named step of the job: `action` makes `output`, and is skipped when the output is finished."""
+    """A named step of the job: `action` makes `output`, and is skipped when the output is finished; its time counts
+    in the report's `phase`."""
 
     name: str
     output: Output
     action: list[str] | Callable[[], None]  # a command line, or a function of no argument run in this process
+    phase: Phase
 
 
 def module_command(module: str, arguments, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:

@@ -40,10 +40,10 @@ from .embedding import (
     embed_data_files,
 )
 from .labels_table import LabelsTable, describe_files
+from .outputs import LABELLED_COPY
 
 logger = logging.getLogger(__name__)
 ID_COLUMNS = ("fine_id", "coarse_id")
-LABELLED_COPY = "dataset"  # an in-memory clustering's copy of its corpus with ID_COLUMNS, in its output folder
 
 
 class ClusteredCorpus(ABC):

@@ -20,6 +20,7 @@ from ..core.errors import InputError
 from ..core.files import atomic_path, read_json
 
 CLUSTERS_JSON = "clusters.json"  # the run's report, written last: a clustering run is finished when it is there
+LABELLED_COPY = "dataset"  # an in-memory clustering's copy of its corpus with ID_COLUMNS, in its output folder
 CLUSTERS_FILE = "clusters.safetensors"
 
 
