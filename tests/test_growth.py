@@ -32,11 +32,12 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPMo
 from modeling_mode import ModeCLIPModel
 from modeling_mode.lib.assembly.run import assemble
 from modeling_mode.lib.clustering.command_line import main as cluster_main
+from modeling_mode.lib.core.entry_points import EntryPointError
 from modeling_mode.lib.core.errors import InputError
 from modeling_mode.lib.core.files import LOCK
 from modeling_mode.lib.growth.command_line import grow_main, shrink_main
 from modeling_mode.lib.growth.outputs import expert_digests
-from modeling_mode.lib.growth.run import StepError, shrink
+from modeling_mode.lib.growth.run import shrink
 from modeling_mode.lib.publish.model_card import model_card
 from modeling_mode.lib.publish.run import check_mode_dir, push_run
 from modeling_mode.tokenization_mode_clip import ModeCLIPTokenizer
@@ -301,8 +302,9 @@ def test_grow_refuses_bad_input_in_one_line_exit_2_nothing_written(case, routed_
 def test_a_step_that_refuses_leaves_no_work_folder_and_grows_defaults_are_named(routed_mode, tmp_path, capsys,
                                                                                  monkeypatch):  # fmt: skip
     def clustering_refuses(launcher, module, arguments):
-        raise StepError(f"only 0 of the sampled pairs lie farther from --beside {arguments.beside}'s clusters than "
-                        f"its own pairs did: too few for {arguments.fine_clusters} new fine clusters.", 2)  # fmt: skip
+        said = (f"only 0 of the sampled pairs lie farther from --beside {arguments.beside}'s clusters than its own "
+                f"pairs did: too few for {arguments.fine_clusters} new fine clusters.")  # fmt: skip
+        raise EntryPointError(said, 2)
 
     monkeypatch.setattr("modeling_mode.lib.growth.run.run_step", clustering_refuses)
     mode = growable(shutil.copytree(routed_mode, tmp_path / "mode"))

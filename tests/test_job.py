@@ -28,11 +28,12 @@ from modeling_mode.job.main import main as job_main
 from modeling_mode.job.main import record_settings, run
 from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
 from modeling_mode.job.requirements import job_requirements
-from modeling_mode.job.runner import Phase, Runner, Stage, StageError, latest_progress_bar
+from modeling_mode.job.runner import Phase, Runner, Stage
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
 from modeling_mode.lib.assembly.run import AssembleArguments
 from modeling_mode.lib.clustering.run import ClusterArguments
 from modeling_mode.lib.core import cli
+from modeling_mode.lib.core.entry_points import EntryPointError
 from modeling_mode.lib.core.errors import InputError
 from modeling_mode.lib.core.files import read_json, write_json
 from modeling_mode.lib.data.offline_corpus import SOURCES, caption_pairs, classification_set, retrieval_set
@@ -363,7 +364,9 @@ def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing
 
     output = Output(tmp_path / "results.json", lambda path: False)
     stage = Stage("seed-3/zeroshot-dense-mnist", output, refuse, Phase.EVALUATION)
-    with pytest.raises(StageError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'") as fail:
+    with pytest.raises(
+        EntryPointError, match=r"stage seed-3/zeroshot-dense-mnist failed .*: --dataset 'nowhere'"
+    ) as fail:
         runner.run(stage)
     assert fail.value.returncode == 2  # as a script's InputError: bad input, not a crash
     log = (tmp_path / "seed-3" / "logs" / "zeroshot-dense-mnist.log").read_text()
@@ -375,12 +378,6 @@ def test_a_stage_run_in_the_jobs_process_logs_its_output_and_fails_as_a_refusing
     with pytest.raises(ZeroDivisionError):
         runner.run(Stage("seed-3/curve", Output(tmp_path / "curve.json", lambda path: False), crash, Phase.CURVE))
     assert (tmp_path / "seed-3" / "logs" / "curve.log").read_text().rstrip().endswith("ZeroDivisionError: a bug")
-
-
-def test_the_jobs_progress_shows_the_running_stages_own_bar():
-    output = "loading\ntrain:  10%|#  | 1/10 [00:01<00:09]\rtrain:  20%|## | 2/10 [00:02<00:08]\rtrain:  3"
-    assert latest_progress_bar(output) == "train:  20%|## | 2/10 [00:02<00:08]"
-    assert latest_progress_bar("no bar yet\n") is None
 
 
 def test_every_stage_command_is_its_scripts_arguments_and_parses_back(tmp_path):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..lib.core import cli
 from ..lib.core.checks import check_output_dir
+from ..lib.core.entry_points import EntryPointError
 from ..lib.core.errors import InputError
 from ..lib.core.files import read_json, write_json
 from ..lib.core.resume_guard import check_same_settings, differences
@@ -34,7 +35,7 @@ from .experiments import choose
 from .layout import RETRIEVAL_RESULTS, ROUTING_RESULTS, JobFolder, Role, zeroshot_results_name
 from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
 from .requirements import check_requirements
-from .runner import Runner, StageError
+from .runner import Runner
 from .stages import StageGraph
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             args.recipe, args.output, args.sources(), smoke=args.smoke, encoder=args.encoder, seeds=args.seeds,
             validation_only=args.validation_only,
         )  # fmt: skip
-    except StageError as error:  # the stage's own error line is in the message; its exit status is kept
+    except EntryPointError as error:  # the stage's own error line is in the message; its exit status is kept
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.returncode)
     print(f"report: {report}")

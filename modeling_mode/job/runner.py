@@ -1,14 +1,11 @@
 """Runs the job's stages in order, skipping those whose output is finished, with each stage's log and time.
 
 A stage is a command line (one of the library's entry points, `python -m modeling_mode.lib...`, through the sources'
-launcher) or a function run in the job's own process. Either way its output goes to its log, and a stage that refuses
-its input fails the job with the stage's own error line and exit status 2, as a script's refusal does.
+launcher, run by `entry_points.run_entry_point`: its progress and its refusal come back through its status file) or
+a function run in the job's own process. Either way its output goes to its log, and a stage that refuses its input
+fails the job with the stage's own error line and exit status 2 (`EntryPointError`), as a script's refusal does.
 """
 
-import codecs
-import re
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -19,6 +16,7 @@ from enum import Enum
 from tqdm.auto import tqdm
 
 from ..lib.core import cli
+from ..lib.core.entry_points import EntryPointError, run_entry_point
 from ..lib.core.errors import InputError
 from ..lib.core.files import read_json, write_json
 from .layout import JobFolder, Output
@@ -44,21 +42,6 @@ class Stage:
     output: Output
     action: list[str] | Callable[[], None]  # a command line, or a function of no argument run in this process
     phase: Phase
-
-
-def module_command(module: str, arguments, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
-    """The command that runs the library's entry point `module` (`python -m MODULE`) with `arguments`, its argument
-    dataclass filled in here: a field the job gets wrong fails now, before any stage runs, and the entry point parses
-    back the same values. `launcher` is `python` or, e.g., `accelerate launch ...`: both take `-m MODULE`."""
-    return [*launcher, "-m", module, *cli.command_line(arguments)]
-
-
-class StageError(RuntimeError):
-    """A stage failed; `returncode` is its exit status (2: it refused its input)."""
-
-    def __init__(self, message: str, returncode: int):
-        super().__init__(message)
-        self.returncode = returncode
 
 
 class Runner:
@@ -101,34 +84,26 @@ class Runner:
                 action()
             except InputError as error:  # the log ends as a refusing script's output does: with its error line
                 print(f"error: {error}", flush=True)
-                raise StageError(f"stage {name} failed (log {log}): {error}", cli.BAD_INPUT) from error
+                raise EntryPointError(f"stage {name} failed (log {log}): {error}", cli.BAD_INPUT) from error
             except BaseException:  # anything else: the traceback goes to the log too, then on up to the job
                 traceback.print_exc()
                 raise
 
     def _run_command(self, name: str, command: list[str], progress: tqdm | None) -> None:
-        """Run a stage's command with its output in its log; its latest progress bar goes on `progress`."""
+        """Run a stage's command with its output in its log; the progress it reports goes on `progress`."""
         tqdm.write(f"[{name}] {' '.join(command)}")
         log = self.log(name)
-        decode, recent = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, ""
-        with (
-            open(log, "wb") as file,
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as stage,
-        ):
-            for chunk in iter(lambda: stage.stdout.read1(1 << 16), b""):
-                file.write(chunk)
-                recent = (recent + decode(chunk))[-4096:]
-                if progress is not None and (bar := latest_progress_bar(recent)):
-                    progress.set_postfix_str(f"{name}: {bar}")
-        if stage.returncode != 0:
+
+        def show(bar: str) -> None:
+            if progress is not None:
+                progress.set_postfix_str(f"{name}: {bar}")
+
+        try:
+            with open(log, "wb") as output:
+                run_entry_point(command, output, on_progress=show)
+        except EntryPointError as error:
+            # A command that refused its input said why; anything else shows the end of its log.
             lines = log.read_text(errors="replace").splitlines()
-            # A command that refused its input said why in one `error: ...` line; anything else shows its tail.
-            said = next((line for line in reversed(lines) if line.startswith("error: ")), None)
-            detail = said[len("error: ") :] if said else "the end of its log:\n" + "\n".join(lines[-20:])
-            raise StageError(f"stage {name} failed (exit {stage.returncode}; log {log}): {detail}", stage.returncode)
-
-
-def latest_progress_bar(output: str) -> str | None:
-    """The last complete tqdm bar in a command's output: tqdm redraws its bar after each carriage return."""
-    lines = re.split(r"[\r\n]", output)[:-1]  # the last piece may be cut off mid-bar
-    return next((line.strip() for line in reversed(lines) if re.search(r"\d+%\|", line)), None)
+            detail = str(error) if error.reported else "the end of its log:\n" + "\n".join(lines[-20:])
+            raise EntryPointError(f"stage {name} failed (exit {error.returncode}; log {log}): {detail}",
+                                  error.returncode) from error  # fmt: skip

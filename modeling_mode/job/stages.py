@@ -13,6 +13,7 @@ from functools import partial
 
 from ..lib.assembly.run import AssembleArguments
 from ..lib.clustering.run import ClusterArguments
+from ..lib.core.entry_points import entry_point_command
 from ..lib.evaluation.inputs import RetrievalArguments, ZeroShotArguments
 from ..lib.evaluation.run import evaluate_retrieval, evaluate_zero_shot
 from ..lib.growth.run import GrowArguments, shrink
@@ -41,7 +42,7 @@ from .layout import (
     training_finished,
 )
 from .routing_probe import write_routing_probe
-from .runner import Phase, Stage, module_command
+from .runner import Phase, Stage
 
 CLUSTERING, TRAINING, ASSEMBLY, GROWTH = (
     "modeling_mode.lib.clustering",
@@ -139,7 +140,7 @@ class StageGraph:
             encoder=str(replicate.seed_run) if clustering.seed_text else self.encoder, experts=clustering.experts,
             one_step=clustering.method == "one-step", random=clustering.method == "random",
         )  # fmt: skip
-        command = module_command(CLUSTERING, arguments, self.sources.launcher)
+        command = entry_point_command(CLUSTERING, arguments, self.sources.launcher)
         return Stage(replicate.stage(f"cluster-{clustering.name}"), Output(output, clustering_finished), command,
                      Phase.CLUSTERING)  # fmt: skip
 
@@ -163,7 +164,7 @@ class StageGraph:
             router_text_model=str(replicate.model(model.fork_from)), output=str(output),
             router=model.router, router_lambda=self.recipe.router_lambda,
         )  # fmt: skip
-        command = module_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
+        command = entry_point_command(ASSEMBLY, assembly)  # one process, not the launcher's: no distributed work
         yield Stage(replicate.stage(f"assemble-{model.assembly}"), Output(output, model_finished), command,
                     Phase.ASSEMBLY)  # fmt: skip
 
@@ -177,7 +178,7 @@ class StageGraph:
             max_steps=model.max_steps,
             work_dir=str(replicate.grow_work(model)), launcher=shlex.join(self.sources.launcher),
         )  # fmt: skip
-        command = module_command(GROWTH, arguments)
+        command = entry_point_command(GROWTH, arguments)
         return Stage(replicate.stage(f"grow-{model.name}"), Output(output, model_finished), command, Phase.TRAINING)
 
     def shrink_stage(self, replicate: Replicate, model: ShrunkMode) -> Stage:
@@ -207,7 +208,7 @@ class StageGraph:
         return Stage(replicate.stage(CURVE_STAGE), output, write, Phase.CURVE)
 
     def training_stage(self, replicate: Replicate, name: str, arguments: ExpertTrainingArguments) -> Stage:
-        command = module_command(TRAINING, arguments, self.sources.launcher)
+        command = entry_point_command(TRAINING, arguments, self.sources.launcher)
         return Stage(replicate.stage(name), Output(arguments.output, training_finished), command, Phase.TRAINING)
 
     def data(self, pairs: Pairs) -> str:

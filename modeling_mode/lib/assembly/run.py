@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from ...configuration_mode_clip import ModeCLIPConfig
@@ -26,6 +25,7 @@ from ..clustering.outputs import read_finished_run
 from ..core.checks import files_inside, naming_failures
 from ..core.errors import InputError
 from ..core.files import atomic_directory, read_json, write_json
+from ..core.status import ProgressBar
 from ..training.checkpoints import is_checkpoint
 from ..training.outputs import TRAINING_ARGS, is_finished
 from .outputs import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_output
@@ -215,7 +215,9 @@ def caption_centroids(
     sums = torch.zeros(num_fine_clusters, encoder.embed_dim)
     counts = np.zeros(num_fine_clusters, dtype=np.int64)
     start = time.perf_counter()
-    for part in tqdm(range(corpus.num_parts), unit="shards", desc="re-expressing centroids", dynamic_ncols=True):
+    for part in ProgressBar(
+        range(corpus.num_parts), unit="shards", desc="re-expressing centroids", dynamic_ncols=True
+    ):
         chosen, ids = corpus.clustered_captions(part)
         labelled = np.flatnonzero(ids >= 0)  # a labelled pair had a caption to embed
         if labelled.size:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
 
 from ...configuration_mode_clip import text_tower_config
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
 from ..core.resume_guard import check_same_settings
+from ..core.status import ProgressBar
 from ..data.data_files import caption_of, read_samples
 from ..data.pairs import usable_captions
 
@@ -310,7 +310,7 @@ def _embed_shards(embed, shards: EmbeddingShards, rank: int, world_size: int, un
     """Call `embed(shard)` (which returns the pairs it embedded) for this process's shards not yet on disk."""
     todo = [s for s in range(rank, shards.num_shards, world_size) if not shards.is_done(s)]
     start, done = time.perf_counter(), 0
-    with tqdm(total=len(todo), unit=unit, desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
+    with ProgressBar(total=len(todo), unit=unit, desc=f"embedding (process {rank})", dynamic_ncols=True) as bar:
         for shard in todo:
             done += embed(shard)
             bar.update()

@@ -23,9 +23,9 @@ except ImportError as error:  # an extra, so that no upgrade swaps a user's GPU 
     ) from error
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core.errors import InputError
+from ..core.status import ProgressBar
 from ..data.pairs import NO_CLUSTER
 from .outputs import Clusters
 
@@ -142,7 +142,7 @@ def balanced_kmeans(
     rng = np.random.default_rng(seed)
     centroids = x[np.sort(rng.choice(len(x), size=k, replace=False))]
     start = time.perf_counter()
-    steps = tqdm(range(iterations), desc=f"balanced k-means, k={k}", disable=not progress, dynamic_ncols=True)
+    steps = ProgressBar(range(iterations), desc=f"balanced k-means, k={k}", disable=not progress, dynamic_ncols=True)
     for _ in steps:
         labels = balanced_assign(x, centroids, candidates)
         centroids = spherical_means(x, labels, k)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from ..core.checks import check_output_dir, naming_failures
 from ..core.errors import InputError
 from ..core.files import read_json, write_json, writing_lock
 from ..core.mode_folder import stored_centroids
 from ..core.resume_guard import check_same_settings
+from ..core.status import ProgressBar
 from ..hub.flags import HubArguments
 from .clustered_corpus import ClusteredCorpus, InMemoryCorpus, StreamedCorpus
 from .embedding import POOLINGS, CaptionEncoder, EmbeddingShards
@@ -368,7 +368,7 @@ def assign_and_save(
     fine_to_coarse = clusters.fine_to_coarse.astype(np.int32)
     fine_sizes, missing, distances = np.zeros(clusters.num_fine_clusters, dtype=np.int64), 0, DistanceHistogram()
     start = time.perf_counter()
-    with tqdm(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
+    with ProgressBar(total=shards.num_rows, unit="pairs", desc="assigning", dynamic_ncols=True) as bar:
         for shard, fine in enumerate(assign_shards(shards, clusters, args.seed, distances=distances, known=known)):
             coarse = np.where(fine >= 0, fine_to_coarse[np.maximum(fine, 0)], NO_CLUSTER)
             keys = corpus.embedded_keys(shards, shard)

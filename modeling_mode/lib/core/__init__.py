@@ -6,5 +6,8 @@
 - `mode_folder`: a saved MODE read as untrusted input, its config checked against its weights;
 - `files`: atomic writes (a file, a folder) and `writing_lock`, one run at a time writing into a folder;
 - `resume_guard`: the refusal of an output made with other settings, in one line;
-- `cli`: the command-line runner: a dataclass of flags, JSON argument files, exit status 2.
+- `cli`: the command-line runner: a dataclass of flags, JSON argument files, exit status 2;
+- `status` and `entry_points`: the one protocol between a parent and the entry points it launches, the child's side
+  (its progress bars and its refusal, reported to a JSON-lines status file) and the parent's (the command built from
+  an argument dataclass, run, its events read, its failure one `EntryPointError`).
 """

@@ -13,6 +13,7 @@ from argparse import RawDescriptionHelpFormatter
 from transformers import HfArgumentParser
 
 from .errors import InputError
+from .status import report
 
 BAD_INPUT = 2
 
@@ -40,11 +41,13 @@ def parse(arguments_class, description: str, argv: list[str] | None = None):
 
 
 def run(main, *also: type[Exception]):
-    """Call `main()`; an InputError (or one of the `also` errors) becomes `error: ...` and exit status 2."""
+    """Call `main()`; an InputError (or one of the `also` errors) becomes `error: ...` and exit status 2, and is
+    reported to the parent that launched this process, if one did (`status`, `entry_points`)."""
     try:
         return main()
     except (InputError, *also) as error:
         print(f"error: {error}", file=sys.stderr)
+        report(error=str(error))
         sys.exit(BAD_INPUT)
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from ...configuration_mode_clip import ROUTINGS
 from ...modeling_mode_clip import ModeCLIPModel
 from ..core.errors import InputError
+from ..core.status import ProgressBar
 from .outputs import CLIP_NAME, EXPERT_NAME, MODE_NAME
 
 
@@ -67,7 +67,7 @@ def encode_images(model, image_processor, images: Iterable, num_images: int, bat
     """L2-normalised image features of every expert [K, N, d], float32 on the CPU; each batch is preprocessed once
     for all experts."""
     per_expert = []
-    with tqdm(total=num_images, desc="images", unit="img") as progress:
+    with ProgressBar(total=num_images, desc="images", unit="img") as progress:
         for batch in images:
             pixel_values = image_processor(images=batch, return_tensors="pt").pixel_values.to(
                 model.device, model.dtype

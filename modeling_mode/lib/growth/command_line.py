@@ -33,10 +33,11 @@ import sys
 from pathlib import Path
 
 from ..core import cli
+from ..core.entry_points import EntryPointError
 from ..hub.commits import exiting_on_push_failure
 from ..hub.flags import HubArguments
 from ..publish.run import push_run
-from .run import GrowArguments, ShrinkArguments, StepError, grow, shrink
+from .run import GrowArguments, ShrinkArguments, grow, shrink
 
 
 def push_next_commit(output: Path, args: HubArguments, message: str) -> None:
@@ -60,7 +61,7 @@ def grow_main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its every request at INFO would bury the steps' lines
     try:
         output = grow(args)
-    except StepError as error:  # the step's own error line is above; its exit status is kept
+    except EntryPointError as error:  # the step's own error, reported to grow; its exit status is kept
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.returncode)
     print(f"MODE model grown by {args.new_experts} expert(s) saved to {output}")

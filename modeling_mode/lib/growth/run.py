@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,10 +23,12 @@ from ..clustering.outputs import read_finished_run
 from ..clustering.run import ClusterArguments
 from ..core import cli
 from ..core.checks import files_inside, naming_failures
+from ..core.entry_points import EntryPointError, entry_point_command, run_entry_point
 from ..core.errors import InputError
 from ..core.files import atomic_directory, read_json, write_json
 from ..core.mode_folder import check_mode_folder, load_mode, local_mode
 from ..core.resume_guard import check_same_settings
+from ..core.status import report
 from ..data.pairs import (
     caption_mask,
     check_column_types,
@@ -294,11 +295,11 @@ def grow(args: GrowArguments) -> Path:
     export_router(source, work / "router")
     try:
         run_step(launcher, "modeling_mode.lib.clustering", clustering)
-    except StepError as error:
+    except EntryPointError as error:
         if error.returncode == cli.BAD_INPUT and made_here:  # refused: nothing of this run is worth resuming
             shutil.rmtree(work)
         said = f"{str(error).rstrip('.')} (grow clustered with {chosen}; --fit-quantile {args.fit_quantile})."
-        raise StepError(said, error.returncode) from error
+        raise EntryPointError(said, error.returncode) from error
     fit, report = read_finished_run(clusters)
     experts = []
     for k in range(args.new_experts):
@@ -378,19 +379,12 @@ def record_grow_settings(work: Path, args: GrowArguments, seed: Path, max_steps:
 
 
 def run_step(launcher: list[str], module: str, arguments) -> None:
-    """Run one of the library's entry points as its own process (`accelerate launch ... -m MODULE` alike), its output
-    passed on as it comes; a step that refuses its input fails the grow with the step's own error line."""
-    command = [*launcher, "-m", module, *cli.command_line(arguments)]
+    """Run one of the library's entry points as its own process (`accelerate launch ... -m MODULE` alike), through
+    the protocol the main job's stages use (`entry_points`): its output passed on as it comes, its progress reported
+    on to grow's own parent, if any; a step that refuses its input fails the grow with the step's own error."""
+    command = entry_point_command(module, arguments, tuple(launcher))
     logger.info(" ".join(command))
-    said = None
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as step:
-        for line in step.stderr:
-            if line.startswith("error: "):
-                said = line.removeprefix("error: ").strip()
-            else:
-                sys.stderr.write(line)
-    if step.returncode != 0:
-        raise StepError(said or f"{module} failed (exit {step.returncode}; its output is above).", step.returncode)
+    run_entry_point(command, on_progress=lambda bar: report(progress=bar))
 
 
 def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs: list[str]) -> Path:
@@ -429,12 +423,6 @@ def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs
     logger.info(f"{change['fitting_pairs']} new pairs fit the MODE's clusters; {change['new_pairs']} trained "
                 f"{added} new expert(s): {args.output}")  # fmt: skip
     return Path(args.output)
-
-
-class StepError(RuntimeError):
-    def __init__(self, message: str, returncode: int):
-        super().__init__(message)
-        self.returncode = returncode
 
 
 @dataclass

@@ -12,9 +12,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from ..core.checks import check_output_dir
+from ..core.status import ProgressBar
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
 from .checkpoints import prune_checkpoints, save_checkpoint, save_final
@@ -127,7 +127,9 @@ def run_steps(
     `peak_flops`) and `checkpoint(step)` every --checkpoint-every, each also at the last step."""
     meter = StepMeter(accelerator.unwrap_model(model, keep_torch_compile=False), data.global_batch_size, peak_flops)
     # A `with`: the bar ends its line even when a step fails, so that an error is printed on a line of its own.
-    bar = tqdm(total=args.last_step, initial=step, disable=not accelerator.is_main_process, unit="step", desc="train")
+    bar = ProgressBar(
+        total=args.last_step, initial=step, disable=not accelerator.is_main_process, unit="step", desc="train"
+    )
     with bar:
         model.train()
         while step < args.last_step:
