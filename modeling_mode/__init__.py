@@ -2,14 +2,23 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoTokenizer
 
-from .configuration_mode_clip import ModeCLIPConfig
-from .modeling_mode_clip import ModeCLIPModel, ModeCLIPOutput
+from .configuration_mode_clip import ModeCLIPConfig, ModeSiglipConfig
+from .modeling_mode_clip import ModeCLIPModel, ModeCLIPOutput, ModeSiglipModel
 from .tokenization_mode_clip import ModeCLIPTokenizer
 
-# Let the Auto classes and pipelines resolve `mode_clip` without trust_remote_code when this package is installed.
-AutoConfig.register(ModeCLIPConfig.model_type, ModeCLIPConfig, exist_ok=True)
-AutoModel.register(ModeCLIPConfig, ModeCLIPModel, exist_ok=True)
-AutoModelForZeroShotImageClassification.register(ModeCLIPConfig, ModeCLIPModel, exist_ok=True)
-AutoTokenizer.register(ModeCLIPConfig, fast_tokenizer_class=ModeCLIPTokenizer, exist_ok=True)
+# Let the Auto classes and pipelines resolve `mode_clip` and `mode_siglip` without trust_remote_code when this package
+# is installed.
+for _config_class, _model_class in ((ModeCLIPConfig, ModeCLIPModel), (ModeSiglipConfig, ModeSiglipModel)):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(_config_class, _model_class, exist_ok=True)
+    AutoTokenizer.register(_config_class, fast_tokenizer_class=ModeCLIPTokenizer, exist_ok=True)
 
-__all__ = ["ModeCLIPConfig", "ModeCLIPModel", "ModeCLIPOutput", "ModeCLIPTokenizer"]
+__all__ = [
+    "ModeCLIPConfig",
+    "ModeCLIPModel",
+    "ModeCLIPOutput",
+    "ModeCLIPTokenizer",
+    "ModeSiglipConfig",
+    "ModeSiglipModel",
+]

@@ -1,16 +1,20 @@
-"""MODE: an ensemble of CLIP data experts weighted by how close a task's metadata is to each expert's clusters."""
+"""MODE: an ensemble of data experts (CLIP, MetaCLIP 2, SigLIP or SigLIP 2 models) weighted by how close a task's
+metadata is to each expert's clusters."""
 
 import copy
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
-from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .configuration_mode_clip import CLIP_TEXT_MODEL_TYPE, ROUTINGS, ModeCLIPConfig
+from .adapters import ExpertAdaptedLinear, LoraExpert, adapted_layers, add_expert_adapters
+from .configuration_mode_clip import ROUTINGS, ModeCLIPConfig, ModeSiglipConfig
+from .families import family_of, text_tower_family
 from .routing import keep_top_k, paper_log_weights, released_log_weights
 
 # Config entries that name or date a checkpoint rather than describe its architecture.
@@ -27,7 +31,9 @@ class ModeCLIPOutput(ModelOutput):
     the routing weights are computed.
 
     logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
-        sum_k w_k * exp(logit_scale_k) * cos_k(image, text): the routed ensemble of the experts' scaled similarities.
+        sum_k w_k * logits_k(image, text): the routed ensemble of the experts' logits, each in its family's form:
+        exp(logit_scale_k) * cos_k for CLIP and MetaCLIP 2 (a softmax over the texts gives probabilities),
+        exp(logit_scale_k) * cos_k + logit_bias_k for SigLIP and SigLIP 2 (a sigmoid of each gives one).
     logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
         The transpose of `logits_per_image`.
     expert_weights (`torch.FloatTensor` of shape `(num_experts,)`):
@@ -43,13 +49,17 @@ class ModeCLIPOutput(ModelOutput):
 
 
 class ModeCLIPModel(PreTrainedModel):
-    """N `CLIPModel` data experts and a router that weights them per task (Ma et al., "MODE", CVPR 2024).
+    """N data experts and a router that weights them per task (Ma et al., "MODE", CVPR 2024).
+
+    The experts are `CLIPModel`s or `MetaClip2Model`s (`ModeSiglipModel` holds SigLIP ones), all of one architecture:
+    full models in `experts`, or, for a MODE of LoRA experts (`config.lora_rank`), one shared `seed_model` whose
+    adapted layers hold every expert's adapters (`adapters.py`). `expert(k)` is expert k either way.
 
     The router embeds the task's label prompts with `router_text_model`, the encoder of the space the fine cluster
-    centroids live in, and turns their distances to `fine_centroids` into one weight per expert. It is the seed CLIP's
+    centroids live in, and turns their distances to `fine_centroids` into one weight per expert. It is the seed's
     text tower, which reads the experts' token ids, or a sentence encoder such as the clustering's (the paper's
     choice), which reads its own (`router_input_ids`, given by the MODE's tokenizer, `ModeCLIPTokenizer`). The
-    ensemble's logits are the weighted sum of the experts' CLIP logits; experts with zero weight are not run.
+    ensemble's logits are the weighted sum of the experts' logits; experts with zero weight are not run.
 
     Routing runs in float32 whatever the dtype the model is loaded in (e.g. `dtype=torch.bfloat16`): the centroids
     are kept in float32 when loading, and the router's embeddings are cast to float32 before they are compared.
@@ -60,8 +70,12 @@ class ModeCLIPModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    # The experts' own `_no_split_modules` are not collected through an nn.ModuleList.
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    # The experts' own `_no_split_modules` are not collected through an nn.ModuleList: those of every family.
+    _no_split_modules = [
+        f"{prefix}{layer}"
+        for prefix in ("CLIP", "MetaClip2", "Siglip", "Siglip2")
+        for layer in ("TextEmbeddings", "EncoderLayer", "VisionEmbeddings")
+    ] + ["SiglipMultiheadAttentionPoolingHead", "Siglip2MultiheadAttentionPoolingHead"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -70,7 +84,15 @@ class ModeCLIPModel(PreTrainedModel):
 
     def __init__(self, config: ModeCLIPConfig):
         super().__init__(config)
-        self.experts = nn.ModuleList(CLIPModel._from_config(config.expert_config) for _ in range(config.num_experts))
+        if config.lora_rank:
+            self.seed_model = AutoModel.from_config(config.expert_config)
+            add_expert_adapters(
+                self.seed_model, config.lora_target_modules, config.num_experts, config.lora_rank, config.lora_scale
+            )
+        else:
+            self.experts = nn.ModuleList(
+                AutoModel.from_config(config.expert_config) for _ in range(config.num_experts)
+            )
         self.router_text_model = router_from_config(config.router_text_config)
         # Persistent, so that the centroids travel in model.safetensors and load exactly.
         self.register_buffer("fine_centroids", torch.zeros(config.num_fine_clusters, config.router_embed_dim))
@@ -83,46 +105,121 @@ class ModeCLIPModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, ModeCLIPModel):
             init.zeros_(module.fine_centroids)
+        if isinstance(module, ExpertAdaptedLinear):  # zero adapters: every expert starts as the seed
+            init.zeros_(module.lora_A)
+            init.zeros_(module.lora_B)
+
+    def expert(self, k: int):
+        """Expert k, callable like its own model (`forward`, `get_text_features`, `get_image_features`, `config`,
+        `logit_scale`, and for SigLIP `logit_bias`): a module of `experts`, or the shared seed with k's adapters."""
+        if not 0 <= k < self.config.num_experts:
+            raise IndexError(f"expert {k} of a MODE of {self.config.num_experts} experts.")
+        return LoraExpert(self.seed_model, k) if self.config.lora_rank else self.experts[k]
+
+    def expert_adapters(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Expert k's adapters of a LoRA MODE: {layer path in the seed: (lora_A [rank, in], lora_B [out, rank])}."""
+        return {name: (layer.lora_A[k], layer.lora_B[k]) for name, layer in adapted_layers(self.seed_model).items()}
 
     @classmethod
     def from_experts(
         cls,
-        experts: list[CLIPModel],
+        experts: list[PreTrainedModel],
         fine_centroids: torch.Tensor,
         fine_to_coarse: list[int],
-        router_text_model: CLIPTextModelWithProjection,
+        router_text_model: PreTrainedModel,
         **router_settings,
     ) -> "ModeCLIPModel":
         """Assemble a MODE from trained experts and the clustering's outputs, checking every shape and id.
 
-        `router_settings` are `ModeCLIPConfig` routing options (`routing`, `router_lambda`, `router_top_k`,
-        `router_temperature`). The modules are used as given, not copied.
+        The experts are models of one family and architecture (`CLIPModel`, `MetaClip2Model`, `SiglipModel` or
+        `Siglip2Model`); the MODE is a `ModeSiglipModel` for SigLIP ones, a `ModeCLIPModel` else. `router_settings`
+        are `ModeCLIPConfig` routing options (`routing`, `router_lambda`, `router_top_k`, `router_temperature`). The
+        modules are used as given, not copied.
         """
         experts = list(experts)
         if not experts:
             raise ValueError("from_experts needs at least one expert.")
         for i, expert in enumerate(experts):
-            if not isinstance(expert, CLIPModel):
-                raise ValueError(f"expert {i} is a {type(expert).__name__}, not a CLIPModel.")
-            if _architecture(expert.config) != _architecture(experts[0].config):
-                raise ValueError(f"expert {i} has a different config from expert 0: all experts must share one.")
-        is_clip_router = getattr(router_text_model.config, "model_type", None) == CLIP_TEXT_MODEL_TYPE
-        if not isinstance(router_text_model, PreTrainedModel) or (
-            is_clip_router and not isinstance(router_text_model, CLIPTextModelWithProjection)
+            check_expert(expert, experts[0], f"expert {i}")
+        model = cls._assembled(
+            experts[0].config, router_text_model, fine_centroids, fine_to_coarse, len(experts), {}, **router_settings
+        )
+        model.experts = nn.ModuleList(experts)
+        return model
+
+    @classmethod
+    def from_lora_experts(
+        cls,
+        seed_model: PreTrainedModel,
+        adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]],
+        lora_settings: dict,
+        fine_centroids: torch.Tensor,
+        fine_to_coarse: list[int],
+        router_text_model: PreTrainedModel,
+        **router_settings,
+    ) -> "ModeCLIPModel":
+        """Assemble a MODE of LoRA experts: the seed they were all trained from, and each one's adapters
+        ({layer path in the seed: (lora_A [rank, in], lora_B [out, rank])}, as PEFT trained them).
+
+        `lora_settings` are `rank`, `alpha` and `target_modules`. The seed's weights are used as given, not copied;
+        every expert must adapt exactly the layers the settings name, with matrices of their shapes.
+        """
+        check_expert(seed_model, seed_model, "the seed")
+        if not adapters:
+            raise ValueError("from_lora_experts needs at least one expert's adapters.")
+        lora = {
+            "lora_rank": lora_settings["rank"],
+            "lora_alpha": lora_settings.get("alpha"),
+            "lora_target_modules": list(lora_settings["target_modules"]),
+        }
+        model = cls._assembled(seed_model.config, router_text_model, fine_centroids, fine_to_coarse, len(adapters),
+                               lora, **router_settings)  # fmt: skip
+        add_expert_adapters(seed_model, model.config.lora_target_modules, len(adapters), model.config.lora_rank,
+                            model.config.lora_scale)  # fmt: skip
+        model.seed_model = seed_model
+        for name, layer in adapted_layers(seed_model).items():
+            for k, expert_adapters in enumerate(adapters):
+                if name not in expert_adapters:
+                    raise ValueError(f"expert {k} has no adapter of {name}, which the LoRA settings target.")
+                lora_a, lora_b = (torch.as_tensor(m).detach() for m in expert_adapters[name])
+                if lora_a.shape != layer.lora_A.shape[1:] or lora_b.shape != layer.lora_B.shape[1:]:
+                    raise ValueError(
+                        f"expert {k}'s adapter of {name} has shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
+                        f"not {list(layer.lora_A.shape[1:])} and {list(layer.lora_B.shape[1:])} (rank "
+                        f"{model.config.lora_rank})."
+                    )
+                with torch.no_grad():
+                    layer.lora_A[k].copy_(lora_a)
+                    layer.lora_B[k].copy_(lora_b)
+        extra = sorted(
+            {name for expert_adapters in adapters for name in expert_adapters} - adapted_layers(seed_model).keys()
+        )
+        if extra:
+            raise ValueError(f"adapters of layers the LoRA settings do not target: {', '.join(extra[:5])}.")
+        return model
+
+    @classmethod
+    def _assembled(cls, expert_config, router_text_model, fine_centroids, fine_to_coarse, num_experts, lora,
+                   **router_settings) -> "ModeCLIPModel":  # fmt: skip
+        """A MODE on the meta device with the router and centroids in place, its experts still to be set."""
+        if not isinstance(router_text_model, PreTrainedModel) or not isinstance(
+            router_text_model, router_class(router_text_model.config)
         ):
             raise ValueError(
-                f"router_text_model is a {type(router_text_model).__name__}: give a CLIPTextModelWithProjection (the "
-                "seed CLIP's text tower) or a sentence encoder loaded with AutoModel."
+                f"router_text_model is a {type(router_text_model).__name__}: give the seed's text tower with its "
+                "projection (e.g. CLIPTextModelWithProjection, SiglipTextModel) or a sentence encoder loaded with "
+                "AutoModel."
             )
         centroids = torch.as_tensor(fine_centroids).detach().float()
         if not torch.isfinite(centroids).all():
             raise ValueError("fine_centroids contain NaN or infinite values.")
-        config = ModeCLIPConfig(
-            expert_config=copy.deepcopy(experts[0].config),
+        config = ModeCLIPConfig.for_experts(
+            copy.deepcopy(expert_config),
             router_text_config=copy.deepcopy(router_text_model.config),
-            num_experts=len(experts),
+            num_experts=num_experts,
             num_fine_clusters=centroids.shape[0] if centroids.ndim == 2 else 0,
             fine_to_coarse=list(fine_to_coarse),
+            **lora,
             **router_settings,
         )
         if centroids.ndim != 2 or centroids.shape[1] != config.router_embed_dim:
@@ -130,9 +227,9 @@ class ModeCLIPModel(PreTrainedModel):
                 f"fine_centroids must have shape [num_fine_clusters, {config.router_embed_dim}] (the router text "
                 f"model's embedding size), got {list(centroids.shape)}."
             )
+        model_class = ModeSiglipModel if isinstance(config, ModeSiglipConfig) else ModeCLIPModel
         with torch.device("meta"):  # skip initialising weights that are replaced right away
-            model = cls(config)
-        model.experts = nn.ModuleList(experts)
+            model = model_class(config)
         model.router_text_model = router_text_model
         model.fine_centroids = centroids.to(router_text_model.device)
         return model
@@ -164,9 +261,9 @@ class ModeCLIPModel(PreTrainedModel):
     def embed_task(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The router's embeddings [n_texts, router_embed_dim] of texts tokenized for it, pooled as
         `config.router_pooling` says (not normalised: `route_embeddings` does that)."""
-        if self.config.router_pooling == "projection":
-            return self.router_text_model(input_ids=input_ids, attention_mask=attention_mask).text_embeds
         outputs = self.router_text_model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.config.router_pooling == "projection":
+            return getattr(outputs, text_tower_family(self.config.router_text_config).text_embedding)
         if self.config.router_pooling == "pooler":
             return outputs.pooler_output
         hidden = outputs.last_hidden_state
@@ -258,6 +355,8 @@ class ModeCLIPModel(PreTrainedModel):
         output_expert_logits: bool = False,
         router_input_ids: torch.LongTensor | None = None,
         router_attention_mask: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
     ) -> ModeCLIPOutput:
         r"""
         Both `input_ids` (the label prompts or captions) and `pixel_values` are needed; for text alone use `route()`
@@ -271,6 +370,8 @@ class ModeCLIPModel(PreTrainedModel):
         router_input_ids, router_attention_mask (`torch.Tensor`, *optional*):
             The same texts tokenized for a router with its own tokenizer (`config.router_has_own_tokenizer`): the
             MODE's tokenizer and processor return them beside `input_ids`.
+        pixel_attention_mask, spatial_shapes (`torch.Tensor`, *optional*):
+            SigLIP 2's patch mask and grid sizes, as its image processor gives them beside `pixel_values`.
         """
         missing = [name for name, value in (("input_ids", input_ids), ("pixel_values", pixel_values)) if value is None]
         if missing:
@@ -284,12 +385,9 @@ class ModeCLIPModel(PreTrainedModel):
             expert_weights = self.route(input_ids, attention_mask, **router_ids)
         expert_weights = self._check_weights(expert_weights)
         run = range(self.config.num_experts) if output_expert_logits else expert_weights.nonzero()[:, 0].tolist()
-        expert_logits = {
-            k: self.experts[k](
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
-            ).logits_per_image.float()
-            for k in run
-        }
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs |= image_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
+        expert_logits = {k: self.expert(k)(**inputs).logits_per_image.float() for k in run}
         logits_per_image = sum(
             expert_weights[k].item() * logits for k, logits in expert_logits.items() if expert_weights[k] > 0
         )
@@ -321,12 +419,15 @@ class ModeCLIPModel(PreTrainedModel):
         )
 
     def get_image_features(
-        self, pixel_values: torch.Tensor, expert_weights: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        expert_weights: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.LongTensor | None = None,
     ) -> BaseModelOutputWithPooling:
         """Image counterpart of `get_text_features`: sqrt(w_k)-scaled normalised embeddings, concatenated."""
-        return self._weighted_features(
-            lambda expert: expert.get_image_features(pixel_values=pixel_values), expert_weights
-        )
+        inputs = image_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
+        return self._weighted_features(lambda expert: expert.get_image_features(**inputs), expert_weights)
 
     def _weighted_features(self, embed, expert_weights) -> BaseModelOutputWithPooling:
         num_experts = self.config.num_experts
@@ -334,7 +435,7 @@ class ModeCLIPModel(PreTrainedModel):
             expert_weights = torch.full((num_experts,), 1.0 / num_experts)
         expert_weights = self._check_weights(expert_weights)
         blocks = {
-            k: nn.functional.normalize(embed(self.experts[k]).pooler_output, dim=-1) * weight**0.5
+            k: nn.functional.normalize(embed(self.expert(k)).pooler_output, dim=-1) * weight**0.5
             for k, weight in enumerate(expert_weights.tolist())
             if weight > 0
         }
@@ -344,11 +445,42 @@ class ModeCLIPModel(PreTrainedModel):
         return BaseModelOutputWithPooling(pooler_output=torch.cat(features, dim=-1))
 
 
+def image_inputs(pixel_values, pixel_attention_mask=None, spatial_shapes=None) -> dict:
+    """The image inputs an expert takes: `pixel_values`, and SigLIP 2's patch mask and grid sizes where given."""
+    inputs = {
+        "pixel_values": pixel_values,
+        "pixel_attention_mask": pixel_attention_mask,
+        "spatial_shapes": spatial_shapes,
+    }
+    return {name: value for name, value in inputs.items() if value is not None}
+
+
+def router_class(config) -> type:
+    """The router's class: a family's text tower with its projection (`CLIPTextModelWithProjection`,
+    `SiglipTextModel`, ...), or for any other encoder the class `AutoModel` builds."""
+    family = text_tower_family(config)
+    if family is not None:
+        return getattr(transformers, family.text_tower)
+    return AutoModel._model_mapping[type(config)]
+
+
 def router_from_config(config) -> PreTrainedModel:
-    """The router module: a CLIP text tower with its projection, or any sentence encoder `AutoModel` builds."""
-    if config.model_type == CLIP_TEXT_MODEL_TYPE:
-        return CLIPTextModelWithProjection._from_config(config)
-    return AutoModel.from_config(config)
+    """The router module: the seed's text tower with its projection, or any sentence encoder `AutoModel` builds."""
+    return router_class(config)._from_config(config)
+
+
+def check_expert(expert, first, what: str) -> None:
+    """An expert must be a model of a MODE family with the architecture of `first`."""
+    if not isinstance(expert, PreTrainedModel):
+        raise ValueError(f"{what} is a {type(expert).__name__}, not a transformers model.")
+    family = family_of(expert.config)
+    if not isinstance(expert, AutoModel._model_mapping[type(expert.config)]):
+        raise ValueError(
+            f"{what} is a {type(expert).__name__}: give the dual encoder of its {family.title} checkpoint, as "
+            "AutoModel loads it."
+        )
+    if _architecture(expert.config) != _architecture(first.config):
+        raise ValueError(f"{what} has a different config from expert 0: all experts must share one.")
 
 
 def _architecture(config) -> dict:
@@ -360,6 +492,15 @@ def _architecture(config) -> dict:
     return config
 
 
-ModeCLIPModel.register_for_auto_class("AutoModel")
+class ModeSiglipModel(ModeCLIPModel):
+    """A MODE of SigLIP or SigLIP 2 experts: logits `sum_k w_k (exp(s_k) cos_k + b_k)`, each an independent sigmoid's
+    (the zero-shot pipeline, seeing "siglip" in the model type, gives sigmoid scores and pads texts as SigLIP's)."""
 
-__all__ = ["ModeCLIPModel", "ModeCLIPOutput"]
+    config_class = ModeSiglipConfig
+    base_model_prefix = "mode_siglip"
+
+
+ModeCLIPModel.register_for_auto_class("AutoModel")
+ModeSiglipModel.register_for_auto_class("AutoModel")
+
+__all__ = ["ModeCLIPModel", "ModeCLIPOutput", "ModeSiglipModel"]

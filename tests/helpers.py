@@ -21,7 +21,17 @@ from accelerate.state import AcceleratorState, GradientState
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from safetensors.torch import load_file
-from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    MetaClip2Config,
+    Siglip2Config,
+    Siglip2ImageProcessorPil,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+)
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
@@ -54,6 +64,30 @@ def tiny_clip_config(**overrides) -> CLIPConfig:
     text = dict(tower, vocab_size=600, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     vision = dict(tower, image_size=IMAGE_SIZE, patch_size=10)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED_DIM, **overrides)
+
+
+def tiny_family_config(family: str):
+    """A tiny config of one expert family (`modeling_mode.families`), the towers of `tiny_clip_config`. SigLIP 2 sees
+    IMAGE_SIZE-pixel images as a grid of at most 9 patches of 10 pixels."""
+    if family == "clip":
+        return tiny_clip_config()
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(tower, vocab_size=600, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(tower, patch_size=10, **({"num_patches": 9} if family == "siglip2" else {"image_size": IMAGE_SIZE}))
+    if family == "metaclip_2":
+        return MetaClip2Config(text_config=text, vision_config=vision, projection_dim=EMBED_DIM)
+    # SigLIP has no image projection: its text head maps to the vision width, 32 here.
+    config_class = SiglipConfig if family == "siglip" else Siglip2Config
+    return config_class(text_config=text, vision_config=vision)
+
+
+def family_image_processor(family: str):
+    """The PIL image processor of a family for `tiny_family_config`'s images."""
+    if family == "siglip2":
+        return Siglip2ImageProcessorPil(patch_size=10, max_num_patches=9)
+    if family == "siglip":
+        return SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return make_image_processor()
 
 
 def make_tokenizer() -> CLIPTokenizer:

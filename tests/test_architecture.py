@@ -24,7 +24,14 @@ ARROWS = {
     "growth": {"core", "data", "hub", "clustering", "training", "evaluation", "publish", "assembly"},
 }
 # The files that travel to the Hub as remote code (beside modeling_mode/lib, in modeling_mode/).
-REMOTE_CODE = ("configuration_mode_clip", "modeling_mode_clip", "routing", "tokenization_mode_clip")
+REMOTE_CODE = (
+    "adapters",
+    "configuration_mode_clip",
+    "families",
+    "modeling_mode_clip",
+    "routing",
+    "tokenization_mode_clip",
+)
 
 
 def library_modules() -> dict[str, Path]:

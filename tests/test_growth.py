@@ -240,7 +240,7 @@ def encoder_routed_mode(path: Path) -> Path:
         router_space="clustering-encoder",
         fine_distance_quantiles={"0.99": 0.5},
     )
-    tokenizer = ModeCLIPTokenizer.from_clip_tokenizer(make_tokenizer(), router_tokenizer)
+    tokenizer = ModeCLIPTokenizer.from_experts_tokenizer(make_tokenizer(), router_tokenizer)
     for part in (model, tokenizer, make_image_processor()):
         part.save_pretrained(path)
     return path

@@ -41,7 +41,7 @@ def mode():
     embeddings of two label sets, fine clusters 0-2 of expert 0 on clothes, 3-5 of expert 1 on digits."""
     torch.manual_seed(0)
     router, router_tokenizer = sentence_encoder_router()
-    tokenizer = ModeCLIPTokenizer.from_clip_tokenizer(make_tokenizer(), router_tokenizer)
+    tokenizer = ModeCLIPTokenizer.from_experts_tokenizer(make_tokenizer(), router_tokenizer)
     clothes, digits = ["a shirt", "a coat", "a sneaker"], ["the digit one", "the digit two", "the digit three"]
     with torch.no_grad():
         routed = router_tokenizer(clothes + digits, padding=True, return_tensors="pt")

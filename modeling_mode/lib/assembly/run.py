@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from ...configuration_mode_clip import ModeCLIPConfig
+from ...families import family_of, text_embed_dim
 from ...modeling_mode_clip import ModeCLIPModel, _architecture
+from ...tokenization_mode_clip import routed_tokenizer
 from ..clustering.clustered_corpus import ClusteredCorpus, clustering_corpus
 from ..clustering.embedding import CaptionEncoder
 from ..clustering.outputs import read_finished_run
@@ -146,35 +148,52 @@ def expert_runs(paths: list[str], num_experts: int, clusters: str | None = None)
     return [by_cluster[k] for k in range(num_experts)]
 
 
-def load_experts(ordered: list[str]) -> list[CLIPModel]:
-    """The experts' CLIPModels; all must share one architecture."""
+def load_expert(path: str, what: str = "Expert") -> PreTrainedModel:
+    """A trained expert (or seed): a model of a MODE family, as AutoModel loads it, in float32."""
+    with naming_failures(what, path):
+        family_check(read_json(os.path.join(path, "config.json")), f"{what} {path!r}")
+        return AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def family_check(config: dict, what: str) -> None:
+    """Refuse a checkpoint of another kind than the MODE families, naming its model_type and the families."""
+    try:
+        family_of(config.get("model_type"))
+    except ValueError as error:
+        raise InputError(f"{what}: {error}") from error
+
+
+def load_experts(ordered: list[str]) -> list[PreTrainedModel]:
+    """The experts' models; all must be of one family and share one architecture."""
     experts = []
     for path in ordered:
-        with naming_failures("Expert", path):
-            experts.append(CLIPModel.from_pretrained(path, dtype=torch.float32).eval())
+        experts.append(load_expert(path))
         if _architecture(experts[-1].config) != _architecture(experts[0].config):
             raise InputError(
-                f"Expert {path!r} has another architecture than {ordered[0]!r}: all experts must share one "
+                f"Expert {path!r} has another architecture than {ordered[0]!r} ({experts[-1].config.model_type} "
+                f"and {experts[0].config.model_type}): all experts must be of one family and share one architecture "
                 "(fork them all from the same seed)."
             )
     return experts
 
 
-def load_router(path: str) -> tuple[CaptionEncoder, CLIPProcessor]:
-    """The router's caption encoder, whose model is the MODE's router text tower (a CLIP text tower, projected: a
-    CLIPModel such as the seed, or a CLIPTextModelWithProjection), and the seed's tokenizer and image processor as
-    the CLIPProcessor the MODE is saved with. The processor is loaded apart from the encoder's tokenizer, whose
-    truncation setting (from re-expressing centroids) would otherwise be saved with it."""
+def load_router(path: str) -> tuple[CaptionEncoder, ProcessorMixin]:
+    """The router's caption encoder, whose model is the MODE's router text tower (the seed's text tower, projected:
+    from the seed, or from a checkpoint of the tower alone), and the seed's tokenizer and image processor as the
+    processor the MODE is saved with (`AutoProcessor`'s: a CLIPProcessor, SiglipProcessor, ...). The processor is
+    loaded apart from the encoder's tokenizer, whose truncation setting (from re-expressing centroids) would
+    otherwise be saved with it."""
     with naming_failures("--router-text-model", path):
+        config = read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+        if config is not None and not config.get("model_type", "").endswith("_text_model"):
+            family_check(config, f"--router-text-model {path!r}")
         encoder = CaptionEncoder(path, "projection", device="cpu")  # float32, the precision the MODE is saved in
-        return encoder, CLIPProcessor.from_pretrained(path)
+        return encoder, AutoProcessor.from_pretrained(path)
 
 
-def clustering_encoder_router(report: dict, processor: CLIPProcessor) -> tuple[CaptionEncoder, CLIPProcessor]:
+def clustering_encoder_router(report: dict, processor: ProcessorMixin) -> tuple[CaptionEncoder, ProcessorMixin]:
     """The clustering's caption encoder as the router (pooled as the clustering pooled), and the seed's processor
-    with a `ModeCLIPTokenizer` that also tokenizes for it."""
-    from ...tokenization_mode_clip import ModeCLIPTokenizer
-
+    with a MODE tokenizer (`ModeCLIPTokenizer`, ...) that also tokenizes for it."""
     path = report.get("encoder")
     if path is None:
         raise InputError("the clustering's clusters.json names no encoder: --router clustering-encoder needs one.")
@@ -182,10 +201,14 @@ def clustering_encoder_router(report: dict, processor: CLIPProcessor) -> tuple[C
         encoder = CaptionEncoder(path, report.get("pooling"), device="cpu")
     if encoder.pooling == "projection":
         raise InputError(
-            f"the clustering's encoder {path!r} is a CLIP text tower: it is the seed-text router (--router seed-text)."
+            f"the clustering's encoder {path!r} is a dual encoder's text tower: it is the seed-text router (--router "
+            "seed-text)."
         )
-    tokenizer = ModeCLIPTokenizer.from_clip_tokenizer(processor.tokenizer, encoder.tokenizer)
-    return encoder, CLIPProcessor(processor.image_processor, tokenizer)
+    try:
+        tokenizer = routed_tokenizer(processor.tokenizer, encoder.tokenizer)
+    except ValueError as error:
+        raise InputError(f"--router clustering-encoder: {error}") from error
+    return encoder, type(processor)(image_processor=processor.image_processor, tokenizer=tokenizer)
 
 
 def resolve_router(router: str, report: dict) -> str:
@@ -270,7 +293,7 @@ def assemble(
     reexpress = router_space == "seed-text" and (
         recompute_centroids
         or not same_encoder(clustering_encoder, router_text_model)
-        or fit.embed_dim != router.config.projection_dim
+        or fit.embed_dim != text_embed_dim(router.config)
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     corpus = clustering_corpus(clusters, report, dataset) if reexpress else None  # checked before the experts load

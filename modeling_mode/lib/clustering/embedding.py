@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from ...configuration_mode_clip import text_tower_config
+from ...families import FAMILIES, Family, text_embed_dim, text_tower_config, text_tower_family
+from ...modeling_mode_clip import router_class
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
 from ..core.resume_guard import check_same_settings
@@ -29,19 +30,25 @@ from ..data.pairs import usable_captions
 
 logger = logging.getLogger(__name__)
 
-# "projection": CLIP's projected text embedding (the space ModeCLIPModel routes in); the others pool a sentence
-# encoder's last hidden states: masked mean (sentence-transformers' MiniLM), first token, or the BERT pooler (SimCSE).
+# "projection": a dual encoder's projected text embedding (CLIP's, SigLIP's, ...: the space ModeCLIPModel routes in);
+# the others pool a sentence encoder's last hidden states: masked mean (sentence-transformers' MiniLM), first token, or
+# the BERT pooler (SimCSE).
 POOLINGS = ("projection", "mean", "cls", "pooler")
-CLIP_MODEL_TYPES = ("clip", "clip_text_model")
+
+
+def tower_family(config) -> Family | None:
+    """The family of a dual encoder's checkpoint or of its text tower's; None for other encoders."""
+    return FAMILIES.get(config.model_type) or text_tower_family(config)
 
 
 class CaptionEncoder:
-    """L2-normalised caption embeddings from a CLIP text tower or any `AutoModel` sentence encoder.
+    """L2-normalised caption embeddings from a dual encoder's text tower or any `AutoModel` sentence encoder.
 
     Args:
-        name_or_path: a Hub id or a local directory: a `CLIPModel` / `CLIPTextModelWithProjection` checkpoint, or
+        name_or_path: a Hub id or a local directory: a checkpoint of a MODE expert family (`CLIPModel`,
+            `SiglipModel`, ...) or of its text tower (`CLIPTextModelWithProjection`, `SiglipTextModel`, ...), or
             any model `AutoModel` loads with its tokenizer.
-        pooling: one of `POOLINGS`; defaults to `"projection"` for CLIP and `"mean"` otherwise.
+        pooling: one of `POOLINGS`; defaults to `"projection"` for a dual encoder and `"mean"` otherwise.
         device: where to run; half precision on CUDA, float32 elsewhere.
         max_length: token limit; defaults to what the tokenizer and the position embeddings allow.
 
@@ -51,19 +58,20 @@ class CaptionEncoder:
     def __init__(self, name_or_path: str, pooling: str | None = None, device=None, max_length: int | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         config = AutoConfig.from_pretrained(name_or_path)
-        is_clip = config.model_type in CLIP_MODEL_TYPES
-        self.pooling = pooling or ("projection" if is_clip else "mean")
+        self.family = tower_family(config)
+        is_tower = self.family is not None
+        self.pooling = pooling or ("projection" if is_tower else "mean")
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if is_clip != (self.pooling == "projection"):
+        if is_tower != (self.pooling == "projection"):
             raise InputError(
                 f"pooling {self.pooling!r} does not fit {name_or_path!r} (model_type {config.model_type!r}): "
-                "'projection' is for CLIP text towers, 'mean', 'cls' or 'pooler' for other encoders."
+                "'projection' is for dual encoders' text towers, 'mean', 'cls' or 'pooler' for other encoders."
             )
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        if is_clip:
-            self.model = _clip_text_tower(name_or_path, config, dtype)
-            self.embed_dim = self.model.config.projection_dim
+        if is_tower:
+            self.model = _text_tower(name_or_path, config, dtype)
+            self.embed_dim = text_embed_dim(self.model.config)
         else:
             self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
             self.embed_dim = self.model.config.hidden_size
@@ -87,15 +95,25 @@ class CaptionEncoder:
         order = np.argsort([len(ids) for ids in token_ids], kind="stable")
         for start in range(0, len(captions), batch_size):
             rows = order[start : start + batch_size]
-            tokens = self.tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
+            tokens = self.tokenizer.pad(
+                {"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt", **self.padding
+            )
             pooled = self._pool(tokens.to(self.device))
             embeddings[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
         return embeddings
 
+    @property
+    def padding(self) -> dict:
+        """SigLIP's text tower pools its last position: its captions are padded to the full context, as it was
+        trained; the others' to the batch's longest."""
+        if self.pooling == "projection" and self.family.padding == "max_length":
+            return {"padding": "max_length", "max_length": self.max_length}
+        return {}
+
     def _pool(self, tokens) -> torch.Tensor:
-        if self.pooling == "projection":
-            return self.model(**tokens).text_embeds
         outputs = self.model(**tokens)
+        if self.pooling == "projection":
+            return getattr(outputs, self.family.text_embedding)
         if self.pooling == "pooler":
             if getattr(outputs, "pooler_output", None) is None:  # absent, or None (BERT without its pooling layer)
                 raise InputError(f"{self.name_or_path!r} has no pooler: use --pooling mean or cls.")
@@ -107,15 +125,24 @@ class CaptionEncoder:
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 
 
-def _clip_text_tower(name_or_path: str, config, dtype) -> CLIPTextModelWithProjection:
-    """The text tower and its projection, from a CLIPTextModelWithProjection or a full CLIPModel checkpoint."""
-    if config.model_type != "clip":
-        return CLIPTextModelWithProjection.from_pretrained(name_or_path, dtype=dtype)
-    clip = CLIPModel.from_pretrained(name_or_path, dtype=dtype)
-    with torch.device("meta"):  # its weights are the CLIP's, set right below
-        tower = CLIPTextModelWithProjection(text_tower_config(clip.config))
-    tower.text_model, tower.text_projection = clip.text_model, clip.text_projection
-    return tower
+def _text_tower(name_or_path: str, config, dtype) -> PreTrainedModel:
+    """The text tower and its projection (`CLIPTextModelWithProjection`, `SiglipTextModel`, ...), from a checkpoint of
+    that tower or of the whole dual encoder."""
+    if config.model_type not in FAMILIES:
+        return router_class(config).from_pretrained(name_or_path, dtype=dtype)
+    return text_tower_of(AutoModel.from_pretrained(name_or_path, dtype=dtype))
+
+
+def text_tower_of(model: PreTrainedModel) -> PreTrainedModel:
+    """A dual encoder's text tower with its projection, sharing the model's weights: CLIP's and MetaCLIP 2's project
+    with `text_projection`, SigLIP's head is inside its `text_model`."""
+    tower_config = text_tower_config(model.config)
+    with torch.device("meta"):  # its weights are the model's, set right below
+        tower = router_class(tower_config)(tower_config)
+    tower.text_model = model.text_model
+    if hasattr(tower, "text_projection"):
+        tower.text_projection = model.text_projection
+    return tower.to(model.dtype)
 
 
 def choose_captions(values: list, rng: np.random.Generator) -> list[str | None]:

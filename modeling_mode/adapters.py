@@ -1,0 +1,105 @@
+"""LoRA experts that share one seed: one copy of the seed's weights, and per expert a low-rank adapter of some of its
+linear layers (Hu et al., 2021). Expert k's layer computes `x W^T + b + scale * (x A_k^T) B_k^T`.
+
+The adapters are applied, never merged: N experts cost the memory of the seed plus their adapters, and expert k runs
+as the seed does, plus two thin matrix products per adapted layer. Training them is PEFT's work
+(`train/expert.py --lora-rank`); this file needs only torch, so that the MODE loads from the Hub without PEFT.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class ExpertAdaptedLinear(nn.Linear):
+    """A seed's linear layer with one low-rank adapter per expert, `lora_A` [num_experts, rank, in] and `lora_B`
+    [num_experts, out, rank]. With no expert active (`active_expert` None) it is the seed's own layer."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, num_experts: int, rank: int, scale: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.lora_A = nn.Parameter(torch.zeros(num_experts, rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, out_features, rank))
+        self.scale = scale
+        self.active_expert = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = super().forward(hidden_states)
+        k = self.active_expert
+        if k is None:
+            return output
+        return output + self.scale * F.linear(F.linear(hidden_states, self.lora_A[k]), self.lora_B[k])
+
+
+def adapted_layer_names(model: nn.Module, target_modules: list[str]) -> list[str]:
+    """The module paths of `model`'s linear layers whose last name is one of `target_modules`."""
+    targets = set(target_modules)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+    ]
+
+
+def add_expert_adapters(model: nn.Module, target_modules: list[str], num_experts: int, rank: int, scale: float):
+    """Replace the targeted linear layers of `model` (the seed) by `ExpertAdaptedLinear`s, keeping their weights."""
+    names = adapted_layer_names(model, target_modules)
+    if not names:
+        raise ValueError(f"the seed has no linear layer named {', '.join(target_modules)}: nothing to adapt.")
+    for name in names:
+        linear = model.get_submodule(name)
+        adapted = ExpertAdaptedLinear(
+            linear.in_features, linear.out_features, linear.bias is not None, num_experts, rank, scale
+        ).to(device=linear.weight.device, dtype=linear.weight.dtype)
+        adapted.weight, adapted.bias = linear.weight, linear.bias
+        model.set_submodule(name, adapted)
+
+
+def adapted_layers(model: nn.Module) -> dict[str, ExpertAdaptedLinear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, ExpertAdaptedLinear)}
+
+
+@contextmanager
+def expert_active(model: nn.Module, k: int):
+    """Run `model` (the seed with adapters) as expert k inside the block."""
+    layers = adapted_layers(model).values()
+    for layer in layers:
+        layer.active_expert = k
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.active_expert = None
+
+
+class LoraExpert:
+    """Expert k of a LoRA MODE, used like a model of its own: each call runs the shared seed with k's adapters on.
+
+    Its attributes (`config`, `logit_scale`, `logit_bias`, `device`, ...) are the seed's: LoRA experts keep the seed's
+    temperature and bias.
+    """
+
+    def __init__(self, seed_model: nn.Module, index: int):
+        self.seed_model = seed_model
+        self.index = index
+
+    def __getattr__(self, name):
+        if name in ("seed_model", "index"):  # not set yet (copy, pickle): no recursion through the seed
+            raise AttributeError(name)
+        return getattr(self.seed_model, name)
+
+    def __call__(self, **inputs):
+        with expert_active(self.seed_model, self.index):
+            return self.seed_model(**inputs)
+
+    def get_text_features(self, **inputs):
+        with expert_active(self.seed_model, self.index):
+            return self.seed_model.get_text_features(**inputs)
+
+    def get_image_features(self, **inputs):
+        with expert_active(self.seed_model, self.index):
+            return self.seed_model.get_image_features(**inputs)
+
+
+__all__ = ["ExpertAdaptedLinear", "LoraExpert", "add_expert_adapters", "adapted_layers", "expert_active"]
