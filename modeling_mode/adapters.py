@@ -12,6 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The names a saved LoRA MODE's adapter stacks end with, [num_experts, ...] each.
+ADAPTER_STACKS = (".lora_A", ".lora_B")
+
 
 class ExpertAdaptedLinear(nn.Linear):
     """A seed's linear layer with one low-rank adapter per expert, `lora_A` [num_experts, rank, in] and `lora_B`
@@ -60,6 +63,29 @@ def adapted_layers(model: nn.Module) -> dict[str, ExpertAdaptedLinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, ExpertAdaptedLinear)}
 
 
+def set_adapters(model: nn.Module, adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> None:
+    """Make `adapters` (one {layer path: (lora_A [rank, in], lora_B [out, rank])} per expert) the experts of the
+    adapted `model`, in that order: each layer's stacks are replaced, so their number may change (grow, shrink)."""
+    layers = adapted_layers(model)
+    extra = sorted({name for expert in adapters for name in expert} - layers.keys())
+    if extra:
+        raise ValueError(f"adapters of layers the LoRA settings do not target: {', '.join(extra[:5])}.")
+    for name, layer in layers.items():
+        rank = layer.lora_A.shape[1]
+        for k, expert in enumerate(adapters):
+            if name not in expert:
+                raise ValueError(f"expert {k} has no adapter of {name}, which the LoRA settings target.")
+            lora_a, lora_b = expert[name]
+            if tuple(lora_a.shape) != (rank, layer.in_features) or tuple(lora_b.shape) != (layer.out_features, rank):
+                raise ValueError(
+                    f"expert {k}'s adapter of {name} has shapes {list(lora_a.shape)} and {list(lora_b.shape)}, not "
+                    f"{[rank, layer.in_features]} and {[layer.out_features, rank]} (rank {rank})."
+                )
+        like = layer.weight
+        layer.lora_A = nn.Parameter(torch.stack([expert[name][0] for expert in adapters]).detach().to(like))
+        layer.lora_B = nn.Parameter(torch.stack([expert[name][1] for expert in adapters]).detach().to(like))
+
+
 @contextmanager
 def expert_active(model: nn.Module, k: int):
     """Run `model` (the seed with adapters) as expert k inside the block."""
@@ -102,4 +128,12 @@ class LoraExpert:
             return self.seed_model.get_image_features(**inputs)
 
 
-__all__ = ["ExpertAdaptedLinear", "LoraExpert", "add_expert_adapters", "adapted_layers", "expert_active"]
+__all__ = [
+    "ADAPTER_STACKS",
+    "ExpertAdaptedLinear",
+    "LoraExpert",
+    "add_expert_adapters",
+    "adapted_layers",
+    "expert_active",
+    "set_adapters",
+]

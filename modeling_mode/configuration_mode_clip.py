@@ -224,7 +224,10 @@ class ModeSiglipConfig(ModeCLIPConfig):
         return SiglipConfig()
 
 
+# Every MODE config class by its model type.
+MODE_CONFIGS = {config_class.model_type: config_class for config_class in (ModeCLIPConfig, ModeSiglipConfig)}
+
 ModeCLIPConfig.register_for_auto_class()
 ModeSiglipConfig.register_for_auto_class()
 
-__all__ = ["LORA_TARGET_MODULES", "ModeCLIPConfig", "ModeSiglipConfig", "text_tower_config"]
+__all__ = ["LORA_TARGET_MODULES", "MODE_CONFIGS", "ModeCLIPConfig", "ModeSiglipConfig", "text_tower_config"]

@@ -12,7 +12,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .adapters import ExpertAdaptedLinear, LoraExpert, adapted_layers, add_expert_adapters
+from .adapters import ExpertAdaptedLinear, LoraExpert, adapted_layers, add_expert_adapters, set_adapters
 from .configuration_mode_clip import ROUTINGS, ModeCLIPConfig, ModeSiglipConfig
 from .families import family_of, text_tower_family
 from .routing import keep_top_k, paper_log_weights, released_log_weights
@@ -176,26 +176,9 @@ class ModeCLIPModel(PreTrainedModel):
                                lora, **router_settings)  # fmt: skip
         add_expert_adapters(seed_model, model.config.lora_target_modules, len(adapters), model.config.lora_rank,
                             model.config.lora_scale)  # fmt: skip
+        set_adapters(seed_model, [{name: tuple(map(torch.as_tensor, pair)) for name, pair in expert.items()}
+                                  for expert in adapters])  # fmt: skip
         model.seed_model = seed_model
-        for name, layer in adapted_layers(seed_model).items():
-            for k, expert_adapters in enumerate(adapters):
-                if name not in expert_adapters:
-                    raise ValueError(f"expert {k} has no adapter of {name}, which the LoRA settings target.")
-                lora_a, lora_b = (torch.as_tensor(m).detach() for m in expert_adapters[name])
-                if lora_a.shape != layer.lora_A.shape[1:] or lora_b.shape != layer.lora_B.shape[1:]:
-                    raise ValueError(
-                        f"expert {k}'s adapter of {name} has shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
-                        f"not {list(layer.lora_A.shape[1:])} and {list(layer.lora_B.shape[1:])} (rank "
-                        f"{model.config.lora_rank})."
-                    )
-                with torch.no_grad():
-                    layer.lora_A[k].copy_(lora_a)
-                    layer.lora_B[k].copy_(lora_b)
-        extra = sorted(
-            {name for expert_adapters in adapters for name in expert_adapters} - adapted_layers(seed_model).keys()
-        )
-        if extra:
-            raise ValueError(f"adapters of layers the LoRA settings do not target: {', '.join(extra[:5])}.")
         return model
 
     @classmethod
@@ -227,9 +210,8 @@ class ModeCLIPModel(PreTrainedModel):
                 f"fine_centroids must have shape [num_fine_clusters, {config.router_embed_dim}] (the router text "
                 f"model's embedding size), got {list(centroids.shape)}."
             )
-        model_class = ModeSiglipModel if isinstance(config, ModeSiglipConfig) else ModeCLIPModel
         with torch.device("meta"):  # skip initialising weights that are replaced right away
-            model = model_class(config)
+            model = MODE_MODELS[config.model_type](config)
         model.router_text_model = router_text_model
         model.fine_centroids = centroids.to(router_text_model.device)
         return model
@@ -499,6 +481,9 @@ class ModeSiglipModel(ModeCLIPModel):
     config_class = ModeSiglipConfig
     base_model_prefix = "mode_siglip"
 
+
+# Every MODE model class by its config's model type.
+MODE_MODELS = {model_class.config_class.model_type: model_class for model_class in (ModeCLIPModel, ModeSiglipModel)}
 
 ModeCLIPModel.register_for_auto_class("AutoModel")
 ModeSiglipModel.register_for_auto_class("AutoModel")

@@ -29,7 +29,7 @@ from ..core.errors import InputError
 from ..core.files import atomic_directory, read_json, write_json
 from ..core.status import ProgressBar
 from ..training.checkpoints import is_checkpoint
-from ..training.outputs import TRAINING_ARGS, is_finished
+from ..training.outputs import TRAINING_ARGS, is_finished, read_adapters
 from .outputs import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_output
 
 logger = logging.getLogger(__name__)
@@ -297,7 +297,9 @@ def assemble(
     )
     centroids, fine_to_coarse, dropped = torch.from_numpy(fit.fine_centroids), fit.fine_to_coarse.tolist(), []
     corpus = clustering_corpus(clusters, report, dataset) if reexpress else None  # checked before the experts load
-    expert_models = load_experts(expert_paths)
+    lora = lora_settings(expert_paths)
+    lora_seed = lora_seed_checkpoint(expert_training) if lora else None
+    expert_models = None if lora else load_experts(expert_paths)
     if reexpress:
         corpus.check_unchanged(Path(clusters), report)
         centroids, has_captions = caption_centroids(encoder, corpus, len(fine_to_coarse))
@@ -315,15 +317,14 @@ def assemble(
         # of new pairs when the MODE grows
         "fine_distance_quantiles": None if reexpress else report.get("fine_distance_quantiles"),
     }
-    model = ModeCLIPModel.from_experts(
-        expert_models,
-        centroids,
-        fine_to_coarse,
-        router,
-        router_pooling=encoder.pooling,
-        **provenance,
-        **router_settings,
-    )
+    clusters_and_router = (centroids, fine_to_coarse, router)
+    settings = {"router_pooling": encoder.pooling, **provenance, **router_settings}
+    if lora:
+        seed_model = load_expert(lora_seed, "The LoRA experts' seed")
+        adapters = [read_adapters(path)[1] for path in expert_paths]
+        model = ModeCLIPModel.from_lora_experts(seed_model, adapters, lora, *clusters_and_router, **settings)
+    else:
+        model = ModeCLIPModel.from_experts(expert_models, *clusters_and_router, **settings)
     record = {  # local paths, for whoever resumes or audits this run here; `publish` publishes their names
         "experts": [os.path.abspath(path) for path in expert_paths],  # expert k trained on cluster k
         "clusters": os.path.abspath(clusters),
@@ -340,6 +341,30 @@ def assemble(
         if seed is not None:
             copy_seed(seed, scratch / SEED_FOLDER)
     return model
+
+
+def lora_settings(expert_paths: list[str]) -> dict | None:
+    """The experts' LoRA settings (rank, alpha, target modules), None for full experts; refused where some experts
+    are LoRA experts and some are not, or their settings differ: one MODE stores one seed and one kind of adapter."""
+    settings = [(read_adapters(path) or (None,))[0] for path in expert_paths]
+    if any(s != settings[0] for s in settings):
+        described = "; ".join(f"{path}: {s or 'full fine-tuning'}" for path, s in zip(expert_paths, settings))
+        raise InputError(
+            f"the experts were trained in different ways, LoRA or not or with other settings: {described}."
+        )
+    return settings[0]
+
+
+def lora_seed_checkpoint(expert_training: list[dict]) -> str:
+    """The checkpoint LoRA experts' adapters were trained on: their adapters are deltas to its weights, so a LoRA MODE
+    needs it, shared by all."""
+    checkpoint = fork_checkpoint(expert_training)
+    if checkpoint is None:
+        raise InputError(
+            "LoRA experts are adapters of the seed they forked from, and these share no fork checkpoint on this disk "
+            "(checkpoints/step_N of the seed run): fork every expert from the same seed checkpoint, and keep it."
+        )
+    return checkpoint
 
 
 def fork_checkpoint(expert_training: list[dict]) -> str | None:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ...configuration_mode_clip import ModeCLIPConfig
-from ...modeling_mode_clip import ModeCLIPModel
+from ...adapters import ADAPTER_STACKS
+from ...configuration_mode_clip import MODE_CONFIGS, ModeCLIPConfig
+from ...modeling_mode_clip import MODE_MODELS, ModeCLIPModel
 from .checks import check_weight_files, files_inside, naming_failures
 from .errors import InputError
 from .files import read_json
@@ -29,12 +30,26 @@ ROUTER = "router_text_model."
 WEIGHT_PATTERNS = ["config.json", "model*.safetensors", "model.safetensors.index.json"]
 EXPERT_TENSOR = re.compile(r"experts\.(\d+)\.")
 LAYER = re.compile(r"\.layers?\.(\d+)\.")  # a transformers encoder's layer N: CLIP's `layers.N`, BERT's `layer.N`
-# Where each config that sets a number of layers keeps them in the weights.
-LAYERED = (
-    (("expert_config", "text_config"), "experts.0.text_model."),
-    (("expert_config", "vision_config"), "experts.0.vision_model."),
-    (("router_text_config",), ROUTER),
-)
+
+
+def layered(config: dict) -> tuple:
+    """Where each config that sets a number of layers keeps them in the weights: expert 0's towers (a LoRA MODE's
+    shared seed's), and the router."""
+    experts = "seed_model." if config.get("lora_rank") else "experts.0."
+    return (
+        (("expert_config", "text_config"), f"{experts}text_model."),
+        (("expert_config", "vision_config"), f"{experts}vision_model."),
+        (("router_text_config",), ROUTER),
+    )
+
+
+def held_experts(config: dict, shapes: dict[str, tuple[int, ...]]) -> set[int]:
+    """The expert indices the weights hold: full experts' `experts.N.` tensors, or the depth of a LoRA MODE's adapter
+    stacks (none where their depths disagree)."""
+    if not config.get("lora_rank"):
+        return {int(match[1]) for name in shapes if (match := EXPERT_TENSOR.match(name))}
+    depths = {shape[0] for name, shape in shapes.items() if name.endswith(ADAPTER_STACKS) and shape}
+    return set(range(depths.pop())) if len(depths) == 1 else set()
 
 
 def local_mode(model: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
@@ -83,13 +98,16 @@ def check_mode_folder(folder: str | os.PathLike, what: str = "--model") -> ModeC
 
     with naming_failures(what, str(folder)):
         config = read_json(folder / "config.json")
-    if not isinstance(config, dict) or config.get("model_type") != ModeCLIPConfig.model_type:
-        raise InputError(f"{what} {str(folder)!r} holds no MODE: its config.json's model_type is not mode_clip.")
+    if not isinstance(config, dict) or config.get("model_type") not in MODE_CONFIGS:
+        raise InputError(
+            f"{what} {str(folder)!r} holds no MODE: its config.json's model_type is not one of "
+            f"{', '.join(MODE_CONFIGS)}."
+        )
     shapes = weight_shapes(folder, what)
     if problem := count_mismatch(config, shapes):
         raise refused(problem)
     with naming_failures(what, str(folder)):
-        parsed = ModeCLIPConfig.from_pretrained(folder)
+        parsed = MODE_CONFIGS[config["model_type"]].from_pretrained(folder)
     if problem := tensor_mismatch(parsed, shapes):
         raise refused(problem)
     if not np.isfinite(stored_centroids(folder, what)).all():
@@ -99,7 +117,7 @@ def check_mode_folder(folder: str | os.PathLike, what: str = "--model") -> ModeC
 
 def count_mismatch(config: dict, shapes: dict[str, tuple[int, ...]]) -> str | None:
     """What in the raw config counts more (or fewer) experts, fine clusters or layers than the weights hold."""
-    experts = {int(match[1]) for name in shapes if (match := EXPERT_TENSOR.match(name))}
+    experts = held_experts(config, shapes)
     num_experts = config.get("num_experts")
     if not isinstance(num_experts, int) or len(experts) != num_experts or experts != set(range(num_experts)):
         held = f"experts {min(experts)} to {max(experts)} ({len(experts)} in all)" if experts else "no expert"
@@ -112,7 +130,7 @@ def count_mismatch(config: dict, shapes: dict[str, tuple[int, ...]]) -> str | No
         listed = len(fine_to_coarse) if isinstance(fine_to_coarse, list) else "no"
         return (f"config.json says num_fine_clusters {num_fine!r} and maps {listed} fine clusters (fine_to_coarse), "
                 f"its weights hold {centroids[0]} fine centres")  # fmt: skip
-    for keys, prefix in LAYERED:
+    for keys, prefix in layered(config):
         sub = config
         for key in keys:
             sub = sub.get(key) if isinstance(sub, dict) else None
@@ -128,7 +146,7 @@ def tensor_mismatch(config: ModeCLIPConfig, shapes: dict[str, tuple[int, ...]]) 
     hold in another shape (the first, named). A router may lack parts its routing never runs (a sentence encoder's
     pooler, with mean pooling): transformers initialises those."""
     with torch.device("meta"):  # shapes without memory
-        expected = {name: tuple(tensor.shape) for name, tensor in ModeCLIPModel(config).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in MODE_MODELS[config.model_type](config).state_dict().items()}
     if missing := sorted(name for name in expected.keys() - shapes.keys() if not name.startswith(ROUTER)):
         return f"its weights lack {len(missing)} of the MODE's tensors, e.g. {missing[0]!r}"
     for name, shape in expected.items():
@@ -139,6 +157,6 @@ def tensor_mismatch(config: ModeCLIPConfig, shapes: dict[str, tuple[int, ...]]) 
 
 def load_mode(folder: str | os.PathLike, what: str = "--model") -> ModeCLIPModel:
     """The MODE saved in `folder`, checked first (`check_mode_folder`)."""
-    check_mode_folder(folder, what)
+    config = check_mode_folder(folder, what)
     with naming_failures(what, str(folder)):
-        return ModeCLIPModel.from_pretrained(folder)
+        return MODE_MODELS[config.model_type].from_pretrained(folder)

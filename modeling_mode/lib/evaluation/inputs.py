@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ...configuration_mode_clip import ModeCLIPConfig
+from ...configuration_mode_clip import MODE_CONFIGS
+from ...families import FAMILIES
 from ..core.checks import check_output_file, check_weight_files, naming_failures
 from ..core.errors import InputError
 from ..core.files import read_json
@@ -19,9 +20,9 @@ from ..core.mode_folder import WEIGHT_PATTERNS, check_mode_folder, local_mode
 from .outputs import evaluate_record
 from .scoring import check_labels, experts_of, prompt_templates
 
-# The `model_type`s the evaluators score: a CLIPModel and a ModeCLIPModel, whose code transformers and this package
-# provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
-MODEL_TYPES = ("clip", "mode_clip")
+# The `model_type`s the evaluators score: a dual encoder of a MODE family and a MODE, whose code transformers and this
+# package provide. A model of another type runs the Python code its repo ships, which needs --trust-remote-code.
+MODEL_TYPES = (*FAMILIES, *MODE_CONFIGS)
 TEMPLATES = "zeroshot_classification_templates"  # clip-benchmark's name for the prompt templates
 
 
@@ -66,7 +67,9 @@ def _named_set(name: str, what: str):
 class EvaluationArguments:
     """The flags both evaluators take; each script's dataclass adds its own."""
 
-    model: str = field(metadata={"help": "CLIPModel or ModeCLIPModel: local directory or Hub id"})
+    model: str = field(
+        metadata={"help": "A MODE, or a CLIP, MetaCLIP 2, SigLIP or SigLIP 2 model: local directory or Hub id"}
+    )
     dataset: str = field(metadata={"help": "save_to_disk, imagefolder or data-file directory, or Hub id"})
     output: str = field(
         metadata={"help": "results JSON; the markdown table (.md) and evaluate's record (.evaluate.json) go beside it"}
@@ -199,7 +202,7 @@ def captions_per_image(dataset, caption_column: str) -> list[list[str]]:
 
 
 def load_model(path: str, device: str | None = None, trust_remote_code: bool = False):
-    """A CLIPModel or ModeCLIPModel (local directory or Hub id) with its tokenizer and image processor.
+    """A MODE or a dual encoder of a MODE family (local directory or Hub id) with its tokenizer and image processor.
 
     Without `trust_remote_code` no code from `path` runs: this package's classes serve a MODE.
     """
@@ -227,15 +230,15 @@ def check_model(path: str, trust_remote_code: bool) -> None:
     if model_type not in MODEL_TYPES:
         if "auto_map" not in config:
             raise InputError(
-                f"--model {path!r} is not a CLIP or MODE model: its config's model_type is {model_type!r}, "
-                f"not one of {MODEL_TYPES}."
+                f"--model {path!r} is not a dual encoder of a MODE family or a MODE: its config's model_type is "
+                f"{model_type!r}, not one of {MODEL_TYPES}."
             )
         if not trust_remote_code:
             raise InputError(
                 f"--model {path!r} (model_type {model_type!r}) loads with Python code of its own (its config's "
                 "auto_map): pass --trust-remote-code if you trust that code."
             )
-    if model_type == ModeCLIPConfig.model_type:  # before anything is built: a config can ask for much
+    if model_type in MODE_CONFIGS:  # before anything is built: a config can ask for much
         check_mode_folder(local_mode(path, allow_patterns=WEIGHT_PATTERNS))
     elif os.path.isdir(path):
         check_weight_files(path, "--model")

@@ -4,6 +4,8 @@ measured, and where the metric record of a results JSON goes."""
 
 from pathlib import Path
 
+from ...configuration_mode_clip import MODE_CONFIGS
+
 # The names the results go by: each routing of a MODE, each of its experts alone, or a CLIPModel itself.
 MODE_NAME, EXPERT_NAME, CLIP_NAME = "MODE {routing}", "expert {k}", "CLIPModel"
 
@@ -22,4 +24,4 @@ def model_revision(config: dict) -> int:
 def results_name(config: dict) -> str:
     """The name of a model's own results among those the evaluators report: a MODE as its config routes it, or a
     CLIPModel itself (the other rows are baselines: the other routings and each expert alone)."""
-    return MODE_NAME.format(routing=config["routing"]) if config.get("model_type") == "mode_clip" else CLIP_NAME
+    return MODE_NAME.format(routing=config["routing"]) if config.get("model_type") in MODE_CONFIGS else CLIP_NAME

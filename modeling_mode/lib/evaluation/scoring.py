@@ -1,8 +1,10 @@
-"""Scoring a `CLIPModel` or a `ModeCLIPModel`: zero-shot classification and image-text retrieval.
+"""Scoring a dual encoder (`CLIPModel`, `MetaClip2Model`, `SiglipModel`, `Siglip2Model`) or a MODE of them:
+zero-shot classification and image-text retrieval.
 
 Every expert encodes the images and texts once; the ensembles (routed with the paper's formula, with the released
-one, uniform) and each expert alone are then combinations of the experts' cosine similarities, as in MODE:
-`logits = sum_k w_k * exp(logit_scale_k) * cos_k`. A `CLIPModel` is a MODE of one expert with weight one.
+one, uniform) and each expert alone are then combinations of the experts' logits, as in MODE:
+`logits = sum_k w_k * (exp(logit_scale_k) * cos_k + logit_bias_k)`, the bias SigLIP's (0 for CLIP's families). A
+single model is a MODE of one expert with weight one.
 
 The metrics are `evaluate` modules kept in this package (`metrics/`), loaded by path: no Hub, so offline too.
 """
@@ -14,21 +16,34 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import CLIPModel
+from transformers import PreTrainedModel
 
 from ...configuration_mode_clip import ROUTINGS
+from ...families import Family, family_of
 from ...modeling_mode_clip import ModeCLIPModel
 from ..core.errors import InputError
 from ..core.status import ProgressBar
 from .outputs import CLIP_NAME, EXPERT_NAME, MODE_NAME
 
 
-def experts_of(model) -> list[CLIPModel]:
+def experts_of(model) -> list:
     if isinstance(model, ModeCLIPModel):
-        return list(model.experts)
-    if isinstance(model, CLIPModel):
+        return [model.expert(k) for k in range(model.config.num_experts)]
+    if isinstance(model, PreTrainedModel):
+        family_of(model.config)  # a ValueError naming the families for any other model
         return [model]
-    raise InputError(f"expected a CLIPModel or a ModeCLIPModel, got {type(model).__name__}.")
+    raise InputError(f"expected a dual encoder or a MODE of them, got {type(model).__name__}.")
+
+
+def family(model) -> Family:
+    return model.config.expert_family if isinstance(model, ModeCLIPModel) else family_of(model.config)
+
+
+def text_padding(model) -> dict:
+    """How the experts' texts are padded: SigLIP's to their context (its text tower pools the last position)."""
+    if family(model).padding == "max_length":
+        return {"padding": "max_length", "max_length": experts_of(model)[0].config.text_config.max_position_embeddings}
+    return {"padding": True}
 
 
 def _batches(items: list, batch_size: int) -> Iterable[list]:
@@ -51,7 +66,7 @@ def encode_texts(
     """
     per_expert, routed = [], []
     for batch in _batches(texts, batch_size):
-        inputs = tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(model.device)
+        inputs = tokenizer(batch, truncation=True, return_tensors="pt", **text_padding(model)).to(model.device)
         clip_inputs = {name: inputs[name] for name in ("input_ids", "attention_mask")}  # a router's ids beside them
         per_expert.append(
             on_cpu([expert.get_text_features(**clip_inputs).pooler_output for expert in experts_of(model)])
@@ -69,16 +84,31 @@ def encode_images(model, image_processor, images: Iterable, num_images: int, bat
     per_expert = []
     with ProgressBar(total=num_images, desc="images", unit="img") as progress:
         for batch in images:
-            pixel_values = image_processor(images=batch, return_tensors="pt").pixel_values.to(
-                model.device, model.dtype
-            )
-            per_expert.append(on_cpu([e.get_image_features(pixel_values).pooler_output for e in experts_of(model)]))
+            # pixel_values, and SigLIP 2's patch mask and grid sizes
+            inputs = image_processor(images=batch, return_tensors="pt").to(model.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            per_expert.append(on_cpu([e.get_image_features(**inputs).pooler_output for e in experts_of(model)]))
             progress.update(len(batch))
     return nn.functional.normalize(torch.cat(per_expert, dim=1), dim=-1)
 
 
 def logit_scales(model) -> torch.Tensor:
-    return torch.stack([expert.logit_scale.detach().exp().float() for expert in experts_of(model)]).cpu()
+    """Each expert's exp(logit_scale) [K]."""
+    return torch.stack([expert.logit_scale.detach().exp().float().reshape(()) for expert in experts_of(model)]).cpu()
+
+
+def logit_biases(model) -> torch.Tensor:
+    """Each expert's logit bias [K]: SigLIP's learned one, 0 for CLIP and MetaCLIP 2."""
+    experts = experts_of(model)
+    if not family(model).has_logit_bias:
+        return torch.zeros(len(experts))
+    return torch.stack([expert.logit_bias.detach().float().reshape(()) for expert in experts]).cpu()
+
+
+def expert_logits(model, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """Each expert's logits [K, N, T] from its normalised features [K, N, d] and [K, T, d]: exp(s_k) cos_k + b_k."""
+    cosines = torch.einsum("knd,ktd->knt", image_features, text_features)
+    return logit_scales(model)[:, None, None] * cosines + logit_biases(model)[:, None, None]
 
 
 def ensembles(model, router_embeds: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -159,12 +189,10 @@ def classify(
     """(each ensemble's and expert's weights, their metrics) on images already encoded ([K, N, d], `encode_images`):
     the class prompts are embedded here, so one encoding of the images serves any number of template sets."""
     class_features, router_embeds = zero_shot_classifier(model, tokenizer, classnames, templates)
-    # [K, N, C]: each expert's scaled cosine similarities
-    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,kcd->knc", image_features, class_features)
+    logits = expert_logits(model, image_features, class_features)  # [K, N, C]
     weights = ensembles(model, router_embeds)
     return weights, {
-        name: classification_metrics(torch.einsum("k,knc->nc", w, expert_logits), labels)
-        for name, w in weights.items()
+        name: classification_metrics(torch.einsum("k,knc->nc", w, logits), labels) for name, w in weights.items()
     }
 
 
@@ -185,8 +213,7 @@ def retrieval(model, tokenizer, image_processor, images: Iterable, captions: lis
     owner = torch.tensor([i for i, image_captions in enumerate(captions) for _ in image_captions])
     text_features, router_embeds = encode_texts(model, tokenizer, texts)
     image_features = encode_images(model, image_processor, images, len(captions))
-    # [K, images, texts]: each expert's scaled cosine similarities
-    expert_logits = logit_scales(model)[:, None, None] * torch.einsum("knd,ktd->knt", image_features, text_features)
+    logits = expert_logits(model, image_features, text_features)  # [K, images, texts]
     relevant = owner[None, :] == torch.arange(len(captions))[:, None]  # [images, texts]
 
     results = {}
@@ -196,8 +223,8 @@ def retrieval(model, tokenizer, image_processor, images: Iterable, captions: lis
         else:  # each caption is a task of its own
             routing = name.split()[-1]
             per_query = torch.stack([model.route_embeddings(e[None], routing=routing).cpu() for e in router_embeds])
-        image_to_text = torch.einsum("k,knt->nt", task_weights, expert_logits)
-        text_to_image = torch.einsum("tk,knt->tn", per_query, expert_logits)
+        image_to_text = torch.einsum("k,knt->nt", task_weights, logits)
+        text_to_image = torch.einsum("tk,knt->tn", per_query, logits)
         results[name] = {
             **{f"image_to_text_{m}": v for m, v in recall_at_k(image_to_text, relevant).items()},
             **{f"text_to_image_{m}": v for m, v in recall_at_k(text_to_image, relevant.t()).items()},

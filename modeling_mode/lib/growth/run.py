@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import CLIPModel
+from transformers import AutoModel
 
+from ...adapters import set_adapters
 from ...configuration_mode_clip import ModeCLIPConfig
-from ...modeling_mode_clip import ModeCLIPModel, _architecture
+from ...modeling_mode_clip import MODE_MODELS, ModeCLIPModel, _architecture
 from ...tokenization_mode_clip import ROUTER_TOKENIZER
 from ..assembly.outputs import ASSEMBLY, SEED_FOLDER, ModelOutputArguments, check_apart, check_output
 from ..clustering.outputs import read_finished_run
@@ -40,7 +41,7 @@ from ..data.pairs import (
 from ..evaluation.outputs import model_revision
 from ..training.arguments import ExpertTrainingArguments
 from ..training.checkpoints import checkpoint_state, is_checkpoint
-from ..training.outputs import TRAINING_ARGS, is_finished
+from ..training.outputs import TRAINING_ARGS, is_finished, read_adapters
 from .outputs import expert_digests
 
 EVAL_RESULTS = "eval_results.json"
@@ -62,7 +63,7 @@ def without_expert(model: ModeCLIPModel, expert: int, reason: str) -> ModeCLIPMo
         raise InputError(f"--remove-expert {expert}: it is the MODE's only expert, and a MODE needs one.")
     keep = torch.tensor([coarse != expert for coarse in config.fine_to_coarse])
     fine_to_coarse = [coarse - (coarse > expert) for coarse in config.fine_to_coarse if coarse != expert]
-    experts = [module for k, module in enumerate(model.experts) if k != expert]
+    experts = [part for k, part in enumerate(expert_parts(model)) if k != expert]
     change = {
         "change": "removed expert",
         "expert": expert,
@@ -79,15 +80,27 @@ def without_expert(model: ModeCLIPModel, expert: int, reason: str) -> ModeCLIPMo
         "changelog": [*getattr(config, "changelog", []), change],
         "expert_lineage": [entry for k, entry in enumerate(lineage_of(config)) if k != expert],
     }
-    return with_parts(ModeCLIPConfig.from_dict(fields), experts, model.router_text_model, model.fine_centroids[keep])
+    return with_parts(type(config).from_dict(fields), experts, model, model.fine_centroids[keep])
 
 
-def with_parts(config: ModeCLIPConfig, experts: list, router_text_model, fine_centroids) -> ModeCLIPModel:
-    """A MODE of `config` made of the given modules and centres, as they are (none is initialised or copied)."""
+def expert_parts(model: ModeCLIPModel) -> list:
+    """What makes each expert its own: its module, or a LoRA expert's adapters ({layer path: (lora_A, lora_B)})."""
+    if model.config.lora_rank:
+        return [model.expert_adapters(k) for k in range(model.config.num_experts)]
+    return list(model.experts)
+
+
+def with_parts(config: ModeCLIPConfig, experts: list, original: ModeCLIPModel, fine_centroids) -> ModeCLIPModel:
+    """A MODE of `config` made of the given experts (`expert_parts`), `original`'s router (and a LoRA MODE's seed)
+    and the centres, as they are (none is initialised or copied; a LoRA MODE's adapter stacks are rebuilt)."""
     with torch.device("meta"):
-        model = ModeCLIPModel(config)
-    model.experts = nn.ModuleList(experts)
-    model.router_text_model = router_text_model
+        model = MODE_MODELS[config.model_type](config)
+    if config.lora_rank:
+        model.seed_model = original.seed_model
+        set_adapters(model.seed_model, experts)
+    else:
+        model.experts = nn.ModuleList(experts)
+    model.router_text_model = original.router_text_model
     model.fine_centroids = fine_centroids.clone()
     return model
 
@@ -214,8 +227,7 @@ def grown(
         "expert_lineage": [*lineage_of(config), *lineage],
     }
     centres = torch.cat([original.fine_centroids, centroids.to(original.fine_centroids)])
-    return with_parts(ModeCLIPConfig.from_dict(fields), [*original.experts, *experts], original.router_text_model,
-                      centres)  # fmt: skip
+    return with_parts(type(config).from_dict(fields), [*expert_parts(original), *experts], original, centres)
 
 
 def lineage_of(config: ModeCLIPConfig) -> list[dict]:
@@ -387,11 +399,32 @@ def run_step(launcher: list[str], module: str, arguments) -> None:
     run_entry_point(command, on_progress=lambda bar: report(progress=bar))
 
 
+def new_expert_parts(original: ModeCLIPModel, expert_dirs: list[str]) -> list:
+    """The new experts as the MODE holds them (`expert_parts`): their models, or for a LoRA MODE only their adapters,
+    checked to be the MODE's architecture and LoRA settings."""
+    models = [AutoModel.from_pretrained(path) for path in expert_dirs]
+    if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in models):
+        raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
+    if not original.config.lora_rank:
+        return models
+    config = original.config
+    mode_settings = {
+        "rank": config.lora_rank,
+        "alpha": config.lora_alpha,
+        "target_modules": sorted(config.lora_target_modules),
+    }
+    parts = []
+    for path in expert_dirs:
+        settings, adapters = read_adapters(path)
+        if settings != mode_settings:
+            raise InputError(f"the new expert {path!r} has LoRA settings {settings}, the MODE's are {mode_settings}.")
+        parts.append(adapters)
+    return parts
+
+
 def save_grown(args: GrowArguments, source: Path, fit, report: dict, expert_dirs: list[str]) -> Path:
     original = load_mode(source)
-    new_experts = [CLIPModel.from_pretrained(path) for path in expert_dirs]
-    if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in new_experts):
-        raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
+    new_experts = new_expert_parts(original, expert_dirs)
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     n, added = original.config.num_experts, len(new_experts)
     change = {

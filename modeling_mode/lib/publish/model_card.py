@@ -13,7 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ...configuration_mode_clip import ModeCLIPConfig
+from ...configuration_mode_clip import MODE_CONFIGS
+from ...families import family_of
 from ..core.checks import HUB_ID
 from ..core.errors import InputError
 from ..evaluation.outputs import model_revision, results_name
@@ -47,12 +48,26 @@ TRAINING_KEYS = {
 }
 
 
+def architecture(config: dict) -> str:
+    """The experts' family and vision tower in words, for the card; LoRA experts' rank and layers."""
+    vision = config["expert_config"]["vision_config"]
+    family = family_of(config["expert_config"].get("model_type", "clip")).title
+    resolution = f"{vision['image_size']} px" if "image_size" in vision else f"at most {vision['num_patches']} patches"
+    text = (f"{family} experts, ViT, {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, patch "
+            f"{vision['patch_size']}, {resolution}")  # fmt: skip
+    if config.get("lora_rank"):
+        text += (f"; LoRA experts of rank {config['lora_rank']} (alpha {config['lora_alpha']}) on one shared seed, "
+                 f"adapting {', '.join(config['lora_target_modules'])}")  # fmt: skip
+    return text
+
+
 def mode_config(model_dir: str | Path) -> dict:
     """config.json of the MODE saved in `model_dir`; InputError if there is none."""
     config = published_record(Path(model_dir) / "config.json")
-    if not config or config.get("model_type") != "mode_clip":
+    if not config or config.get("model_type") not in MODE_CONFIGS:
         raise InputError(
-            f"{model_dir} holds no MODE model: config.json is missing or its model_type is not mode_clip."
+            f"{model_dir} holds no MODE model: config.json is missing or its model_type is not one of "
+            f"{', '.join(MODE_CONFIGS)}."
         )
     return config
 
@@ -133,7 +148,6 @@ def model_card(
     recorded = {record["run"].get("base_model") for record in training} - {None}
     base_model = base_model or (recorded.pop() if len(recorded) == 1 else None)
     model_name, own_results = repo_id.split("/")[-1], results_name(config)
-    vision = config["expert_config"]["vision_config"]
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
@@ -151,11 +165,10 @@ def model_card(
         repo_id=repo_id,
         num_experts=config["num_experts"],
         num_fine_clusters=config["num_fine_clusters"],
-        architecture=f"ViT, {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
-        f"patch {vision['patch_size']}, {vision['image_size']} px",
+        architecture=architecture(config),
         routing_text=ROUTING_TEXT[config["routing"]].format(**config),
         router_top_k=config.get("router_top_k"),
-        router_embed_dim=ModeCLIPConfig.from_dict(config).router_embed_dim,
+        router_embed_dim=MODE_CONFIGS[config["model_type"]].from_dict(config).router_embed_dim,
         router_encoder=router_encoder(config),
         clustering=clustering,
         expert_rows=expert_rows(config["fine_to_coarse"], clustering),
