@@ -38,9 +38,9 @@ def gradients(
         num_workers=0,
     )
     data = TrainingData(args, accelerator)
-    max_length = model.config.text_config.max_position_embeddings
+    max_length, family = model.config.text_config.max_position_embeddings, family_of(model.config)
     model, _ = accelerator.prepare(model, build_optimizer(model, args))
-    batches = data.micro_batches(processor, max_length, start_step=0, family=family_of(model.config))
+    batches = data.micro_batches(processor, max_length, start_step=0, family=family)
     loss = accumulate_gradients(model, [data.to_device(next(batches)) for _ in range(accumulation)], accelerator)
     loss = accelerator.reduce(loss, "mean")
     if accelerator.is_main_process:  # gradients are already averaged over processes, as in training
