@@ -81,7 +81,8 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     if accelerator.is_main_process:
         record["run"]["final_step"] = args.last_step
         save_final(args.output, record, accelerator.unwrap_model(model, keep_torch_compile=False), processor)
-    logger.info(f"Saved the model and its processor to {args.output}, finished at step {args.last_step}.")
+    saved = f"the model and its {type(processor).__name__}"  # the family's: CLIPProcessor, SiglipProcessor, ...
+    logger.info(f"Saved {saved} to {args.output}, finished at step {args.last_step}.")
     accelerator.end_training()
     return args.output
 

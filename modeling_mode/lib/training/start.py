@@ -55,8 +55,9 @@ class Start:
 
     def describe(self) -> str:
         """How the run starts, in a sentence for the log."""
+        family = "" if self.family == "clip" else f" of a {FAMILIES[self.family].title}"  # CLIP's as before families
         return {
-            "config": f"Starting from random weights of a {FAMILIES[self.family].title} (--config {self.source}).",
+            "config": f"Starting from random weights{family} (--config {self.source}).",
             "weights": f"Starting from the pretrained weights of {self.source}.",
             "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its weights, optimizer state "
             "and schedule position.",
