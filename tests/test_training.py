@@ -41,11 +41,15 @@ from transformers import (
     AutoModel,
     AutoProcessor,
     AutoTokenizer,
+    BertConfig,
+    BertModel,
     CLIPModel,
     CLIPProcessor,
+    CLIPVisionModel,
     pipeline,
 )
 
+from modeling_mode.families import FAMILIES
 from modeling_mode.lib.assembly.run import assemble
 from modeling_mode.lib.clustering.embedding import CaptionEncoder, EmbeddingShards, shard_captions
 from modeling_mode.lib.core import cli
@@ -61,12 +65,13 @@ from modeling_mode.lib.data.pairs import (
     read_image,
 )
 from modeling_mode.lib.training.arguments import ExpertTrainingArguments
+from modeling_mode.lib.training.batches import TrainingData
 from modeling_mode.lib.training.loop import train
-from modeling_mode.lib.training.loss import contrastive_loss
+from modeling_mode.lib.training.loss import contrastive_loss, sigmoid_loss
 from modeling_mode.lib.training.optimization import build_optimizer, learning_rate_at
 from modeling_mode.lib.training.outputs import is_finished
 from modeling_mode.lib.training.processors import pil_image_processor
-from modeling_mode.lib.training.start import random_clip
+from modeling_mode.lib.training.start import random_clip, random_expert
 
 REPO = Path(__file__).resolve().parents[1]
 ASSEMBLE, PROBE = REPO / "train/assemble.py", REPO / "tests/training_probe.py"
@@ -736,3 +741,120 @@ def test_assembly_rejects_missing_duplicate_and_mismatched_experts(pipeline_runs
     (other / "training_args.json").write_text((Path(experts[1]) / "training_args.json").read_text())
     with pytest.raises(InputError, match="another architecture"):
         assemble_from([experts[0], str(other)])
+
+
+# ---------------------------------------------------------------------------------------------------- families
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_trains_from_random_weights_from_its_weights_and_from_a_fork(family, tmp_path):
+    """A tiny run of each family (accumulated micro-batches: cached features, the family's loss and its FLOPs), then
+    one from its saved weights and a fork of its checkpoint: all load back with the Auto classes."""
+    dataset = make_pairs(tmp_path / "pairs")
+    flags = ["--dataset", dataset, "--batch-size", "4", "--gradient-accumulation-steps", "2", "--log-every", "1"]
+    flags += [*QUIET, "--max-steps", "3", "--checkpoint-every", "2"]
+    seed = train_here(*flags, "--config", "tiny", "--model-family", family, "--output", tmp_path / "seed")
+    weights = shutil.copytree(seed, tmp_path / "weights", ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    train_here(*flags, "--init", weights, "--output", tmp_path / "pretrained")
+    train_here(*flags, "--cluster", "1", "--init", f"{seed}/checkpoints/step_2", "--output", tmp_path / "fork")
+    for run in ("seed", "pretrained", "fork"):
+        model, processor = AutoModel.from_pretrained(tmp_path / run), AutoProcessor.from_pretrained(tmp_path / run)
+        assert model.config.model_type == family and run_args(tmp_path / run)["run"]["family"] == family
+        text = processor(text=["a dog"], padding=FAMILIES[family].padding, return_tensors="pt")
+        if FAMILIES[family].loss == "sigmoid":  # padded to the context, which the zero-shot pipeline's 64 fits
+            assert text["input_ids"].shape[1] == model.config.text_config.max_position_embeddings >= 64
+    assert [run_args(tmp_path / run)["run"]["start"] for run in ("pretrained", "fork")] == ["weights", "fork"]
+
+
+def test_a_family_batch_carries_what_its_model_takes(tmp_path):
+    """SigLIP's texts are padded to the context; SigLIP 2's crops become the patch sequences its image processor
+    would give for a square image of the crop's size."""
+    dataset = make_pairs(tmp_path / "pairs")
+    args = ExpertTrainingArguments(dataset=dataset, output=str(tmp_path / "run"), max_steps=1, batch_size=3)
+    args.num_workers = 0
+    data = TrainingData(args, Accelerator(cpu=True))
+    for family in ("siglip", "siglip2"):
+        model, processor = random_expert("tiny", family)
+        batches = data.micro_batches(processor, 64, 0, family=FAMILIES[family])
+        crops = next(batches)
+        batch = data.to_device(dict(crops))
+        assert batch["input_ids"].shape == (3, 64)
+        assert model(**batch).image_embeds.shape == (3, model.config.text_config.projection_size)
+    image = PILImage.fromarray(crops["pixel_values"][0].permute(1, 2, 0).numpy())
+    expected = processor.image_processor([image], return_tensors="pt")
+    for name in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
+        torch.testing.assert_close(batch[name][:1], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_sigmoid_loss_is_siglips_loss_on_one_process():
+    torch.manual_seed(0)
+    model, _ = random_expert("tiny", "siglip")
+    with torch.no_grad():
+        model.logit_scale.fill_(1.5)
+        model.logit_bias.fill_(-3.0)
+    input_ids = torch.randint(2, 500, (5, 64))
+    outputs = model(input_ids=input_ids, pixel_values=torch.randn(5, 3, 32, 32), return_loss=True)
+    loss = sigmoid_loss(outputs.image_embeds, outputs.text_embeds, model.logit_scale, model.logit_bias)
+    torch.testing.assert_close(loss, outputs.loss)
+    ours = torch.autograd.grad(loss, [model.logit_scale, model.logit_bias], retain_graph=True)
+    theirs = torch.autograd.grad(outputs.loss, [model.logit_scale, model.logit_bias])
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def one_process_sigmoid_gradients(tmp_path_factory):
+    """As `one_process_gradients`, for a tiny SigLIP."""
+    root = tmp_path_factory.mktemp("sigmoid-gradients")
+    dataset = make_pairs(root / "pairs")
+    accelerator = Accelerator(cpu=True)
+    for batch_size, accumulation in [(8, 1), (2, 4)]:
+        gradients(dataset, str(root), batch_size, accumulation, accelerator, family="siglip")
+    reset_accelerate_state()
+    return dataset, torch.load(root / "8x1.pt"), torch.load(root / "2x4.pt")
+
+
+def test_accumulated_micro_batches_give_the_large_batch_sigmoid_gradient(one_process_sigmoid_gradients):
+    _, reference, accumulated = one_process_sigmoid_gradients
+    assert reference["grads"]["logit_bias"].abs() > 1e-3 and reference["grads"]["logit_scale"].abs() > 1e-3
+    assert_same_step(accumulated, reference)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_sigmoid_loss_and_gradients_of_one(one_process_sigmoid_gradients, tmp_path):
+    dataset, reference, _ = one_process_sigmoid_gradients
+    launch_two_processes(PROBE, "gradients", dataset, tmp_path, "--family", "siglip", "4x1", "2x2")
+    for shape in ("4x1", "2x2"):
+        assert_same_step(torch.load(tmp_path / f"{shape}.pt"), reference)
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory) -> dict[str, str]:
+    """Folders of models that are no MODE family, and a SigLIP config file."""
+    root = tmp_path_factory.mktemp("other-models")
+    bert = BertConfig(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    BertModel(bert).save_pretrained(root / "bert")
+    CLIPVisionModel(tiny_clip_config().vision_config).save_pretrained(root / "clip-vision")
+    random_expert("tiny", "siglip")[0].config.to_json_file(root / "siglip-config")
+    return {name: str(root / name) for name in ("bert", "clip-vision", "siglip-config")}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"--init": "{bert}"}, r"--init '.*bert': 'bert' models are not a MODE expert family: the supported "),
+        ({"--init": "{clip-vision}"}, r"'clip_vision_model' models are not a MODE expert family: .* \(siglip2\)\."),
+        ({"--config": "{siglip-config}", "--model-family": "clip"}, r"--model-family clip names another family than"),
+        ({"--init": "{clip-vision}", "--model-family": "siglip"}, r"'clip_vision_model' models are not a MODE"),
+        ({"--config": "tiny", "--model-family": "bert"}, r"--model-family must be one of \['clip', 'metaclip_2'"),
+    ],
+)
+def test_a_start_of_another_family_is_refused_in_one_line_before_anything_is_written(
+    other_models, inputs, tmp_path, monkeypatch, capsys, flags, message
+):
+    output = tmp_path / "run"
+    argv = {"--dataset": inputs["clustered"], "--max-steps": "2", "--warmup-steps": "1", "--output": output, **flags}
+    argv = [str(part).format(**other_models) for flag, value in argv.items() for part in (flag, value)]
+    status, stderr = expert_command(monkeypatch, capsys, *argv, "--num-workers", "0", "--report-to", "none")
+    assert status == 2 and len(stderr) == 1, stderr
+    assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
+    assert not output.exists()

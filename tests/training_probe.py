@@ -1,8 +1,8 @@
 """Scripts that tests/test_training.py runs in fresh processes (some under `accelerate launch`).
 
-python tests/training_probe.py gradients DATASET OUT_DIR BATCH_SIZExACCUMULATION...
-    For each BATCH_SIZExACCUMULATION (e.g. 4x1 2x2): one forward/backward of a tiny seed on step 0's global batch;
-    saves the loss and every gradient to OUT_DIR/BATCH_SIZExACCUMULATION.pt.
+python tests/training_probe.py gradients DATASET OUT_DIR [--family FAMILY] BATCH_SIZExACCUMULATION...
+    For each BATCH_SIZExACCUMULATION (e.g. 4x1 2x2): one forward/backward of a tiny seed (a CLIP, or of --family) on
+    step 0's global batch; saves the loss and every gradient to OUT_DIR/BATCH_SIZExACCUMULATION.pt.
 python tests/training_probe.py killed-in-final-save EXPERT_FLAGS... --kill-after MOVES
     train/expert.py's training, SIGKILLed in its final save, right after MOVES files were moved into --output.
 """
@@ -15,17 +15,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from modeling_mode.families import family_of
 from modeling_mode.lib.core import cli
 from modeling_mode.lib.training.arguments import ExpertTrainingArguments
 from modeling_mode.lib.training.batches import TrainingData
 from modeling_mode.lib.training.loop import accumulate_gradients, train
 from modeling_mode.lib.training.optimization import build_optimizer
-from modeling_mode.lib.training.start import random_clip
+from modeling_mode.lib.training.start import random_expert
 
 
-def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, accelerator: Accelerator) -> None:
+def gradients(
+    dataset: str, out_dir: str, batch_size: int, accumulation: int, accelerator: Accelerator, family: str = "clip"
+) -> None:
     set_seed(0)
-    model, processor = random_clip("tiny")
+    model, processor = random_expert("tiny", family)
     args = ExpertTrainingArguments(
         dataset=dataset,
         output=out_dir,
@@ -35,9 +38,9 @@ def gradients(dataset: str, out_dir: str, batch_size: int, accumulation: int, ac
         num_workers=0,
     )
     data = TrainingData(args, accelerator)
-    max_length = model.config.text_config.max_position_embeddings
+    max_length, family = model.config.text_config.max_position_embeddings, family_of(model.config)
     model, _ = accelerator.prepare(model, build_optimizer(model, args))
-    batches = data.micro_batches(processor, max_length, start_step=0)
+    batches = data.micro_batches(processor, max_length, start_step=0, family=family)
     loss = accumulate_gradients(model, [data.to_device(next(batches)) for _ in range(accumulation)], accelerator)
     loss = accelerator.reduce(loss, "mean")
     if accelerator.is_main_process:  # gradients are already averaged over processes, as in training
@@ -69,8 +72,11 @@ def killed_in_final_save(argv: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "gradients":
         accelerator = Accelerator(cpu=True)
-        for shape in sys.argv[4:]:
+        shapes, family = sys.argv[4:], "clip"
+        if shapes[0] == "--family":
+            family, shapes = shapes[1], shapes[2:]
+        for shape in shapes:
             batch_size, accumulation = map(int, shape.split("x"))
-            gradients(sys.argv[2], sys.argv[3], batch_size, accumulation, accelerator)
+            gradients(sys.argv[2], sys.argv[3], batch_size, accumulation, accelerator, family)
     elif sys.argv[1] == "killed-in-final-save":
         killed_in_final_save(sys.argv[2:])

@@ -5,7 +5,8 @@ function of the seed and the optimizer step: the global batch of step s is the s
 or of accumulation micro-batches, and a resumed run reads exactly what an uninterrupted one would. Each pair's
 caption choice and crop are drawn from a generator seeded by (seed, epoch, row), so workers and restarts agree too.
 
-The loader's workers hand over uint8 crops; `PixelNormalizer` turns them into the model's float pixels on the device.
+The loader's workers hand over uint8 crops; `PixelNormalizer` turns them into the model's float pixels on the device,
+and for SigLIP 2 `PatchSequences` into its patch sequences.
 """
 
 import io
@@ -428,8 +429,7 @@ class PairTransform:
     """
 
     def __init__(self, image_processor, image_column: str, caption_column: str):
-        crop = image_processor.crop_size or {}
-        self.size = (crop["height"], crop["width"])
+        self.size = training_crop_size(image_processor)
         self.image_column = image_column
         self.caption_column = caption_column
 
@@ -442,6 +442,46 @@ class PairTransform:
             image = upright_rgb(image)
         crop = resized_crop(image, tuple(round(edge / reduction) for edge in box), self.size)
         return crop, pick_caption(example[self.caption_column], rng)
+
+
+def training_crop_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the training crops for an image processor: CLIP's crop, SigLIP's fixed size, SigLIP 2's
+    largest square grid of at most `max_num_patches` patches (see `PatchSequences`)."""
+    if takes_patch_sequences(image_processor):
+        side = math.isqrt(image_processor.max_num_patches) * image_processor.patch_size
+        return side, side
+    crop = image_processor.crop_size or image_processor.size
+    return crop["height"], crop["width"]
+
+
+def takes_patch_sequences(image_processor) -> bool:
+    """Whether the model of `image_processor` takes its images as patch sequences (SigLIP 2's NaFlex towers)."""
+    return "spatial_shapes" in image_processor.model_input_names
+
+
+class PatchSequences:
+    """Normalised pixels [B, 3, H, W] -> SigLIP 2's image inputs: `pixel_values` [B, N, p * p * 3], the patches of an
+    (H / p, W / p) grid row by row, each patch's pixels row by row with their channels last (as Siglip2ImageProcessor
+    flattens them), with `spatial_shapes` that grid's and a `pixel_attention_mask` of 1s (no padding patch).
+
+    Patched on the device, from the uint8 crops every family's loader gives, rather than by the image processor in
+    the workers: training keeps its random resized crops, and the loader its uint8 batches (a quarter of float32's
+    bytes). The grid is square and fixed (`training_crop_size`), so a batch needs no padding patches; the image
+    processor's aspect-keeping grids at inference are other grids, to which the tower resizes its position
+    embeddings as it does to this one."""
+
+    def __init__(self, patch_size: int):
+        self.patch_size = patch_size
+
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, channels, height, width = pixels.shape
+        p, rows, columns = self.patch_size, height // self.patch_size, width // self.patch_size
+        patches = pixels.reshape(batch, channels, rows, p, columns, p).permute(0, 2, 4, 3, 5, 1)
+        return {
+            "pixel_values": patches.reshape(batch, rows * columns, p * p * channels),
+            "pixel_attention_mask": torch.ones(batch, rows * columns, dtype=torch.int32, device=pixels.device),
+            "spatial_shapes": torch.tensor([[rows, columns]] * batch, device=pixels.device),
+        }
 
 
 class PixelNormalizer:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from accelerate.utils import DynamoBackend, PrecisionType, is_tensorboard_available
 
+from ...families import FAMILIES
 from ..core.errors import InputError
 
 PRECISIONS = [precision.value for precision in PrecisionType]
@@ -34,6 +35,7 @@ FLAG_RANGES = {
     "out_of_cluster_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "mixed_precision": (lambda v: v is None or v in PRECISIONS, f"one of {PRECISIONS}"),
     "torch_compile_backend": (lambda v: v in COMPILE_BACKENDS, f"one of {COMPILE_BACKENDS}"),
+    "model_family": (lambda v: v is None or v in FAMILIES, f"one of {list(FAMILIES)}"),
 }
 
 
@@ -62,13 +64,21 @@ class ExpertTrainingArguments:
         default=None,
         metadata={
             "help": "Start from: a checkpoint of this script (checkpoints/step_N, or a run directory: its last "
-            "checkpoint) -> weights, optimizer state and schedule position; a CLIPModel directory or Hub id -> "
-            "weights only.",
+            "checkpoint) -> weights, optimizer state and schedule position; a CLIP, MetaCLIP 2, SigLIP or SigLIP 2 "
+            "directory or Hub id -> weights only.",
             "aliases": ["--model_name_or_path", "--model-name-or-path"],
         },
     )
     config: str | None = field(
-        default=None, metadata={"help": "Start from random weights: 'tiny', 'small' or a CLIPConfig json file."}
+        default=None,
+        metadata={"help": "Start from random weights: 'tiny', 'small' or a config json file of a --model-family."},
+    )
+    model_family: str | None = field(
+        default=None,
+        metadata={
+            "help": f"The family of the experts: {', '.join(FAMILIES)}. It sizes --config tiny|small (default clip); "
+            "a --config file, an --init checkpoint say their own, which it must then name if given."
+        },
     )
     resume: bool = field(
         default=False,

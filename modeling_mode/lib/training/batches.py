@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from ...families import FAMILIES, Family
 from ..clustering.clustered_corpus import InMemoryCorpus
 from ..core.errors import InputError
 from ..data.pairs import (
@@ -17,6 +18,7 @@ from ..data.pairs import (
     PairCollator,
     PairDataset,
     PairTransform,
+    PatchSequences,
     PixelNormalizer,
     StreamingPairs,
     caption_mask,
@@ -27,6 +29,7 @@ from ..data.pairs import (
     load_pairs,
     stream_columns,
     streamed_data_files,
+    takes_patch_sequences,
 )
 from ..reshard.outputs import check_finished_reshard
 from .arguments import ExpertTrainingArguments
@@ -51,7 +54,8 @@ class TrainingData:
         # checkpoints: the positions of a plain stream of data files (`PlainStream.position`)
         self.stream_position = (0, 0)
         self.coarse_ids = self.without_caption = self.pairs = self.labelled_stream = self.plain_stream = None
-        self.normalize_pixels = None  # set by `micro_batches`, which knows the image processor; used by `to_device`
+        # set by `micro_batches`, which knows the image processor; used by `to_device`
+        self.normalize_pixels = self.patch_sequences = None
         check_finished_reshard(args.dataset)
         if args.labels and args.streaming:
             self.labelled_stream = self.open_labelled_stream()
@@ -178,16 +182,23 @@ class TrainingData:
             f"{counts['steps_per_epoch']} steps an epoch."
         )
 
-    def micro_batches(self, processor, max_length: int, start_step: int, stream_position=(0, 0)):
-        """This process's micro-batches, `gradient_accumulation_steps` per optimizer step, from `start_step` on.
+    def micro_batches(
+        self, processor, max_length: int, start_step: int, stream_position=(0, 0), family: Family = FAMILIES["clip"]
+    ):
+        """This process's micro-batches of a `family` expert, `gradient_accumulation_steps` per optimizer step, from
+        `start_step` on; its texts padded as the family's are (SigLIP's to `max_length`).
 
         Their `pixel_values` are uint8 crops, on the CPU: `to_device` moves a micro-batch to the device and normalises
-        them there.
+        them there (and, for SigLIP 2, cuts them into patch sequences).
         """
         args = self.args
-        self.normalize_pixels = PixelNormalizer(processor.image_processor, self.accelerator.device)
-        transform = PairTransform(processor.image_processor, args.image_column, args.caption_column)
-        collator = PairCollator(processor.tokenizer, max_length, pad_to_max_length=args.torch_compile)
+        image_processor = processor.image_processor
+        self.normalize_pixels = PixelNormalizer(image_processor, self.accelerator.device)
+        if takes_patch_sequences(image_processor):
+            self.patch_sequences = PatchSequences(image_processor.patch_size)
+        transform = PairTransform(image_processor, args.image_column, args.caption_column)
+        pad_to_max_length = args.torch_compile or family.padding == "max_length"
+        collator = PairCollator(processor.tokenizer, max_length, pad_to_max_length=pad_to_max_length)
         if not args.streaming:
             dataset = PairDataset(self.pairs, transform, args.seed)
             return batches_of(self.loader(dataset, collator, batch_sampler=self.sampler(start_step)))
@@ -212,9 +223,11 @@ class TrainingData:
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A micro-batch of `micro_batches` on the device, its uint8 crops turned into the normalised float32
-        `pixel_values` the model takes (as its image processor would give them)."""
+        `pixel_values` the model takes (as its image processor would give them; SigLIP 2's with its patch inputs)."""
         batch = {name: tensor.to(self.accelerator.device, non_blocking=True) for name, tensor in batch.items()}
         batch["pixel_values"] = self.normalize_pixels(batch["pixel_values"])
+        if self.patch_sequences is not None:
+            batch.update(self.patch_sequences(batch["pixel_values"]))
         return batch
 
     def loader(self, dataset, collator: PairCollator, **kwargs) -> DataLoader:

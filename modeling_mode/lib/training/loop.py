@@ -13,24 +13,28 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 
+from ...families import family_of
 from ..core.checks import check_output_dir
 from ..core.status import ProgressBar
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
 from .checkpoints import prune_checkpoints, save_checkpoint, save_final
-from .loss import contrastive_loss
+from .loss import family_loss
 from .optimization import build_optimizer, learning_rate_at
 from .outputs import final_step, write_record
 from .record import run_record, scalars
 from .start import Start, load_start, resolve_start, restore
 
 logger = get_logger(__name__)  # logs on the main process only
-MAX_LOGIT_SCALE = math.log(100)  # CLIP clips the learned temperature so that logits are scaled by at most 100
+# CLIP clips the learned temperature so that logits are scaled by at most 100. SigLIP's is not clipped: big_vision does
+# not, its learned bias balancing the scaled logits (the paper starts it at t' = log 10, b = -10).
+MAX_LOGIT_SCALE = math.log(100)
 MATMUL_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the peak's precision; float32 otherwise
 
 
 def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
-    """Train a seed or an expert; returns the output directory, a standalone CLIPModel directory with its processor.
+    """Train a seed or an expert; returns the output directory, a standalone model directory (CLIP, MetaCLIP 2,
+    SigLIP or SigLIP 2) with its processor.
 
     Every input is checked before the first step. `--resume` of a run already finished at this run's last step
     changes nothing. `on_checkpoint(step, path)` is called on every process after each checkpoint is complete.
@@ -70,13 +74,15 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
         if on_checkpoint is not None:
             on_checkpoint(step, path)
 
-    batches = data.micro_batches(processor, config.text_config.max_position_embeddings, start.step, stream_position)
+    max_length = config.text_config.max_position_embeddings
+    batches = data.micro_batches(processor, max_length, start.step, stream_position, family_of(config))
     run_steps(args, accelerator, model, optimizer, data, batches, start.step, peak, checkpoint)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record["run"]["final_step"] = args.last_step
         save_final(args.output, record, accelerator.unwrap_model(model, keep_torch_compile=False), processor)
-    logger.info(f"Saved the model and its CLIPProcessor to {args.output}, finished at step {args.last_step}.")
+    saved = f"the model and its {type(processor).__name__}"  # the family's: CLIPProcessor, SiglipProcessor, ...
+    logger.info(f"Saved {saved} to {args.output}, finished at step {args.last_step}.")
     accelerator.end_training()
     return args.output
 
@@ -152,12 +158,15 @@ def run_steps(
 def log_metrics(accelerator: Accelerator, model, bar, step: int, loss, learning_rate: float, meter: "StepMeter"):
     loss = accelerator.reduce(loss, "mean").item()  # waits for the device: the interval ends when its steps did
     speed = meter.interval()
+    unwrapped = accelerator.unwrap_model(model)
     metrics = {
         "train/loss": loss,
         "train/learning_rate": learning_rate,
-        "train/logit_scale": accelerator.unwrap_model(model).logit_scale.exp().item(),
+        "train/logit_scale": unwrapped.logit_scale.exp().item(),
         **{f"train/{name}": value for name, value in speed.items()},
     }
+    if family_of(unwrapped.config).has_logit_bias:
+        metrics["train/logit_bias"] = unwrapped.logit_bias.item()
     accelerator.log(metrics, step=step)
     bar.set_postfix(
         loss=f"{loss:.4f}",
@@ -217,13 +226,17 @@ def step_flops(model, micro_batches: list[dict]) -> int:
     FlopCounterMode on a copy of the model on the meta device: no memory, no computation, and the run's model (its DDP
     wrapper, its compiled code) untouched. That is each micro-batch's forward and backward, and with several, the
     forward that caches their features. Not counted: the loss (b x B x d products, next to nothing) and the activations
-    --gradient-checkpointing recomputes (MFU counts the model's FLOPs, not the hardware's). The attention mask is left
-    out: transformers reads its values to pick a kernel, which meta tensors do not have, and FLOPs do not depend on
-    it."""
+    --gradient-checkpointing recomputes (MFU counts the model's FLOPs, not the hardware's). The attention masks are
+    left out: transformers reads their values to pick a kernel, which meta tensors do not have, and FLOPs do not depend
+    on them. SigLIP 2's `spatial_shapes` stay real tensors on the CPU: their values set the shapes of its position
+    embeddings' resize."""
     with torch.device("meta"):
         meta_model = type(model)._from_config(model.config)
     batch = {name: torch.empty_like(x, device="meta") for name, x in micro_batches[0].items()}
     batch.pop("attention_mask", None)
+    batch.pop("pixel_attention_mask", None)
+    if "spatial_shapes" in batch:
+        batch["spatial_shapes"] = micro_batches[0]["spatial_shapes"].cpu()
     with FlopCounterMode(display=False) as forward_and_backward:
         image_embeds, text_embeds = embed(meta_model, batch)
         (image_embeds.sum() + text_embeds.sum()).backward()
@@ -285,13 +298,13 @@ def embed(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 
 
 def accumulate_gradients(model, micro_batches: list[dict], accelerator: Accelerator) -> torch.Tensor:
-    """Backward of the contrastive loss of the global batch made of every process's `micro_batches`; returns it.
+    """Backward of the family's loss of the global batch made of every process's `micro_batches`; returns it.
 
     With several micro-batches, their features are first computed without gradients; each micro-batch is then
     recomputed with gradients and contrasted against all the cached ones, so that the accumulated gradient is that
     of the whole batch (as open_clip's --accum-freq), at the cost of one extra forward.
     """
-    logit_scale = accelerator.unwrap_model(model).logit_scale
+    unwrapped = accelerator.unwrap_model(model)
     cached = None
     if len(micro_batches) > 1:
         with torch.no_grad():
@@ -304,8 +317,9 @@ def accumulate_gradients(model, micro_batches: list[dict], accelerator: Accelera
             if cached is not None:
                 image_embeds = torch.cat([image_embeds if j == i else c[0] for j, c in enumerate(cached)])
                 text_embeds = torch.cat([text_embeds if j == i else c[1] for j, c in enumerate(cached)])
-            # The temperature is in every micro-batch's loss: let its gradient through once, not once per pass.
-            loss = contrastive_loss(image_embeds, text_embeds, logit_scale if last else logit_scale.detach())
+            # The temperature (and SigLIP's bias) is in every micro-batch's loss: let its gradient through once, not
+            # once per pass.
+            loss = family_loss(unwrapped, image_embeds, text_embeds, learn_scalars=last)
             accelerator.backward(loss)
     return loss.detach()
 
@@ -317,6 +331,8 @@ def train_step(model, micro_batches: list[dict], optimizer, accelerator: Acceler
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        accelerator.unwrap_model(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    unwrapped = accelerator.unwrap_model(model)
+    if family_of(unwrapped.config).loss == "softmax":
+        with torch.no_grad():
+            unwrapped.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss

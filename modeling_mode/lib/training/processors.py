@@ -1,7 +1,15 @@
-"""A CLIP tokenizer and image processor made without downloads, for experts trained from scratch and for tests."""
+"""A tokenizer and image processors made without downloads, for experts of any family trained from scratch and for
+tests."""
 
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTokenizer
+from transformers import (
+    CLIPProcessor,
+    CLIPTokenizer,
+    Siglip2ImageProcessorPil,
+    Siglip2Processor,
+    SiglipImageProcessorPil,
+    SiglipProcessor,
+)
 
 try:  # transformers' default CLIPImageProcessor needs torchvision since the PIL one got its own name
     from transformers import CLIPImageProcessorPil
@@ -49,3 +57,45 @@ def pil_image_processor(image_size: int = 224) -> CLIPImageProcessorPil:
     return CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
+
+
+def char_level_config(
+    family: str,
+    width: int,
+    layers: int,
+    heads: int,
+    image_size: int,
+    patch_size: int,
+    context: int = 77,
+    mlp_ratio: int = 4,
+) -> dict:
+    """The config fields of a `family` expert (clip, metaclip_2, siglip, siglip2) to train from scratch with
+    `char_level_tokenizer`: CLIP's fields for CLIP and MetaCLIP 2 (the same towers); SigLIP's text tower holds its
+    head's size (`projection_size`), and SigLIP 2's vision tower takes a number of patches instead of an image size.
+    SigLIP's pad id (1, the tokenizer's end token) is in the vocabulary: its texts are padded to the full context."""
+    fields = char_level_clip_config(width, layers, heads, image_size, patch_size, context, mlp_ratio)
+    if not family.startswith("siglip"):
+        return fields
+    text, vision = fields["text_config"], fields["vision_config"]
+    text["projection_size"] = fields.pop("projection_dim")
+    if family == "siglip2":
+        vision["num_patches"] = (vision.pop("image_size") // patch_size) ** 2
+    return fields
+
+
+def random_start_image_processor(family: str, image_size: int, patch_size: int):
+    """The PIL image processor of a `family` expert trained from scratch (transformers' default ones need
+    torchvision): CLIP's resize and centre crop; SigLIP's resize to the square; SigLIP 2's aspect-keeping resize into
+    at most the vision tower's number of patches."""
+    if family == "siglip":
+        return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    if family == "siglip2":
+        return Siglip2ImageProcessorPil(patch_size=patch_size, max_num_patches=(image_size // patch_size) ** 2)
+    return pil_image_processor(image_size)
+
+
+def random_start_processor(family: str, image_processor, tokenizer: CLIPTokenizer):
+    """The processor AutoProcessor loads back for `family`, holding the character-level CLIPTokenizer (SigLIP's
+    processors take any tokenizer class: they call it with the padding the caller asks for)."""
+    processor_class = {"siglip": SiglipProcessor, "siglip2": Siglip2Processor}.get(family, CLIPProcessor)
+    return processor_class(image_processor=image_processor, tokenizer=tokenizer)

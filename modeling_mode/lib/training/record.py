@@ -43,6 +43,7 @@ def run_record(
     return {
         "args": dataclasses.asdict(args),
         "run": {
+            "family": start.family,  # the experts' model_type: clip, metaclip_2, siglip or siglip2
             "cluster": data.cluster,
             "data_variant": variant,
             **origin,

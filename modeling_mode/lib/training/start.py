@@ -1,22 +1,26 @@
-"""Where a run starts: random weights (--config), a CLIP's weights or a fork of a seed checkpoint (--init), or its own
-last checkpoint (--resume). It is resolved from the flags and files alone, before anything loads; then the model and
-its CLIPProcessor are loaded, and the checkpoint's Accelerate state restored."""
+"""Where a run starts: random weights (--config), a pretrained expert's weights or a fork of a seed checkpoint
+(--init), or its own last checkpoint (--resume), of any MODE family (`modeling_mode.families`). It is resolved from the
+flags and files alone, before anything loads, its family included; then the model and its processor are loaded, and
+the checkpoint's Accelerate state restored."""
 
+import json
+import math
 import os
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
+from ...families import FAMILIES, family_of
 from ..core.checks import naming_failures
 from ..core.errors import InputError
 from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint
 from .optimization import set_hyperparameters
 from .outputs import read_record
-from .processors import char_level_clip_config, char_level_tokenizer, pil_image_processor
+from .processors import char_level_config, char_level_tokenizer, random_start_image_processor, random_start_processor
 
 # PyTorch's fused scaled-dot-product attention (flash or memory-efficient kernels where the device has them), not
 # the eager matmul-softmax-matmul: transformers 5.24 picks it by default; asked for explicitly, a change of default or
@@ -26,6 +30,8 @@ RANDOM_CLIP_SIZES = {  # width, layers, heads, image size, patch size, context, 
     "tiny": (32, 2, 4, 32, 8, 32, 2),  # tests: seconds on a CPU
     "small": (256, 4, 4, 64, 8, 77, 4),  # real runs on a CPU
 }
+# The shortest text context of a SigLIP family: the zero-shot pipeline pads siglip texts to max_length 64.
+SIGMOID_MIN_CONTEXT = 64
 
 
 @dataclass
@@ -36,6 +42,7 @@ class Start:
     source: str
     checkpoint: str | None = None  # Accelerate state to load: optimizer, schedule position (and RNG on resume)
     step: int = 0  # the checkpoint's step, where the schedule goes on from
+    family: str = "clip"  # the model_type of the weights it starts from (`families.FAMILIES`), set by `resolve_start`
 
     @classmethod
     def from_checkpoint(cls, kind: str, source: str, checkpoint: str) -> "Start":
@@ -44,12 +51,13 @@ class Start:
     @property
     def flag(self) -> str:
         """How an error names the files a run starts from."""
-        return "the checkpoint to resume (--resume)" if self.kind == "resume" else "--init"
+        return {"resume": "the checkpoint to resume (--resume)", "config": "--config"}.get(self.kind, "--init")
 
     def describe(self) -> str:
         """How the run starts, in a sentence for the log."""
+        family = "" if self.family == "clip" else f" of a {FAMILIES[self.family].title}"  # CLIP's as before families
         return {
-            "config": f"Starting from random weights (--config {self.source}).",
+            "config": f"Starting from random weights{family} (--config {self.source}).",
             "weights": f"Starting from the pretrained weights of {self.source}.",
             "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its weights, optimizer state "
             "and schedule position.",
@@ -66,7 +74,13 @@ class Start:
 
 
 def resolve_start(args: ExpertTrainingArguments) -> Start:
-    """Where the run starts, read from the flags and files alone: checked before anything is loaded."""
+    """Where the run starts and its family, read from the flags and files alone: checked before anything is loaded."""
+    start = resolve_origin(args)
+    start.family = start_family(start, args)
+    return start
+
+
+def resolve_origin(args: ExpertTrainingArguments) -> Start:
     checkpoint = latest_checkpoint(args.output)
     if checkpoint and not args.resume:
         raise InputError(
@@ -104,44 +118,107 @@ def resolve_init(args: ExpertTrainingArguments) -> Start:
             return Start("weights", args.init)
         raise InputError(
             f"Unknown --init {args.init!r}: the directory is neither a checkpoint of train/expert.py "
-            f"({TRAINER_STATE}), a run with {CHECKPOINTS}/step_N, nor a CLIPModel directory (config.json)."
+            f"({TRAINER_STATE}), a run with {CHECKPOINTS}/step_N, nor a model directory (config.json)."
         )
     if os.path.isfile(args.init):
-        raise InputError(f"--init {args.init!r} is a file: give a CLIPModel directory or Hub id, or a checkpoint.")
+        raise InputError(f"--init {args.init!r} is a file: give a model directory or Hub id, or a checkpoint.")
     return Start("weights", args.init)  # a Hub id; a path that does not exist is refused when it is loaded
 
 
-def random_clip_config(name: str) -> CLIPConfig:
-    """'tiny', 'small' or a CLIPConfig json file."""
+def start_family(start: Start, args: ExpertTrainingArguments) -> str:
+    """The family of the weights `start` holds, from its config alone: refused unless a MODE family, or unless the
+    one --model-family names when it is given."""
+    if start.kind == "config":
+        model_type = random_config(start.source, args.model_family or "clip").model_type
+    else:
+        model_type = config_model_type(start)
+    try:
+        family = family_of(model_type).model_type
+    except ValueError as error:
+        raise InputError(f"{start.flag} {start.checkpoint or start.source!r}: {error}") from None
+    if args.model_family not in (None, family):
+        raise InputError(
+            f"--model-family {args.model_family} names another family than {start.flag} {start.source!r}, "
+            f"a {family} model: leave --model-family out, or give a start of that family."
+        )
+    return family
+
+
+def config_model_type(start: Start) -> str | None:
+    """The model_type in the config.json of a start's folder, or of a Hub id's (from its config alone)."""
+    path = start.checkpoint or start.source
+    with naming_failures(start.flag, path):
+        if os.path.isdir(path):
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as file:
+                return json.load(file).get("model_type")
+        return AutoConfig.from_pretrained(path).model_type
+
+
+def random_config(name: str, family: str = "clip") -> PretrainedConfig:
+    """'tiny' or 'small' of `family` (SigLIP's with at least `SIGMOID_MIN_CONTEXT`), or a config json file of any
+    family (its model_type says which; CLIP without one)."""
     if name in RANDOM_CLIP_SIZES:
-        return CLIPConfig(**char_level_clip_config(*RANDOM_CLIP_SIZES[name]))
+        width, layers, heads, image_size, patch_size, context, mlp_ratio = RANDOM_CLIP_SIZES[name]
+        if FAMILIES[family].padding == "max_length":
+            context = max(context, SIGMOID_MIN_CONTEXT)
+        fields = char_level_config(family, width, layers, heads, image_size, patch_size, context, mlp_ratio)
+        return AutoConfig.for_model(family, **fields)
     if not os.path.isfile(name):
-        raise InputError(f"Unknown --config {name!r}: use 'tiny', 'small' or the path of a CLIPConfig json file.")
-    return CLIPConfig.from_json_file(name)
+        raise InputError(f"Unknown --config {name!r}: use 'tiny', 'small' or the path of a config json file.")
+    try:
+        with open(name, encoding="utf-8") as file:
+            fields = json.load(file)
+        model_type = fields.pop("model_type", "clip")
+        family_of(model_type)
+        return AutoConfig.for_model(model_type, **fields)
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(f"--config {name!r}: {error}") from None
 
 
-def random_clip(name: str) -> tuple[CLIPModel, CLIPProcessor]:
-    """Random weights, with a character-level tokenizer and a PIL image processor made without downloads."""
-    config = random_clip_config(name)
-    tokenizer = char_level_tokenizer(config.text_config.max_position_embeddings)
+def random_expert(name: str, family: str = "clip") -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Random weights of `family` (a config file's own), with a character-level tokenizer and a PIL image processor
+    made without downloads, in the processor AutoProcessor loads back for the family."""
+    config = random_config(name, family)
+    family, context = family_of(config), config.text_config.max_position_embeddings
+    tokenizer = char_level_tokenizer(context)
     if config.text_config.vocab_size < len(tokenizer):
         raise InputError(
             f"--config {name!r} has a vocabulary of {config.text_config.vocab_size}, fewer than the {len(tokenizer)} "
             "tokens of the character tokenizer made for random starts."
         )
-    image_processor = pil_image_processor(config.vision_config.image_size)
-    model = CLIPModel._from_config(config, attn_implementation=ATTENTION)
-    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    if family.padding == "max_length" and context < SIGMOID_MIN_CONTEXT:
+        raise InputError(
+            f"--config {name!r}: a {family.title} text tower needs a context of at least {SIGMOID_MIN_CONTEXT} "
+            f"(texts are padded to 64 for its zero-shot scores), not {context}."
+        )
+    vision = config.vision_config
+    # SigLIP 2's vision tower is sized in patches: its training crops are the square grid of that many.
+    image_size = getattr(vision, "image_size", None) or math.isqrt(vision.num_patches) * vision.patch_size
+    image_processor = random_start_image_processor(family.model_type, image_size, vision.patch_size)
+    model = AutoModel.from_config(config, attn_implementation=ATTENTION)
+    if family.has_logit_bias:
+        # The SigLIP paper's start (Zhai et al. 2023, section 3.2): t' = log 10 and b = -10, so that the many
+        # negative pairs start near their target and the first steps do not only push the bias down (transformers
+        # initialises both at 0).
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(10))
+            model.logit_bias.fill_(-10.0)
+    return model, random_start_processor(family.model_type, image_processor, tokenizer)
 
 
-def load_start(start: Start) -> tuple[CLIPModel, CLIPProcessor]:
-    """The model (in float32, the master weights' precision) and the CLIPProcessor a run starts from."""
+def random_clip(name: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A random CLIP: `random_expert` of the clip family (a config file's own family)."""
+    return random_expert(name, "clip")
+
+
+def load_start(start: Start) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """The model of the start's family (in float32, the master weights' precision) and the processor it starts from."""
     if start.kind == "config":
-        return random_clip(start.source)
+        return random_expert(start.source, start.family)
     path = start.checkpoint or start.source
     with naming_failures(start.flag, path):
-        model = CLIPModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
-        return model, CLIPProcessor.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
+        return model, AutoProcessor.from_pretrained(path)
 
 
 def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
