@@ -535,3 +535,31 @@ def test_held_out_sets_are_checked_before_any_work(tmp_path):
         with pytest.raises(InputError, match=message):
             run("offline-mix", tmp_path / "job", sources, smoke=True)
         assert not (tmp_path / "job").exists()
+
+
+# A SigLIP MODE of LoRA experts, on the offline corpus from random weights: the smallest job of every stage kind.
+SIGLIP_LORA_RECIPE = dict(TINY_RECIPE, family="siglip", lora_rank=2, train_per_source=60, test_per_source=10,
+                          retrieval_per_source=5, validation_per_source=10, checkpoint_every=2,
+                          model=dict(width=32, layers=1, heads=2, image_size=32, patch_size=8))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_siglip_mode_of_lora_experts_trains_assembles_and_scores(tmp_path):
+    (tmp_path / "siglip-lora.json").write_text(json.dumps(SIGLIP_LORA_RECIPE))
+    output = tmp_path / "job"
+    command = [sys.executable, str(ROOT / "train" / "job.py"), "--recipe", str(tmp_path / "siglip-lora.json"),
+               "--output", str(output)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    replicate = output / "seed-0"
+    seed = read_record(replicate / "seed")
+    assert (seed["run"]["family"], seed["run"]["lora"]) == ("siglip", None)  # the seed trains every weight
+    expert = read_record(replicate / "experts" / "minilm-2" / "expert-0")
+    assert expert["run"]["lora"]["rank"] == 2
+    config = json.loads((replicate / "models" / "mode-minilm-2" / "config.json").read_text())
+    assert (config["model_type"], config["expert_config"]["model_type"], config["lora_rank"]) == (
+        "mode_siglip", "siglip", 2)  # fmt: skip
+    results = json.loads((replicate / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["results"]
+    assert {"MODE paper", "expert 0", "expert 1"} <= results.keys()
+    assert "| mode-minilm-2 |" in (output / "report.md").read_text()

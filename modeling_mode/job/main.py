@@ -33,7 +33,7 @@ from .arguments import JobArguments, Sources, check_held_out_sets, check_sources
 from .data import refresh_held_out_sets
 from .experiments import choose
 from .layout import RETRIEVAL_RESULTS, ROUTING_RESULTS, JobFolder, Role, zeroshot_results_name
-from .recipes import ADDED_LATER, SMOKE, check_recipe, clip_config, load_recipe
+from .recipes import ADDED_LATER, SMOKE, check_recipe, load_recipe, random_expert_config
 from .requirements import check_requirements
 from .runner import Runner
 from .stages import StageGraph
@@ -61,14 +61,14 @@ def run(
     check_sources(sources, encoder or default_encoder())
     check_held_out_sets(sources)
     check_recipe(recipe, experiment.count_pairs(sources))
-    config = clip_config(recipe) if sources.init is None else None
+    config = random_expert_config(recipe) if sources.init is None else None
     folder.path.mkdir(parents=True, exist_ok=True)
     record_settings(folder.recipe, {"name": name, "smoke": smoke, **dataclasses.asdict(recipe)}, sources, encoder)
     refresh_held_out_sets(folder, recipe, sources)
     if config is not None:
         write_json(folder.clip_config, config)
     if any(model.role is Role.WIDE_DENSE for model in experiment.models):  # the validation experiment's, from scratch
-        write_json(folder.wide_clip_config, clip_config(recipe, width_factor=2))
+        write_json(folder.wide_clip_config, random_expert_config(recipe, width_factor=2))
     graph, runner = StageGraph(folder, experiment, sources, encoder or default_encoder()), Runner(folder)
     runner.run_all(graph.training(), "training stages")
     if experiment.scores_test_sets:

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..families import FAMILIES
 from ..lib.core.errors import InputError
 from ..lib.core.files import read_json
 
@@ -28,8 +29,13 @@ class Recipe:
     checkpoint_every: int = 100  # a killed training stage resumes from its last checkpoint
     torch_compile: bool = False  # the training stages' --torch-compile (a GPU recipe's choice)
     seed: int = 0  # the first training seed, and the offline corpus's draws' (a recipe.json field, name kept)
-    # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size.
+    # A seed trained from random weights (no `--init`): width, layers, heads, image and patch size; and its family
+    # (`modeling_mode.families`: clip, metaclip_2, siglip, siglip2). With --init, the checkpoint's family is the job's.
     model: dict | None = None
+    family: str = "clip"
+    # The experts (MODE-n's, OneStep-n's, Random-n's, SeedText-n's, Full-n's) as LoRA adapters of this rank on the
+    # seed (train/expert.py --lora-rank, its default layers); None: every weight trains. Dense runs train every weight.
+    lora_rank: int | None = None
     # The offline corpus, for the sets that `Sources` does not name:
     train_per_source: int = 8000  # training pairs drawn from each source's train split
     test_per_source: int = 1000  # held-out images per source for zero-shot classification
@@ -69,7 +75,7 @@ SIZE_LISTS = ("experts", "full_experts", "onestep_experts", "seedtext_experts") 
 # Fields added after jobs were recorded without them, each with the value that those jobs ran with: such a job
 # resumes with that value, and is refused with another (`main.record_settings`).
 ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2, "arriving_source": None, "new_experts": 1,
-               "seedtext_experts": [2], "probe_every_ensemble": True}  # fmt: skip
+               "seedtext_experts": [2], "probe_every_ensemble": True, "family": "clip", "lora_rank": None}  # fmt: skip
 
 OFFLINE_MIX = Recipe(
     fine_clusters=64,
@@ -171,6 +177,11 @@ def check_recipe(recipe: Recipe, num_pairs: int | None) -> None:
             f"recipe fields learning_rate and router_lambda must be > 0 and caption_noise in [0, 1], got "
             f"{recipe.learning_rate}, {recipe.router_lambda} and {recipe.caption_noise}."
         )
+    if recipe.family not in FAMILIES:
+        raise InputError(f"recipe field family: {recipe.family!r} is not a MODE expert family: use one of "
+                         f"{', '.join(FAMILIES)}.")  # fmt: skip
+    if recipe.lora_rank is not None and not (isinstance(recipe.lora_rank, int) and recipe.lora_rank >= 1):
+        raise InputError(f"recipe field lora_rank must be null or an integer >= 1, got {recipe.lora_rank!r}.")
     for name in ("caption_attributes", "probe_every_ensemble"):
         if not isinstance(getattr(recipe, name), bool):
             raise InputError(f"recipe field {name} must be true or false, got {getattr(recipe, name)!r}.")
@@ -223,10 +234,11 @@ def check_growth(recipe: Recipe) -> None:
         )
 
 
-def clip_config(recipe: Recipe, width_factor: int = 1) -> dict:
-    """The CLIPConfig (as a dict) of the experts trained from scratch, sized for the character-level tokenizer;
-    `width_factor` times as wide (width and heads: the same head size) for the wide dense control."""
-    from ..lib.training.processors import char_level_clip_config
+def random_expert_config(recipe: Recipe, width_factor: int = 1) -> dict:
+    """The config (as a dict, its model_type the recipe's family) of the experts trained from scratch, sized for the
+    character-level tokenizer; `width_factor` times as wide (width and heads: the same head size) for the wide dense
+    control."""
+    from ..lib.training.processors import char_level_config
 
     if recipe.model is None:
         raise InputError("the recipe has no `model` to train from random weights: add one, or start from --init.")
@@ -235,6 +247,6 @@ def clip_config(recipe: Recipe, width_factor: int = 1) -> dict:
         if name in model:
             model[name] *= width_factor
     try:
-        return char_level_clip_config(**model)
+        return {"model_type": recipe.family, **char_level_config(recipe.family, **model)}
     except TypeError as error:
         raise InputError(f"the recipe's model {recipe.model} is not a model size: {error}.") from None
