@@ -12,6 +12,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from ..core.checks import naming_failures
 from ..core.errors import InputError
+from . import lora
 from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint
 from .optimization import set_hyperparameters
@@ -36,6 +37,7 @@ class Start:
     source: str
     checkpoint: str | None = None  # Accelerate state to load: optimizer, schedule position (and RNG on resume)
     step: int = 0  # the checkpoint's step, where the schedule goes on from
+    lora: bool = False  # the run trains LoRA adapters (--lora-rank): a fork then takes no optimizer state
 
     @classmethod
     def from_checkpoint(cls, kind: str, source: str, checkpoint: str) -> "Start":
@@ -48,11 +50,16 @@ class Start:
 
     def describe(self) -> str:
         """How the run starts, in a sentence for the log."""
+        forked = (
+            "weights and schedule position, not its optimizer state (the new LoRA adapters, which alone train, "
+            "have none)"
+            if self.lora
+            else "weights, optimizer state and schedule position"
+        )
         return {
             "config": f"Starting from random weights (--config {self.source}).",
             "weights": f"Starting from the pretrained weights of {self.source}.",
-            "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its weights, optimizer state "
-            "and schedule position.",
+            "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its {forked}.",
             "resume": f"Resuming from the checkpoint {self.checkpoint}, at step {self.step}.",
         }[self.kind]
 
@@ -67,6 +74,14 @@ class Start:
 
 def resolve_start(args: ExpertTrainingArguments) -> Start:
     """Where the run starts, read from the flags and files alone: checked before anything is loaded."""
+    start = checkpoint_or_init(args)
+    start.lora = args.lora_rank is not None
+    lora.check_start(start, args)
+    return start
+
+
+def checkpoint_or_init(args: ExpertTrainingArguments) -> Start:
+    """The run's own last checkpoint (--resume), else its --init or --config."""
     checkpoint = latest_checkpoint(args.output)
     if checkpoint and not args.resume:
         raise InputError(
@@ -140,14 +155,22 @@ def load_start(start: Start) -> tuple[CLIPModel, CLIPProcessor]:
         return random_clip(start.source)
     path = start.checkpoint or start.source
     with naming_failures(start.flag, path):
-        model = CLIPModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
+        if start.kind == "resume" and start.lora:  # its weights file holds the wrapped model's: `restore` loads it
+            model = CLIPModel._from_config(CLIPConfig.from_pretrained(path), attn_implementation=ATTENTION)
+        else:
+            model = CLIPModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
         return model, CLIPProcessor.from_pretrained(path)
 
 
 def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
-    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG. Returns, for a streamed run
-    that resumes, where its stream stood."""
+    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG (a LoRA fork: none of it).
+    Returns, for a streamed run that resumes, where its stream stood."""
     if not start.checkpoint:
+        return 0, 0
+    if start.kind == "fork" and start.lora:
+        # The seed's weights came with the model (`load_start`), its step with `start`; its optimizer state holds
+        # moments of the full weights, which no longer train, and none of the adapters' (`describe` logs it).
+        set_seed(args.seed)
         return 0, 0
     with naming_failures(start.flag, start.checkpoint):
         accelerator.load_state(start.checkpoint)
