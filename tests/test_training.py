@@ -897,3 +897,15 @@ def test_a_lora_runs_checkpoint_is_no_seed_to_fork(lora_runs, tmp_path, monkeypa
             "and its adapters apart: fork from the seed's checkpoint instead."
         )
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # two launched processes
+def test_a_lora_fork_on_two_processes_gives_the_weights_of_one(lora_runs, tmp_path):
+    """The same global batch of 4 (2 processes x 2 pairs, against 1 x 2 micro-batches of 2): DDP over the PeftModel
+    all-reduces the adapters' gradients, and the merged weights agree up to float32 summation order."""
+    argv = list(lora_runs["fork"])
+    at = argv.index("--gradient-accumulation-steps")
+    del argv[at : at + 2]
+    launch_two_processes(EXPERT, *argv, "--output", tmp_path / "two")
+    assert run_args(tmp_path / "two")["run"]["num_processes"] == 2
+    assert_same_weights(tmp_path / "two", lora_runs["expert"], atol=1e-5)
