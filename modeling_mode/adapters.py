@@ -6,6 +6,7 @@ as the seed does, plus two thin matrix products per adapted layer. Training them
 (`train/expert.py --lora-rank`); this file needs only torch, so that the MODE loads from the Hub without PEFT.
 """
 
+import re
 from contextlib import contextmanager
 
 import torch
@@ -14,6 +15,10 @@ from torch.nn import functional as F
 
 # The names a saved LoRA MODE's adapter stacks end with, [num_experts, ...] each.
 ADAPTER_STACKS = (".lora_A", ".lora_B")
+# Adapters go into the towers' encoder layers only: elsewhere a name may belong to a Linear whose weight its parent
+# reads directly (SigLIP's pooling head is an nn.MultiheadAttention with an `out_proj`), where an adapter would never
+# take part in the forward.
+ENCODER_LAYER = re.compile(r"(^|\.)encoder\.layers\.\d+\.")
 
 
 class ExpertAdaptedLinear(nn.Linear):
@@ -36,12 +41,12 @@ class ExpertAdaptedLinear(nn.Linear):
 
 
 def adapted_layer_names(model: nn.Module, target_modules: list[str]) -> list[str]:
-    """The module paths of `model`'s linear layers whose last name is one of `target_modules`."""
+    """The module paths of the linear layers of `model`'s encoder layers whose last name is one of `target_modules`."""
     targets = set(target_modules)
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets and ENCODER_LAYER.search(name)
     ]
 
 

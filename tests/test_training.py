@@ -69,7 +69,7 @@ from modeling_mode.lib.training.batches import TrainingData
 from modeling_mode.lib.training.loop import train
 from modeling_mode.lib.training.loss import contrastive_loss, sigmoid_loss
 from modeling_mode.lib.training.optimization import build_optimizer, learning_rate_at
-from modeling_mode.lib.training.outputs import is_finished
+from modeling_mode.lib.training.outputs import ADAPTER, is_finished, read_adapters
 from modeling_mode.lib.training.processors import pil_image_processor
 from modeling_mode.lib.training.start import random_clip, random_expert
 
@@ -838,6 +838,115 @@ def other_models(tmp_path_factory) -> dict[str, str]:
     return {name: str(root / name) for name in ("bert", "clip-vision", "siglip-config")}
 
 
+# ---------------------------------------------------------------------------------------------------- LoRA experts
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory) -> dict:
+    """A tiny seed stopped at step 2 of 6, and LoRA experts forked from it (rank 4, alpha 8: a scale of 2) with two
+    micro-batches a step: one run to the end, one stopped at step 4 (each test resumes its own copy)."""
+    root = tmp_path_factory.mktemp("lora")
+    dataset = make_pairs(root / "pairs")
+    common = f"--dataset {dataset} --batch-size 2 --max-steps 6 --checkpoint-every 2 --log-every 1".split()
+    train_here(*common, *QUIET, "--config", "tiny", "--stop-at-step", "2", "--output", root / "seed")
+    fork = [*common, *QUIET, "--gradient-accumulation-steps", "2", "--cluster", "1", "--lora-rank", "4"]
+    fork += ["--lora-alpha", "8", "--init", root / "seed" / "checkpoints" / "step_2"]
+    with training_log() as log:
+        train_here(*fork, "--output", root / "expert")
+    train_here(*fork, "--stop-at-step", "4", "--output", root / "stopped")
+    runs = dict(seed=root / "seed", expert=root / "expert", stopped=root / "stopped")
+    return runs | dict(common=common, fork=fork, log=log)
+
+
+@pytest.mark.slow  # with `lora_runs`: three tiny runs
+def test_a_lora_fork_trains_only_its_adapters_and_saves_them_merged_and_alone(lora_runs):
+    seed, expert = lora_runs["seed"], lora_runs["expert"]
+    fork_weights = load_file(seed / "checkpoints" / "step_2" / "model.safetensors")
+    merged = load_file(expert / "model.safetensors")  # a plain CLIPModel folder, adapters merged
+    settings, adapters = read_adapters(expert)
+    assert settings == {
+        "rank": 4,
+        "alpha": 8,
+        "target_modules": sorted("q_proj k_proj v_proj out_proj fc1 fc2".split()),
+    }
+    # Every attention and MLP Linear of both towers' encoder layers (tiny: 2 layers each), and no other.
+    assert len(adapters) == 2 * 2 * 6 and "text_model.encoder.layers.0.self_attn.q_proj" in adapters
+    assert merged.keys() == fork_weights.keys()
+    for name, weight in fork_weights.items():
+        layer = name.removesuffix(".weight")
+        if layer in adapters:
+            lora_a, lora_b = adapters[layer]
+            assert lora_a.shape == (4, weight.shape[1]) and lora_b.shape == (weight.shape[0], 4)
+            assert lora_b.abs().max() > 0  # trained away from its zero start
+            torch.testing.assert_close(merged[name] - weight, 2.0 * lora_b @ lora_a, rtol=0, atol=1e-5, msg=name)
+        else:  # biases, norms, embeddings, projections, the temperature: the seed's
+            assert torch.equal(merged[name], weight), name
+    assert isinstance(CLIPModel.from_pretrained(expert), CLIPModel)
+
+    record = run_args(expert)["run"]
+    assert record["lora"] == {
+        "rank": 4,
+        "alpha": 8.0,
+        "target_modules": "q_proj k_proj v_proj out_proj fc1 fc2".split(),
+    }
+    trained = sum(a.numel() + b.numel() for a, b in adapters.values())
+    assert record["step_setup"]["trained_parameters"] == trained
+    assert (record["start"], record["start_step"], record["final_step"]) == ("fork", 2, 6)
+    assert run_args(seed)["run"]["lora"] is None
+    assert [m.getMessage().removeprefix("[RANK 0] ") for m in lora_runs["log"]][0] == (
+        f"Forking the seed checkpoint {record['start_checkpoint']} at step 2: its weights and schedule position, not "
+        "its optimizer state (the new LoRA adapters, which alone train, have none)."
+    )
+    # AdamW's step counts began at the fork (2 steps by step 4), and it holds the adapters alone.
+    optimizer = torch.load(expert / "checkpoints" / "step_4" / "optimizer.bin", weights_only=False)
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {2}
+    assert len(optimizer["state"]) == 2 * len(adapters)
+
+
+@pytest.mark.slow  # with `lora_runs`: three tiny runs
+def test_lora_adapters_are_read_back_in_peft_format_and_give_the_merged_weights(lora_runs):
+    from peft import PeftModel
+
+    seed, expert = lora_runs["seed"], lora_runs["expert"]
+    config = json.loads((expert / ADAPTER / "adapter_config.json").read_text())
+    assert (config["lora_dropout"], config["bias"], config["use_rslora"], config["r"]) == (0.0, "none", False, 4)
+    assert sorted(os.listdir(expert / ADAPTER)) == ["adapter_config.json", "adapter_model.safetensors"]
+    # PEFT loads the adapters onto the fork's weights, and merging them gives the final folder's weights.
+    base = CLIPModel.from_pretrained(seed / "checkpoints" / "step_2")
+    peft_merged = PeftModel.from_pretrained(base, expert / ADAPTER).merge_and_unload().state_dict()
+    for name, tensor in load_file(expert / "model.safetensors").items():
+        torch.testing.assert_close(peft_merged[name], tensor, rtol=0, atol=1e-6, msg=name)
+    # read_adapters: the same matrices as PEFT's own file, under the model's module names.
+    _, adapters = read_adapters(expert)
+    saved = load_file(expert / ADAPTER / "adapter_model.safetensors")
+    for name, (lora_a, lora_b) in adapters.items():
+        assert torch.equal(saved[f"base_model.model.{name}.lora_A.weight"], lora_a)
+        assert torch.equal(saved[f"base_model.model.{name}.lora_B.weight"], lora_b)
+    assert len(saved) == 2 * len(adapters) and read_adapters(seed) is None
+
+
+@pytest.mark.slow  # with `lora_runs`: three tiny runs
+def test_a_resumed_lora_run_gives_the_uninterrupted_weights(lora_runs, tmp_path, monkeypatch, capsys):
+    stopped = tmp_path / "stopped"
+    shutil.copytree(lora_runs["stopped"], stopped)
+    assert run_args(stopped)["run"]["final_step"] == 4
+    # Resumed with other LoRA settings: refused, nothing written.
+    before = {path: path.stat().st_mtime_ns for path in stopped.rglob("*")}
+    status, stderr = expert_command(monkeypatch, capsys, *lora_runs["fork"], "--lora-rank", "2", "--output", stopped,
+                                    "--resume")  # fmt: skip
+    assert status == 2 and len(stderr) == 1 and "was checkpointed with LoRA settings" in stderr[0], stderr
+    assert {path: path.stat().st_mtime_ns for path in stopped.rglob("*")} == before
+    train_here(*lora_runs["fork"], "--output", stopped, "--resume")
+    record = run_args(stopped)["run"]
+    assert record["resumed_from"] == [str(stopped / "checkpoints" / "step_4")] and record["final_step"] == 6
+    assert_same_weights(stopped, lora_runs["expert"], atol=1e-6)
+    resumed, uninterrupted = read_adapters(stopped), read_adapters(lora_runs["expert"])
+    assert resumed[0] == uninterrupted[0]
+    for name, matrices in uninterrupted[1].items():
+        for resumed_matrix, matrix in zip(resumed[1][name], matrices):
+            torch.testing.assert_close(resumed_matrix, matrix, rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -858,3 +967,67 @@ def test_a_start_of_another_family_is_refused_in_one_line_before_anything_is_wri
     assert status == 2 and len(stderr) == 1, stderr
     assert re.fullmatch(f"error: .*{message}.*", stderr[0]), stderr[0]
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"--lora-rank": "0"}, r"--lora-rank must be at least 1, got 0"),
+        ({"--lora-rank": "-4"}, r"--lora-rank must be at least 1, got -4"),
+        ({"--lora-rank": "4", "--lora-alpha": "0"}, r"--lora-alpha must be positive, got 0.0"),
+        # --config tiny: width 32, MLP 64; the narrowest targeted layer is named.
+        (
+            {"--lora-rank": "33"},
+            r"--lora-rank 33 is above the width of the targeted layer text_model\.encoder\.layers\.0\.self_attn\."
+            r"q_proj \(32: the smaller of its 32 input and 32 output features\): give a rank of at most 32\.",
+        ),
+        (
+            {"--lora-rank": "33", "--lora-target-modules": "fc2"},
+            r"--lora-rank 33 is above the width of the targeted layer text_model\.encoder\.layers\.0\.mlp\.fc2 \(32",
+        ),
+        (
+            {"--lora-rank": "4", "--lora-target-modules": "q_proj,query,visual_projection"},
+            r"--lora-target-modules query,visual_projection: the model has no such Linear module in its encoder "
+            r"layers; it has fc1, fc2, k_proj, out_proj, q_proj, v_proj\.",
+        ),
+        ({"--lora-rank": "4", "--lora-target-modules": " ,"}, r"--lora-target-modules names no module"),
+        ({"--lora-alpha": "8"}, r"--lora-alpha set LoRA adapters: give --lora-rank too"),
+        ({"--lora-alpha": "8", "--lora-target-modules": "fc1"}, r"--lora-alpha and --lora-target-modules set LoRA"),
+    ],
+)
+def test_bad_lora_input_is_one_line_and_exit_status_2_before_anything_is_written(
+    inputs, tmp_path, monkeypatch, capsys, flags, message
+):
+    output = tmp_path / "run"
+    argv = {"--dataset": inputs["clustered"], "--config": "tiny", "--max-steps": "2", "--warmup-steps": "1"}
+    argv = [str(part) for flag, value in (argv | {"--output": output, **flags}).items() for part in (flag, value)]
+    status, stderr = expert_command(monkeypatch, capsys, *argv, "--num-workers", "0", "--report-to", "none")
+    assert status == 2 and len(stderr) == 1, stderr
+    assert re.fullmatch(f"error: {message}.*", stderr[0]), stderr[0]
+    assert not output.exists()  # refused before the first write
+
+
+@pytest.mark.slow  # with `lora_runs`: three tiny runs
+def test_a_lora_runs_checkpoint_is_no_seed_to_fork(lora_runs, tmp_path, monkeypatch, capsys):
+    checkpoint = lora_runs["expert"] / "checkpoints" / "step_4"
+    for lora in ([], ["--lora-rank", "4"]):  # neither full fine-tuning nor new adapters on its split weights
+        argv = [*lora_runs["common"], *QUIET, *lora, "--init", checkpoint, "--output", tmp_path / "run"]
+        status, stderr = expert_command(monkeypatch, capsys, *argv)
+        assert status == 2 and len(stderr) == 1, stderr
+        assert stderr[0] == (
+            f"error: --init '{checkpoint}': {checkpoint} is a checkpoint of a LoRA run, whose weights are its seed's "
+            "and its adapters apart: fork from the seed's checkpoint instead."
+        )
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # two launched processes
+def test_a_lora_fork_on_two_processes_gives_the_weights_of_one(lora_runs, tmp_path):
+    """The same global batch of 4 (2 processes x 2 pairs, against 1 x 2 micro-batches of 2): DDP over the PeftModel
+    all-reduces the adapters' gradients, and the merged weights agree up to float32 summation order."""
+    argv = list(lora_runs["fork"])
+    at = argv.index("--gradient-accumulation-steps")
+    del argv[at : at + 2]
+    launch_two_processes(EXPERT, *argv, "--output", tmp_path / "two")
+    assert run_args(tmp_path / "two")["run"]["num_processes"] == 2
+    assert_same_weights(tmp_path / "two", lora_runs["expert"], atol=1e-5)

@@ -36,6 +36,8 @@ FLAG_RANGES = {
     "mixed_precision": (lambda v: v is None or v in PRECISIONS, f"one of {PRECISIONS}"),
     "torch_compile_backend": (lambda v: v in COMPILE_BACKENDS, f"one of {COMPILE_BACKENDS}"),
     "model_family": (lambda v: v is None or v in FAMILIES, f"one of {list(FAMILIES)}"),
+    "lora_rank": (lambda v: v is None or v >= 1, "at least 1"),
+    "lora_alpha": (lambda v: v is None or v > 0, "positive"),
 }
 
 
@@ -186,6 +188,27 @@ class ExpertTrainingArguments:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the initialisation, data order and augmentation."})
+    lora_rank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train low-rank adapters (LoRA, with PEFT) of this rank on the start's frozen weights instead of "
+            "every weight (the default, full fine-tuning). Only the adapters train: the temperature logit_scale (and "
+            "SigLIP's logit_bias) stay the seed's. A fork takes the seed's weights and schedule position, not its "
+            "optimizer state. The final folder holds the adapters merged into the weights, and alone in adapter/."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata={"help": "LoRA's alpha: the adapters are scaled by alpha / rank. Default: the rank (a scale of 1)."},
+    )
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated names of the Linear modules of the towers' encoder layers that get adapters. "
+            "Default: q_proj,k_proj,v_proj,out_proj,fc1,fc2, every attention and MLP Linear (CLIP, MetaCLIP 2, "
+            "SigLIP)."
+        },
+    )
 
     def __post_init__(self):
         for flag, (allowed, requirement) in FLAG_RANGES.items():
@@ -204,6 +227,13 @@ class ExpertTrainingArguments:
             raise InputError("Pass either --init (pretrained or seed weights) or --config (random weights), not both.")
         if self.cluster != "all" and not re.fullmatch(r"\d+", str(self.cluster)):
             raise InputError(f"--cluster must be a coarse cluster id (0, 1, ...) or 'all', got {self.cluster!r}.")
+        lora_options = {"--lora-alpha": self.lora_alpha, "--lora-target-modules": self.lora_target_modules}
+        if self.lora_rank is None and (given := [flag for flag, value in lora_options.items() if value is not None]):
+            raise InputError(
+                f"{' and '.join(given)} set LoRA adapters: give --lora-rank too (without it, every weight trains)."
+            )
+        if self.lora_target_modules is not None and not self.lora_target_modules.strip(" ,"):
+            raise InputError("--lora-target-modules names no module: give comma-separated names, e.g. q_proj,v_proj.")
         self.trackers()  # refuses a tracker that is not installed
 
     def check_schedule(self) -> None:

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ...families import family_of
 from ..core.checks import check_output_dir
 from ..core.status import ProgressBar
+from . import lora
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
 from .checkpoints import prune_checkpoints, save_checkpoint, save_final
@@ -60,6 +61,7 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     data = TrainingData(args, accelerator)
     if args.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    model = lora.adapt(model, args)  # --lora-rank: its checks are made here, before the first write
     model, optimizer = accelerator.prepare(model, build_optimizer(model, args, accelerator.device))
     stream_position = restore(start, args, accelerator, optimizer)
     peak = peak_flops(args, accelerator)
@@ -80,7 +82,8 @@ def train(args: ExpertTrainingArguments, on_checkpoint=None) -> str:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record["run"]["final_step"] = args.last_step
-        save_final(args.output, record, accelerator.unwrap_model(model, keep_torch_compile=False), processor)
+        final = accelerator.unwrap_model(model, keep_torch_compile=False)
+        save_final(args.output, record, lora.final_model(final, args, args.output), processor)
     saved = f"the model and its {type(processor).__name__}"  # the family's: CLIPProcessor, SiglipProcessor, ...
     logger.info(f"Saved {saved} to {args.output}, finished at step {args.last_step}.")
     accelerator.end_training()
@@ -231,7 +234,7 @@ def step_flops(model, micro_batches: list[dict]) -> int:
     on them. SigLIP 2's `spatial_shapes` stay real tensors on the CPU: their values set the shapes of its position
     embeddings' resize."""
     with torch.device("meta"):
-        meta_model = type(model)._from_config(model.config)
+        meta_model = lora.meta_copy(model)  # with LoRA adapters, whose frozen weights get no gradient
     batch = {name: torch.empty_like(x, device="meta") for name, x in micro_batches[0].items()}
     batch.pop("attention_mask", None)
     batch.pop("pixel_attention_mask", None)
@@ -248,13 +251,14 @@ def step_flops(model, micro_batches: list[dict]) -> int:
 
 
 def step_setup(accelerator: Accelerator, model, optimizer, peak_flops: float) -> dict:
-    """How the steps run, for the run's record: attention and AdamW kernels, torch.compile's backend (or "no"), and
-    the peak the logged MFU is a share of."""
+    """How the steps run, for the run's record: attention and AdamW kernels, torch.compile's backend (or "no"), the
+    peak the logged MFU is a share of, and the number of parameters trained (all, or a LoRA run's adapters)."""
     return {
         "attention": accelerator.unwrap_model(model).config._attn_implementation,
         "adamw": "fused" if optimizer.defaults["fused"] else "default",
         "torch_compile": accelerator.state.dynamo_plugin.backend.value.lower(),
         "matmul_peak_tflops": peak_flops / 1e12,
+        "trained_parameters": sum(p.numel() for group in optimizer.param_groups for p in group["params"]),
     }
 
 

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 
 from .arguments import ExpertTrainingArguments
 from .batches import TrainingData
+from .lora import settings as lora_settings
 from .outputs import read_record
 from .start import Start
 
@@ -50,6 +51,7 @@ def run_record(
             "num_processes": accelerator.num_processes,
             "global_batch_size": data.global_batch_size,
             "mixed_precision": accelerator.mixed_precision,
+            "lora": lora_settings(args),  # None: every weight trained
             "step_setup": step_setup,
             "data": data.summary(),
             "versions": {

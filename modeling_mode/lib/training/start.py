@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, PretrainedConfig,
 from ...families import FAMILIES, family_of
 from ..core.checks import naming_failures
 from ..core.errors import InputError
+from . import lora
 from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint
 from .optimization import set_hyperparameters
@@ -43,6 +44,7 @@ class Start:
     checkpoint: str | None = None  # Accelerate state to load: optimizer, schedule position (and RNG on resume)
     step: int = 0  # the checkpoint's step, where the schedule goes on from
     family: str = "clip"  # the model_type of the weights it starts from (`families.FAMILIES`), set by `resolve_start`
+    lora: bool = False  # the run trains LoRA adapters (--lora-rank): a fork then takes no optimizer state
 
     @classmethod
     def from_checkpoint(cls, kind: str, source: str, checkpoint: str) -> "Start":
@@ -56,11 +58,16 @@ class Start:
     def describe(self) -> str:
         """How the run starts, in a sentence for the log."""
         family = "" if self.family == "clip" else f" of a {FAMILIES[self.family].title}"  # CLIP's as before families
+        forked = (
+            "weights and schedule position, not its optimizer state (the new LoRA adapters, which alone train, "
+            "have none)"
+            if self.lora
+            else "weights, optimizer state and schedule position"
+        )
         return {
             "config": f"Starting from random weights{family} (--config {self.source}).",
             "weights": f"Starting from the pretrained weights of {self.source}.",
-            "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its weights, optimizer state "
-            "and schedule position.",
+            "fork": f"Forking the seed checkpoint {self.checkpoint} at step {self.step}: its {forked}.",
             "resume": f"Resuming from the checkpoint {self.checkpoint}, at step {self.step}.",
         }[self.kind]
 
@@ -77,10 +84,13 @@ def resolve_start(args: ExpertTrainingArguments) -> Start:
     """Where the run starts and its family, read from the flags and files alone: checked before anything is loaded."""
     start = resolve_origin(args)
     start.family = start_family(start, args)
+    start.lora = args.lora_rank is not None
+    lora.check_start(start, args)
     return start
 
 
 def resolve_origin(args: ExpertTrainingArguments) -> Start:
+    """The run's own last checkpoint (--resume), else its --init or --config."""
     checkpoint = latest_checkpoint(args.output)
     if checkpoint and not args.resume:
         raise InputError(
@@ -217,14 +227,22 @@ def load_start(start: Start) -> tuple[PreTrainedModel, ProcessorMixin]:
         return random_expert(start.source, start.family)
     path = start.checkpoint or start.source
     with naming_failures(start.flag, path):
-        model = AutoModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
+        if start.kind == "resume" and start.lora:  # its weights file holds the wrapped model's: `restore` loads it
+            model = AutoModel.from_config(AutoConfig.from_pretrained(path), attn_implementation=ATTENTION)
+        else:
+            model = AutoModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
         return model, AutoProcessor.from_pretrained(path)
 
 
 def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
-    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG. Returns, for a streamed run
-    that resumes, where its stream stood."""
+    """Load a fork's or a resumed run's Accelerate state: weights, optimizer state, RNG (a LoRA fork: none of it).
+    Returns, for a streamed run that resumes, where its stream stood."""
     if not start.checkpoint:
+        return 0, 0
+    if start.kind == "fork" and start.lora:
+        # The seed's weights came with the model (`load_start`), its step with `start`; its optimizer state holds
+        # moments of the full weights, which no longer train, and none of the adapters' (`describe` logs it).
+        set_seed(args.seed)
         return 0, 0
     with naming_failures(start.flag, start.checkpoint):
         accelerator.load_state(start.checkpoint)
