@@ -12,6 +12,7 @@ from transformers import AutoModel, BertConfig, BertModel, CLIPModel, CLIPProces
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel, ModeSiglipModel
 from modeling_mode.families import FAMILIES, text_tower_config
+from modeling_mode.lib.clustering.embedding import CaptionEncoder
 from modeling_mode.modeling_mode_clip import router_from_config
 
 LABELS = ["a red circle", "a blue square", "a sneaker"]
@@ -168,3 +169,17 @@ def test_every_family_loads_with_auto_classes_and_the_pipeline_in_a_fresh_python
 
     loaded = assert_loads_without_package(str(tmp_path / "mode"), model, tokenizer, image_processor, tmp_path)
     assert loaded["processor"] == PROCESSORS[family].__name__
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_text_tower_of_a_saved_expert_embeds_as_the_expert_does(family, tmp_path):
+    expert = family_mode(family).expert(0)
+    expert.save_pretrained(tmp_path / "expert")
+    make_tokenizer().save_pretrained(tmp_path / "expert")
+    encoder = CaptionEncoder(str(tmp_path / "expert"), device="cpu")
+    captions = ["a red circle", "a much longer caption of a blue square"]
+    tokens = make_tokenizer()(captions, return_tensors="pt", **encoder.padding or {"padding": True})
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(expert.get_text_features(**tokens).pooler_output, dim=-1)
+    assert encoder.pooling == "projection" and encoder.embed_dim == expected.shape[1]
+    torch.testing.assert_close(torch.from_numpy(encoder.encode(captions)), expected, rtol=0, atol=1e-5)

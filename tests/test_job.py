@@ -26,7 +26,7 @@ from modeling_mode.job.experiments import Comparison, Growth, choose
 from modeling_mode.job.layout import JobFolder, Output, Pairs
 from modeling_mode.job.main import main as job_main
 from modeling_mode.job.main import record_settings, run
-from modeling_mode.job.recipes import SMOKE, clip_config, load_recipe
+from modeling_mode.job.recipes import SMOKE, load_recipe, random_expert_config
 from modeling_mode.job.requirements import job_requirements
 from modeling_mode.job.runner import Phase, Runner, Stage
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
@@ -235,7 +235,7 @@ def test_bad_recipes_and_sources_are_named(tmp_path):
     name, recipe = load_recipe(str(tmp_path / "tiny.json"))
     assert (name, recipe.experts, recipe.caption_noise) == ("tiny", (2,), 0.1)
     with pytest.raises(InputError, match="no `model` to train from random weights"):
-        clip_config(recipe)
+        random_expert_config(recipe)
     command = [sys.executable, str(ROOT / "train" / "job.py"), "--output", str(tmp_path / "job")]
     bad = subprocess.run(command + ["--zeroshot-dataset", "cifar10"], capture_output=True, text=True)
     expected = "error: --zeroshot-dataset 'cifar10': expected TASK=DATASET[:SPLIT], e.g. cifar10=uoft-cs/cifar10.\n"

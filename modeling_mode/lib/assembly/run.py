@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoModel, PreTrainedModel, ProcessorMixin
 
 from ...configuration_mode_clip import ModeCLIPConfig
 from ...families import family_of, text_embed_dim
@@ -27,6 +27,7 @@ from ..clustering.outputs import read_finished_run
 from ..core.checks import files_inside, naming_failures
 from ..core.errors import InputError
 from ..core.files import atomic_directory, read_json, write_json
+from ..core.processors import load_processor
 from ..core.status import ProgressBar
 from ..training.checkpoints import is_checkpoint
 from ..training.outputs import TRAINING_ARGS, is_finished, read_adapters
@@ -188,7 +189,7 @@ def load_router(path: str) -> tuple[CaptionEncoder, ProcessorMixin]:
         if config is not None and not config.get("model_type", "").endswith("_text_model"):
             family_check(config, f"--router-text-model {path!r}")
         encoder = CaptionEncoder(path, "projection", device="cpu")  # float32, the precision the MODE is saved in
-        return encoder, AutoProcessor.from_pretrained(path)
+        return encoder, load_processor(path)
 
 
 def clustering_encoder_router(report: dict, processor: ProcessorMixin) -> tuple[CaptionEncoder, ProcessorMixin]:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from ...families import FAMILIES, Family, text_embed_dim, text_tower_config, text_tower_family
 from ...modeling_mode_clip import router_class
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
+from ..core.processors import load_tokenizer
 from ..core.resume_guard import check_same_settings
 from ..core.status import ProgressBar
 from ..data.data_files import caption_of, read_samples
@@ -76,7 +77,7 @@ class CaptionEncoder:
             self.model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
             self.embed_dim = self.model.config.hidden_size
         self.model.to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.tokenizer = load_tokenizer(name_or_path)
         positions = getattr(self.model.config, "max_position_embeddings", None) or 512
         if max_length is not None and max_length > positions:
             raise InputError(f"max_length {max_length} exceeds the {positions} positions of {name_or_path!r}.")
@@ -135,8 +136,10 @@ def _text_tower(name_or_path: str, config, dtype) -> PreTrainedModel:
 
 def text_tower_of(model: PreTrainedModel) -> PreTrainedModel:
     """A dual encoder's text tower with its projection, sharing the model's weights: CLIP's and MetaCLIP 2's project
-    with `text_projection`, SigLIP's head is inside its `text_model`."""
+    with `text_projection`; SigLIP's `text_model` is its whole `SiglipTextModel`, head included."""
     tower_config = text_tower_config(model.config)
+    if isinstance(model.text_model, router_class(tower_config)):
+        return model.text_model
     with torch.device("meta"):  # its weights are the model's, set right below
         tower = router_class(tower_config)(tower_config)
     tower.text_model = model.text_model

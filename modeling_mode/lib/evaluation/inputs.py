@@ -17,6 +17,7 @@ from ..core.checks import check_output_file, check_weight_files, naming_failures
 from ..core.errors import InputError
 from ..core.files import read_json
 from ..core.mode_folder import WEIGHT_PATTERNS, check_mode_folder, local_mode
+from ..core.processors import load_tokenizer
 from .outputs import evaluate_record
 from .scoring import check_labels, experts_of, prompt_templates
 
@@ -206,12 +207,12 @@ def load_model(path: str, device: str | None = None, trust_remote_code: bool = F
 
     Without `trust_remote_code` no code from `path` runs: this package's classes serve a MODE.
     """
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel
 
     check_model(path, trust_remote_code)
     # trust_remote_code is False, never None, here: None makes transformers ask on stdin whether to run the code.
     with naming_failures("--model", path):
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).eval()
     experts_of(model)  # a remote-code model of another kind is refused here

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from transformers import AutoConfig, AutoModel, AutoProcessor, PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from ...families import FAMILIES, family_of
 from ..core.checks import naming_failures
 from ..core.errors import InputError
+from ..core.processors import load_processor
 from . import lora
 from .arguments import ExpertTrainingArguments
 from .checkpoints import CHECKPOINTS, TRAINER_STATE, checkpoint_state, is_checkpoint, latest_checkpoint
@@ -231,7 +232,7 @@ def load_start(start: Start) -> tuple[PreTrainedModel, ProcessorMixin]:
             model = AutoModel.from_config(AutoConfig.from_pretrained(path), attn_implementation=ATTENTION)
         else:
             model = AutoModel.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
-        return model, AutoProcessor.from_pretrained(path)
+        return model, load_processor(path)
 
 
 def restore(start: Start, args: ExpertTrainingArguments, accelerator: Accelerator, optimizer) -> tuple[int, int]:
