@@ -13,6 +13,8 @@ from transformers import AutoModel, BertConfig, BertModel, CLIPModel, CLIPProces
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel, ModeSiglipModel
 from modeling_mode.families import FAMILIES, text_tower_config
 from modeling_mode.lib.clustering.embedding import CaptionEncoder
+from modeling_mode.lib.growth.outputs import expert_digests
+from modeling_mode.lib.growth.run import grown, shrink
 from modeling_mode.modeling_mode_clip import router_from_config
 
 LABELS = ["a red circle", "a blue square", "a sneaker"]
@@ -111,7 +113,8 @@ def lora_mode(num_experts=3, rank=2, alpha=4.0, seed=0):
     router = router_from_config(text_tower_config(config)).eval()
     centroids = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
     settings = {"rank": rank, "alpha": alpha, "target_modules": targets}
-    model = ModeCLIPModel.from_lora_experts(seed_model, adapters, settings, centroids, [0, 1, 2, 0, 1, 2], router)
+    fine_to_coarse = [k % num_experts for k in range(6)]
+    model = ModeCLIPModel.from_lora_experts(seed_model, adapters, settings, centroids, fine_to_coarse, router)
     return model.eval(), merged
 
 
@@ -183,3 +186,29 @@ def test_the_text_tower_of_a_saved_expert_embeds_as_the_expert_does(family, tmp_
         expected = torch.nn.functional.normalize(expert.get_text_features(**tokens).pooler_output, dim=-1)
     assert encoder.pooling == "projection" and encoder.embed_dim == expected.shape[1]
     torch.testing.assert_close(torch.from_numpy(encoder.encode(captions)), expected, rtol=0, atol=1e-5)
+
+
+def test_a_lora_mode_shrinks_and_grows_by_its_adapters(tmp_path):
+    model, merged = lora_mode(num_experts=3)
+    model.save_pretrained(tmp_path / "mode")
+    shrunk_path = shrink(str(tmp_path / "mode"), 1, "its data left", str(tmp_path / "shrunk"))
+    shrunk = AutoModel.from_pretrained(shrunk_path, trust_remote_code=True).eval()
+    assert (
+        shrunk.config.num_experts == 2
+        and shrunk.seed_model.text_model.encoder.layers[0].self_attn.q_proj.lora_A.shape[0] == 2
+    )
+    assert expert_digests(shrunk_path) == [expert_digests(tmp_path / "mode")[k] for k in (0, 2)]
+    inputs = family_inputs("clip")
+    with torch.no_grad():
+        for k, original in ((0, 0), (1, 2)):  # the experts after the one removed move up
+            expected = merged[original](**inputs).logits_per_image
+            torch.testing.assert_close(shrunk.expert(k)(**inputs).logits_per_image, expected, rtol=0, atol=1e-5)
+
+    new_adapters = lora_mode(num_experts=1, seed=5)[0].expert_adapters(0)  # another seed's: adapters that fit it
+    grown_model = grown(shrunk, [new_adapters], torch.randn(2, 16), [0, 0], {"change": "added experts"}, [{}])
+    assert grown_model.config.num_experts == 3 and grown_model.config.fine_to_coarse[-2:] == [2, 2]
+    for name, (lora_a, lora_b) in grown_model.expert_adapters(2).items():
+        assert torch.equal(lora_a, new_adapters[name][0]) and torch.equal(lora_b, new_adapters[name][1])
+    for k in range(2):  # the old experts' adapters as they were
+        for name, (lora_a, _) in grown_model.expert_adapters(k).items():
+            assert torch.equal(lora_a, shrunk.expert_adapters(k)[name][0])

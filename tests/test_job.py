@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from datasets import load_from_disk
 from helpers import make_image_processor, make_tokenizer, tiny_clip_config
 from hub_server import LocalHub
 from huggingface_hub import HfApi
-from transformers import CLIPModel
+from transformers import AutoModel, CLIPModel
 
 from modeling_mode.job.arguments import JobArguments, Sources, check_sources
 from modeling_mode.job.data import (
@@ -563,3 +564,10 @@ def test_a_siglip_mode_of_lora_experts_trains_assembles_and_scores(tmp_path):
     results = json.loads((replicate / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["results"]
     assert {"MODE paper", "expert 0", "expert 1"} <= results.keys()
     assert "| mode-minilm-2 |" in (output / "report.md").read_text()
+    # The MODE stores the seed once and each expert's adapters: expert k computes what its run's merged weights do.
+    mode = AutoModel.from_pretrained(replicate / "models" / "mode-minilm-2").eval()
+    merged = AutoModel.from_pretrained(replicate / "experts" / "minilm-2" / "expert-1").eval()
+    inputs = {"input_ids": torch.randint(2, 300, (3, 77)), "pixel_values": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        expected = merged(**inputs).logits_per_image
+        torch.testing.assert_close(mode.expert(1)(**inputs).logits_per_image, expected, rtol=0, atol=1e-4)
