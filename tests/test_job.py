@@ -24,10 +24,10 @@ from modeling_mode.job.data import (
     refresh_held_out_sets,
 )
 from modeling_mode.job.experiments import Comparison, Growth, choose
-from modeling_mode.job.layout import JobFolder, Output, Pairs
+from modeling_mode.job.layout import Ensemble, JobFolder, Output, Pairs, comparison
 from modeling_mode.job.main import main as job_main
 from modeling_mode.job.main import record_settings, run
-from modeling_mode.job.recipes import SMOKE, load_recipe, random_expert_config
+from modeling_mode.job.recipes import SMOKE, check_recipe, load_recipe, random_expert_config
 from modeling_mode.job.requirements import job_requirements
 from modeling_mode.job.runner import Phase, Runner, Stage
 from modeling_mode.job.stages import ASSEMBLY, CLUSTERING, GROWTH, TRAINING, StageGraph
@@ -538,14 +538,16 @@ def test_held_out_sets_are_checked_before_any_work(tmp_path):
         assert not (tmp_path / "job").exists()
 
 
-# A SigLIP MODE of LoRA experts, on the offline corpus from random weights: the smallest job of every stage kind.
-SIGLIP_LORA_RECIPE = dict(TINY_RECIPE, family="siglip", lora_rank=2, train_per_source=60, test_per_source=10,
+# SigLIP MODEs, MODE-2 and LoRA-2 (its experts LoRA adapters), on the offline corpus from random weights: the
+# smallest job of every stage kind.
+SIGLIP_LORA_RECIPE = dict(TINY_RECIPE, family="siglip", lora_rank=2, lora_experts=[2], train_per_source=60,
+                          test_per_source=10,
                           retrieval_per_source=5, validation_per_source=10, checkpoint_every=2,
                           model=dict(width=32, layers=1, heads=2, image_size=32, patch_size=8))  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_siglip_mode_of_lora_experts_trains_assembles_and_scores(tmp_path):
+def test_siglip_modes_of_full_and_lora_experts_train_assemble_score_and_compare(tmp_path):
     (tmp_path / "siglip-lora.json").write_text(json.dumps(SIGLIP_LORA_RECIPE))
     output = tmp_path / "job"
     command = [sys.executable, str(ROOT / "train" / "job.py"), "--recipe", str(tmp_path / "siglip-lora.json"),
@@ -556,18 +558,31 @@ def test_a_siglip_mode_of_lora_experts_trains_assembles_and_scores(tmp_path):
     replicate = output / "seed-0"
     seed = read_record(replicate / "seed")
     assert (seed["run"]["family"], seed["run"]["lora"]) == ("siglip", None)  # the seed trains every weight
-    expert = read_record(replicate / "experts" / "minilm-2" / "expert-0")
-    assert expert["run"]["lora"]["rank"] == 2
-    config = json.loads((replicate / "models" / "mode-minilm-2" / "config.json").read_text())
-    assert (config["model_type"], config["expert_config"]["model_type"], config["lora_rank"]) == (
-        "mode_siglip", "siglip", 2)  # fmt: skip
-    results = json.loads((replicate / "results" / "mode-minilm-2" / "zeroshot-mnist.json").read_text())["results"]
-    assert {"MODE paper", "expert 0", "expert 1"} <= results.keys()
-    assert "| mode-minilm-2 |" in (output / "report.md").read_text()
+    assert read_record(replicate / "experts" / "minilm-2" / "expert-0")["run"]["lora"] is None  # MODE-2's
+    assert read_record(replicate / "experts" / "minilm-2-lora" / "expert-0")["run"]["lora"]["rank"] == 2  # LoRA-2's
+    for name, lora_rank in (("mode-minilm-2", None), ("mode-minilm-2-lora", 2)):
+        config = json.loads((replicate / "models" / name / "config.json").read_text())
+        assert (config["model_type"], config["expert_config"]["model_type"], config.get("lora_rank")) == (
+            "mode_siglip", "siglip", lora_rank)  # fmt: skip
+        results = json.loads((replicate / "results" / name / "zeroshot-mnist.json").read_text())["results"]
+        assert {"MODE paper", "expert 0", "expert 1"} <= results.keys()
+    report = (output / "report.md").read_text()
+    assert "| mode-minilm-2-lora - mode-minilm-2 |" in report  # the paired LoRA-n against MODE-n table
     # The MODE stores the seed once and each expert's adapters: expert k computes what its run's merged weights do.
-    mode = AutoModel.from_pretrained(replicate / "models" / "mode-minilm-2").eval()
-    merged = AutoModel.from_pretrained(replicate / "experts" / "minilm-2" / "expert-1").eval()
+    mode = AutoModel.from_pretrained(replicate / "models" / "mode-minilm-2-lora").eval()
+    merged = AutoModel.from_pretrained(replicate / "experts" / "minilm-2-lora" / "expert-1").eval()
     inputs = {"input_ids": torch.randint(2, 300, (3, 77)), "pixel_values": torch.randn(2, 3, 32, 32)}
     with torch.no_grad():
         expected = merged(**inputs).logits_per_image
         torch.testing.assert_close(mode.expert(1)(**inputs).logits_per_image, expected, rtol=0, atol=1e-4)
+
+
+def test_lora_rank_makes_every_ensembles_experts_lora_unless_lora_experts_names_lora_n():
+    recipe = dataclasses.replace(load_recipe("offline-mix")[1], lora_rank=4)
+    ensembles = [model for model in comparison(recipe) if isinstance(model, Ensemble)]
+    assert ensembles and all(model.lora_rank == 4 for model in ensembles)
+    recipe = dataclasses.replace(recipe, lora_experts=(2,))
+    lora = {model.name: model.lora_rank for model in comparison(recipe) if isinstance(model, Ensemble)}
+    assert lora.pop("mode-minilm-2-lora") == 4 and set(lora.values()) == {None}
+    with pytest.raises(InputError, match="lora_experts needs lora_rank"):
+        check_recipe(dataclasses.replace(recipe, lora_rank=None), None)

@@ -103,6 +103,7 @@ class Role(Enum):
     ONE_STEP = auto()  # OneStep-n: clustered straight into n
     RANDOM = auto()  # Random-n: a random split
     SEED_TEXT = auto()  # SeedText-n: clustered in the seed CLIP's text space
+    LORA = auto()  # LoRA-n: MODE-n with LoRA experts on the seed
     # The growth experiment's
     BEFORE_GROWING = auto()  # MODE-n, trained without the arriving source
     GROWN = auto()  # it, grown by new experts on the arriving pairs
@@ -169,6 +170,7 @@ class Ensemble(Model):
     fork_from: SeedRun
     every_pair: bool = False  # Full-n: each fork on every pair (the clustering's routing counts for nothing)
     router: str = "auto"
+    lora_rank: int | None = None  # its experts LoRA adapters of this rank on the seed
 
     @property
     def n(self) -> int:
@@ -182,8 +184,10 @@ class Ensemble(Model):
     @property
     def ensemble(self) -> str:
         """The experts' name, in their folder and stages: the clustering's (`minilm-2`: two routers of MODE-2 share
-        its experts), or Full-n's own."""
-        return self.name if self.every_pair else self.clustering.name
+        its experts), or Full-n's and LoRA-n's own (`minilm-2-lora`)."""
+        if self.every_pair:
+            return self.name
+        return self.assembly if self.role is Role.LORA else self.clustering.name
 
     @property
     def assembly(self) -> str:
@@ -233,6 +237,7 @@ def comparison(recipe: Recipe) -> list[Model]:
 
     def ensemble(clustering: Clustering, role: Role, paper_name: str, **fields) -> Ensemble:
         name = fields.pop("name", f"mode-{clustering.name}")
+        fields.setdefault("lora_rank", None if recipe.lora_experts else recipe.lora_rank)  # all LoRA, or LoRA-n
         return Ensemble(name=name, role=role, paper_name=paper_name, steps=fork + clustering.experts * per_expert,
                         clustering=clustering, fork_from=seed, **fields)  # fmt: skip
 
@@ -257,6 +262,11 @@ def comparison(recipe: Recipe) -> list[Model]:
         ensemble(minilm[n], Role.SEED_TEXT_ROUTER, f"MODE-{n}, seed-text router",
                  name=f"mode-minilm-{n}-seedtext-router", router="seed-text")
         for n in sorted(recipe.experts)
+    ]  # fmt: skip
+    models += [  # MODE-n's clustering and router, its experts LoRA adapters on the seed
+        ensemble(minilm[n], Role.LORA, f"MODE-{n}, LoRA experts", name=f"mode-minilm-{n}-lora",
+                 lora_rank=recipe.lora_rank)
+        for n in sorted(recipe.lora_experts)
     ]  # fmt: skip
     models += [  # n forks of the seed on all pairs, averaged: read in its uniform row
         ensemble(minilm[n], Role.FULL, f"Full-{n}", name=f"full-{n}", every_pair=True)

@@ -33,9 +33,10 @@ class Recipe:
     # (`modeling_mode.families`: clip, metaclip_2, siglip, siglip2). With --init, the checkpoint's family is the job's.
     model: dict | None = None
     family: str = "clip"
-    # The experts (MODE-n's, OneStep-n's, Random-n's, SeedText-n's, Full-n's) as LoRA adapters of this rank on the
-    # seed (train/expert.py --lora-rank, its default layers); None: every weight trains. Dense runs train every weight.
+    # LoRA experts: adapters of this rank on the seed (train/expert.py --lora-rank, its default layers). Without
+    # `lora_experts`, every ensemble's experts are LoRA experts; with it, only LoRA-n's. Dense runs train every weight.
     lora_rank: int | None = None
+    lora_experts: tuple[int, ...] = ()  # LoRA-n: MODE-n's clustering and router, its experts LoRA; n in `experts`
     # The offline corpus, for the sets that `Sources` does not name:
     train_per_source: int = 8000  # training pairs drawn from each source's train split
     test_per_source: int = 1000  # held-out images per source for zero-shot classification
@@ -71,11 +72,18 @@ class Recipe:
         return range(self.seed, self.seed + self.seeds)
 
 
-SIZE_LISTS = ("experts", "full_experts", "onestep_experts", "seedtext_experts")  # lists of ensemble sizes n
+SIZE_LISTS = (
+    "experts",
+    "full_experts",
+    "onestep_experts",
+    "seedtext_experts",
+    "lora_experts",
+)  # lists of ensemble sizes n
 # Fields added after jobs were recorded without them, each with the value that those jobs ran with: such a job
 # resumes with that value, and is refused with another (`main.record_settings`).
 ADDED_LATER = {"validation_per_source": 200, "router_lambda": 0.2, "arriving_source": None, "new_experts": 1,
-               "seedtext_experts": [2], "probe_every_ensemble": True, "family": "clip", "lora_rank": None}  # fmt: skip
+               "seedtext_experts": [2], "probe_every_ensemble": True, "family": "clip", "lora_rank": None,
+               "lora_experts": []}  # fmt: skip
 
 OFFLINE_MIX = Recipe(
     fine_clusters=64,
@@ -107,6 +115,19 @@ RECIPES = {
     "offline-mix": {},
     "offline-mix-attributes": dict(caption_attributes=True),
     "offline-mix-converged": dict(CONVERGED, seeds=8),
+    # LoRA experts against full ones in the paper's regime: MODE-2 and MODE-4 each beside LoRA-2 and LoRA-4, from
+    # the same seed and clustering, on 4 training seeds; the other ablations left out.
+    "offline-mix-converged-lora": dict(
+        CONVERGED,
+        seeds=4,
+        lora_rank=4,
+        lora_experts=(2, 4),
+        full_experts=(),
+        onestep_experts=(),
+        seedtext_experts=(),
+        random_experts=0,
+        probe_every_ensemble=False,
+    ),
     # MODE-2 on Fashion-MNIST and MNIST, grown by one expert when easy-VQA's pairs arrive, in the converged regime.
     "offline-grow": dict(
         CONVERGED,
@@ -210,11 +231,14 @@ def check_ensemble_sizes(recipe: Recipe) -> None:
             f"({recipe.fine_clusters}), as must random_experts unless it is 0 (experts at least one); "
             f"got {given}, random_experts={recipe.random_experts}."
         )
-    if unknown := sorted(set(recipe.full_experts) - set(recipe.experts)):
-        raise InputError(
-            f"recipe field full_experts lists {unknown}, not MODE sizes (experts={list(recipe.experts)}): Full-n is "
-            "MODE-n's control, its forks trained on MODE-n's clustering."
-        )
+    for name, control in (("full_experts", "Full-n"), ("lora_experts", "LoRA-n")):
+        if unknown := sorted(set(getattr(recipe, name)) - set(recipe.experts)):
+            raise InputError(
+                f"recipe field {name} lists {unknown}, not MODE sizes (experts={list(recipe.experts)}): {control} is "
+                "MODE-n's control, its experts trained on MODE-n's clustering."
+            )
+    if recipe.lora_experts and recipe.lora_rank is None:
+        raise InputError("recipe field lora_experts needs lora_rank, the rank of LoRA-n's adapters.")
 
 
 def check_growth(recipe: Recipe) -> None:

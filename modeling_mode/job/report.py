@@ -160,6 +160,38 @@ def difference_table(scores: Scores) -> str:
     return "\n".join(lines)
 
 
+def lora_table(scores: Scores, tasks: list[str]) -> str:
+    """LoRA-n minus MODE-n, seed by seed (the same seed, clustering and router; only the experts' training differs):
+    on each task and on their average, with 95% intervals. Empty without LoRA-n."""
+    full = {model.n: model for model in scores if model.role is Role.MODE}
+    lora = [model for model in scores if model.role is Role.LORA and model.n in full]
+    if not lora:
+        return ""
+    header = f"| LoRA-n minus MODE-n | {' | '.join(tasks)} | average |"
+    lines = [header, "|---" * (len(tasks) + 2) + "|"]
+    for model in lora:
+        mode = full[model.n]
+        mine, theirs = scores[model][model.main_row], scores[mode][mode.main_row]
+        differences = [
+            paired_difference(a.values, b.values) for a, b in zip(per_task(mine, tasks), per_task(theirs, tasks))
+        ]
+        differences.append(paired_difference(task_averages(mine), task_averages(theirs)))
+        cells = " | ".join(f"{d.mean:+.2f} {interval_text(d)}" for d in differences)
+        lines.append(f"| {model.name} - {mode.name} | {cells} |")
+    return "\n".join(lines)
+
+
+def lora_section(scores: Scores, tasks: list[str]) -> str:
+    table = lora_table(scores, tasks)
+    if not table:
+        return ""
+    return (
+        "### LoRA experts against full experts (top-1 points)\n\nLoRA-n's experts are adapters on the seed "
+        "(`lora_rank` of the recipe); MODE-n's train every weight, from the same fork, clustering and router. Paired "
+        f"seed by seed; mean and 95% Student t interval over seeds.\n\n{table}\n\n"
+    )
+
+
 def orderings_table(scores: Scores, ceilings: list[float]) -> str:
     by_paper_model = {paper_model(model): model for model in scores}
     lines = [
@@ -466,7 +498,7 @@ many training seeds, with this spread of paired differences, would make the inte
 
 {orderings_table(scores, ceilings)}
 
-### Ways of using each ensemble (task average)
+{lora_section(scores, tasks)}### Ways of using each ensemble (task average)
 
 {ensemble_table(scores)}
 

@@ -153,7 +153,7 @@ class StageGraph:
                 training_seed, every_pair = 1000 * (replicate.training_seed + 1) + k, {"out_of_cluster_ratio": 1.0}
             else:
                 training_seed, every_pair = replicate.training_seed, {}
-            lora = {"lora_rank": self.recipe.lora_rank} if self.recipe.lora_rank else {}
+            lora = {"lora_rank": model.lora_rank} if model.lora_rank else {}
             arguments = self.forked(replicate, training_seed, model.fork_from,
                                     dataset=str(replicate.labelled_pairs(model.clustering)), cluster=str(k),
                                     output=str(replicate.expert(model, k)), **every_pair, **lora)  # fmt: skip
