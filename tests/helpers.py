@@ -22,6 +22,7 @@ from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 from safetensors.torch import load_file
 from transformers import (
+    AutoModel,
     CLIPConfig,
     CLIPModel,
     CLIPTextModelWithProjection,
@@ -35,6 +36,7 @@ from transformers import (
 
 from modeling_mode import ModeCLIPModel
 from modeling_mode.configuration_mode_clip import text_tower_config
+from modeling_mode.families import FAMILIES, text_embed_dim
 from modeling_mode.lib.clustering.labels_table import describe_files, finish_labels, write_labels
 from modeling_mode.lib.clustering.outputs import CLUSTERS_FILE, CLUSTERS_JSON, Clusters, save_clusters
 from modeling_mode.lib.clustering.run import ClusterArguments, cluster
@@ -44,6 +46,7 @@ from modeling_mode.lib.data.data_files import list_data_files, read_samples, rel
 from modeling_mode.lib.reshard.run import ReshardArguments, reshard
 from modeling_mode.lib.training.outputs import TRAINING_ARGS
 from modeling_mode.lib.training.processors import char_level_tokenizer, pil_image_processor
+from modeling_mode.modeling_mode_clip import router_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The clusterings written here (write_clustering, cluster_of, make_pairs) and run (cluster_tar_corpus): 6 fine
@@ -79,6 +82,20 @@ def tiny_family_config(family: str):
     # SigLIP has no image projection: its text head maps to the vision width, 32 here.
     config_class = SiglipConfig if family == "siglip" else Siglip2Config
     return config_class(text_config=text, vision_config=vision)
+
+
+def family_mode(family: str, num_experts=2, seed=0) -> ModeCLIPModel:
+    """A tiny random MODE of `family` experts and a random text tower of the family as router; SigLIP's experts each
+    with a logit bias of its own."""
+    torch.manual_seed(seed)
+    config = tiny_family_config(family)
+    experts = [AutoModel.from_config(config).eval() for _ in range(num_experts)]
+    if FAMILIES[family].has_logit_bias:  # not SigLIP's -10 for every expert: each bias must be seen to count
+        for k, expert in enumerate(experts):
+            expert.logit_bias.data.fill_(-1.0 - k)
+    router = router_from_config(text_tower_config(config)).eval()
+    centroids = torch.nn.functional.normalize(torch.randn(4, text_embed_dim(router.config)), dim=-1)
+    return ModeCLIPModel.from_experts(experts, centroids, [0, 1, 0, 1], router).eval()
 
 
 def family_image_processor(family: str):

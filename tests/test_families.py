@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from fresh_python import assert_loads_without_package
-from helpers import family_image_processor, make_tokenizer, tiny_clip_config, tiny_family_config
+from helpers import family_image_processor, family_mode, make_tokenizer, tiny_clip_config, tiny_family_config
 from PIL import Image
 from transformers import AutoModel, BertConfig, BertModel, CLIPModel, CLIPProcessor, Siglip2Processor, SiglipProcessor
 
@@ -24,19 +24,6 @@ PROCESSORS = {
     "siglip": SiglipProcessor,
     "siglip2": Siglip2Processor,
 }
-
-
-def family_mode(family: str, num_experts=2, seed=0) -> ModeCLIPModel:
-    torch.manual_seed(seed)
-    config = tiny_family_config(family)
-    experts = [AutoModel.from_config(config).eval() for _ in range(num_experts)]
-    if FAMILIES[family].has_logit_bias:  # not SigLIP's -10 for every expert: each bias must be seen to count
-        for k, expert in enumerate(experts):
-            expert.logit_bias.data.fill_(-1.0 - k)
-    router = router_from_config(text_tower_config(config)).eval()
-    dim = router.config.projection_dim if hasattr(router.config, "projection_dim") else router.config.projection_size
-    centroids = torch.nn.functional.normalize(torch.randn(4, dim), dim=-1)
-    return ModeCLIPModel.from_experts(experts, centroids, [0, 1, 0, 1][:4], router).eval()
 
 
 def family_inputs(family: str, num_images=3):
