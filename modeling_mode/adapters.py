@@ -6,6 +6,7 @@ as the seed does, plus two thin matrix products per adapted layer. Training them
 (`train/expert.py --lora-rank`); this file needs only torch, so that the MODE loads from the Hub without PEFT.
 """
 
+import copy
 import re
 from contextlib import contextmanager
 
@@ -131,6 +132,21 @@ class LoraExpert:
     def get_image_features(self, **inputs):
         with expert_active(self.seed_model, self.index):
             return self.seed_model.get_image_features(**inputs)
+
+    def merged(self) -> nn.Module:
+        """This expert as a model of its own: a copy of the seed with this expert's adapters merged into its weights
+        (the memory of one more model), e.g. to save or push it alone."""
+        model = copy.deepcopy(self.seed_model)
+        for name, layer in adapted_layers(model).items():
+            weight = layer.weight
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                               device=weight.device, dtype=weight.dtype)  # fmt: skip
+            with torch.no_grad():
+                linear.weight.copy_(weight + layer.scale * layer.lora_B[self.index] @ layer.lora_A[self.index])
+                if layer.bias is not None:
+                    linear.bias.copy_(layer.bias)
+            model.set_submodule(name, linear)
+        return model
 
 
 __all__ = [

@@ -116,6 +116,12 @@ class ModeCLIPModel(PreTrainedModel):
             raise IndexError(f"expert {k} of a MODE of {self.config.num_experts} experts.")
         return LoraExpert(self.seed_model, k) if self.config.lora_rank else self.experts[k]
 
+    def expert_model(self, k: int) -> PreTrainedModel:
+        """Expert k as a model of its own (e.g. to save or push alone): the module of `experts`, or for a LoRA MODE a
+        copy of the seed with k's adapters merged into it, which costs one more model's memory."""
+        expert = self.expert(k)
+        return expert.merged() if isinstance(expert, LoraExpert) else expert
+
     def expert_adapters(self, k: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Expert k's adapters of a LoRA MODE: {layer path in the seed: (lora_A [rank, in], lora_B [out, rank])}."""
         return {name: (layer.lora_A[k], layer.lora_B[k]) for name, layer in adapted_layers(self.seed_model).items()}

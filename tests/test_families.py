@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoModel, BertConfig, BertModel, CLIPModel, CLIPProcessor, Siglip2Processor, SiglipProcessor
 
 from modeling_mode import ModeCLIPConfig, ModeCLIPModel, ModeSiglipModel
+from modeling_mode.adapters import adapted_layers
 from modeling_mode.families import FAMILIES, text_tower_config
 from modeling_mode.lib.clustering.embedding import CaptionEncoder
 from modeling_mode.lib.growth.outputs import expert_digests
@@ -114,6 +115,11 @@ def test_lora_experts_compute_what_their_merged_weights_compute(tmp_path):
             expected = expert(**inputs).logits_per_image
             torch.testing.assert_close(output.expert_logits_per_image[k], expected, rtol=0, atol=1e-5)
     assert not torch.allclose(output.expert_logits_per_image[0], output.expert_logits_per_image[1])
+    standalone = model.expert_model(2)  # merged into a copy of the seed: a plain CLIPModel, as PEFT would merge it
+    assert type(standalone) is CLIPModel and not adapted_layers(standalone)
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(**inputs).logits_per_image, merged[2](**inputs).logits_per_image,
+                                   rtol=0, atol=1e-5)  # fmt: skip
 
     model.save_pretrained(tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()

@@ -75,10 +75,10 @@ def push_experts(api, model: ModeCLIPModel, model_dir, repo_id, *, license="othe
 
     Yields each commit as it lands, so that a caller knows which did when a later one fails.
     """
-    for k, expert in enumerate(model.experts):
+    for k in range(model.config.num_experts):
         expert_repo = f"{repo_id}-expert-{k}"
         with tempfile.TemporaryDirectory() as folder:
-            expert.save_pretrained(folder)
+            model.expert_model(k).save_pretrained(folder)  # a LoRA expert with its adapters merged
             for name in PROCESSOR_FILES:
                 if (Path(model_dir) / name).is_file():
                     (Path(folder) / name).write_bytes((Path(model_dir) / name).read_bytes())
