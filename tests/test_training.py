@@ -271,16 +271,19 @@ def test_a_streamed_expert_trains_and_resumes_to_the_same_weights(tmp_path, capl
 # ---------------------------------------------------------------------------------------------------- distributed
 
 
-@pytest.fixture(scope="module")
-def one_process_gradients(tmp_path_factory):
+def one_process_step(root, family: str = "clip"):
     """Loss and gradients of one process on the global batch of 8 pairs: in one micro-batch, and in four."""
-    root = tmp_path_factory.mktemp("gradients")
     dataset = make_pairs(root / "pairs")
     accelerator = Accelerator(cpu=True)
     for batch_size, accumulation in [(8, 1), (2, 4)]:
-        gradients(dataset, str(root), batch_size, accumulation, accelerator)
+        gradients(dataset, str(root), batch_size, accumulation, accelerator, family=family)
     reset_accelerate_state()
     return dataset, torch.load(root / "8x1.pt"), torch.load(root / "2x4.pt")
+
+
+@pytest.fixture(scope="module")
+def one_process_gradients(tmp_path_factory):
+    return one_process_step(tmp_path_factory.mktemp("gradients"))
 
 
 def assert_same_step(result, reference):
@@ -804,13 +807,7 @@ def test_sigmoid_loss_is_siglips_loss_on_one_process():
 @pytest.fixture(scope="module")
 def one_process_sigmoid_gradients(tmp_path_factory):
     """As `one_process_gradients`, for a tiny SigLIP."""
-    root = tmp_path_factory.mktemp("sigmoid-gradients")
-    dataset = make_pairs(root / "pairs")
-    accelerator = Accelerator(cpu=True)
-    for batch_size, accumulation in [(8, 1), (2, 4)]:
-        gradients(dataset, str(root), batch_size, accumulation, accelerator, family="siglip")
-    reset_accelerate_state()
-    return dataset, torch.load(root / "8x1.pt"), torch.load(root / "2x4.pt")
+    return one_process_step(tmp_path_factory.mktemp("sigmoid-gradients"), family="siglip")
 
 
 def test_accumulated_micro_batches_give_the_large_batch_sigmoid_gradient(one_process_sigmoid_gradients):
