@@ -256,11 +256,11 @@ SMOKE_MODEL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8)
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"experts": [0]}, r"seedtext_experts must list sizes n with 1 <= n <= fine_clusters \(6\)"),
+        ({"experts": [0]}, r"lora_experts must list sizes n with 1 <= n <= fine_clusters \(6\)"),
         (
             {"experts": [2, 8]},
             r"got experts=\[2, 8\], full_experts=\[\], onestep_experts=\[\], seedtext_experts=\[\], "
-            r"random_experts=0",
+            r"lora_experts=\[\], random_experts=0",
         ),
         ({"random_experts": 7}, r"as must random_experts unless it is 0 .*random_experts=7"),
         ({"experts": []}, r"experts at least one\); got experts=\[\]"),
