@@ -131,7 +131,7 @@ class ModeCLIPConfig(PretrainedConfig):
     def for_experts(cls, expert_config, **kwargs) -> "ModeCLIPConfig":
         """The config of a MODE of experts with `expert_config`, of the MODE type their family's loss calls for."""
         loss = family_of(expert_config).loss
-        config_class = next(klass for klass in (ModeCLIPConfig, ModeSiglipConfig) if loss in klass.expert_losses)
+        config_class = next(klass for klass in MODE_CONFIGS.values() if loss in klass.expert_losses)
         return config_class(expert_config=expert_config, **kwargs)
 
     @property

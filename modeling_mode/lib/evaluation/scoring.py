@@ -30,7 +30,10 @@ def experts_of(model) -> list:
     if isinstance(model, ModeCLIPModel):
         return [model.expert(k) for k in range(model.config.num_experts)]
     if isinstance(model, PreTrainedModel):
-        family_of(model.config)  # a ValueError naming the families for any other model
+        try:
+            family_of(model.config)
+        except ValueError as error:  # a model of another kind: named, with the families
+            raise InputError(str(error)) from error
         return [model]
     raise InputError(f"expected a dual encoder or a MODE of them, got {type(model).__name__}.")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 from ...adapters import set_adapters
 from ...configuration_mode_clip import ModeCLIPConfig
@@ -402,12 +402,13 @@ def run_step(launcher: list[str], module: str, arguments) -> None:
 def new_expert_parts(original: ModeCLIPModel, expert_dirs: list[str]) -> list:
     """The new experts as the MODE holds them (`expert_parts`): their models, or for a LoRA MODE only their adapters,
     checked to be the MODE's architecture and LoRA settings."""
-    models = [AutoModel.from_pretrained(path) for path in expert_dirs]
-    if any(_architecture(e.config) != _architecture(original.config.expert_config) for e in models):
-        raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
-    if not original.config.lora_rank:
-        return models
     config = original.config
+    if any(
+        _architecture(AutoConfig.from_pretrained(path)) != _architecture(config.expert_config) for path in expert_dirs
+    ):
+        raise InputError("the new experts' architecture differs from the MODE's: they did not fork from its seed.")
+    if not config.lora_rank:
+        return [AutoModel.from_pretrained(path) for path in expert_dirs]
     mode_settings = {
         "rank": config.lora_rank,
         "alpha": config.lora_alpha,
